@@ -1,0 +1,72 @@
+//! Errors of the storage layer.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+/// Everything that can go wrong in `blazedb-core`.
+///
+/// The variants separate the caller's mistakes (`RecordNotFound`, `InvalidName`, …), a bad or
+/// foreign file (`WrongPassword`, `NotADatabase`, `Corrupt`), invalid operations from another
+/// replica (`InvalidOperation`) and internal failures (`Storage`, `Io`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("wrong password for {path}, or the file is not a BlazeDB database")]
+    WrongPassword { path: PathBuf },
+    #[error("{path} is not a BlazeDB database: {reason}")]
+    NotADatabase { path: PathBuf, reason: String },
+    #[error("{path} already exists; open it instead of creating it")]
+    AlreadyExists { path: PathBuf },
+    #[error("{path} does not exist; create it first")]
+    DatabaseMissing { path: PathBuf },
+    #[error("{path} uses storage schema version {found}, this build reads version {supported}")]
+    UnsupportedSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("database is corrupt: {0}")]
+    Corrupt(String),
+    #[error("no record {id} in collection {collection:?}")]
+    RecordNotFound { collection: String, id: Uuid },
+    #[error("record {id} already exists in collection {collection:?}")]
+    RecordExists { collection: String, id: Uuid },
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("invalid value in field {field:?}: {reason}")]
+    InvalidValue { field: String, reason: String },
+    #[error("record is {size} bytes, more than the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+    #[error("an index on {collection}.{field} already exists")]
+    IndexExists { collection: String, field: String },
+    #[error("there is no index on {collection}.{field}")]
+    IndexMissing { collection: String, field: String },
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("invalid operation {op} from another replica: {reason}")]
+    InvalidOperation { op: String, reason: String },
+    #[error("storage error: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<blazedb_format::DecodeError> for Error {
+    fn from(e: blazedb_format::DecodeError) -> Self {
+        Error::Corrupt(format!("stored data does not decode: {e}"))
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for Error {
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        Error::Corrupt(format!("a stored column has an unexpected type: {e}"))
+    }
+}

@@ -1,0 +1,240 @@
+//! Reads: records, counts, the op log, statistics and the content hash.
+
+use std::borrow::Cow;
+
+use blazedb_format::{
+    Fields, OpId, Operation, Record, RecordState, Value, decode_operation, decode_record_state,
+    encode_record,
+};
+use rusqlite::{OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::db::{Core, Database};
+use crate::error::{Error, Result};
+
+/// The value a query or index sees for `field`: the record id for `"id"`, `Null` when missing.
+pub(crate) fn field_value<'a>(fields: &'a Fields, id: &Uuid, field: &str) -> Cow<'a, Value> {
+    if field == "id" {
+        return Cow::Owned(Value::Uuid(*id));
+    }
+    match fields.get(field) {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(Value::Null),
+    }
+}
+
+pub(crate) fn uuid_from(bytes: &[u8]) -> Result<Uuid> {
+    Uuid::from_slice(bytes).map_err(|_| Error::Corrupt("record id is not 16 bytes".into()))
+}
+
+impl Core {
+    pub fn load_state(&self, coll: i64, id: Uuid) -> Result<Option<RecordState>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state FROM records WHERE coll = ?1 AND id = ?2")?;
+        let bytes: Option<Vec<u8>> = stmt
+            .query_row(params![coll, id.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?;
+        Ok(match bytes {
+            Some(b) => Some(decode_record_state(&b)?),
+            None => None,
+        })
+    }
+
+    pub fn get(&mut self, collection: &str, id: Uuid) -> Result<Option<Record>> {
+        let Some(coll) = self.collection(collection, false)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .load_state(coll.id, id)?
+            .and_then(|s| s.visible_fields())
+            .map(|fields| Record { id, fields }))
+    }
+
+    /// Calls `f` with every visible record of a collection, in id order, until it returns false.
+    pub fn scan(&mut self, collection: &str, mut f: impl FnMut(Record) -> Result<bool>) -> Result<()> {
+        let Some(coll) = self.collection(collection, false)? else {
+            return Ok(());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, state FROM records WHERE coll = ?1 AND live = 1 ORDER BY id")?;
+        let mut rows = stmt.query([coll.id])?;
+        while let Some(row) = rows.next()? {
+            let id = uuid_from(row.get_ref(0)?.as_blob()?)?;
+            let state = decode_record_state(row.get_ref(1)?.as_blob()?)?;
+            if let Some(fields) = state.visible_fields() {
+                if !f(Record { id, fields })? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_op(&self, id: OpId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM oplog WHERE origin = ?1 AND origin_seq = ?2")?
+            .query_row(params![id.origin.as_bytes().as_slice(), id.seq as i64], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+/// Sizes and counters of a database, for `blazedb stats` and monitoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub node_id: blazedb_format::NodeId,
+    pub lamport: u64,
+    /// Operations in the op log (local and merged).
+    pub oplog_len: u64,
+    pub collections: Vec<CollectionStats>,
+    /// Size of the database in bytes (pages in use × page size).
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionStats {
+    pub name: String,
+    pub records: u64,
+    pub indexes: Vec<String>,
+}
+
+impl Database {
+    /// A record by id, or `None`.
+    pub fn get(&self, collection: &str, id: Uuid) -> Result<Option<Record>> {
+        self.read()?.get(collection, id)
+    }
+
+    /// All visible records of a collection, in id order (which for generated ids is insertion
+    /// order).
+    pub fn fetch_all(&self, collection: &str) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.read()?.scan(collection, |r| {
+            out.push(r);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Number of visible records in a collection (kept as a counter: O(1)).
+    pub fn count(&self, collection: &str) -> Result<u64> {
+        let core = self.read()?;
+        let n: Option<i64> = core
+            .conn
+            .prepare_cached("SELECT live_count FROM collections WHERE name = ?1")?
+            .query_row([collection], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Names of all collections, sorted.
+    pub fn collections(&self) -> Result<Vec<String>> {
+        let core = self.read()?;
+        let mut stmt = core.conn.prepare_cached("SELECT name FROM collections ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
+    }
+
+    /// Operations in the op log after position `after` (0 for the start), oldest first, at most
+    /// `limit`. Each comes with its position, which a sync cursor stores.
+    pub fn oplog_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Operation)>> {
+        let core = self.read()?;
+        let mut stmt = core
+            .conn
+            .prepare_cached("SELECT seq, op FROM oplog WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let mut rows = stmt.query(params![after as i64, limit.min(i64::MAX as usize) as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let op = decode_operation(row.get_ref(1)?.as_blob()?)?;
+            out.push((seq as u64, op));
+        }
+        Ok(out)
+    }
+
+    /// Position of the newest op-log entry (0 when empty).
+    pub fn oplog_head(&self) -> Result<u64> {
+        let core = self.read()?;
+        let n: Option<i64> = core
+            .conn
+            .query_row("SELECT max(seq) FROM oplog", [], |r| r.get(0))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// SHA-256 over every visible record (collection name, id and fields, in a fixed order).
+    /// Two replicas with the same contents have the same hash, whatever order their operations
+    /// arrived in.
+    pub fn content_hash(&self) -> Result<[u8; 32]> {
+        let core = self.read()?;
+        let mut hasher = Sha256::new();
+        let mut stmt = core.conn.prepare_cached(
+            "SELECT c.name, r.id, r.state FROM records r JOIN collections c ON c.id = r.coll \
+             WHERE r.live = 1 ORDER BY c.name, r.id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let name = row.get_ref(0)?.as_str()?;
+            let id = uuid_from(row.get_ref(1)?.as_blob()?)?;
+            let state = decode_record_state(row.get_ref(2)?.as_blob()?)?;
+            if let Some(fields) = state.visible_fields() {
+                let bytes = encode_record(&Record { id, fields });
+                hasher.update((name.len() as u64).to_le_bytes());
+                hasher.update(name.as_bytes());
+                hasher.update((bytes.len() as u64).to_le_bytes());
+                hasher.update(&bytes);
+            }
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> Result<Stats> {
+        let core = self.read()?;
+        let oplog_len: i64 = core.conn.query_row("SELECT count(*) FROM oplog", [], |r| r.get(0))?;
+        let page_count: i64 = core.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let page_size: i64 = core.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let mut stmt = core.conn.prepare_cached(
+            "SELECT c.name, c.live_count, (SELECT group_concat(field, char(31)) FROM \
+             (SELECT field FROM indexes i WHERE i.coll = c.id ORDER BY field)) \
+             FROM collections c ORDER BY c.name",
+        )?;
+        let collections = stmt
+            .query_map([], |r| {
+                let indexes: Option<String> = r.get(2)?;
+                Ok(CollectionStats {
+                    name: r.get(0)?,
+                    records: r.get::<_, i64>(1)?.max(0) as u64,
+                    indexes: indexes
+                        .map(|s| s.split('\u{1f}').map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Stats {
+            node_id: core.node,
+            lamport: core.lamport,
+            oplog_len: oplog_len as u64,
+            collections,
+            size_bytes: (page_count * page_size) as u64,
+        })
+    }
+
+    /// Runs SQLite's `PRAGMA integrity_check`; `Ok(())` when the file is sound.
+    pub fn integrity_check(&self) -> Result<()> {
+        let core = self.read()?;
+        let mut stmt = core.conn.prepare("PRAGMA integrity_check")?;
+        let lines = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if lines.len() == 1 && lines.first().is_some_and(|l| l == "ok") {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(lines.join("; ")))
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The SQLite schema of a BlazeDB file. See docs/format.md ("Storage") for the table layout.
+
+use rusqlite::{Connection, params};
+
+use crate::error::Result;
+use blazedb_format::NodeId;
+
+/// `PRAGMA application_id` of every BlazeDB file ("BlzD").
+pub const APPLICATION_ID: i64 = 0x426C_7A44;
+/// `PRAGMA user_version`: the storage schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const DDL: &str = "
+CREATE TABLE node (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    node_id   BLOB NOT NULL,
+    lamport   INTEGER NOT NULL,
+    seq       INTEGER NOT NULL
+);
+CREATE TABLE collections (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    live_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE records (
+    coll  INTEGER NOT NULL,
+    id    BLOB NOT NULL,
+    live  INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (coll, id)
+) WITHOUT ROWID;
+CREATE TABLE indexes (
+    id    INTEGER PRIMARY KEY,
+    coll  INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    UNIQUE (coll, field)
+);
+CREATE TABLE index_entries (
+    idx INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    id  BLOB NOT NULL,
+    PRIMARY KEY (idx, key, id)
+) WITHOUT ROWID;
+CREATE TABLE oplog (
+    seq        INTEGER PRIMARY KEY,
+    origin     BLOB NOT NULL,
+    origin_seq INTEGER NOT NULL,
+    op         BLOB NOT NULL
+);
+CREATE UNIQUE INDEX oplog_by_origin ON oplog (origin, origin_seq);
+";
+
+/// Creates the schema in an empty database.
+pub fn create(conn: &Connection, node: NodeId) -> Result<()> {
+    conn.execute_batch("BEGIN")?;
+    conn.execute_batch(DDL)?;
+    conn.execute(
+        "INSERT INTO node (singleton, node_id, lamport, seq) VALUES (1, ?1, 0, 0)",
+        params![node.as_bytes().as_slice()],
+    )?;
+    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! Writes: explicit transactions, local inserts/updates/deletes and merging remote operations.
+//!
+//! Every write goes through [`Transaction::write`], which stores the new record state, keeps the
+//! secondary indexes in step, appends the operation to the op log and records the change for
+//! watchers, all inside the caller's SQLite transaction.
+
+use std::collections::HashMap;
+use std::sync::MutexGuard;
+
+use blazedb_format::{
+    Date, Effect, Fields, OpId, OpKind, Operation, Record, RecordState, encode_operation,
+    encode_record_state, sort_key,
+};
+use rusqlite::{ErrorCode, params};
+use uuid::Uuid;
+
+use crate::db::{CollInfo, Core, Database, classify};
+use crate::error::{Error, Result};
+use crate::read::field_value;
+use crate::validate;
+use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
+
+/// Largest encoded record state a local write may create.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// What [`Database::apply_remote`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyReport {
+    /// Operations merged for the first time.
+    pub applied: usize,
+    /// Operations already in the op log, skipped.
+    pub duplicates: usize,
+}
+
+/// An open write transaction. Commits when the closure given to [`Database::transaction`]
+/// returns `Ok`, rolls back on `Err` or panic.
+pub struct Transaction<'db> {
+    pub(crate) core: MutexGuard<'db, Core>,
+    changes: Vec<Change>,
+    count_deltas: HashMap<i64, i64>,
+    start_clock: (u64, u64),
+    last_op_seq: Option<u64>,
+    done: bool,
+}
+
+impl Database {
+    /// Runs `f` in one transaction: all its writes commit together, or none do.
+    ///
+    /// ```
+    /// # use blazedb_core::{Database, fields};
+    /// let db = Database::in_memory()?;
+    /// let (a, b) = db.transaction(|tx| {
+    ///     let a = tx.insert("users", fields! { "name" => "Ada" })?;
+    ///     let b = tx.insert("users", fields! { "name" => "Bob" })?;
+    ///     Ok((a, b))
+    /// })?;
+    /// assert_eq!(db.count("users")?, 2);
+    /// # let _ = (a, b);
+    /// # Ok::<(), blazedb_core::Error>(())
+    /// ```
+    pub fn transaction<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut tx = self.begin()?;
+        match f(&mut tx) {
+            Ok(value) => {
+                let commit = tx.commit()?;
+                self.inner.watchers.notify(commit);
+                Ok(value)
+            }
+            Err(e) => {
+                tx.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn begin(&self) -> Result<Transaction<'_>> {
+        let mut core = self.lock();
+        core.conn.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
+        if let Err(e) = core.refresh() {
+            let _ = core.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        let start_clock = (core.lamport, core.seq);
+        Ok(Transaction {
+            core,
+            changes: Vec::new(),
+            count_deltas: HashMap::new(),
+            start_clock,
+            last_op_seq: None,
+            done: false,
+        })
+    }
+
+    /// Inserts a record with a new id (a time-ordered UUIDv7) and returns the id.
+    pub fn insert(&self, collection: &str, fields: Fields) -> Result<Uuid> {
+        self.transaction(|tx| tx.insert(collection, fields))
+    }
+
+    /// Inserts a record with the given id. Fails if a record with this id is visible.
+    pub fn insert_with_id(&self, collection: &str, id: Uuid, fields: Fields) -> Result<()> {
+        self.transaction(|tx| tx.insert_with_id(collection, id, fields))
+    }
+
+    /// Inserts many records in one transaction; returns their ids in order.
+    pub fn insert_many(
+        &self,
+        collection: &str,
+        records: impl IntoIterator<Item = Fields>,
+    ) -> Result<Vec<Uuid>> {
+        self.transaction(|tx| {
+            records
+                .into_iter()
+                .map(|fields| tx.insert(collection, fields))
+                .collect()
+        })
+    }
+
+    /// Sets the given fields of a record; fields not named keep their values. Only fields whose
+    /// value really changes are written to the op log.
+    pub fn update(&self, collection: &str, id: Uuid, fields: Fields) -> Result<()> {
+        self.transaction(|tx| tx.update(collection, id, fields))
+    }
+
+    /// Deletes a record.
+    pub fn delete(&self, collection: &str, id: Uuid) -> Result<()> {
+        self.transaction(|tx| tx.delete(collection, id))
+    }
+
+    /// Merges operations made by other replicas, in one transaction. Operations already in the
+    /// op log are skipped, so delivering the same operation twice is harmless. The Lamport
+    /// clock advances past every operation seen.
+    pub fn apply_remote(&self, ops: &[Operation]) -> Result<ApplyReport> {
+        self.transaction(|tx| tx.apply_remote(ops))
+    }
+}
+
+impl Transaction<'_> {
+    /// See [`Database::insert`].
+    pub fn insert(&mut self, collection: &str, fields: Fields) -> Result<Uuid> {
+        let id = Uuid::now_v7();
+        self.insert_inner(collection, id, fields, false)?;
+        Ok(id)
+    }
+
+    /// See [`Database::insert_with_id`].
+    pub fn insert_with_id(&mut self, collection: &str, id: Uuid, fields: Fields) -> Result<()> {
+        self.insert_inner(collection, id, fields, true)
+    }
+
+    fn insert_inner(&mut self, collection: &str, id: Uuid, fields: Fields, may_exist: bool) -> Result<()> {
+        validate::fields(&fields)?;
+        let coll = self.collection(collection, true)?;
+        let old = if may_exist {
+            let old = self.core.load_state(coll.id, id)?;
+            if old.as_ref().is_some_and(RecordState::is_visible) {
+                return Err(Error::RecordExists {
+                    collection: collection.into(),
+                    id,
+                });
+            }
+            old
+        } else {
+            None
+        };
+        let op = self.local_op(OpKind::Insert, collection, id, fields);
+        self.write(&coll, old, &op, ChangeOrigin::Local, true)?;
+        Ok(())
+    }
+
+    /// See [`Database::update`].
+    pub fn update(&mut self, collection: &str, id: Uuid, fields: Fields) -> Result<()> {
+        validate::fields(&fields)?;
+        let (coll, state) = self.visible(collection, id)?;
+        let changed: Fields = fields
+            .into_iter()
+            .filter(|(k, v)| state.visible_field(k) != Some(v))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let op = self.local_op(OpKind::Update, collection, id, changed);
+        self.write(&coll, Some(state), &op, ChangeOrigin::Local, true)?;
+        Ok(())
+    }
+
+    /// See [`Database::delete`].
+    pub fn delete(&mut self, collection: &str, id: Uuid) -> Result<()> {
+        let (coll, state) = self.visible(collection, id)?;
+        let op = self.local_op(OpKind::Delete, collection, id, Fields::new());
+        self.write(&coll, Some(state), &op, ChangeOrigin::Local, true)?;
+        Ok(())
+    }
+
+    /// Reads a record as this transaction sees it.
+    pub fn get(&mut self, collection: &str, id: Uuid) -> Result<Option<Record>> {
+        self.core.get(collection, id)
+    }
+
+    /// See [`Database::apply_remote`].
+    pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        for op in ops {
+            let invalid = |e: Error| Error::InvalidOperation {
+                op: op.id.to_string(),
+                reason: e.to_string(),
+            };
+            validate::collection_name(&op.collection).map_err(invalid)?;
+            validate::fields(&op.fields).map_err(invalid)?;
+            if op.kind == OpKind::Delete && !op.fields.is_empty() {
+                return Err(invalid(Error::InvalidQuery("a delete carries no fields".into())));
+            }
+            if self.core.has_op(op.id)? {
+                report.duplicates += 1;
+                continue;
+            }
+            self.core.lamport = self.core.lamport.max(op.lamport);
+            if op.id.origin == self.core.node {
+                // Our own operation coming back (e.g. after restoring a backup): never reuse its id.
+                self.core.seq = self.core.seq.max(op.id.seq);
+            }
+            let coll = self.collection(&op.collection, true)?;
+            let old = self.core.load_state(coll.id, op.record)?;
+            self.write(&coll, old, op, ChangeOrigin::Remote(op.id.origin), false)?;
+            report.applied += 1;
+        }
+        Ok(report)
+    }
+
+    fn collection(&mut self, name: &str, create: bool) -> Result<CollInfo> {
+        match self.core.collection(name, create)? {
+            Some(c) => Ok(c),
+            None => Err(Error::InvalidQuery(format!("no collection {name:?}"))),
+        }
+    }
+
+    fn visible(&mut self, collection: &str, id: Uuid) -> Result<(CollInfo, RecordState)> {
+        let not_found = || Error::RecordNotFound {
+            collection: collection.into(),
+            id,
+        };
+        let coll = self.core.collection(collection, false)?.ok_or_else(not_found)?;
+        let state = self
+            .core
+            .load_state(coll.id, id)?
+            .filter(RecordState::is_visible)
+            .ok_or_else(not_found)?;
+        Ok((coll, state))
+    }
+
+    fn local_op(&mut self, kind: OpKind, collection: &str, record: Uuid, fields: Fields) -> Operation {
+        self.core.lamport += 1;
+        self.core.seq += 1;
+        Operation {
+            id: OpId {
+                origin: self.core.node,
+                seq: self.core.seq,
+            },
+            lamport: self.core.lamport,
+            wall: Date::now(),
+            kind,
+            collection: collection.to_owned(),
+            record,
+            fields,
+        }
+    }
+
+    /// Merges `op` into the record's state and persists everything that follows from it.
+    fn write(
+        &mut self,
+        coll: &CollInfo,
+        old: Option<RecordState>,
+        op: &Operation,
+        origin: ChangeOrigin,
+        local: bool,
+    ) -> Result<Effect> {
+        let existed = old.is_some();
+        let (state, old_fields, effect) = match old {
+            // A brand-new record: no need to merge.
+            None if op.kind == OpKind::Insert => {
+                (RecordState::inserted(op.fields.clone(), op.stamp()), None, Effect::Created)
+            }
+            old => {
+                let mut state = old.unwrap_or_default();
+                let old_fields = if coll.indexes.is_empty() {
+                    None
+                } else {
+                    state.visible_fields()
+                };
+                let effect = state.apply(op);
+                (state, old_fields, effect)
+            }
+        };
+        let bytes = encode_record_state(&state);
+        if local && bytes.len() > MAX_RECORD_BYTES {
+            return Err(Error::RecordTooLarge {
+                size: bytes.len(),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        let conn = &self.core.conn;
+        let id = op.record.as_bytes().as_slice();
+        if existed {
+            conn.prepare_cached("UPDATE records SET live = ?3, state = ?4 WHERE coll = ?1 AND id = ?2")?
+                .execute(params![coll.id, id, state.is_visible(), bytes])?;
+        } else {
+            let inserted = conn
+                .prepare_cached("INSERT INTO records (coll, id, live, state) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![coll.id, id, state.is_visible(), bytes]);
+            if let Err(rusqlite::Error::SqliteFailure(f, _)) = &inserted {
+                if f.code == ErrorCode::ConstraintViolation {
+                    return Err(Error::RecordExists {
+                        collection: op.collection.clone(),
+                        id: op.record,
+                    });
+                }
+            }
+            inserted?;
+        }
+        if effect != Effect::None && !coll.indexes.is_empty() {
+            let new_fields = state.visible_fields();
+            for index in &coll.indexes {
+                let key_of = |f: &Option<Fields>| {
+                    f.as_ref()
+                        .map(|f| sort_key(&field_value(f, &op.record, &index.field)))
+                };
+                let (old_key, new_key) = (key_of(&old_fields), key_of(&new_fields));
+                if old_key == new_key {
+                    continue;
+                }
+                if let Some(k) = old_key {
+                    conn.prepare_cached("DELETE FROM index_entries WHERE idx = ?1 AND key = ?2 AND id = ?3")?
+                        .execute(params![index.id, k, id])?;
+                }
+                if let Some(k) = new_key {
+                    conn.prepare_cached("INSERT INTO index_entries (idx, key, id) VALUES (?1, ?2, ?3)")?
+                        .execute(params![index.id, k, id])?;
+                }
+            }
+        }
+        conn.prepare_cached("INSERT INTO oplog (origin, origin_seq, op) VALUES (?1, ?2, ?3)")?
+            .execute(params![
+                op.id.origin.as_bytes().as_slice(),
+                op.id.seq as i64,
+                encode_operation(op)
+            ])?;
+        self.last_op_seq = Some(conn.last_insert_rowid() as u64);
+        let kind = match effect {
+            Effect::Created => Some((ChangeKind::Inserted, 1)),
+            Effect::Updated => Some((ChangeKind::Updated, 0)),
+            Effect::Deleted => Some((ChangeKind::Deleted, -1)),
+            Effect::None => None,
+        };
+        if let Some((kind, delta)) = kind {
+            if delta != 0 {
+                *self.count_deltas.entry(coll.id).or_default() += delta;
+            }
+            self.changes.push(Change {
+                collection: op.collection.clone(),
+                id: op.record,
+                kind,
+                origin,
+            });
+        }
+        Ok(effect)
+    }
+
+    fn commit(mut self) -> Result<Commit> {
+        let result = self.flush_and_commit();
+        self.done = true;
+        if let Err(e) = result {
+            self.undo();
+            return Err(e);
+        }
+        Ok(Commit {
+            changes: std::mem::take(&mut self.changes),
+            last_op_seq: self.last_op_seq,
+        })
+    }
+
+    fn flush_and_commit(&mut self) -> Result<()> {
+        let conn = &self.core.conn;
+        if (self.core.lamport, self.core.seq) != self.start_clock {
+            conn.prepare_cached("UPDATE node SET lamport = ?1, seq = ?2 WHERE singleton = 1")?
+                .execute(params![self.core.lamport as i64, self.core.seq as i64])?;
+        }
+        for (coll, delta) in &self.count_deltas {
+            conn.prepare_cached("UPDATE collections SET live_count = live_count + ?2 WHERE id = ?1")?
+                .execute(params![coll, delta])?;
+        }
+        conn.execute_batch("COMMIT").map_err(classify)?;
+        Ok(())
+    }
+
+    fn rollback(mut self) {
+        self.done = true;
+        self.undo();
+    }
+
+    fn undo(&mut self) {
+        // Fails harmlessly when SQLite already rolled back (e.g. after a failed COMMIT).
+        let _ = self.core.conn.execute_batch("ROLLBACK");
+        (self.core.lamport, self.core.seq) = self.start_clock;
+        self.core.forget_schema();
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.undo();
+        }
+    }
+}

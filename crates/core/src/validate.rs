@@ -1,0 +1,65 @@
+//! Checks on names and values coming from the caller or another replica.
+
+use blazedb_format::{Fields, MAX_DEPTH, Value};
+
+use crate::error::{Error, Result};
+
+/// Longest collection or field name, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+fn name(what: &'static str, name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what,
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return bad("it is longer than 255 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("it contains a control character");
+    }
+    Ok(())
+}
+
+pub fn collection_name(n: &str) -> Result<()> {
+    name("collection name", n)
+}
+
+pub fn field_name(n: &str) -> Result<()> {
+    name("field name", n)?;
+    if n == "id" {
+        return Err(Error::InvalidName {
+            what: "field name",
+            name: n.to_owned(),
+            reason: "\"id\" is reserved for the record id",
+        });
+    }
+    Ok(())
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Map(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+pub fn fields(fields: &Fields) -> Result<()> {
+    for (k, v) in fields {
+        field_name(k)?;
+        if depth(v) > MAX_DEPTH {
+            return Err(Error::InvalidValue {
+                field: k.clone(),
+                reason: format!("arrays and maps nest deeper than {MAX_DEPTH} levels"),
+            });
+        }
+    }
+    Ok(())
+}

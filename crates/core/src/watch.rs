@@ -1,0 +1,182 @@
+//! Change notifications: callers are woken when a commit changes a collection they watch,
+//! whether the change was made here or merged from another replica.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use blazedb_format::NodeId;
+use uuid::Uuid;
+
+/// What happened to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Inserted,
+    Updated,
+    Deleted,
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeOrigin {
+    /// Written through this database handle (or another handle on this file).
+    Local,
+    /// Merged from another replica by `apply_remote`; the node that made the operation.
+    Remote(NodeId),
+}
+
+/// One record that a commit changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub collection: String,
+    pub id: Uuid,
+    pub kind: ChangeKind,
+    pub origin: ChangeOrigin,
+}
+
+/// Everything one committed transaction changed, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub changes: Vec<Change>,
+    /// Op-log position of the last operation the commit wrote (see `Database::oplog_since`).
+    pub last_op_seq: Option<u64>,
+}
+
+type Callback = dyn Fn(&Commit) + Send + Sync;
+
+enum Sink {
+    Channel {
+        collection: Option<String>,
+        sender: Sender<Arc<Commit>>,
+    },
+    Callback(Arc<Callback>),
+}
+
+struct Watcher {
+    id: u64,
+    sink: Sink,
+}
+
+/// The registry of watchers of one database.
+#[derive(Default)]
+pub(crate) struct Watchers {
+    list: Mutex<Vec<Watcher>>,
+    next_id: AtomicU64,
+}
+
+impl Watchers {
+    fn add(&self, sink: Sink) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.list).push(Watcher { id, sink });
+        id
+    }
+
+    pub(crate) fn subscribe(&self, collection: Option<String>) -> Subscription {
+        let (sender, receiver) = mpsc::channel();
+        self.add(Sink::Channel { collection, sender });
+        Subscription { receiver }
+    }
+
+    pub(crate) fn on_commit(self: &Arc<Self>, f: Arc<Callback>) -> CommitListener {
+        let id = self.add(Sink::Callback(f));
+        CommitListener {
+            id,
+            watchers: Arc::downgrade(self),
+        }
+    }
+
+    /// Delivers a commit. Runs after the database lock is released, so a callback may read the
+    /// database.
+    pub(crate) fn notify(&self, commit: Commit) {
+        if commit.changes.is_empty() {
+            return;
+        }
+        let commit = Arc::new(commit);
+        let mut callbacks = Vec::new();
+        {
+            let mut list = lock(&self.list);
+            list.retain(|w| match &w.sink {
+                Sink::Channel { collection: None, sender } => sender.send(commit.clone()).is_ok(),
+                Sink::Channel {
+                    collection: Some(name),
+                    sender,
+                } => {
+                    let changes: Vec<Change> = commit
+                        .changes
+                        .iter()
+                        .filter(|c| &c.collection == name)
+                        .cloned()
+                        .collect();
+                    if changes.is_empty() {
+                        // Still detect a dropped receiver without sending anything.
+                        return true;
+                    }
+                    sender
+                        .send(Arc::new(Commit {
+                            changes,
+                            last_op_seq: commit.last_op_seq,
+                        }))
+                        .is_ok()
+                }
+                Sink::Callback(f) => {
+                    callbacks.push(f.clone());
+                    true
+                }
+            });
+        }
+        for f in callbacks {
+            f(&commit);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.list).retain(|w| w.id != id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A stream of commits for one collection (or all). Dropping it unsubscribes.
+pub struct Subscription {
+    receiver: Receiver<Arc<Commit>>,
+}
+
+impl Subscription {
+    /// Blocks until the next commit. `None` once the database is closed.
+    pub fn recv(&self) -> Option<Arc<Commit>> {
+        self.receiver.recv().ok()
+    }
+
+    /// Waits at most `timeout`; `None` on timeout or once the database is closed.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Arc<Commit>> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// A commit if one is waiting.
+    pub fn try_recv(&self) -> Option<Arc<Commit>> {
+        match self.receiver.try_recv() {
+            Ok(c) => Some(c),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+}
+
+/// Keeps an `on_commit` callback registered; dropping it removes the callback.
+pub struct CommitListener {
+    id: u64,
+    watchers: Weak<Watchers>,
+}
+
+impl Drop for CommitListener {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchers.upgrade() {
+            w.remove(self.id);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The merge rules: a record's replicated state and how an operation changes it.
+//!
+//! A [`RecordState`] is a join-semilattice: applying the same set of operations in any order,
+//! with any duplicates, gives the same state. See `docs/merge.md` for the rules with examples.
+//!
+//! * Every field is a last-writer-wins register ordered by [`Stamp`] (Lamport time, then node).
+//! * `created` is the greatest insert stamp, `deleted` the greatest delete stamp. The record is
+//!   visible while `created > deleted`.
+//! * Delete wins over updates: an update never brings a deleted record back. Only an insert
+//!   newer than the delete does, and an insert replaces the whole record: the visible fields are
+//!   exactly those written at or after the newest insert.
+//! * Registers that can never be visible again (older than `created`, or not newer than
+//!   `deleted`) are dropped, so the state stays small and equal histories give equal bytes.
+
+use std::collections::BTreeMap;
+
+use crate::ids::Stamp;
+use crate::operation::{OpKind, Operation};
+use crate::value::{Fields, Value};
+
+/// One field register: its value and the stamp of the write that set it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldState {
+    pub value: Value,
+    pub stamp: Stamp,
+}
+
+/// The full replicated state of one record, visible or not.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecordState {
+    /// Stamp of the newest insert seen, if any.
+    pub created: Option<Stamp>,
+    /// Stamp of the newest delete seen, if any.
+    pub deleted: Option<Stamp>,
+    /// Field registers (only ones that can still be visible).
+    pub fields: BTreeMap<String, FieldState>,
+}
+
+/// What applying one operation did to the visible record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The record was not visible and now is.
+    Created,
+    /// The record was visible and its visible fields changed.
+    Updated,
+    /// The record was visible and now is not.
+    Deleted,
+    /// Nothing visible changed (an older write lost, or the record stays hidden).
+    None,
+}
+
+impl RecordState {
+    /// The state of a record after just this insert.
+    pub fn inserted(fields: Fields, stamp: Stamp) -> Self {
+        RecordState {
+            created: Some(stamp),
+            deleted: None,
+            fields: fields
+                .into_iter()
+                .map(|(name, value)| (name, FieldState { value, stamp }))
+                .collect(),
+        }
+    }
+
+    /// Is the record visible (inserted after its last delete)?
+    pub fn is_visible(&self) -> bool {
+        self.created > self.deleted
+    }
+
+    /// The visible fields, or `None` when the record is not visible.
+    pub fn visible_fields(&self) -> Option<Fields> {
+        if !self.is_visible() {
+            return None;
+        }
+        Some(
+            self.fields
+                .iter()
+                .map(|(k, f)| (k.clone(), f.value.clone()))
+                .collect(),
+        )
+    }
+
+    /// The visible value of one field.
+    pub fn visible_field(&self, name: &str) -> Option<&Value> {
+        if !self.is_visible() {
+            return None;
+        }
+        self.fields.get(name).map(|f| &f.value)
+    }
+
+    /// Merges one operation into the state. Deterministic, commutative and idempotent.
+    pub fn apply(&mut self, op: &Operation) -> Effect {
+        let before = self.visible_fields();
+        self.apply_parts(op.kind, &op.fields, op.stamp());
+        let after = self.visible_fields();
+        match (before, after) {
+            (None, Some(_)) => Effect::Created,
+            (Some(_), None) => Effect::Deleted,
+            (Some(a), Some(b)) if a != b => Effect::Updated,
+            _ => Effect::None,
+        }
+    }
+
+    fn apply_parts(&mut self, kind: OpKind, fields: &Fields, stamp: Stamp) {
+        match kind {
+            OpKind::Insert => {
+                if self.created.is_none_or(|c| stamp > c) {
+                    self.created = Some(stamp);
+                }
+                self.write_fields(fields, stamp);
+            }
+            OpKind::Update => self.write_fields(fields, stamp),
+            OpKind::Delete => {
+                if self.deleted.is_none_or(|d| stamp > d) {
+                    self.deleted = Some(stamp);
+                }
+            }
+        }
+        self.prune();
+    }
+
+    fn write_fields(&mut self, fields: &Fields, stamp: Stamp) {
+        for (name, value) in fields {
+            match self.fields.get_mut(name) {
+                Some(existing) if existing.stamp >= stamp => {}
+                Some(existing) => {
+                    existing.value = value.clone();
+                    existing.stamp = stamp;
+                }
+                None => {
+                    self.fields.insert(
+                        name.clone(),
+                        FieldState {
+                            value: value.clone(),
+                            stamp,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Drops registers that can never be visible again.
+    fn prune(&mut self) {
+        let created = self.created;
+        let deleted = self.deleted;
+        self.fields.retain(|_, f| {
+            let after_insert = created.is_none_or(|c| f.stamp >= c);
+            let after_delete = deleted.is_none_or(|d| f.stamp > d);
+            after_insert && after_delete
+        });
+    }
+
+    /// The greatest stamp in this state (for advancing a Lamport clock).
+    pub fn max_stamp(&self) -> Option<Stamp> {
+        let fields = self.fields.values().map(|f| f.stamp);
+        self.created.into_iter().chain(self.deleted).chain(fields).max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields;
+    use crate::ids::{NodeId, OpId};
+    use crate::value::Date;
+    use uuid::Uuid;
+
+    fn node(n: u8) -> NodeId {
+        NodeId(Uuid::from_bytes([n; 16]))
+    }
+
+    fn op(kind: OpKind, lamport: u64, n: u8, fields: Fields) -> Operation {
+        Operation {
+            id: OpId {
+                origin: node(n),
+                seq: lamport,
+            },
+            lamport,
+            wall: Date::from_unix_millis(0),
+            kind,
+            collection: "bugs".into(),
+            record: Uuid::nil(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn newer_field_write_wins_and_older_loses() {
+        let mut s = RecordState::default();
+        s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1}));
+        assert_eq!(s.apply(&op(OpKind::Update, 3, 2, fields! {"a" => 3})), Effect::Updated);
+        assert_eq!(s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => 2})), Effect::None);
+        assert_eq!(s.visible_field("a"), Some(&Value::Int(3)));
+    }
+
+    #[test]
+    fn equal_lamport_ties_break_on_node_id() {
+        let mut a = RecordState::default();
+        let mut b = RecordState::default();
+        let base = op(OpKind::Insert, 1, 1, fields! {"a" => 0});
+        let x = op(OpKind::Update, 5, 1, fields! {"a" => 1});
+        let y = op(OpKind::Update, 5, 2, fields! {"a" => 2});
+        for o in [&base, &x, &y] {
+            a.apply(o);
+        }
+        for o in [&base, &y, &x] {
+            b.apply(o);
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.visible_field("a"), Some(&Value::Int(2)));
+    }
+
+    #[test]
+    fn delete_wins_over_a_concurrent_newer_update() {
+        let mut s = RecordState::default();
+        s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1}));
+        assert_eq!(s.apply(&op(OpKind::Delete, 2, 1, fields! {})), Effect::Deleted);
+        assert_eq!(s.apply(&op(OpKind::Update, 3, 2, fields! {"a" => 2})), Effect::None);
+        assert!(!s.is_visible());
+    }
+
+    #[test]
+    fn a_newer_insert_resurrects_with_only_its_own_fields() {
+        let mut s = RecordState::default();
+        s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1, "b" => 1}));
+        s.apply(&op(OpKind::Delete, 2, 1, fields! {}));
+        s.apply(&op(OpKind::Update, 3, 2, fields! {"b" => 2}));
+        assert_eq!(s.apply(&op(OpKind::Insert, 4, 1, fields! {"c" => 4})), Effect::Created);
+        assert_eq!(s.visible_fields(), Some(fields! {"c" => 4}));
+    }
+
+    #[test]
+    fn an_insert_older_than_the_delete_stays_deleted() {
+        let mut s = RecordState::default();
+        s.apply(&op(OpKind::Delete, 5, 1, fields! {}));
+        assert_eq!(s.apply(&op(OpKind::Insert, 4, 2, fields! {"a" => 1})), Effect::None);
+        assert!(s.fields.is_empty());
+    }
+
+    #[test]
+    fn an_update_that_arrives_before_its_insert_is_kept() {
+        let mut s = RecordState::default();
+        assert_eq!(s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => 2})), Effect::None);
+        assert_eq!(s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1, "b" => 1})), Effect::Created);
+        assert_eq!(s.visible_fields(), Some(fields! {"a" => 2, "b" => 1}));
+    }
+}
