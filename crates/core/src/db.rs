@@ -140,7 +140,9 @@ impl OpenOptions {
             conn.pragma_update(None, "key", password)?;
         }
         // The first read decrypts page 1: this is where a wrong key shows.
-        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
                 Err(match self.password {
@@ -160,7 +162,9 @@ impl OpenOptions {
         if path.is_some() {
             let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             if !mode.eq_ignore_ascii_case("wal") {
-                return Err(Error::Corrupt(format!("cannot switch to WAL mode (got {mode})")));
+                return Err(Error::Corrupt(format!(
+                    "cannot switch to WAL mode (got {mode})"
+                )));
             }
         }
         let sync = match self.durability {
@@ -244,7 +248,8 @@ impl Core {
         let node = Uuid::from_slice(&node)
             .map_err(|_| Error::Corrupt("node id is not 16 bytes".into()))?;
         self.node = NodeId(node);
-        self.lamport = u64::try_from(lamport).map_err(|_| Error::Corrupt("negative clock".into()))?;
+        self.lamport =
+            u64::try_from(lamport).map_err(|_| Error::Corrupt("negative clock".into()))?;
         self.seq = u64::try_from(seq).map_err(|_| Error::Corrupt("negative sequence".into()))?;
         self.collections.clear();
         self.data_version = version;
@@ -370,7 +375,9 @@ impl Database {
     /// Changes the password (SQLCipher re-key). The database must be encrypted already.
     pub fn change_password(&self, new_password: &str) -> Result<()> {
         if self.inner.path.is_none() {
-            return Err(Error::InvalidQuery("an in-memory database has no password".into()));
+            return Err(Error::InvalidQuery(
+                "an in-memory database has no password".into(),
+            ));
         }
         if new_password.is_empty() {
             return Err(Error::InvalidQuery("the new password is empty".into()));
@@ -378,10 +385,15 @@ impl Database {
         let core = self.lock();
         // Re-keying rewrites every page; do it in rollback-journal mode so no WAL frames encrypted
         // under the old key survive, then return to WAL.
-        core.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        let _: String = core.conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+        core.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let _: String = core
+            .conn
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
         let rekeyed = core.conn.pragma_update(None, "rekey", new_password);
-        let _: String = core.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        let _: String = core
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         rekeyed?;
         Ok(())
     }

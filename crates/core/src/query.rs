@@ -237,19 +237,21 @@ impl Database {
             )?;
             let index_id = conn.last_insert_rowid();
             {
-            let mut insert =
-                conn.prepare_cached("INSERT INTO index_entries (idx, key, id) VALUES (?1, ?2, ?3)")?;
-            let mut stmt = conn.prepare("SELECT id, state FROM records WHERE coll = ?1 AND live = 1")?;
-            let mut rows = stmt.query([coll.id])?;
-            while let Some(row) = rows.next()? {
-                let raw_id = row.get_ref(0)?.as_blob()?;
-                let id = uuid_from(raw_id)?;
-                let state = decode_record_state(row.get_ref(1)?.as_blob()?)?;
-                if let Some(fields) = state.visible_fields() {
-                    let key = sort_key(&field_value(&fields, &id, field));
-                    insert.execute(params![index_id, key, raw_id])?;
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO index_entries (idx, key, id) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut stmt =
+                    conn.prepare("SELECT id, state FROM records WHERE coll = ?1 AND live = 1")?;
+                let mut rows = stmt.query([coll.id])?;
+                while let Some(row) = rows.next()? {
+                    let raw_id = row.get_ref(0)?.as_blob()?;
+                    let id = uuid_from(raw_id)?;
+                    let state = decode_record_state(row.get_ref(1)?.as_blob()?)?;
+                    if let Some(fields) = state.visible_fields() {
+                        let key = sort_key(&field_value(&fields, &id, field));
+                        insert.execute(params![index_id, key, raw_id])?;
+                    }
                 }
-            }
             }
             tx.core.forget_schema();
             Ok(())
@@ -264,9 +266,17 @@ impl Database {
                 field: field.into(),
             };
             let coll = tx.core.collection(collection, false)?.ok_or_else(missing)?;
-            let index = coll.indexes.iter().find(|i| i.field == field).ok_or_else(missing)?;
-            tx.core.conn.execute("DELETE FROM index_entries WHERE idx = ?1", [index.id])?;
-            tx.core.conn.execute("DELETE FROM indexes WHERE id = ?1", [index.id])?;
+            let index = coll
+                .indexes
+                .iter()
+                .find(|i| i.field == field)
+                .ok_or_else(missing)?;
+            tx.core
+                .conn
+                .execute("DELETE FROM index_entries WHERE idx = ?1", [index.id])?;
+            tx.core
+                .conn
+                .execute("DELETE FROM indexes WHERE id = ?1", [index.id])?;
             tx.core.forget_schema();
             Ok(())
         })
@@ -338,7 +348,9 @@ impl<'db> Query<'db> {
                 best = Some((rank, plan));
             }
         }
-        Ok(best.map(|(_, p)| p).unwrap_or(Plan::FullScan { collection }))
+        Ok(best
+            .map(|(_, p)| p)
+            .unwrap_or(Plan::FullScan { collection }))
     }
 
     /// Runs the query.
@@ -425,7 +437,11 @@ impl<'db> Query<'db> {
                 let x = field_value(&a.fields, &a.id, field);
                 let y = field_value(&b.fields, &b.id, field);
                 let c = x.total_cmp(&y);
-                let c = if *dir == Direction::Desc { c.reverse() } else { c };
+                let c = if *dir == Direction::Desc {
+                    c.reverse()
+                } else {
+                    c
+                };
                 if c != Ordering::Equal {
                     return c;
                 }
@@ -474,33 +490,54 @@ fn candidate(collection: &str, f: &Filter, indexed: &[String]) -> Option<(u8, Pl
         )),
         _ if filter_field(f).is_none_or(|field| !indexed.iter().any(|i| i == field)) => None,
         Filter::Eq(field, v) => Some((2, index_scan(field, format!("= {v}"), vec![point(v)]))),
-        Filter::IsNull(field) => Some((2, index_scan(field, "IS NULL".into(), vec![point(&Value::Null)]))),
+        Filter::IsNull(field) => Some((
+            2,
+            index_scan(field, "IS NULL".into(), vec![point(&Value::Null)]),
+        )),
         Filter::In(field, vs) => {
             let mut ranges: Vec<KeyRange> = vs.iter().map(point).collect();
             ranges.dedup_by(|a, b| a.lower == b.lower);
-            Some((3, index_scan(field, format!("IN ({} values)", vs.len()), ranges)))
+            Some((
+                3,
+                index_scan(field, format!("IN ({} values)", vs.len()), ranges),
+            ))
         }
-        Filter::Gt(field, v) | Filter::Gte(field, v) | Filter::Lt(field, v) | Filter::Lte(field, v)
+        Filter::Gt(field, v)
+        | Filter::Gte(field, v)
+        | Filter::Lt(field, v)
+        | Filter::Lte(field, v)
             if v.class() != ValueClass::Null =>
         {
             let k = sort_key(v);
             let (op, range) = match f {
-                Filter::Gt(..) => (">", KeyRange {
-                    lower: Bound::Excluded(k),
-                    upper: Bound::Excluded(class_end(v)),
-                }),
-                Filter::Gte(..) => (">=", KeyRange {
-                    lower: Bound::Included(k),
-                    upper: Bound::Excluded(class_end(v)),
-                }),
-                Filter::Lt(..) => ("<", KeyRange {
-                    lower: Bound::Included(class_start(v)),
-                    upper: Bound::Excluded(k),
-                }),
-                _ => ("<=", KeyRange {
-                    lower: Bound::Included(class_start(v)),
-                    upper: Bound::Included(k),
-                }),
+                Filter::Gt(..) => (
+                    ">",
+                    KeyRange {
+                        lower: Bound::Excluded(k),
+                        upper: Bound::Excluded(class_end(v)),
+                    },
+                ),
+                Filter::Gte(..) => (
+                    ">=",
+                    KeyRange {
+                        lower: Bound::Included(k),
+                        upper: Bound::Excluded(class_end(v)),
+                    },
+                ),
+                Filter::Lt(..) => (
+                    "<",
+                    KeyRange {
+                        lower: Bound::Included(class_start(v)),
+                        upper: Bound::Excluded(k),
+                    },
+                ),
+                _ => (
+                    "<=",
+                    KeyRange {
+                        lower: Bound::Included(class_start(v)),
+                        upper: Bound::Included(k),
+                    },
+                ),
             };
             Some((4, index_scan(field, format!("{op} {v}"), vec![range])))
         }
@@ -524,7 +561,12 @@ fn filter_field(f: &Filter) -> Option<&str> {
 }
 
 /// Record ids in the given key ranges of the index on `field`, without duplicates.
-fn index_ids(core: &mut Core, collection: &str, field: &str, ranges: &[KeyRange]) -> Result<Vec<Uuid>> {
+fn index_ids(
+    core: &mut Core,
+    collection: &str,
+    field: &str,
+    ranges: &[KeyRange],
+) -> Result<Vec<Uuid>> {
     let Some(coll) = core.collection(collection, false)? else {
         return Ok(Vec::new());
     };

@@ -53,13 +53,17 @@ impl Core {
     }
 
     /// Calls `f` with every visible record of a collection, in id order, until it returns false.
-    pub fn scan(&mut self, collection: &str, mut f: impl FnMut(Record) -> Result<bool>) -> Result<()> {
+    pub fn scan(
+        &mut self,
+        collection: &str,
+        mut f: impl FnMut(Record) -> Result<bool>,
+    ) -> Result<()> {
         let Some(coll) = self.collection(collection, false)? else {
             return Ok(());
         };
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, state FROM records WHERE coll = ?1 AND live = 1 ORDER BY id")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, state FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
+        )?;
         let mut rows = stmt.query([coll.id])?;
         while let Some(row) = rows.next()? {
             let id = uuid_from(row.get_ref(0)?.as_blob()?)?;
@@ -77,7 +81,10 @@ impl Core {
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM oplog WHERE origin = ?1 AND origin_seq = ?2")?
-            .query_row(params![id.origin.as_bytes().as_slice(), id.seq as i64], |_| Ok(()))
+            .query_row(
+                params![id.origin.as_bytes().as_slice(), id.seq as i64],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -133,7 +140,9 @@ impl Database {
     /// Names of all collections, sorted.
     pub fn collections(&self) -> Result<Vec<String>> {
         let core = self.read()?;
-        let mut stmt = core.conn.prepare_cached("SELECT name FROM collections ORDER BY name")?;
+        let mut stmt = core
+            .conn
+            .prepare_cached("SELECT name FROM collections ORDER BY name")?;
         let names = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -195,7 +204,9 @@ impl Database {
     /// Counters and sizes.
     pub fn stats(&self) -> Result<Stats> {
         let core = self.read()?;
-        let oplog_len: i64 = core.conn.query_row("SELECT count(*) FROM oplog", [], |r| r.get(0))?;
+        let oplog_len: i64 = core
+            .conn
+            .query_row("SELECT count(*) FROM oplog", [], |r| r.get(0))?;
         let page_count: i64 = core.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let page_size: i64 = core.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let mut stmt = core.conn.prepare_cached(

@@ -75,7 +75,9 @@ impl Database {
 
     fn begin(&self) -> Result<Transaction<'_>> {
         let mut core = self.lock();
-        core.conn.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
+        core.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(classify)?;
         if let Err(e) = core.refresh() {
             let _ = core.conn.execute_batch("ROLLBACK");
             return Err(e);
@@ -147,7 +149,13 @@ impl Transaction<'_> {
         self.insert_inner(collection, id, fields, true)
     }
 
-    fn insert_inner(&mut self, collection: &str, id: Uuid, fields: Fields, may_exist: bool) -> Result<()> {
+    fn insert_inner(
+        &mut self,
+        collection: &str,
+        id: Uuid,
+        fields: Fields,
+        may_exist: bool,
+    ) -> Result<()> {
         validate::fields(&fields)?;
         let coll = self.collection(collection, true)?;
         let old = if may_exist {
@@ -207,7 +215,9 @@ impl Transaction<'_> {
             validate::collection_name(&op.collection).map_err(invalid)?;
             validate::fields(&op.fields).map_err(invalid)?;
             if op.kind == OpKind::Delete && !op.fields.is_empty() {
-                return Err(invalid(Error::InvalidQuery("a delete carries no fields".into())));
+                return Err(invalid(Error::InvalidQuery(
+                    "a delete carries no fields".into(),
+                )));
             }
             if self.core.has_op(op.id)? {
                 report.duplicates += 1;
@@ -238,7 +248,10 @@ impl Transaction<'_> {
             collection: collection.into(),
             id,
         };
-        let coll = self.core.collection(collection, false)?.ok_or_else(not_found)?;
+        let coll = self
+            .core
+            .collection(collection, false)?
+            .ok_or_else(not_found)?;
         let state = self
             .core
             .load_state(coll.id, id)?
@@ -247,7 +260,13 @@ impl Transaction<'_> {
         Ok((coll, state))
     }
 
-    fn local_op(&mut self, kind: OpKind, collection: &str, record: Uuid, fields: Fields) -> Operation {
+    fn local_op(
+        &mut self,
+        kind: OpKind,
+        collection: &str,
+        record: Uuid,
+        fields: Fields,
+    ) -> Operation {
         self.core.lamport += 1;
         self.core.seq += 1;
         Operation {
@@ -276,9 +295,11 @@ impl Transaction<'_> {
         let existed = old.is_some();
         let (state, old_fields, effect) = match old {
             // A brand-new record: no need to merge.
-            None if op.kind == OpKind::Insert => {
-                (RecordState::inserted(op.fields.clone(), op.stamp()), None, Effect::Created)
-            }
+            None if op.kind == OpKind::Insert => (
+                RecordState::inserted(op.fields.clone(), op.stamp()),
+                None,
+                Effect::Created,
+            ),
             old => {
                 let mut state = old.unwrap_or_default();
                 let old_fields = if coll.indexes.is_empty() {
@@ -300,11 +321,15 @@ impl Transaction<'_> {
         let conn = &self.core.conn;
         let id = op.record.as_bytes().as_slice();
         if existed {
-            conn.prepare_cached("UPDATE records SET live = ?3, state = ?4 WHERE coll = ?1 AND id = ?2")?
-                .execute(params![coll.id, id, state.is_visible(), bytes])?;
+            conn.prepare_cached(
+                "UPDATE records SET live = ?3, state = ?4 WHERE coll = ?1 AND id = ?2",
+            )?
+            .execute(params![coll.id, id, state.is_visible(), bytes])?;
         } else {
             let inserted = conn
-                .prepare_cached("INSERT INTO records (coll, id, live, state) VALUES (?1, ?2, ?3, ?4)")?
+                .prepare_cached(
+                    "INSERT INTO records (coll, id, live, state) VALUES (?1, ?2, ?3, ?4)",
+                )?
                 .execute(params![coll.id, id, state.is_visible(), bytes]);
             if let Err(rusqlite::Error::SqliteFailure(f, _)) = &inserted {
                 if f.code == ErrorCode::ConstraintViolation {
@@ -328,12 +353,16 @@ impl Transaction<'_> {
                     continue;
                 }
                 if let Some(k) = old_key {
-                    conn.prepare_cached("DELETE FROM index_entries WHERE idx = ?1 AND key = ?2 AND id = ?3")?
-                        .execute(params![index.id, k, id])?;
+                    conn.prepare_cached(
+                        "DELETE FROM index_entries WHERE idx = ?1 AND key = ?2 AND id = ?3",
+                    )?
+                    .execute(params![index.id, k, id])?;
                 }
                 if let Some(k) = new_key {
-                    conn.prepare_cached("INSERT INTO index_entries (idx, key, id) VALUES (?1, ?2, ?3)")?
-                        .execute(params![index.id, k, id])?;
+                    conn.prepare_cached(
+                        "INSERT INTO index_entries (idx, key, id) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![index.id, k, id])?;
                 }
             }
         }
@@ -384,8 +413,10 @@ impl Transaction<'_> {
                 .execute(params![self.core.lamport as i64, self.core.seq as i64])?;
         }
         for (coll, delta) in &self.count_deltas {
-            conn.prepare_cached("UPDATE collections SET live_count = live_count + ?2 WHERE id = ?1")?
-                .execute(params![coll, delta])?;
+            conn.prepare_cached(
+                "UPDATE collections SET live_count = live_count + ?2 WHERE id = ?1",
+            )?
+            .execute(params![coll, delta])?;
         }
         conn.execute_batch("COMMIT").map_err(classify)?;
         Ok(())

@@ -97,7 +97,10 @@ impl Watchers {
         {
             let mut list = lock(&self.list);
             list.retain(|w| match &w.sink {
-                Sink::Channel { collection: None, sender } => sender.send(commit.clone()).is_ok(),
+                Sink::Channel {
+                    collection: None,
+                    sender,
+                } => sender.send(commit.clone()).is_ok(),
                 Sink::Channel {
                     collection: Some(name),
                     sender,

@@ -1,0 +1,245 @@
+//! Opening, creating, encryption and the errors a user sees for bad files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{Seek, SeekFrom, Write};
+
+use blazedb_core::{Database, Error, OpenOptions, fields};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+#[test]
+fn created_database_reopens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let db = Database::create(&path, PASSWORD).unwrap();
+    let node = db.node_id();
+    let id = db.insert("bugs", fields! {"title" => "Crash"}).unwrap();
+    drop(db);
+    let db = Database::open(&path, PASSWORD).unwrap();
+    assert_eq!(db.node_id(), node);
+    assert_eq!(
+        db.get("bugs", id).unwrap().unwrap().get("title"),
+        Some(&"Crash".into())
+    );
+    assert_eq!(db.lamport(), 1);
+}
+
+#[test]
+fn wrong_password_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    Database::create(&path, PASSWORD)
+        .unwrap()
+        .insert("x", fields! {"a" => 1})
+        .unwrap();
+    let err = Database::open(&path, "not it").unwrap_err();
+    assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+    assert!(err.to_string().contains("wrong password"));
+}
+
+#[test]
+fn file_is_encrypted_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let db = Database::create(&path, PASSWORD).unwrap();
+    db.insert("secrets", fields! {"note" => "the launch code is 0000"})
+        .unwrap();
+    drop(db);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_ne!(&bytes[..16], b"SQLite format 3\0");
+    let needle = b"launch code";
+    assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+}
+
+#[test]
+fn creating_over_an_existing_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    Database::create(&path, PASSWORD).unwrap();
+    assert!(matches!(
+        Database::create(&path, PASSWORD),
+        Err(Error::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn opening_a_missing_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Database::open(dir.path().join("nope"), PASSWORD).unwrap_err();
+    assert!(matches!(err, Error::DatabaseMissing { .. }), "{err}");
+}
+
+#[test]
+fn random_bytes_are_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk");
+    std::fs::write(
+        &path,
+        (0..8192u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    // Indistinguishable from a file under another key: reported as such, never a panic.
+    assert!(matches!(
+        Database::open(&path, PASSWORD),
+        Err(Error::WrongPassword { .. })
+    ));
+    std::fs::write(&path, b"hello").unwrap();
+    assert!(matches!(
+        Database::open(&path, PASSWORD),
+        Err(Error::NotADatabase { .. })
+    ));
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(
+        Database::open(&path, PASSWORD),
+        Err(Error::NotADatabase { .. })
+    ));
+}
+
+#[test]
+fn a_foreign_sqlite_file_is_not_a_blazedb_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.sqlite");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(conn);
+    let err = OpenOptions::new().open(&path).unwrap_err();
+    assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
+    let err = Database::open(&path, PASSWORD).unwrap_err();
+    assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
+}
+
+#[test]
+fn truncated_database_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let db = Database::create(&path, PASSWORD).unwrap();
+    db.insert_many(
+        "bugs",
+        (0..2000).map(|i| fields! {"n" => i, "pad" => "x".repeat(100)}),
+    )
+    .unwrap();
+    drop(db);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 8192);
+    for cut in [len / 2, 4096 + 100, 300] {
+        let copy = dir.path().join(format!("cut{cut}"));
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        // Opening may succeed (the header page is intact) but then reading must fail cleanly.
+        let outcome = Database::open(&copy, PASSWORD).and_then(|db| {
+            db.integrity_check()?;
+            db.fetch_all("bugs").map(|r| r.len())
+        });
+        match outcome {
+            Err(Error::Corrupt(_) | Error::NotADatabase { .. } | Error::WrongPassword { .. }) => {}
+            other => panic!("cut at {cut}: expected a clear error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn garbled_page_gives_a_corruption_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let db = Database::create(&path, PASSWORD).unwrap();
+    db.insert_many(
+        "bugs",
+        (0..2000).map(|i| fields! {"n" => i, "pad" => "y".repeat(100)}),
+    )
+    .unwrap();
+    drop(db);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(4096 * 5 + 1000)).unwrap();
+    f.write_all(&[0xAB; 64]).unwrap();
+    drop(f);
+    let outcome = Database::open(&path, PASSWORD).and_then(|db| {
+        db.integrity_check()?;
+        db.fetch_all("bugs").map(|r| r.len())
+    });
+    assert!(matches!(outcome, Err(Error::Corrupt(_))), "{outcome:?}");
+}
+
+#[test]
+fn password_change_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let db = Database::create(&path, PASSWORD).unwrap();
+    let id = db.insert("bugs", fields! {"title" => "keep me"}).unwrap();
+    db.change_password("new secret").unwrap();
+    db.insert("bugs", fields! {"title" => "after rekey"})
+        .unwrap();
+    drop(db);
+    assert!(matches!(
+        Database::open(&path, PASSWORD),
+        Err(Error::WrongPassword { .. })
+    ));
+    let db = Database::open(&path, "new secret").unwrap();
+    assert_eq!(db.count("bugs").unwrap(), 2);
+    assert!(db.get("bugs", id).unwrap().is_some());
+    db.integrity_check().unwrap();
+}
+
+#[test]
+fn unencrypted_database_needs_no_password_and_refuses_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.blazedb");
+    OpenOptions::new()
+        .create(&path)
+        .unwrap()
+        .insert("a", fields! {"x" => 1})
+        .unwrap();
+    assert_eq!(
+        OpenOptions::new().open(&path).unwrap().count("a").unwrap(),
+        1
+    );
+    assert!(matches!(
+        Database::open(&path, PASSWORD),
+        Err(Error::NotADatabase { .. })
+    ));
+}
+
+#[test]
+fn encrypted_database_opened_without_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    Database::create(&path, PASSWORD).unwrap();
+    assert!(matches!(
+        OpenOptions::new().open(&path),
+        Err(Error::WrongPassword { .. })
+    ));
+}
+
+#[test]
+fn password_is_not_printed_in_debug_output() {
+    let options = OpenOptions::new().password("hunter2");
+    assert!(!format!("{options:?}").contains("hunter2"));
+}
+
+#[test]
+fn two_handles_on_one_file_see_each_others_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let a = Database::create(&path, PASSWORD).unwrap();
+    let b = Database::open(&path, PASSWORD).unwrap();
+    a.insert("bugs", fields! {"n" => 1}).unwrap();
+    b.create_index("bugs", "n").unwrap();
+    // `a` must notice the index `b` created and maintain it.
+    let id = a.insert("bugs", fields! {"n" => 2}).unwrap();
+    b.insert("bugs", fields! {"n" => 3}).unwrap();
+    let q = a.query("bugs").filter(blazedb_core::Filter::eq("n", 2));
+    assert!(q.explain().unwrap().uses_index());
+    assert_eq!(q.run().unwrap()[0].id, id);
+    // Op ids stay unique across both handles.
+    let ops = a.oplog_since(0, 100).unwrap();
+    let mut seqs: Vec<u64> = ops.iter().map(|(_, op)| op.id.seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
