@@ -208,7 +208,14 @@ impl Database {
             .conn
             .query_row("SELECT count(*) FROM oplog", [], |r| r.get(0))?;
         let page_count: i64 = core.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let page_size: i64 = core.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // SQLCipher answers `PRAGMA page_size` on a keyed database as text.
+        let page_size: rusqlite::types::Value =
+            core.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_size: i64 = match page_size {
+            rusqlite::types::Value::Integer(n) => n,
+            rusqlite::types::Value::Text(t) => t.trim().parse().unwrap_or(0),
+            _ => 0,
+        };
         let mut stmt = core.conn.prepare_cached(
             "SELECT c.name, c.live_count, (SELECT group_concat(field, char(31)) FROM \
              (SELECT field FROM indexes i WHERE i.coll = c.id ORDER BY field)) \

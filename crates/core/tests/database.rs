@@ -188,6 +188,16 @@ fn password_change_takes_effect() {
 }
 
 #[test]
+fn stats_of_an_encrypted_file_report_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("a.blazedb"), PASSWORD).unwrap();
+    db.insert("bugs", fields! {"title" => "x"}).unwrap();
+    let stats = db.stats().unwrap();
+    assert!(stats.size_bytes >= 4096, "{stats:?}");
+    assert_eq!(stats.oplog_len, 1);
+}
+
+#[test]
 fn unencrypted_database_needs_no_password_and_refuses_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plain.blazedb");
