@@ -78,7 +78,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         commit.changes[0].kind, commit.changes[0].origin
     );
     bugs.delete("bugs", ids[1])?;
-    println!("   Deleted {}; {} bugs remain.", ids[1], bugs.count("bugs")?);
+    println!(
+        "   Deleted {}; {} bugs remain.",
+        ids[1],
+        bugs.count("bugs")?
+    );
 
     let joined = bugs
         .query("bugs")
@@ -89,12 +93,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .run()?;
     println!("5. Joined bugs with users across the two databases (bugs.authorId = users.id):");
     for row in &joined {
-        let name = row.right.as_ref().and_then(|u| u.get("name")).cloned().unwrap_or(Value::Null);
-        println!("   {} -> author {}", row.left.get("title").cloned().unwrap_or(Value::Null), name);
+        let name = row
+            .right
+            .as_ref()
+            .and_then(|u| u.get("name"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        println!(
+            "   {} -> author {}",
+            row.left.get("title").cloned().unwrap_or(Value::Null),
+            name
+        );
     }
 
     let replica = Database::in_memory()?;
-    let ops: Vec<_> = bugs.oplog_since(0, usize::MAX)?.into_iter().map(|(_, op)| op).collect();
+    let ops: Vec<_> = bugs
+        .oplog_since(0, usize::MAX)?
+        .into_iter()
+        .map(|(_, op)| op)
+        .collect();
     let report = replica.apply_remote(&ops)?;
     let again = replica.apply_remote(&ops)?;
     println!(

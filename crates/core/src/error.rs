@@ -50,6 +50,8 @@ pub enum Error {
     InvalidQuery(String),
     #[error("invalid operation {op} from another replica: {reason}")]
     InvalidOperation { op: String, reason: String },
+    #[error("the transaction was rolled back because a write in it failed: {0}")]
+    TransactionAborted(String),
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]

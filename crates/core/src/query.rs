@@ -374,14 +374,15 @@ impl<'db> Query<'db> {
                     Ok(stop_at.is_none_or(|s| out.len() < s))
                 })?;
             }
-            Plan::IdLookup { .. } | Plan::IndexScan { .. } => {
-                let ids = match &plan {
-                    Plan::IndexScan { field, ranges, .. } => {
-                        index_ids(&mut core, &self.collection, field, ranges)?
+            Plan::IndexScan { field, ranges, .. } => {
+                index_records(&mut core, &self.collection, field, ranges, |r| {
+                    if matches(&r) {
+                        out.push(r);
                     }
-                    _ => self.ids_from_filter(),
-                };
-                for id in ids {
+                })?;
+            }
+            Plan::IdLookup { .. } => {
+                for id in self.ids_from_filter() {
                     if let Some(r) = core.get(&self.collection, id)? {
                         if matches(&r) {
                             out.push(r);
@@ -560,20 +561,21 @@ fn filter_field(f: &Filter) -> Option<&str> {
     }
 }
 
-/// Record ids in the given key ranges of the index on `field`, without duplicates.
-fn index_ids(
+/// Calls `f` with each visible record in the given key ranges of the index on `field`, once
+/// per record. Index entries and records are read in one statement per range.
+fn index_records(
     core: &mut Core,
     collection: &str,
     field: &str,
     ranges: &[KeyRange],
-) -> Result<Vec<Uuid>> {
+    mut f: impl FnMut(Record),
+) -> Result<()> {
     let Some(coll) = core.collection(collection, false)? else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let Some(index) = coll.indexes.iter().find(|i| i.field == field) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let mut ids = Vec::new();
     let mut seen = HashSet::new();
     for range in ranges {
         let (lower_op, lower) = match &range.lower {
@@ -587,16 +589,21 @@ fn index_ids(
             Bound::Unbounded => ("<", &[0xFFu8][..]),
         };
         let sql = format!(
-            "SELECT id FROM index_entries WHERE idx = ?1 AND key {lower_op} ?2 AND key {upper_op} ?3"
+            "SELECT r.id, r.state FROM index_entries e JOIN records r ON r.coll = ?4 AND r.id = e.id \
+             WHERE e.idx = ?1 AND e.key {lower_op} ?2 AND e.key {upper_op} ?3"
         );
         let mut stmt = core.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![index.id, lower, upper])?;
+        let mut rows = stmt.query(params![index.id, lower, upper, coll.id])?;
         while let Some(row) = rows.next()? {
             let id = uuid_from(row.get_ref(0)?.as_blob()?)?;
-            if seen.insert(id) {
-                ids.push(id);
+            if !seen.insert(id) {
+                continue;
+            }
+            let state = decode_record_state(row.get_ref(1)?.as_blob()?)?;
+            if let Some(fields) = state.visible_fields() {
+                f(Record { id, fields });
             }
         }
     }
-    Ok(ids)
+    Ok(())
 }

@@ -126,6 +126,13 @@ impl Database {
         Ok(out)
     }
 
+    /// Calls `f` with every visible record of a collection in id order, without holding them
+    /// all in memory; stops early when `f` returns `Ok(false)`. The database is locked for the
+    /// duration, so `f` must not write to it.
+    pub fn scan(&self, collection: &str, f: impl FnMut(Record) -> Result<bool>) -> Result<()> {
+        self.read()?.scan(collection, f)
+    }
+
     /// Number of visible records in a collection (kept as a counter: O(1)).
     pub fn count(&self, collection: &str) -> Result<u64> {
         let core = self.read()?;

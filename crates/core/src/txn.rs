@@ -40,6 +40,10 @@ pub struct Transaction<'db> {
     count_deltas: HashMap<i64, i64>,
     start_clock: (u64, u64),
     last_op_seq: Option<u64>,
+    /// Set when a write failed half-way; the transaction then refuses to commit.
+    aborted: Option<String>,
+    /// Scratch: whether the record being written had a stored state.
+    existed: bool,
     done: bool,
 }
 
@@ -89,6 +93,8 @@ impl Database {
             count_deltas: HashMap::new(),
             start_clock,
             last_op_seq: None,
+            aborted: None,
+            existed: false,
             done: false,
         })
     }
@@ -292,7 +298,7 @@ impl Transaction<'_> {
         origin: ChangeOrigin,
         local: bool,
     ) -> Result<Effect> {
-        let existed = old.is_some();
+        self.existed = old.is_some();
         let (state, old_fields, effect) = match old {
             // A brand-new record: no need to merge.
             None if op.kind == OpKind::Insert => (
@@ -313,11 +319,36 @@ impl Transaction<'_> {
         };
         let bytes = encode_record_state(&state);
         if local && bytes.len() > MAX_RECORD_BYTES {
+            // Nothing is written yet: give the tick back so the op log keeps no gap.
+            self.core.lamport -= 1;
+            self.core.seq -= 1;
             return Err(Error::RecordTooLarge {
                 size: bytes.len(),
                 limit: MAX_RECORD_BYTES,
             });
         }
+        let persisted = self.persist(coll, op, &state, bytes, old_fields, effect, origin);
+        if let Err(e) = &persisted {
+            // Part of this write may be in SQLite already: the transaction must not commit, or a
+            // change could exist without its op-log entry.
+            self.aborted = Some(e.to_string());
+        }
+        persisted?;
+        Ok(effect)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn persist(
+        &mut self,
+        coll: &CollInfo,
+        op: &Operation,
+        state: &RecordState,
+        bytes: Vec<u8>,
+        old_fields: Option<Fields>,
+        effect: Effect,
+        origin: ChangeOrigin,
+    ) -> Result<()> {
+        let existed = self.existed;
         let conn = &self.core.conn;
         let id = op.record.as_bytes().as_slice();
         if existed {
@@ -390,11 +421,14 @@ impl Transaction<'_> {
                 origin,
             });
         }
-        Ok(effect)
+        Ok(())
     }
 
     fn commit(mut self) -> Result<Commit> {
-        let result = self.flush_and_commit();
+        let result = match self.aborted.take() {
+            Some(reason) => Err(Error::TransactionAborted(reason)),
+            None => self.flush_and_commit(),
+        };
         self.done = true;
         if let Err(e) = result {
             self.undo();

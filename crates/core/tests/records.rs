@@ -401,3 +401,46 @@ fn stats_report_collections_indexes_and_log() {
     );
     assert_eq!(db.collections().unwrap(), ["a", "b"]);
 }
+
+#[test]
+fn a_record_over_the_size_limit_is_refused_without_a_gap_in_the_op_log() {
+    let db = db();
+    db.transaction(|tx| {
+        tx.insert("t", fields! {"n" => 1})?;
+        let big = vec![0u8; blazedb_core::MAX_RECORD_BYTES + 1];
+        let err = tx.insert("t", fields! {"blob" => big}).unwrap_err();
+        assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
+        tx.insert("t", fields! {"n" => 2})?;
+        Ok(())
+    })
+    .unwrap();
+    let seqs: Vec<u64> = db
+        .oplog_since(0, 10)
+        .unwrap()
+        .iter()
+        .map(|(_, o)| o.id.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(db.lamport(), 2);
+}
+
+#[test]
+fn scan_streams_records_and_can_stop_early() {
+    let db = db();
+    db.insert_many("n", (0..10).map(|i| fields! {"i" => i}))
+        .unwrap();
+    let mut seen = Vec::new();
+    db.scan("n", |r| {
+        seen.push(r.get("i").cloned());
+        Ok(seen.len() < 3)
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            Some(Value::Int(0)),
+            Some(Value::Int(1)),
+            Some(Value::Int(2))
+        ]
+    );
+}
