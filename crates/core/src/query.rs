@@ -383,10 +383,10 @@ impl<'db> Query<'db> {
             }
             Plan::IdLookup { .. } => {
                 for id in self.ids_from_filter() {
-                    if let Some(r) = core.get(&self.collection, id)? {
-                        if matches(&r) {
-                            out.push(r);
-                        }
+                    if let Some(r) = core.get(&self.collection, id)?
+                        && matches(&r)
+                    {
+                        out.push(r);
                     }
                 }
             }

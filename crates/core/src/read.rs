@@ -68,10 +68,10 @@ impl Core {
         while let Some(row) = rows.next()? {
             let id = uuid_from(row.get_ref(0)?.as_blob()?)?;
             let state = decode_record_state(row.get_ref(1)?.as_blob()?)?;
-            if let Some(fields) = state.visible_fields() {
-                if !f(Record { id, fields })? {
-                    break;
-                }
+            if let Some(fields) = state.visible_fields()
+                && !f(Record { id, fields })?
+            {
+                break;
             }
         }
         Ok(())

@@ -362,13 +362,13 @@ impl Transaction<'_> {
                     "INSERT INTO records (coll, id, live, state) VALUES (?1, ?2, ?3, ?4)",
                 )?
                 .execute(params![coll.id, id, state.is_visible(), bytes]);
-            if let Err(rusqlite::Error::SqliteFailure(f, _)) = &inserted {
-                if f.code == ErrorCode::ConstraintViolation {
-                    return Err(Error::RecordExists {
-                        collection: op.collection.clone(),
-                        id: op.record,
-                    });
-                }
+            if let Err(rusqlite::Error::SqliteFailure(f, _)) = &inserted
+                && f.code == ErrorCode::ConstraintViolation
+            {
+                return Err(Error::RecordExists {
+                    collection: op.collection.clone(),
+                    id: op.record,
+                });
             }
             inserted?;
         }

@@ -2,7 +2,7 @@
 //! whether the change was made here or merged from another replica.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -155,18 +155,12 @@ impl Subscription {
 
     /// Waits at most `timeout`; `None` on timeout or once the database is closed.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Arc<Commit>> {
-        match self.receiver.recv_timeout(timeout) {
-            Ok(c) => Some(c),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.receiver.recv_timeout(timeout).ok()
     }
 
     /// A commit if one is waiting.
     pub fn try_recv(&self) -> Option<Arc<Commit>> {
-        match self.receiver.try_recv() {
-            Ok(c) => Some(c),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.receiver.try_recv().ok()
     }
 }
 
