@@ -107,13 +107,6 @@ impl Mode {
             Mode::Plaintext => OpenOptions::new().open(path).expect("open plaintext"),
         }
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Encrypted => "encrypted",
-            Mode::Plaintext => "plaintext",
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,211 +283,37 @@ fn progress(msg: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Engine measurements. Each function runs one mode on its own fresh file.
+// Engine measurements. Both modes run in the same loop, alternating operation by operation (and
+// which mode goes first), so load from other processes on the machine hits both alike.
 
-struct SingleInsert {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
+/// Index order of the two modes for the `k`-th step: encrypted first on even steps.
+fn order(k: usize) -> [usize; 2] {
+    if k.is_multiple_of(2) { [0, 1] } else { [1, 0] }
 }
 
-/// `db.insert` one record at a time: every call is its own transaction and commit.
-fn single_inserts(mode: Mode, cfg: &Config, path: &Path) -> SingleInsert {
-    let db = mode.create(path);
-    let mut bugs = BugGen::new(1, cfg.distinct);
-    for _ in 0..cfg.single_warmup {
-        db.insert(COLLECTION, bugs.next()).unwrap();
+/// One database file per mode, each in its own scratch directory.
+struct Pair {
+    _dirs: [tempfile::TempDir; 2],
+    paths: [PathBuf; 2],
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let dirs = [scratch(), scratch()];
+        let paths = [db_path(&dirs[0]), db_path(&dirs[1])];
+        Pair { _dirs: dirs, paths }
     }
-    let mut times = Vec::with_capacity(cfg.single_inserts);
-    for _ in 0..cfg.single_inserts {
-        let record = bugs.next();
-        let start = Instant::now();
-        db.insert(COLLECTION, record).unwrap();
-        times.push(start.elapsed());
+
+    fn create(&self) -> [Database; 2] {
+        [0, 1].map(|i| MODES[i].create(&self.paths[i]))
     }
-    assert_eq!(
-        db.count(COLLECTION).unwrap(),
-        (cfg.single_warmup + cfg.single_inserts) as u64
-    );
-    times.sort();
-    SingleInsert {
-        p50: percentile(&times, 50.0),
-        p99: percentile(&times, 99.0),
-        max: *times.last().unwrap(),
+
+    fn open(&self) -> [Database; 2] {
+        [0, 1].map(|i| MODES[i].open(&self.paths[i]))
     }
 }
 
-/// Opening an existing file (for an encrypted one this includes PBKDF2 key derivation).
-fn opens(mode: Mode, cfg: &Config, path: &Path) -> Duration {
-    drop(mode.open(path));
-    let mut times = Vec::with_capacity(cfg.opens);
-    for _ in 0..cfg.opens {
-        let start = Instant::now();
-        let db = mode.open(path);
-        times.push(start.elapsed());
-        drop(db);
-    }
-    times.sort();
-    percentile(&times, 50.0)
-}
-
-/// Inserts `total` generated records in transactions of `batch`; returns records/s counting only
-/// the time spent in `insert_many` (record generation is excluded).
-fn load(db: &Database, bugs: &mut BugGen, total: usize, batch: usize) -> f64 {
-    let mut spent = Duration::ZERO;
-    let mut done = 0;
-    while done < total {
-        let n = batch.min(total - done);
-        let records = bugs.batch(n);
-        let start = Instant::now();
-        let ids = db.insert_many(COLLECTION, records).unwrap();
-        spent += start.elapsed();
-        assert_eq!(ids.len(), n);
-        done += n;
-    }
-    total as f64 / spent.as_secs_f64()
-}
-
-/// Batched inserts into a collection with one secondary index; every insert also writes its
-/// op-log entry.
-fn batched_inserts(mode: Mode, cfg: &Config, path: &Path) -> f64 {
-    let db = mode.create(path);
-    db.create_index(COLLECTION, "priority").unwrap();
-    let mut bugs = BugGen::new(2, cfg.distinct);
-    let rate = load(&db, &mut bugs, cfg.batched_total, cfg.batch);
-    assert_eq!(db.count(COLLECTION).unwrap(), cfg.batched_total as u64);
-    rate
-}
-
-struct BigSet {
-    load_rate: f64,
-    bytes_per_record: f64,
-    oplog_len: u64,
-    eq_index_p50: Duration,
-    eq_index_rate: f64,
-    eq_index_hits: f64,
-    eq_scan_p50: Duration,
-    eq_scan_rate: f64,
-    create_index: Duration,
-}
-
-/// Runs `queries` equality queries on `priority`, returns (p50, records returned/s, mean hits).
-fn eq_queries(db: &Database, values: &[i64], expect_index: bool) -> (Duration, f64, f64) {
-    let mut times = Vec::with_capacity(values.len());
-    let mut returned = 0usize;
-    for &v in values {
-        let query = db.query(COLLECTION).filter(Filter::eq("priority", v));
-        assert_eq!(query.explain().unwrap().uses_index(), expect_index);
-        let start = Instant::now();
-        let hits = query.run().unwrap();
-        times.push(start.elapsed());
-        assert!(
-            hits.iter()
-                .all(|r| r.get("priority") == Some(&Value::Int(v)))
-        );
-        returned += hits.len();
-    }
-    let total: Duration = times.iter().sum();
-    times.sort();
-    (
-        percentile(&times, 50.0),
-        returned as f64 / total.as_secs_f64(),
-        returned as f64 / values.len() as f64,
-    )
-}
-
-/// The query set: bulk load with an index on `priority` (about `distinct` distinct values), then
-/// equality queries through the index, the same queries by full scan after dropping the index,
-/// and re-creating the index over the full collection.
-fn big_set(mode: Mode, cfg: &Config, path: &Path) -> BigSet {
-    let db = mode.create(path);
-    db.create_index(COLLECTION, "priority").unwrap();
-    let mut bugs = BugGen::new(3, cfg.distinct);
-    progress(&format!(
-        "{}: bulk loading {} records",
-        mode.name(),
-        cfg.big
-    ));
-    let load_rate = load(&db, &mut bugs, cfg.big, cfg.batch);
-    assert_eq!(db.count(COLLECTION).unwrap(), cfg.big as u64);
-    let oplog_len = db.oplog_head().unwrap();
-    // The file size after closing (the last connection checkpoints the WAL into the file).
-    // `Database::stats().size_bytes` would do without the reopen, but fails on SQLCipher files.
-    drop(db);
-    let file_bytes = file_size(path);
-    let db = mode.open(path);
-
-    let mut rng = StdRng::seed_from_u64(4);
-    let mut values =
-        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..cfg.distinct)).collect() };
-    let warmup = values(cfg.eq_warmup);
-    let indexed = values(cfg.eq_queries);
-    let scanned = values(cfg.scan_queries);
-
-    progress(&format!(
-        "{}: {} indexed queries",
-        mode.name(),
-        cfg.eq_queries
-    ));
-    eq_queries(&db, &warmup, true);
-    let (eq_index_p50, eq_index_rate, eq_index_hits) = eq_queries(&db, &indexed, true);
-    // Same answers with and without the index, checked on the scanned values.
-    let with_index: Vec<usize> = scanned
-        .iter()
-        .map(|&v| {
-            db.query(COLLECTION)
-                .filter(Filter::eq("priority", v))
-                .run()
-                .unwrap()
-                .len()
-        })
-        .collect();
-
-    db.drop_index(COLLECTION, "priority").unwrap();
-    progress(&format!(
-        "{}: {} full-scan queries",
-        mode.name(),
-        cfg.scan_queries
-    ));
-    let (eq_scan_p50, eq_scan_rate, _) = eq_queries(&db, &scanned, false);
-    let without_index: Vec<usize> = scanned
-        .iter()
-        .map(|&v| {
-            db.query(COLLECTION)
-                .filter(Filter::eq("priority", v))
-                .run()
-                .unwrap()
-                .len()
-        })
-        .collect();
-    assert_eq!(with_index, without_index);
-
-    progress(&format!("{}: re-creating the index", mode.name()));
-    let start = Instant::now();
-    db.create_index(COLLECTION, "priority").unwrap();
-    let create_index = start.elapsed();
-
-    BigSet {
-        load_rate,
-        bytes_per_record: file_bytes as f64 / cfg.big as f64,
-        oplog_len,
-        eq_index_p50,
-        eq_index_rate,
-        eq_index_hits,
-        eq_scan_p50,
-        eq_scan_rate,
-        create_index,
-    }
-}
-
-/// Bytes of a database file plus its WAL, if any is left.
-fn file_size(path: &Path) -> u64 {
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
-    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    len(path) + len(&wal)
-}
-
-/// A fresh directory for one measurement's file (under `BLAZEDB_BENCH_DIR` if set).
+/// A fresh directory for one database file (under `BLAZEDB_BENCH_DIR` if set).
 fn scratch() -> tempfile::TempDir {
     match std::env::var_os("BLAZEDB_BENCH_DIR") {
         Some(dir) => tempfile::tempdir_in(dir).unwrap(),
@@ -506,6 +325,206 @@ fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("bench.blazedb")
 }
 
+/// Bytes of a database file plus its WAL, if any is left.
+fn file_size(path: &Path) -> u64 {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    len(path) + len(&wal)
+}
+
+/// Sorted samples of one mode.
+fn sorted(mut times: Vec<Duration>) -> Vec<Duration> {
+    times.sort();
+    times
+}
+
+/// `db.insert` one record at a time: every call is its own transaction and commit. Returns the
+/// sorted latencies per mode; the files stay behind for the open measurement.
+fn single_inserts(cfg: &Config, pair: &Pair) -> [Vec<Duration>; 2] {
+    let dbs = pair.create();
+    let mut bugs = BugGen::new(1, cfg.distinct);
+    let mut times = [Vec::new(), Vec::new()];
+    for k in 0..cfg.single_warmup + cfg.single_inserts {
+        let record = bugs.next();
+        for i in order(k) {
+            let record = record.clone();
+            let start = Instant::now();
+            dbs[i].insert(COLLECTION, record).unwrap();
+            if k >= cfg.single_warmup {
+                times[i].push(start.elapsed());
+            }
+        }
+    }
+    for db in &dbs {
+        assert_eq!(
+            db.count(COLLECTION).unwrap(),
+            (cfg.single_warmup + cfg.single_inserts) as u64
+        );
+    }
+    times.map(sorted)
+}
+
+/// Opening an existing file (for an encrypted one this includes PBKDF2 key derivation).
+fn opens(cfg: &Config, pair: &Pair) -> [Duration; 2] {
+    drop(pair.open());
+    let mut times = [Vec::new(), Vec::new()];
+    for k in 0..cfg.opens {
+        for i in order(k) {
+            let start = Instant::now();
+            let db = MODES[i].open(&pair.paths[i]);
+            times[i].push(start.elapsed());
+            drop(db);
+        }
+    }
+    times.map(|t| percentile(&sorted(t), 50.0))
+}
+
+/// Inserts `total` generated records into both databases in transactions of `batch` records
+/// (`insert_many`), alternating batch by batch; returns records/s per mode, counting only the
+/// time spent in `insert_many` (record generation is excluded).
+fn load(dbs: &[Database; 2], seed: u64, cfg: &Config, total: usize) -> [f64; 2] {
+    let mut bugs = BugGen::new(seed, cfg.distinct);
+    let mut spent = [Duration::ZERO; 2];
+    let mut done = 0;
+    let mut k = 0;
+    while done < total {
+        let n = cfg.batch.min(total - done);
+        let records = bugs.batch(n);
+        for i in order(k) {
+            let records = records.clone();
+            let start = Instant::now();
+            let ids = dbs[i].insert_many(COLLECTION, records).unwrap();
+            spent[i] += start.elapsed();
+            assert_eq!(ids.len(), n);
+        }
+        done += n;
+        k += 1;
+    }
+    for db in dbs {
+        assert_eq!(db.count(COLLECTION).unwrap(), total as u64);
+    }
+    spent.map(|s| total as f64 / s.as_secs_f64())
+}
+
+/// Batched inserts into a collection with one secondary index; every insert also writes its
+/// op-log entry.
+fn batched_inserts(cfg: &Config) -> [f64; 2] {
+    let pair = Pair::new();
+    let dbs = pair.create();
+    for db in &dbs {
+        db.create_index(COLLECTION, "priority").unwrap();
+    }
+    load(&dbs, 2, cfg, cfg.batched_total)
+}
+
+/// Equality queries on `priority`, alternating modes query by query.
+struct EqRun {
+    p50: [Duration; 2],
+    /// Records returned per second of query time.
+    rate: [f64; 2],
+    mean_hits: f64,
+    /// Hits per value (the same in both modes: same records).
+    hits: Vec<usize>,
+}
+
+fn eq_queries(dbs: &[Database; 2], values: &[i64], expect_index: bool) -> EqRun {
+    let mut times = [Vec::new(), Vec::new()];
+    let mut hits = Vec::with_capacity(values.len());
+    for (k, &v) in values.iter().enumerate() {
+        let mut found = [0; 2];
+        for i in order(k) {
+            let query = dbs[i].query(COLLECTION).filter(Filter::eq("priority", v));
+            assert_eq!(query.explain().unwrap().uses_index(), expect_index);
+            let start = Instant::now();
+            let records = query.run().unwrap();
+            times[i].push(start.elapsed());
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.get("priority") == Some(&Value::Int(v)))
+            );
+            found[i] = records.len();
+        }
+        assert_eq!(found[0], found[1], "both modes hold the same records");
+        hits.push(found[0]);
+    }
+    let returned: usize = hits.iter().sum();
+    let rate = [0, 1].map(|i| {
+        let total: Duration = times[i].iter().sum();
+        returned as f64 / total.as_secs_f64()
+    });
+    EqRun {
+        p50: [0, 1].map(|i| percentile(&sorted(times[i].clone()), 50.0)),
+        rate,
+        mean_hits: returned as f64 / values.len() as f64,
+        hits,
+    }
+}
+
+struct BigSet {
+    load_rate: [f64; 2],
+    bytes_per_record: [f64; 2],
+    indexed: EqRun,
+    scanned: EqRun,
+    create_index: [Duration; 2],
+}
+
+/// The query set: bulk load with an index on `priority` (about `distinct` distinct values), then
+/// equality queries through the index, the same kind of query by full scan after dropping the
+/// index, and re-creating the index over the full collection.
+fn big_set(cfg: &Config) -> BigSet {
+    let pair = Pair::new();
+    let dbs = pair.create();
+    for db in &dbs {
+        db.create_index(COLLECTION, "priority").unwrap();
+    }
+    progress(&format!("bulk loading {} records (both modes)", cfg.big));
+    let load_rate = load(&dbs, 3, cfg, cfg.big);
+    for db in &dbs {
+        assert!(db.oplog_head().unwrap() >= cfg.big as u64);
+    }
+    // File size on disk after closing (the last connection checkpoints the WAL into the file
+    // and removes it); the reopen also starts the queries with a cold SQLite page cache.
+    drop(dbs);
+    let bytes_per_record = [0, 1].map(|i| file_size(&pair.paths[i]) as f64 / cfg.big as f64);
+    let dbs = pair.open();
+
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut values =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..cfg.distinct)).collect() };
+    let warmup = values(cfg.eq_warmup);
+    let indexed_values = values(cfg.eq_queries);
+    let scanned_values = values(cfg.scan_queries);
+
+    progress(&format!("{} indexed queries", cfg.eq_queries));
+    eq_queries(&dbs, &warmup, true);
+    let indexed = eq_queries(&dbs, &indexed_values, true);
+    // The answers the index gives for the values the full scan will look for.
+    let expected = eq_queries(&dbs, &scanned_values, true).hits;
+
+    progress(&format!("{} full-scan queries", cfg.scan_queries));
+    for db in &dbs {
+        db.drop_index(COLLECTION, "priority").unwrap();
+    }
+    let scanned = eq_queries(&dbs, &scanned_values, false);
+    assert_eq!(scanned.hits, expected, "index and full scan agree");
+
+    progress("re-creating the index");
+    let create_index = [0, 1].map(|i| {
+        let start = Instant::now();
+        dbs[i].create_index(COLLECTION, "priority").unwrap();
+        start.elapsed()
+    });
+
+    BigSet {
+        load_rate,
+        bytes_per_record,
+        indexed,
+        scanned,
+        create_index,
+    }
+}
+
 /// The figures the goals are judged on, `[encrypted, plaintext]`.
 struct Headline {
     batched_rate: [f64; 2],
@@ -515,50 +534,45 @@ struct Headline {
 fn engine(cfg: &Config, out: &mut String) -> Headline {
     let mut rows = Vec::new();
 
-    // Single inserts, then opens of the same file.
-    let mut single = Vec::new();
-    let mut open = Vec::new();
-    for mode in MODES {
-        progress(&format!(
-            "{}: {} single inserts",
-            mode.name(),
-            cfg.single_inserts
-        ));
-        let dir = scratch();
-        let path = db_path(&dir);
-        single.push(single_inserts(mode, cfg, &path));
-        progress(&format!("{}: {} opens", mode.name(), cfg.opens));
-        open.push(opens(mode, cfg, &path));
-    }
-    let pick = |f: fn(&SingleInsert) -> Duration| [micros(f(&single[0])), micros(f(&single[1]))];
+    // Single inserts, then opens of the same files.
+    progress(&format!(
+        "{} single inserts (both modes)",
+        cfg.single_inserts
+    ));
+    let pair = Pair::new();
+    let single = single_inserts(cfg, &pair);
+    progress(&format!("{} opens (both modes)", cfg.opens));
+    let open = opens(cfg, &pair);
+    drop(pair);
+    let pick = |p: Option<f64>| {
+        [0, 1].map(|i| match p {
+            Some(p) => micros(percentile(&single[i], p)),
+            None => micros(*single[i].last().unwrap()),
+        })
+    };
+    let single_p50 = pick(Some(50.0));
     let n = thousands(cfg.single_inserts as f64);
     rows.push(row(
         format!("single insert, own transaction + commit: p50 µs ({n} inserts)"),
         Unit::Micros,
-        pick(|s| s.p50),
+        single_p50,
     ));
     rows.push(row(
         "single insert, own transaction + commit: p99 µs",
         Unit::Micros,
-        pick(|s| s.p99),
+        pick(Some(99.0)),
     ));
     rows.push(row(
         "single insert, own transaction + commit: max µs",
         Unit::Micros,
-        pick(|s| s.max),
+        pick(None),
     ));
 
-    // Batched inserts.
-    let mut batched = [0.0; 2];
-    for (i, mode) in MODES.into_iter().enumerate() {
-        progress(&format!(
-            "{}: {} batched inserts",
-            mode.name(),
-            cfg.batched_total
-        ));
-        let dir = scratch();
-        batched[i] = batched_inserts(mode, cfg, &db_path(&dir));
-    }
+    progress(&format!(
+        "{} batched inserts (both modes)",
+        cfg.batched_total
+    ));
+    let batched = batched_inserts(cfg);
     rows.push(row(
         format!(
             "batched insert, op log + 1 index: records/s ({} in batches of {})",
@@ -569,38 +583,30 @@ fn engine(cfg: &Config, out: &mut String) -> Headline {
         batched,
     ));
 
-    // The query set.
-    let mut big = Vec::new();
-    for mode in MODES {
-        let dir = scratch();
-        big.push(big_set(mode, cfg, &db_path(&dir)));
-    }
-    assert!(big.iter().all(|b| b.oplog_len >= cfg.big as u64));
-    let both = |f: fn(&BigSet) -> f64| [f(&big[0]), f(&big[1])];
+    let big = big_set(cfg);
     let n = thousands(cfg.big as f64);
-    let hits = big[0].eq_index_hits.round();
     rows.push(row(
         format!("bulk load {n} records, op log + 1 index: records/s"),
         Unit::Rate,
-        both(|b| b.load_rate),
+        big.load_rate,
     ));
     rows.push(row(
         format!("file size per record ({n} records, op log + 1 index, after close): bytes"),
         Unit::Bytes,
-        both(|b| b.bytes_per_record),
+        big.bytes_per_record,
     ));
     rows.push(row(
         format!(
-            "eq query, indexed (~{hits} hits of {n}): p50 ms ({} queries)",
-            cfg.eq_queries
+            "eq query, indexed (~{:.0} hits of {n}): p50 ms ({} queries)",
+            big.indexed.mean_hits, cfg.eq_queries
         ),
         Unit::Millis,
-        both(|b| millis(b.eq_index_p50)),
+        big.indexed.p50.map(millis),
     ));
     rows.push(row(
         "eq query, indexed: records returned/s",
         Unit::Rate,
-        both(|b| b.eq_index_rate),
+        big.indexed.rate,
     ));
     rows.push(row(
         format!(
@@ -608,35 +614,36 @@ fn engine(cfg: &Config, out: &mut String) -> Headline {
             cfg.scan_queries
         ),
         Unit::Millis,
-        both(|b| millis(b.eq_scan_p50)),
+        big.scanned.p50.map(millis),
     ));
     rows.push(row(
         "eq query, no index: records returned/s",
         Unit::Rate,
-        both(|b| b.eq_scan_rate),
+        big.scanned.rate,
     ));
     rows.push(row(
         "index speed-up (full-scan p50 ÷ indexed p50)",
         Unit::Count,
-        both(|b| b.eq_scan_p50.as_secs_f64() / b.eq_index_p50.as_secs_f64()),
+        [0, 1].map(|i| big.scanned.p50[i].as_secs_f64() / big.indexed.p50[i].as_secs_f64()),
     ));
     rows.push(row(
         format!("create_index over {n} existing records: s"),
         Unit::Seconds,
-        both(|b| b.create_index.as_secs_f64()),
+        big.create_index.map(|d| d.as_secs_f64()),
     ));
     rows.push(row(
         format!("open existing file: p50 ms ({} opens)", cfg.opens),
         Unit::Millis,
-        [millis(open[0]), millis(open[1])],
+        open.map(millis),
     ));
 
     writeln!(
         out,
         "### Engine: encrypted (SQLCipher) vs plaintext\n\n\
          Same code, same records; only the file is opened with `Database::create(path, password)` \
-         or `OpenOptions::new().create(path)`. Ratio = encrypted ÷ plaintext (for latencies and \
-         sizes above 1 is worse, for rates below 1 is worse).\n"
+         or `OpenOptions::new().create(path)`. The two modes run interleaved, operation by \
+         operation. Ratio = encrypted ÷ plaintext (for latencies and sizes above 1 is worse, for \
+         rates below 1 is worse).\n"
     )
     .unwrap();
     writeln!(out, "| Measure | Encrypted | Plaintext | Ratio |").unwrap();
@@ -656,7 +663,7 @@ fn engine(cfg: &Config, out: &mut String) -> Headline {
 
     Headline {
         batched_rate: batched,
-        single_p50_us: pick(|s| s.p50),
+        single_p50_us: single_p50,
     }
 }
 
@@ -936,6 +943,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// `/proc/loadavg`'s 1-minute load average: other processes compete for the same cores.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let cfg = Config::from_env();
@@ -958,12 +973,14 @@ fn main() {
     .unwrap();
 
     sizes(&mut out);
+    let load_before = load_average();
     let headline = engine(&cfg, &mut out);
     goals(&cfg, &headline, &mut out);
     writeln!(
         out,
-        "Total run time: {:.0} s.",
-        started.elapsed().as_secs_f64()
+        "Total run time: {:.0} s. 1-minute load average at start {load_before}, at end {}.",
+        started.elapsed().as_secs_f64(),
+        load_average()
     )
     .unwrap();
     print!("{out}");

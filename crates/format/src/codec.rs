@@ -230,12 +230,12 @@ impl<'a> Encoder<'a> {
         } else {
             1 + varint_len(s.len() as u64) + s.len()
         };
-        if let Some(&index) = self.strings.get(s) {
-            if 1 + varint_len(index) < literal_len {
-                self.byte(TAG_STRING_REF);
-                self.varint(index);
-                return;
-            }
+        if let Some(&index) = self.strings.get(s)
+            && 1 + varint_len(index) < literal_len
+        {
+            self.byte(TAG_STRING_REF);
+            self.varint(index);
+            return;
         }
         if s.len() <= SHORT_STRING_MAX {
             self.byte(TAG_SHORT_STRING + s.len() as u8);
@@ -425,9 +425,12 @@ impl<'a> Decoder<'a> {
             .ok_or(DecodeError::UnexpectedEnd {
                 offset: self.input.len(),
             })?;
-        let slice = self.input.get(self.pos..end).ok_or(DecodeError::UnexpectedEnd {
-            offset: self.input.len(),
-        })?;
+        let slice = self
+            .input
+            .get(self.pos..end)
+            .ok_or(DecodeError::UnexpectedEnd {
+                offset: self.input.len(),
+            })?;
         self.pos = end;
         Ok(slice)
     }
@@ -510,7 +513,10 @@ impl<'a> Decoder<'a> {
         }
         let len = v >> 1;
         if len > self.remaining() as u64 {
-            return Err(DecodeError::LengthTooLarge { length: len, offset });
+            return Err(DecodeError::LengthTooLarge {
+                length: len,
+                offset,
+            });
         }
         self.utf8(len as usize)
     }
@@ -572,7 +578,9 @@ impl<'a> Decoder<'a> {
             TAG_ARRAY => {
                 self.enter(offset)?;
                 let n = self.length(1)?;
-                let mut items = Vec::with_capacity(n);
+                // Reserve little up front: nested arrays would otherwise each reserve for the
+                // whole remaining input.
+                let mut items = Vec::with_capacity(n.min(64));
                 for _ in 0..n {
                     items.push(self.value()?);
                 }
@@ -685,8 +693,16 @@ impl<'a> Decoder<'a> {
                 what: "unknown record state flags",
             });
         }
-        let created = if flags & 1 == 1 { Some(self.stamp()?) } else { None };
-        let deleted = if flags & 2 == 2 { Some(self.stamp()?) } else { None };
+        let created = if flags & 1 == 1 {
+            Some(self.stamp()?)
+        } else {
+            None
+        };
+        let deleted = if flags & 2 == 2 {
+            Some(self.stamp()?)
+        } else {
+            None
+        };
         let n = self.length(4)?;
         let mut state = RecordState {
             created,
@@ -706,7 +722,9 @@ impl<'a> Decoder<'a> {
             previous = Some(k);
             let value = self.value()?;
             let stamp = self.stamp()?;
-            state.fields.insert(k.to_owned(), FieldState { value, stamp });
+            state
+                .fields
+                .insert(k.to_owned(), FieldState { value, stamp });
         }
         Ok(state)
     }
@@ -761,9 +779,10 @@ pub fn encode_operations(ops: &[Operation]) -> Vec<u8> {
 /// Decodes what [`encode_operations`] wrote.
 pub fn decode_operations(bytes: &[u8]) -> Result<Vec<Operation>> {
     let mut d = Decoder::new(bytes, Kind::OperationBatch)?;
-    // An operation is at least 21 bytes (node ref, seq, lamport, wall, kind, key, 16-byte id, count).
+    // An operation is at least 23 bytes (node ref, seq, lamport, wall, kind, key, 16-byte id,
+    // count); 22 is a safe lower bound.
     let n = d.length(22)?;
-    let mut ops = Vec::with_capacity(n);
+    let mut ops = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         ops.push(d.operation()?);
     }

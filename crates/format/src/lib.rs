@@ -31,5 +31,5 @@ pub use ids::{NodeId, OpId, Stamp};
 pub use merge::{Effect, FieldState, RecordState};
 pub use operation::{OpKind, Operation};
 pub use sort_key::{class_prefix, sort_key, write_sort_key};
-pub use value::{Date, Fields, Record, Value, ValueClass};
 pub use uuid::Uuid;
+pub use value::{Date, Fields, Record, Value, ValueClass};

@@ -154,7 +154,11 @@ impl RecordState {
     /// The greatest stamp in this state (for advancing a Lamport clock).
     pub fn max_stamp(&self) -> Option<Stamp> {
         let fields = self.fields.values().map(|f| f.stamp);
-        self.created.into_iter().chain(self.deleted).chain(fields).max()
+        self.created
+            .into_iter()
+            .chain(self.deleted)
+            .chain(fields)
+            .max()
     }
 }
 
@@ -189,8 +193,14 @@ mod tests {
     fn newer_field_write_wins_and_older_loses() {
         let mut s = RecordState::default();
         s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1}));
-        assert_eq!(s.apply(&op(OpKind::Update, 3, 2, fields! {"a" => 3})), Effect::Updated);
-        assert_eq!(s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => 2})), Effect::None);
+        assert_eq!(
+            s.apply(&op(OpKind::Update, 3, 2, fields! {"a" => 3})),
+            Effect::Updated
+        );
+        assert_eq!(
+            s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => 2})),
+            Effect::None
+        );
         assert_eq!(s.visible_field("a"), Some(&Value::Int(3)));
     }
 
@@ -215,8 +225,14 @@ mod tests {
     fn delete_wins_over_a_concurrent_newer_update() {
         let mut s = RecordState::default();
         s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1}));
-        assert_eq!(s.apply(&op(OpKind::Delete, 2, 1, fields! {})), Effect::Deleted);
-        assert_eq!(s.apply(&op(OpKind::Update, 3, 2, fields! {"a" => 2})), Effect::None);
+        assert_eq!(
+            s.apply(&op(OpKind::Delete, 2, 1, fields! {})),
+            Effect::Deleted
+        );
+        assert_eq!(
+            s.apply(&op(OpKind::Update, 3, 2, fields! {"a" => 2})),
+            Effect::None
+        );
         assert!(!s.is_visible());
     }
 
@@ -226,7 +242,10 @@ mod tests {
         s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1, "b" => 1}));
         s.apply(&op(OpKind::Delete, 2, 1, fields! {}));
         s.apply(&op(OpKind::Update, 3, 2, fields! {"b" => 2}));
-        assert_eq!(s.apply(&op(OpKind::Insert, 4, 1, fields! {"c" => 4})), Effect::Created);
+        assert_eq!(
+            s.apply(&op(OpKind::Insert, 4, 1, fields! {"c" => 4})),
+            Effect::Created
+        );
         assert_eq!(s.visible_fields(), Some(fields! {"c" => 4}));
     }
 
@@ -234,15 +253,24 @@ mod tests {
     fn an_insert_older_than_the_delete_stays_deleted() {
         let mut s = RecordState::default();
         s.apply(&op(OpKind::Delete, 5, 1, fields! {}));
-        assert_eq!(s.apply(&op(OpKind::Insert, 4, 2, fields! {"a" => 1})), Effect::None);
+        assert_eq!(
+            s.apply(&op(OpKind::Insert, 4, 2, fields! {"a" => 1})),
+            Effect::None
+        );
         assert!(s.fields.is_empty());
     }
 
     #[test]
     fn an_update_that_arrives_before_its_insert_is_kept() {
         let mut s = RecordState::default();
-        assert_eq!(s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => 2})), Effect::None);
-        assert_eq!(s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1, "b" => 1})), Effect::Created);
+        assert_eq!(
+            s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => 2})),
+            Effect::None
+        );
+        assert_eq!(
+            s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => 1, "b" => 1})),
+            Effect::Created
+        );
         assert_eq!(s.visible_fields(), Some(fields! {"a" => 2, "b" => 1}));
     }
 }

@@ -41,7 +41,9 @@ pub fn write_sort_key(v: &Value, out: &mut Vec<u8>) {
         }
         Value::String(s) => escaped(s.as_bytes(), out),
         Value::Uuid(u) => out.extend_from_slice(u.as_bytes()),
-        Value::Date(d) => out.extend_from_slice(&((d.unix_millis() as u64) ^ (1 << 63)).to_be_bytes()),
+        Value::Date(d) => {
+            out.extend_from_slice(&((d.unix_millis() as u64) ^ (1 << 63)).to_be_bytes())
+        }
         Value::Bytes(b) => escaped(b, out),
         Value::Array(items) => {
             for item in items {
@@ -82,11 +84,23 @@ mod tests {
         let big = 1i64 << 53;
         let cases = [
             (Value::Int(3), Value::Double(3.0), Ordering::Equal),
-            (Value::Int(big + 1), Value::Double(big as f64), Ordering::Greater),
+            (
+                Value::Int(big + 1),
+                Value::Double(big as f64),
+                Ordering::Greater,
+            ),
             (Value::Double(-0.0), Value::Int(0), Ordering::Equal),
-            (Value::Double(f64::NAN), Value::Double(f64::INFINITY), Ordering::Greater),
+            (
+                Value::Double(f64::NAN),
+                Value::Double(f64::INFINITY),
+                Ordering::Greater,
+            ),
             (Value::Int(i64::MAX), Value::Double(9.3e18), Ordering::Less),
-            (Value::Int(i64::MIN), Value::Double(f64::NEG_INFINITY), Ordering::Greater),
+            (
+                Value::Int(i64::MIN),
+                Value::Double(f64::NEG_INFINITY),
+                Ordering::Greater,
+            ),
         ];
         for (a, b, expected) in cases {
             assert_eq!(a.total_cmp(&b), expected, "{a} vs {b}");

@@ -125,7 +125,10 @@ impl Value {
             }
             (Value::Map(a), Value::Map(b)) => {
                 for ((ka, va), (kb, vb)) in a.iter().zip(b.iter()) {
-                    let c = ka.as_bytes().cmp(kb.as_bytes()).then_with(|| va.total_cmp(vb));
+                    let c = ka
+                        .as_bytes()
+                        .cmp(kb.as_bytes())
+                        .then_with(|| va.total_cmp(vb));
                     if c != Ordering::Equal {
                         return c;
                     }

@@ -1,1 +1,71 @@
-//! placeholder
+//! The BlazeDB sync protocol: messages and their framing, as pure functions over bytes.
+//!
+//! This crate does no I/O and needs no async runtime (in the style of `rustls` and `snow`):
+//! a transport (Unix socket, WebSocket, in-memory pipe) writes the bytes of
+//! [`encode_frame`] and feeds whatever it reads, in chunks of any size, to a
+//! [`FrameDecoder`], which hands back [`Message`]s. The wire layout is specified in
+//! `docs/protocol.md`.
+//!
+//! * A **frame** is `[length: u32 big-endian][payload]`; the payload is at most
+//!   [`DEFAULT_MAX_FRAME_LEN`] (16 MiB) unless configured otherwise, and never empty.
+//! * A **payload** is one [`Message`] encoded as a BlazeBinary item of kind
+//!   [`blazedb_format::Kind::Message`]: header, message type byte, body.
+//! * Every decoding problem is a [`ProtocolError`]; for those caused by the peer,
+//!   [`ProtocolError::is_malformed_input`] is true and the connection should end with a
+//!   [`Message::Close`] carrying [`ProtocolError::close_code`].
+//!
+//! ```
+//! use blazedb_format::{fields, Date, NodeId, OpId, OpKind, Operation, Uuid};
+//! use blazedb_protocol::{encode_frame, FrameDecoder, Message, PROTOCOL_VERSION};
+//!
+//! let node = NodeId::random();
+//! let hello = Message::Hello {
+//!     protocol_version: PROTOCOL_VERSION,
+//!     node,
+//!     database: "bugs".to_owned(),
+//! };
+//! let insert = Operation {
+//!     id: OpId { origin: node, seq: 1 },
+//!     lamport: 1,
+//!     wall: Date::now(),
+//!     kind: OpKind::Insert,
+//!     collection: "bugs".to_owned(),
+//!     record: Uuid::new_v4(),
+//!     fields: fields! { "title" => "Crash on launch", "priority" => 1 },
+//! };
+//! let ops = Message::Ops { ops: vec![insert] };
+//!
+//! // What one side writes to the connection...
+//! let mut stream = encode_frame(&hello);
+//! stream.extend(encode_frame(&ops));
+//!
+//! // ...and the other side reads, here three bytes at a time.
+//! let mut decoder = FrameDecoder::default();
+//! let mut received = Vec::new();
+//! for chunk in stream.chunks(3) {
+//!     assert_eq!(decoder.push(chunk), chunk.len());
+//!     while let Some(message) = decoder.next_message()? {
+//!         received.push(message);
+//!     }
+//! }
+//! assert_eq!(received, [hello, ops]);
+//! assert_eq!(decoder.buffered_len(), 0);
+//! # Ok::<(), blazedb_protocol::ProtocolError>(())
+//! ```
+//!
+//! Not here yet: the secure channel (Noise `XX`), which will seal payloads before framing,
+//! and the sync engine's use of these messages (cursors, replay); see `docs/protocol.md`.
+
+mod error;
+mod frame;
+pub mod fuzz;
+mod message;
+
+pub use error::ProtocolError;
+pub use frame::{
+    DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, encode_frame, try_encode_frame,
+};
+pub use message::{
+    CloseCode, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN, Message, PROTOCOL_VERSION,
+    negotiate_version,
+};

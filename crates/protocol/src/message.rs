@@ -1,0 +1,598 @@
+//! [`Message`]: what two nodes say to each other, and its BlazeBinary encoding.
+//!
+//! A message is one BlazeBinary item of kind [`Kind::Message`]: the two-byte header, one
+//! message type byte, then the body of that type. The layout is specified in
+//! `docs/protocol.md`; keep the two in step.
+
+use std::fmt;
+
+use blazedb_format::{Decoder, Encoder, Kind, NodeId, Operation};
+
+use crate::error::ProtocolError;
+
+/// The protocol version this code speaks (sent in [`Message::Hello`]).
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Longest database name a [`Message::Hello`] may carry, in bytes of UTF-8.
+pub const MAX_DATABASE_NAME_LEN: usize = 255;
+/// Longest reason a [`Message::Close`] may carry, in bytes of UTF-8.
+pub const MAX_CLOSE_REASON_LEN: usize = 1024;
+
+// Message type codes (first body byte); see docs/protocol.md.
+const TYPE_HELLO: u8 = 0x01;
+const TYPE_OPS: u8 = 0x02;
+const TYPE_ACK: u8 = 0x03;
+const TYPE_PING: u8 = 0x04;
+const TYPE_PONG: u8 = 0x05;
+const TYPE_CLOSE: u8 = 0x06;
+
+/// The fewest bytes one encoded operation can take: node back-reference (1), seq (1),
+/// Lamport (1), wall clock (1), kind (1), collection back-reference (1), record id (16),
+/// field count (1). Bounds the capacity reserved for a batch by the bytes actually present.
+const MIN_OPERATION_LEN: usize = 23;
+
+/// One message of the sync protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// The first message each side sends: who it is and which database it wants to sync.
+    /// Versions must match exactly (see [`crate::negotiate_version`]).
+    Hello {
+        protocol_version: u16,
+        node: NodeId,
+        /// Name of the database on the receiving side; 1 to [`MAX_DATABASE_NAME_LEN`] bytes.
+        database: String,
+    },
+    /// A batch of operations, in the sender's op-log order.
+    Ops { ops: Vec<Operation> },
+    /// The receiver has durably applied everything up to and including this position of the
+    /// sender's op log.
+    Ack { position: u64 },
+    /// Asks the peer to answer with a [`Message::Pong`] carrying the same nonce.
+    Ping { nonce: u64 },
+    /// The answer to a [`Message::Ping`].
+    Pong { nonce: u64 },
+    /// The last message before the sender closes the connection.
+    Close {
+        code: CloseCode,
+        /// Human-readable detail; at most [`MAX_CLOSE_REASON_LEN`] bytes.
+        reason: String,
+    },
+}
+
+/// Why a connection is closed, carried by [`Message::Close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// The sender is done; nothing went wrong.
+    Normal,
+    /// The sender is shutting down or restarting; reconnecting later is expected to work.
+    GoingAway,
+    /// The peer broke the protocol (malformed frame or message, or a message out of place).
+    ProtocolError,
+    /// The two sides speak different protocol versions.
+    VersionMismatch,
+    /// The peer is not allowed to sync this database.
+    Unauthorized,
+    /// The database named in the `Hello` does not exist here.
+    UnknownDatabase,
+    /// The sender failed on its own side (storage error, bug).
+    InternalError,
+}
+
+impl CloseCode {
+    /// Every close code, in code order.
+    pub const ALL: [CloseCode; 7] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::VersionMismatch,
+        CloseCode::Unauthorized,
+        CloseCode::UnknownDatabase,
+        CloseCode::InternalError,
+    ];
+
+    /// The byte written on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            CloseCode::Normal => 0,
+            CloseCode::GoingAway => 1,
+            CloseCode::ProtocolError => 2,
+            CloseCode::VersionMismatch => 3,
+            CloseCode::Unauthorized => 4,
+            CloseCode::UnknownDatabase => 5,
+            CloseCode::InternalError => 6,
+        }
+    }
+
+    /// The close code written as `code`, if this version of the protocol knows it.
+    pub fn from_code(code: u8) -> Option<CloseCode> {
+        Some(match code {
+            0 => CloseCode::Normal,
+            1 => CloseCode::GoingAway,
+            2 => CloseCode::ProtocolError,
+            3 => CloseCode::VersionMismatch,
+            4 => CloseCode::Unauthorized,
+            5 => CloseCode::UnknownDatabase,
+            6 => CloseCode::InternalError,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseCode::Normal => "normal close",
+            CloseCode::GoingAway => "going away",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::VersionMismatch => "protocol version mismatch",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::UnknownDatabase => "unknown database",
+            CloseCode::InternalError => "internal error",
+        })
+    }
+}
+
+/// Checks the version a peer sent in its [`Message::Hello`] and returns the version the
+/// connection uses. For now the rule is exact equality with [`PROTOCOL_VERSION`]; on a
+/// mismatch, send `Close` with [`ProtocolError::close_code`] (that is,
+/// [`CloseCode::VersionMismatch`]) and drop the connection.
+pub fn negotiate_version(theirs: u16) -> Result<u16, ProtocolError> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(PROTOCOL_VERSION)
+    } else {
+        Err(ProtocolError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
+    }
+}
+
+fn check_database(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("database name is empty")
+    } else if name.len() > MAX_DATABASE_NAME_LEN {
+        Err("database name is longer than 255 bytes")
+    } else {
+        Ok(())
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), &'static str> {
+    if reason.len() > MAX_CLOSE_REASON_LEN {
+        Err("close reason is longer than 1024 bytes")
+    } else {
+        Ok(())
+    }
+}
+
+fn invalid(what: &'static str) -> ProtocolError {
+    ProtocolError::Invalid { what }
+}
+
+impl Message {
+    /// A `Close` message; a reason longer than [`MAX_CLOSE_REASON_LEN`] bytes is cut at the
+    /// last character boundary that fits, so the message is always sendable.
+    pub fn close(code: CloseCode, reason: impl Into<String>) -> Message {
+        let mut reason = reason.into();
+        if reason.len() > MAX_CLOSE_REASON_LEN {
+            let mut end = MAX_CLOSE_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Message::Close { code, reason }
+    }
+
+    /// The type code written as the first body byte.
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => TYPE_HELLO,
+            Message::Ops { .. } => TYPE_OPS,
+            Message::Ack { .. } => TYPE_ACK,
+            Message::Ping { .. } => TYPE_PING,
+            Message::Pong { .. } => TYPE_PONG,
+            Message::Close { .. } => TYPE_CLOSE,
+        }
+    }
+
+    /// A short name of the message type, for logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Ops { .. } => "Ops",
+            Message::Ack { .. } => "Ack",
+            Message::Ping { .. } => "Ping",
+            Message::Pong { .. } => "Pong",
+            Message::Close { .. } => "Close",
+        }
+    }
+
+    /// Checks the rules a decoder enforces beyond the byte layout (database name and close
+    /// reason lengths), so a message can be checked before it is sent.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let rule = match self {
+            Message::Hello { database, .. } => check_database(database),
+            Message::Close { reason, .. } => check_reason(reason),
+            Message::Ops { .. } | Message::Ack { .. } | Message::Ping { .. } => Ok(()),
+            Message::Pong { .. } => Ok(()),
+        };
+        rule.map_err(|what| ProtocolError::Unsendable { what })
+    }
+
+    /// The message as a BlazeBinary item (a frame's payload). Does not check
+    /// [`Message::validate`]; [`crate::try_encode_frame`] does.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = match self {
+            Message::Ops { ops } => Encoder::with_capacity(Kind::Message, 64 * ops.len() + 8),
+            _ => Encoder::new(Kind::Message),
+        };
+        e.byte(self.type_code());
+        match self {
+            Message::Hello {
+                protocol_version,
+                node,
+                database,
+            } => {
+                e.varint(u64::from(*protocol_version));
+                e.node(*node);
+                e.key(database);
+            }
+            Message::Ops { ops } => {
+                e.varint(ops.len() as u64);
+                for op in ops {
+                    e.operation(op);
+                }
+            }
+            Message::Ack { position } => e.varint(*position),
+            Message::Ping { nonce } | Message::Pong { nonce } => e.varint(*nonce),
+            Message::Close { code, reason } => {
+                e.byte(code.code());
+                e.key(reason);
+            }
+        }
+        e.finish()
+    }
+
+    /// Decodes one message from a frame's payload: the whole payload must be one valid
+    /// message, with no trailing bytes.
+    pub fn decode(payload: &[u8]) -> Result<Message, ProtocolError> {
+        let mut d = Decoder::new(payload, Kind::Message)?;
+        let message = match d.byte()? {
+            TYPE_HELLO => {
+                let protocol_version = u16::try_from(d.varint()?)
+                    .map_err(|_| invalid("protocol version does not fit in 16 bits"))?;
+                let node = d.node()?;
+                let database = d.key()?;
+                check_database(database).map_err(invalid)?;
+                Message::Hello {
+                    protocol_version,
+                    node,
+                    database: database.to_owned(),
+                }
+            }
+            TYPE_OPS => {
+                let count = d.length(MIN_OPERATION_LEN)?;
+                let mut ops = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    ops.push(d.operation()?);
+                }
+                Message::Ops { ops }
+            }
+            TYPE_ACK => Message::Ack {
+                position: d.varint()?,
+            },
+            TYPE_PING => Message::Ping { nonce: d.varint()? },
+            TYPE_PONG => Message::Pong { nonce: d.varint()? },
+            TYPE_CLOSE => {
+                let code = d.byte()?;
+                let code =
+                    CloseCode::from_code(code).ok_or(ProtocolError::UnknownCloseCode { code })?;
+                let reason = d.key()?;
+                check_reason(reason).map_err(invalid)?;
+                Message::Close {
+                    code,
+                    reason: reason.to_owned(),
+                }
+            }
+            code => return Err(ProtocolError::UnknownMessageType { code }),
+        };
+        d.finish()?;
+        Ok(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use blazedb_format::{
+        Date, DecodeError, Fields, MAGIC, OpId, OpKind, Uuid, VERSION, Value, encode_value,
+    };
+
+    use super::*;
+
+    fn node(n: u8) -> NodeId {
+        NodeId(Uuid::from_bytes([n; 16]))
+    }
+
+    fn op(seq: u64, kind: OpKind, fields: &[(&str, Value)]) -> Operation {
+        Operation {
+            id: OpId {
+                origin: node(1),
+                seq,
+            },
+            lamport: seq + 10,
+            wall: Date::from_unix_millis(1_700_000_000_000 + seq as i64),
+            kind,
+            collection: "bugs".to_owned(),
+            record: Uuid::from_bytes([seq as u8; 16]),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect::<Fields>(),
+        }
+    }
+
+    fn round_trip(message: &Message) -> Vec<u8> {
+        let bytes = message.encode();
+        assert_eq!(bytes[0], MAGIC);
+        assert_eq!(bytes[1], (VERSION << 4) | 6, "kind must be Message");
+        assert_eq!(bytes[2], message.type_code());
+        assert_eq!(&Message::decode(&bytes).unwrap(), message);
+        bytes
+    }
+
+    fn header(type_code: u8) -> Vec<u8> {
+        vec![MAGIC, (VERSION << 4) | 6, type_code]
+    }
+
+    #[test]
+    fn a_hello_round_trips() {
+        let bytes = round_trip(&Message::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node: node(7),
+            database: "bugs.blazedb".to_owned(),
+        });
+        // header, type, version, node (0 + 16 bytes), key (len << 1, 12 bytes)
+        assert_eq!(bytes.len(), 3 + 1 + 17 + 1 + 12);
+    }
+
+    #[test]
+    fn a_hello_with_the_largest_version_and_longest_name_round_trips() {
+        round_trip(&Message::Hello {
+            protocol_version: u16::MAX,
+            node: node(0),
+            database: "é".repeat(127) + "x",
+        });
+    }
+
+    #[test]
+    fn an_ops_batch_round_trips() {
+        round_trip(&Message::Ops {
+            ops: vec![
+                op(
+                    1,
+                    OpKind::Insert,
+                    &[("title", "Crash".into()), ("priority", Value::Int(1))],
+                ),
+                op(2, OpKind::Update, &[("title", "Crash on launch".into())]),
+                op(3, OpKind::Delete, &[]),
+            ],
+        });
+    }
+
+    #[test]
+    fn an_empty_ops_batch_round_trips() {
+        let bytes = round_trip(&Message::Ops { ops: vec![] });
+        assert_eq!(bytes.len(), 4);
+    }
+
+    #[test]
+    fn operations_in_a_batch_share_the_string_and_node_tables() {
+        let one = op(1, OpKind::Update, &[("title", "a".into())]);
+        let single = Message::Ops {
+            ops: vec![one.clone()],
+        }
+        .encode();
+        let mut two = one.clone();
+        two.id.seq = 2;
+        let pair = Message::Ops {
+            ops: vec![one, two],
+        }
+        .encode();
+        // The second operation refers back to the node, "bugs", "title" and "a".
+        let second_len = pair.len() - single.len();
+        let first_len = single.len() - 4;
+        assert!(
+            second_len + 16 + 4 + 5 <= first_len,
+            "{second_len} vs {first_len}"
+        );
+    }
+
+    #[test]
+    fn an_ack_round_trips() {
+        round_trip(&Message::Ack { position: 0 });
+        round_trip(&Message::Ack { position: u64::MAX });
+    }
+
+    #[test]
+    fn a_ping_and_a_pong_round_trip() {
+        let ping = round_trip(&Message::Ping { nonce: 42 });
+        assert_eq!(ping, [MAGIC, 0x16, 0x04, 42]);
+        round_trip(&Message::Pong { nonce: 42 });
+        round_trip(&Message::Ping { nonce: u64::MAX });
+        round_trip(&Message::Pong { nonce: 0 });
+    }
+
+    #[test]
+    fn a_close_round_trips_with_every_code() {
+        for code in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(code.code()), Some(code));
+            round_trip(&Message::Close {
+                code,
+                reason: format!("closing: {code}"),
+            });
+        }
+        round_trip(&Message::Close {
+            code: CloseCode::Normal,
+            reason: String::new(),
+        });
+        round_trip(&Message::Close {
+            code: CloseCode::Normal,
+            reason: "r".repeat(MAX_CLOSE_REASON_LEN),
+        });
+    }
+
+    #[test]
+    fn close_cuts_a_long_reason_at_a_character_boundary() {
+        let message = Message::close(CloseCode::InternalError, "ß".repeat(1000));
+        let Message::Close { reason, .. } = &message else {
+            panic!("not a close");
+        };
+        assert_eq!(reason.len(), MAX_CLOSE_REASON_LEN);
+        assert!(message.validate().is_ok());
+        let odd = Message::close(CloseCode::InternalError, format!("x{}", "ß".repeat(1000)));
+        let Message::Close { reason, .. } = &odd else {
+            panic!("not a close");
+        };
+        assert_eq!(reason.len(), MAX_CLOSE_REASON_LEN - 1);
+        round_trip(&odd);
+    }
+
+    #[test]
+    fn an_unknown_message_type_is_refused() {
+        for code in [0x00, 0x07, 0x80, 0xFF] {
+            let mut bytes = header(code);
+            bytes.push(0);
+            assert_eq!(
+                Message::decode(&bytes),
+                Err(ProtocolError::UnknownMessageType { code })
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_close_code_is_refused() {
+        let mut bytes = header(TYPE_CLOSE);
+        bytes.extend([7, 0]);
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(ProtocolError::UnknownCloseCode { code: 7 })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_refused() {
+        let mut bytes = Message::Ack { position: 5 }.encode();
+        bytes.push(0);
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Decode(DecodeError::TrailingBytes {
+                count: 1
+            }))
+        );
+    }
+
+    #[test]
+    fn a_truncated_message_is_refused() {
+        let bytes = Message::Hello {
+            protocol_version: 1,
+            node: node(1),
+            database: "db".to_owned(),
+        }
+        .encode();
+        for len in 0..bytes.len() {
+            let err = Message::decode(&bytes[..len]).unwrap_err();
+            assert!(err.is_malformed_input(), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_hello_with_an_empty_or_too_long_database_name_is_refused() {
+        for database in [String::new(), "d".repeat(MAX_DATABASE_NAME_LEN + 1)] {
+            let message = Message::Hello {
+                protocol_version: 1,
+                node: node(1),
+                database,
+            };
+            assert!(matches!(
+                Message::decode(&message.encode()),
+                Err(ProtocolError::Invalid { .. })
+            ));
+            assert!(matches!(
+                message.validate(),
+                Err(ProtocolError::Unsendable { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_hello_whose_version_does_not_fit_in_16_bits_is_refused() {
+        let mut bytes = header(TYPE_HELLO);
+        bytes.extend([0x80, 0x80, 0x04]); // 65536
+        bytes.push(0);
+        bytes.extend([1; 16]);
+        bytes.extend([4, b'd', b'b']);
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Invalid {
+                what: "protocol version does not fit in 16 bits"
+            })
+        );
+    }
+
+    #[test]
+    fn a_close_with_a_too_long_reason_is_refused() {
+        let message = Message::Close {
+            code: CloseCode::Normal,
+            reason: "r".repeat(MAX_CLOSE_REASON_LEN + 1),
+        };
+        assert!(matches!(
+            Message::decode(&message.encode()),
+            Err(ProtocolError::Invalid { .. })
+        ));
+        assert!(message.validate().is_err());
+    }
+
+    #[test]
+    fn an_ops_batch_claiming_more_operations_than_it_holds_is_refused() {
+        let mut bytes = header(TYPE_OPS);
+        bytes.extend([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn another_kind_of_blazebinary_item_is_not_a_message() {
+        let value = encode_value(&Value::Int(1));
+        assert!(matches!(
+            Message::decode(&value),
+            Err(ProtocolError::Decode(DecodeError::WrongKind { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_back_reference_to_a_string_never_written_is_refused() {
+        let mut bytes = header(TYPE_CLOSE);
+        bytes.extend([0, 1]); // Normal, reference to string 0 (the table is empty)
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Decode(DecodeError::BadReference { .. }))
+        ));
+    }
+
+    #[test]
+    fn the_version_must_match_exactly() {
+        assert_eq!(negotiate_version(PROTOCOL_VERSION), Ok(PROTOCOL_VERSION));
+        let err = negotiate_version(PROTOCOL_VERSION + 1).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::VersionMismatch);
+        assert!(!err.is_malformed_input());
+        assert_eq!(
+            err.to_string(),
+            "protocol version mismatch: we speak version 1, the peer speaks 2"
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Property tests of message encoding and framing.
+//!
+//! Every property runs 256 cases; set `BLAZEDB_LONG=1` to run 10 000.
+//!
+//! Messages are compared by their encodings: the encoding is canonical, so equal bytes mean
+//! equal messages, and unlike `==` this also holds for messages carrying NaN doubles.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use blazedb_format::{Date, Fields, NodeId, OpId, OpKind, Operation, Uuid, Value};
+use blazedb_protocol::{
+    CloseCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN,
+    MAX_DATABASE_NAME_LEN, Message, ProtocolError, encode_frame, fuzz, try_encode_frame,
+};
+use proptest::collection::{btree_map, vec};
+use proptest::prelude::*;
+use proptest::sample::select;
+
+/// 256 cases normally, 10 000 with `BLAZEDB_LONG=1`.
+fn cases() -> u32 {
+    if std::env::var("BLAZEDB_LONG").is_ok_and(|v| v == "1") {
+        10_000
+    } else {
+        256
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------------------------
+
+fn text(max_chars: usize) -> impl Strategy<Value = String> + Clone {
+    vec(
+        prop_oneof![
+            6 => proptest::char::range('a', 'e'),
+            1 => Just('\0'),
+            2 => any::<char>(),
+        ],
+        0..max_chars,
+    )
+    .prop_map(String::from_iter)
+}
+
+/// Strings that often repeat (exercising the string table) and some that do not.
+fn string() -> impl Strategy<Value = String> + Clone {
+    prop_oneof![
+        3 => select(vec![
+            String::new(),
+            "a".to_owned(),
+            "title".to_owned(),
+            "bugs".to_owned(),
+            "日本語".to_owned(),
+            "x".repeat(64),
+        ]),
+        3 => text(12),
+        1 => text(80),
+    ]
+}
+
+fn uuid() -> impl Strategy<Value = Uuid> + Clone {
+    any::<[u8; 16]>().prop_map(Uuid::from_bytes)
+}
+
+fn counter() -> impl Strategy<Value = u64> + Clone {
+    prop_oneof![3 => 0u64..300, 1 => any::<u64>(), 1 => Just(u64::MAX)]
+}
+
+/// Node ids from a pool of three (so node back-references appear) or random.
+fn node() -> impl Strategy<Value = NodeId> + Clone {
+    prop_oneof![
+        3 => (1u8..=3).prop_map(|n| NodeId(Uuid::from_bytes([n; 16]))),
+        1 => uuid().prop_map(NodeId),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        (0i64..128).prop_map(Value::Int),
+        any::<u64>().prop_map(|bits| Value::Double(f64::from_bits(bits))),
+        Just(Value::Double(f64::NAN)),
+        string().prop_map(Value::String),
+        uuid().prop_map(Value::Uuid),
+        any::<i64>().prop_map(|n| Value::Date(Date::from_unix_millis(n))),
+        vec(any::<u8>(), 0..24).prop_map(Value::Bytes),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(Value::Array),
+            btree_map(string(), inner, 0..4).prop_map(Value::Map),
+        ]
+    })
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    (
+        (node(), counter(), counter(), any::<i64>()),
+        select(vec![OpKind::Insert, OpKind::Update, OpKind::Delete]),
+        string(),
+        uuid(),
+        btree_map(string(), value(), 0..5),
+    )
+        .prop_map(
+            |((origin, seq, lamport, wall), kind, collection, record, fields)| Operation {
+                id: OpId { origin, seq },
+                lamport,
+                wall: Date::from_unix_millis(wall),
+                kind,
+                collection,
+                record,
+                fields: if kind == OpKind::Delete {
+                    Fields::new()
+                } else {
+                    fields
+                },
+            },
+        )
+}
+
+fn close_code() -> impl Strategy<Value = CloseCode> {
+    select(CloseCode::ALL.to_vec())
+}
+
+/// Any valid message, including the extremes of each field's range.
+fn message() -> impl Strategy<Value = Message> {
+    let database = prop_oneof![
+        4 => string().prop_filter("a database name is not empty", |s| !s.is_empty()),
+        1 => (1..=MAX_DATABASE_NAME_LEN).prop_map(|n| "d".repeat(n)),
+        1 => Just("é".repeat(MAX_DATABASE_NAME_LEN / 2)),
+    ];
+    let reason = prop_oneof![
+        4 => string(),
+        1 => (0..=MAX_CLOSE_REASON_LEN).prop_map(|n| "r".repeat(n)),
+    ];
+    prop_oneof![
+        (any::<u16>(), node(), database).prop_map(|(protocol_version, node, database)| {
+            Message::Hello {
+                protocol_version,
+                node,
+                database,
+            }
+        }),
+        vec(operation(), 0..5).prop_map(|ops| Message::Ops { ops }),
+        counter().prop_map(|position| Message::Ack { position }),
+        counter().prop_map(|nonce| Message::Ping { nonce }),
+        counter().prop_map(|nonce| Message::Pong { nonce }),
+        (close_code(), reason).prop_map(|(code, reason)| Message::Close { code, reason }),
+    ]
+}
+
+/// How a stream is cut into the chunks a transport receives.
+#[derive(Debug, Clone)]
+enum Chunking {
+    /// Everything at once.
+    Whole,
+    /// One byte at a time.
+    Bytes,
+    /// Chunks of these sizes, repeated.
+    Sizes(Vec<usize>),
+}
+
+fn chunking() -> impl Strategy<Value = Chunking> {
+    prop_oneof![
+        1 => Just(Chunking::Whole),
+        1 => Just(Chunking::Bytes),
+        3 => vec(prop_oneof![1usize..8, 1usize..300], 1..8).prop_map(Chunking::Sizes),
+    ]
+}
+
+fn chunks<'a>(stream: &'a [u8], chunking: &Chunking) -> Vec<&'a [u8]> {
+    match chunking {
+        Chunking::Whole => vec![stream],
+        Chunking::Bytes => stream.chunks(1).collect(),
+        Chunking::Sizes(sizes) => {
+            let mut out = Vec::new();
+            let mut rest = stream;
+            for &size in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at(size.min(rest.len()));
+                out.push(chunk);
+                rest = tail;
+            }
+            out
+        }
+    }
+}
+
+/// Feeds chunks as a transport would: push, take every message, push what was not taken.
+fn receive(decoder: &mut FrameDecoder, chunks: &[&[u8]]) -> Result<Vec<Message>, ProtocolError> {
+    let mut received = Vec::new();
+    for chunk in chunks {
+        let mut rest: &[u8] = chunk;
+        loop {
+            let taken = decoder.push(rest);
+            rest = &rest[taken..];
+            let before = received.len();
+            while let Some(message) = decoder.next_message()? {
+                received.push(message);
+            }
+            if rest.is_empty() {
+                break;
+            }
+            assert!(
+                taken > 0 || received.len() > before,
+                "decoder stalled with a full buffer"
+            );
+        }
+    }
+    Ok(received)
+}
+
+fn encodings(messages: &[Message]) -> Vec<Vec<u8>> {
+    messages.iter().map(Message::encode).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn any_message_decodes_to_itself(message in message()) {
+        let bytes = message.encode();
+        let decoded = Message::decode(&bytes).unwrap();
+        prop_assert_eq!(decoded.encode(), bytes);
+        prop_assert!(message.validate().is_ok());
+        prop_assert_eq!(try_encode_frame(&message, DEFAULT_MAX_FRAME_LEN), Ok(encode_frame(&message)));
+    }
+
+    #[test]
+    fn messages_survive_framing_in_any_chunking_and_arrive_in_order(
+        messages in vec(message(), 0..8),
+        chunking in chunking(),
+    ) {
+        let stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+        let mut decoder = FrameDecoder::default();
+        let received = receive(&mut decoder, &chunks(&stream, &chunking)).unwrap();
+        prop_assert_eq!(encodings(&received), encodings(&messages));
+        prop_assert_eq!(decoder.buffered_len(), 0);
+    }
+
+    #[test]
+    fn a_decoder_whose_limit_is_the_largest_frame_still_receives_every_message(
+        messages in vec(message(), 1..8),
+        chunking in chunking(),
+        slack in prop_oneof![Just(0u32), 0u32..16],
+    ) {
+        let stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+        let largest = messages.iter().map(|m| m.encode().len()).max().unwrap();
+        let mut decoder = FrameDecoder::new(largest as u32 + slack);
+        let received = receive(&mut decoder, &chunks(&stream, &chunking)).unwrap();
+        prop_assert_eq!(encodings(&received), encodings(&messages));
+        prop_assert!(decoder.free_space() == largest + slack as usize + FRAME_HEADER_LEN);
+    }
+
+    #[test]
+    fn a_stream_cut_short_yields_the_complete_messages_and_waits_for_the_rest(
+        messages in vec(message(), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let frames: Vec<Vec<u8>> = messages.iter().map(encode_frame).collect();
+        let stream = frames.concat();
+        let cut = cut.index(stream.len());
+        let mut decoder = FrameDecoder::default();
+        let received = receive(&mut decoder, &[&stream[..cut]]).unwrap();
+        let mut complete = 0;
+        let mut end = 0;
+        for frame in &frames {
+            if end + frame.len() > cut {
+                break;
+            }
+            end += frame.len();
+            complete += 1;
+        }
+        prop_assert_eq!(encodings(&received), encodings(&messages[..complete]));
+        prop_assert_eq!(decoder.buffered_len(), cut - end);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(
+        bytes in vec(any::<u8>(), 0..600),
+        chunking in chunking(),
+        max in prop_oneof![Just(DEFAULT_MAX_FRAME_LEN), 0u32..300],
+    ) {
+        let mut decoder = FrameDecoder::new(max);
+        if let Err(error) = receive(&mut decoder, &chunks(&bytes, &chunking)) {
+            prop_assert!(error.is_malformed_input());
+            prop_assert!(!error.to_string().is_empty());
+            prop_assert_eq!(decoder.next_message(), Err(error.clone()));
+            prop_assert_eq!(decoder.push(&[0, 0, 0, 4]), 4);
+            prop_assert_eq!(decoder.next_message(), Err(error));
+        }
+        prop_assert!(decoder.buffered_len() <= max as usize + FRAME_HEADER_LEN);
+    }
+
+    #[test]
+    fn arbitrary_payloads_never_panic_the_message_decoder(
+        payload in prop_oneof![
+            vec(any::<u8>(), 0..200),
+            // A valid header and type byte, then noise: reaches the body decoders.
+            (1u8..=7, vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
+                let mut p = vec![blazedb_format::MAGIC, 0x16, t];
+                p.extend(body);
+                p
+            }),
+        ],
+    ) {
+        if let Ok(message) = Message::decode(&payload) {
+            let bytes = message.encode();
+            prop_assert_eq!(Message::decode(&bytes).unwrap().encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn the_fuzz_target_accepts_arbitrary_bytes(data in vec(any::<u8>(), 0..600)) {
+        fuzz::frames(&data);
+    }
+
+    #[test]
+    fn the_fuzz_target_accepts_corrupted_valid_streams(
+        first in any::<u8>(),
+        messages in vec(message(), 1..5),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut data = vec![first];
+        data.extend(messages.iter().flat_map(encode_frame));
+        for (at, xor) in flips {
+            let i = 1 + at.index(data.len() - 1);
+            data[i] ^= xor;
+        }
+        fuzz::frames(&data);
+    }
+}
+
+#[test]
+fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
+    let messages = [
+        Message::Hello {
+            protocol_version: 1,
+            node: NodeId(Uuid::from_bytes([1; 16])),
+            database: "db".to_owned(),
+        },
+        Message::Ping { nonce: 7 },
+        Message::close(CloseCode::GoingAway, "restart"),
+    ];
+    let stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+    for first in 0..=u8::MAX {
+        let mut data = vec![first];
+        data.extend(&stream);
+        fuzz::frames(&data);
+    }
+}

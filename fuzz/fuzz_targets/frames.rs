@@ -1,0 +1,9 @@
+//! Feeds arbitrary bytes to the protocol's frame decoder in arbitrary chunks; every decoded
+//! message must re-encode to the same frame (see `blazedb_protocol::fuzz::frames`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    blazedb_protocol::fuzz::frames(data);
+});
