@@ -28,6 +28,7 @@
 
 mod db;
 mod error;
+mod ids;
 mod join;
 mod query;
 mod read;

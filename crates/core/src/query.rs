@@ -287,7 +287,7 @@ impl Database {
         let mut core = self.read()?;
         Ok(core
             .collection(collection, false)?
-            .map(|c| c.indexes.into_iter().map(|i| i.field).collect())
+            .map(|c| c.indexes.iter().map(|i| i.field.clone()).collect())
             .unwrap_or_default())
     }
 }
@@ -332,7 +332,7 @@ impl<'db> Query<'db> {
         };
         let indexed: Vec<String> = core
             .collection(&self.collection, false)?
-            .map(|c| c.indexes.into_iter().map(|i| i.field).collect())
+            .map(|c| c.indexes.iter().map(|i| i.field.clone()).collect())
             .unwrap_or_default();
         let conjuncts: Vec<&Filter> = match filter {
             Filter::And(list) => list.iter().collect(),

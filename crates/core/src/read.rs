@@ -77,10 +77,19 @@ impl Core {
         Ok(())
     }
 
+    /// Is this operation already in the op log? Our own operations are numbered without gaps,
+    /// so a sequence number we issued is enough; others' are looked up in `merged_ops`.
     pub fn has_op(&self, id: OpId) -> Result<bool> {
+        if id.origin == self.node {
+            match self.gap_prefix {
+                None => return Ok(id.seq <= self.seq),
+                Some(prefix) if id.seq <= prefix => return Ok(true),
+                Some(_) => {}
+            }
+        }
         Ok(self
             .conn
-            .prepare_cached("SELECT 1 FROM oplog WHERE origin = ?1 AND origin_seq = ?2")?
+            .prepare_cached("SELECT 1 FROM merged_ops WHERE origin = ?1 AND origin_seq = ?2")?
             .query_row(
                 params![id.origin.as_bytes().as_slice(), id.seq as i64],
                 |_| Ok(()),
@@ -138,7 +147,10 @@ impl Database {
         let core = self.read()?;
         let n: Option<i64> = core
             .conn
-            .prepare_cached("SELECT live_count FROM collections WHERE name = ?1")?
+            .prepare_cached(
+                "SELECT k.value FROM collections c JOIN counters k ON k.name = 'live/' || c.id \
+                 WHERE c.name = ?1",
+            )?
             .query_row([collection], |r| r.get(0))
             .optional()?;
         Ok(n.unwrap_or(0).max(0) as u64)
@@ -224,7 +236,8 @@ impl Database {
             _ => 0,
         };
         let mut stmt = core.conn.prepare_cached(
-            "SELECT c.name, c.live_count, (SELECT group_concat(field, char(31)) FROM \
+            "SELECT c.name, coalesce((SELECT value FROM counters WHERE name = 'live/' || c.id), 0), \
+             (SELECT group_concat(field, char(31)) FROM \
              (SELECT field FROM indexes i WHERE i.coll = c.id ORDER BY field)) \
              FROM collections c ORDER BY c.name",
         )?;

@@ -5,7 +5,7 @@
 //! watchers, all inside the caller's SQLite transaction.
 
 use std::collections::HashMap;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 
 use blazedb_format::{
     Date, Effect, Fields, OpId, OpKind, Operation, Record, RecordState, encode_operation,
@@ -14,9 +14,8 @@ use blazedb_format::{
 use rusqlite::{ErrorCode, params};
 use uuid::Uuid;
 
-use crate::db::{CollInfo, Core, Database, classify};
+use crate::db::{CollInfo, Core, Database, IndexInfo, classify};
 use crate::error::{Error, Result};
-use crate::read::field_value;
 use crate::validate;
 use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
 
@@ -38,7 +37,7 @@ pub struct Transaction<'db> {
     pub(crate) core: MutexGuard<'db, Core>,
     changes: Vec<Change>,
     count_deltas: HashMap<i64, i64>,
-    start_clock: (u64, u64),
+    start_clock: (u64, u64, Option<u64>),
     last_op_seq: Option<u64>,
     /// Set when a write failed half-way; the transaction then refuses to commit.
     aborted: Option<String>,
@@ -86,7 +85,7 @@ impl Database {
             let _ = core.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        let start_clock = (core.lamport, core.seq);
+        let start_clock = (core.lamport, core.seq, core.gap_prefix);
         Ok(Transaction {
             core,
             changes: Vec::new(),
@@ -145,7 +144,7 @@ impl Database {
 impl Transaction<'_> {
     /// See [`Database::insert`].
     pub fn insert(&mut self, collection: &str, fields: Fields) -> Result<Uuid> {
-        let id = Uuid::now_v7();
+        let id = self.core.ids.next();
         self.insert_inner(collection, id, fields, false)?;
         Ok(id)
     }
@@ -231,7 +230,12 @@ impl Transaction<'_> {
             }
             self.core.lamport = self.core.lamport.max(op.lamport);
             if op.id.origin == self.core.node {
-                // Our own operation coming back (e.g. after restoring a backup): never reuse its id.
+                // An operation of ours that this file never saw: it was restored from a backup.
+                // Never reuse its sequence number, and from now on track our own operations in
+                // `merged_ops` (see `Core::has_op`).
+                if self.core.gap_prefix.is_none() {
+                    self.core.gap_prefix = Some(self.core.seq);
+                }
                 self.core.seq = self.core.seq.max(op.id.seq);
             }
             let coll = self.collection(&op.collection, true)?;
@@ -242,14 +246,14 @@ impl Transaction<'_> {
         Ok(report)
     }
 
-    fn collection(&mut self, name: &str, create: bool) -> Result<CollInfo> {
+    fn collection(&mut self, name: &str, create: bool) -> Result<Arc<CollInfo>> {
         match self.core.collection(name, create)? {
             Some(c) => Ok(c),
             None => Err(Error::InvalidQuery(format!("no collection {name:?}"))),
         }
     }
 
-    fn visible(&mut self, collection: &str, id: Uuid) -> Result<(CollInfo, RecordState)> {
+    fn visible(&mut self, collection: &str, id: Uuid) -> Result<(Arc<CollInfo>, RecordState)> {
         let not_found = || Error::RecordNotFound {
             collection: collection.into(),
             id,
@@ -299,7 +303,7 @@ impl Transaction<'_> {
         local: bool,
     ) -> Result<Effect> {
         self.existed = old.is_some();
-        let (state, old_fields, effect) = match old {
+        let (state, old_keys, effect) = match old {
             // A brand-new record: no need to merge.
             None if op.kind == OpKind::Insert => (
                 RecordState::inserted(op.fields.clone(), op.stamp()),
@@ -308,13 +312,9 @@ impl Transaction<'_> {
             ),
             old => {
                 let mut state = old.unwrap_or_default();
-                let old_fields = if coll.indexes.is_empty() {
-                    None
-                } else {
-                    state.visible_fields()
-                };
+                let old_keys = index_keys(&state, &op.record, &coll.indexes);
                 let effect = state.apply(op);
-                (state, old_fields, effect)
+                (state, old_keys, effect)
             }
         };
         let bytes = encode_record_state(&state);
@@ -327,7 +327,7 @@ impl Transaction<'_> {
                 limit: MAX_RECORD_BYTES,
             });
         }
-        let persisted = self.persist(coll, op, &state, bytes, old_fields, effect, origin);
+        let persisted = self.persist(coll, op, &state, bytes, old_keys, effect, origin);
         if let Err(e) = &persisted {
             // Part of this write may be in SQLite already: the transaction must not commit, or a
             // change could exist without its op-log entry.
@@ -344,7 +344,7 @@ impl Transaction<'_> {
         op: &Operation,
         state: &RecordState,
         bytes: Vec<u8>,
-        old_fields: Option<Fields>,
+        old_keys: Option<Vec<Vec<u8>>>,
         effect: Effect,
         origin: ChangeOrigin,
     ) -> Result<()> {
@@ -373,13 +373,10 @@ impl Transaction<'_> {
             inserted?;
         }
         if effect != Effect::None && !coll.indexes.is_empty() {
-            let new_fields = state.visible_fields();
-            for index in &coll.indexes {
-                let key_of = |f: &Option<Fields>| {
-                    f.as_ref()
-                        .map(|f| sort_key(&field_value(f, &op.record, &index.field)))
-                };
-                let (old_key, new_key) = (key_of(&old_fields), key_of(&new_fields));
+            let new_keys = index_keys(state, &op.record, &coll.indexes);
+            for (n, index) in coll.indexes.iter().enumerate() {
+                let old_key = old_keys.as_ref().and_then(|k| k.get(n));
+                let new_key = new_keys.as_ref().and_then(|k| k.get(n));
                 if old_key == new_key {
                     continue;
                 }
@@ -397,13 +394,17 @@ impl Transaction<'_> {
                 }
             }
         }
-        conn.prepare_cached("INSERT INTO oplog (origin, origin_seq, op) VALUES (?1, ?2, ?3)")?
-            .execute(params![
-                op.id.origin.as_bytes().as_slice(),
-                op.id.seq as i64,
-                encode_operation(op)
-            ])?;
+        conn.prepare_cached("INSERT INTO oplog (op) VALUES (?1)")?
+            .execute(params![encode_operation(op)])?;
         self.last_op_seq = Some(conn.last_insert_rowid() as u64);
+        let own = op.id.origin == self.core.node;
+        if !own || self.core.gap_prefix.is_some() {
+            conn.prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
+                .execute(params![
+                    op.id.origin.as_bytes().as_slice(),
+                    op.id.seq as i64
+                ])?;
+        }
         let kind = match effect {
             Effect::Created => Some((ChangeKind::Inserted, 1)),
             Effect::Updated => Some((ChangeKind::Updated, 0)),
@@ -442,15 +443,29 @@ impl Transaction<'_> {
 
     fn flush_and_commit(&mut self) -> Result<()> {
         let conn = &self.core.conn;
-        if (self.core.lamport, self.core.seq) != self.start_clock {
-            conn.prepare_cached("UPDATE node SET lamport = ?1, seq = ?2 WHERE singleton = 1")?
-                .execute(params![self.core.lamport as i64, self.core.seq as i64])?;
+        let set = |name: &str, value: i64, add: bool| -> Result<()> {
+            let sql = if add {
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+            } else {
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            };
+            conn.prepare_cached(sql)?.execute(params![name, value])?;
+            Ok(())
+        };
+        let (lamport, seq, gap_prefix) = self.start_clock;
+        if self.core.lamport != lamport {
+            set("lamport", self.core.lamport as i64, false)?;
+        }
+        if self.core.seq != seq {
+            set("seq", self.core.seq as i64, false)?;
+        }
+        if let (Some(p), None) = (self.core.gap_prefix, gap_prefix) {
+            set("gap_prefix", p as i64, false)?;
         }
         for (coll, delta) in &self.count_deltas {
-            conn.prepare_cached(
-                "UPDATE collections SET live_count = live_count + ?2 WHERE id = ?1",
-            )?
-            .execute(params![coll, delta])?;
+            set(&crate::schema::live_counter(*coll), *delta, true)?;
         }
         conn.execute_batch("COMMIT").map_err(classify)?;
         Ok(())
@@ -464,9 +479,28 @@ impl Transaction<'_> {
     fn undo(&mut self) {
         // Fails harmlessly when SQLite already rolled back (e.g. after a failed COMMIT).
         let _ = self.core.conn.execute_batch("ROLLBACK");
-        (self.core.lamport, self.core.seq) = self.start_clock;
+        (self.core.lamport, self.core.seq, self.core.gap_prefix) = self.start_clock;
         self.core.forget_schema();
     }
+}
+
+/// The index keys of a record in the order of `indexes`, or `None` when it is not visible.
+fn index_keys(state: &RecordState, id: &Uuid, indexes: &[IndexInfo]) -> Option<Vec<Vec<u8>>> {
+    if indexes.is_empty() || !state.is_visible() {
+        return None;
+    }
+    Some(
+        indexes
+            .iter()
+            .map(|index| match index.field.as_str() {
+                "id" => sort_key(&blazedb_format::Value::Uuid(*id)),
+                field => match state.fields.get(field) {
+                    Some(f) => sort_key(&f.value),
+                    None => sort_key(&blazedb_format::Value::Null),
+                },
+            })
+            .collect(),
+    )
 }
 
 impl Drop for Transaction<'_> {

@@ -21,7 +21,12 @@ fn name(what: &'static str, name: &str) -> Result<()> {
     if name.len() > MAX_NAME_BYTES {
         return bad("it is longer than 255 bytes");
     }
-    if name.chars().any(char::is_control) {
+    let control = if name.is_ascii() {
+        name.bytes().any(|b| b.is_ascii_control())
+    } else {
+        name.chars().any(char::is_control)
+    };
+    if control {
         return bad("it contains a control character");
     }
     Ok(())

@@ -253,3 +253,51 @@ fn two_handles_on_one_file_see_each_others_writes() {
     seqs.dedup();
     assert_eq!(seqs, vec![1, 2, 3]);
 }
+
+#[test]
+fn a_restored_backup_takes_its_own_later_operations_back_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    let backup = dir.path().join("backup.blazedb");
+    let db = Database::create(&path, PASSWORD).unwrap();
+    db.insert("t", fields! {"n" => 1}).unwrap();
+    drop(db); // the last close checkpoints the WAL into the file
+    std::fs::copy(&path, &backup).unwrap();
+
+    let a = Database::open(&path, PASSWORD).unwrap();
+    let x = a.insert("t", fields! {"n" => 2}).unwrap();
+    a.update("t", x, fields! {"n" => 3}).unwrap();
+    a.insert("t", fields! {"n" => 4}).unwrap();
+    let mut ops: Vec<_> = a
+        .oplog_since(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+
+    // The restored copy has the same node id but has never seen operations 2..=4 of it.
+    let b = Database::open(&backup, PASSWORD).unwrap();
+    assert_eq!(b.node_id(), a.node_id());
+    ops.reverse();
+    let report = b.apply_remote(&ops).unwrap();
+    assert_eq!((report.applied, report.duplicates), (3, 1));
+    // Its next operation does not reuse a sequence number the original already used.
+    b.insert("t", fields! {"n" => 5}).unwrap();
+    let b_ops: Vec<_> = b
+        .oplog_since(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(b_ops.last().unwrap().id.seq, 5);
+    let again = b.apply_remote(&ops).unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 4));
+    assert_eq!(b.apply_remote(&b_ops).unwrap().applied, 0);
+    // After reopening, the bookkeeping survives.
+    drop(b);
+    let b = Database::open(&backup, PASSWORD).unwrap();
+    assert_eq!(b.apply_remote(&ops).unwrap().applied, 0);
+    a.apply_remote(&b_ops).unwrap();
+    assert_eq!(a.content_hash().unwrap(), b.content_hash().unwrap());
+    assert_eq!(b.count("t").unwrap(), 4);
+}

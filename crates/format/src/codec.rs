@@ -138,13 +138,46 @@ fn fits_f32(d: f64) -> bool {
     !d.is_nan() && f64::from(d as f32).to_bits() == d.to_bits()
 }
 
+/// The encoder's string table: first occurrence of each string and its index. Most items hold
+/// a handful of strings, so it searches a short list and only builds a hash map when the list
+/// grows long.
+#[derive(Default)]
+struct StringTable<'a> {
+    list: Vec<(&'a str, u64)>,
+    map: HashMap<&'a str, u64>,
+}
+
+impl<'a> StringTable<'a> {
+    const LINEAR_MAX: usize = 16;
+
+    fn get(&self, s: &str) -> Option<u64> {
+        if self.map.is_empty() {
+            self.list.iter().find(|(x, _)| *x == s).map(|(_, i)| *i)
+        } else {
+            self.map.get(s).copied()
+        }
+    }
+
+    /// Remembers the first index of `s`.
+    fn insert(&mut self, s: &'a str, index: u64) {
+        if !self.map.is_empty() {
+            self.map.entry(s).or_insert(index);
+        } else if self.get(s).is_none() {
+            self.list.push((s, index));
+            if self.list.len() > Self::LINEAR_MAX {
+                self.map = self.list.drain(..).collect();
+            }
+        }
+    }
+}
+
 /// Writes BlazeBinary. One encoder writes one top-level item and shares its string and node
 /// tables across everything in it.
 pub struct Encoder<'a> {
     out: Vec<u8>,
-    strings: HashMap<&'a str, u64>,
+    strings: StringTable<'a>,
     string_count: u64,
-    nodes: HashMap<NodeId, u64>,
+    nodes: Vec<NodeId>,
 }
 
 impl<'a> Encoder<'a> {
@@ -160,9 +193,9 @@ impl<'a> Encoder<'a> {
         out.push((VERSION << 4) | kind.code());
         Encoder {
             out,
-            strings: HashMap::new(),
+            strings: StringTable::default(),
             string_count: 0,
-            nodes: HashMap::new(),
+            nodes: Vec::new(),
         }
     }
 
@@ -204,13 +237,13 @@ impl<'a> Encoder<'a> {
     fn remember(&mut self, s: &'a str) {
         let index = self.string_count;
         self.string_count += 1;
-        self.strings.entry(s).or_insert(index);
+        self.strings.insert(s, index);
     }
 
     /// A key string (field name, map key, collection name): `len << 1` then the bytes, or
     /// `index << 1 | 1` referring to an earlier string.
     pub fn key(&mut self, s: &'a str) {
-        if let Some(&index) = self.strings.get(s) {
+        if let Some(index) = self.strings.get(s) {
             let reference = (index << 1) | 1;
             let literal = (s.len() as u64) << 1;
             if varint_len(reference) < varint_len(literal) + s.len() {
@@ -230,7 +263,7 @@ impl<'a> Encoder<'a> {
         } else {
             1 + varint_len(s.len() as u64) + s.len()
         };
-        if let Some(&index) = self.strings.get(s)
+        if let Some(index) = self.strings.get(s)
             && 1 + varint_len(index) < literal_len
         {
             self.byte(TAG_STRING_REF);
@@ -249,11 +282,11 @@ impl<'a> Encoder<'a> {
 
     /// A node id: `0` then 16 bytes the first time, `index << 1 | 1` afterwards.
     pub fn node(&mut self, node: NodeId) {
-        if let Some(&index) = self.nodes.get(&node) {
-            self.varint((index << 1) | 1);
+        // Few distinct nodes appear in one item: a linear search beats hashing.
+        if let Some(index) = self.nodes.iter().position(|n| *n == node) {
+            self.varint(((index as u64) << 1) | 1);
         } else {
-            let index = self.nodes.len() as u64;
-            self.nodes.insert(node, index);
+            self.nodes.push(node);
             self.varint(0);
             self.raw(node.as_bytes());
         }
