@@ -653,21 +653,27 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
+    /// The next key of a map, which must sort after `previous` (and becomes it).
+    fn next_key(&mut self, previous: &mut Option<&'a str>) -> Result<&'a str> {
+        let offset = self.pos;
+        let k = self.key()?;
+        if previous.is_some_and(|p| p.as_bytes() >= k.as_bytes()) {
+            return Err(DecodeError::NonCanonical {
+                offset,
+                what: "keys must be unique and in ascending order",
+            });
+        }
+        *previous = Some(k);
+        Ok(k)
+    }
+
     /// A field map; keys must be strictly ascending.
     pub fn fields(&mut self) -> Result<Fields> {
         let n = self.length(2)?;
         let mut map = Fields::new();
         let mut previous: Option<&str> = None;
         for _ in 0..n {
-            let offset = self.pos;
-            let k = self.key()?;
-            if previous.is_some_and(|p| p.as_bytes() >= k.as_bytes()) {
-                return Err(DecodeError::NonCanonical {
-                    offset,
-                    what: "keys must be unique and in ascending order",
-                });
-            }
-            previous = Some(k);
+            let k = self.next_key(&mut previous)?;
             let v = self.value()?;
             map.insert(k.to_owned(), v);
         }
@@ -744,15 +750,7 @@ impl<'a> Decoder<'a> {
         };
         let mut previous: Option<&str> = None;
         for _ in 0..n {
-            let offset = self.pos;
-            let k = self.key()?;
-            if previous.is_some_and(|p| p.as_bytes() >= k.as_bytes()) {
-                return Err(DecodeError::NonCanonical {
-                    offset,
-                    what: "keys must be unique and in ascending order",
-                });
-            }
-            previous = Some(k);
+            let k = self.next_key(&mut previous)?;
             let value = self.value()?;
             let stamp = self.stamp()?;
             state
