@@ -1,9 +1,11 @@
 //! Opening, creating and re-keying database files, and the [`Database`] handle.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -189,10 +191,13 @@ impl OpenOptions {
             data_version: -1,
             collections: HashMap::new(),
             ids: crate::ids::IdGenerator::default(),
+            lamport_mirror: Arc::new(AtomicU64::new(0)),
         };
         core.refresh()?;
         Ok(Database {
             inner: Arc::new(Inner {
+                node: core.node,
+                lamport: core.lamport_mirror.clone(),
                 core: Mutex::new(core),
                 watchers: Arc::new(Watchers::default()),
                 path,
@@ -242,6 +247,8 @@ pub(crate) struct Core {
     collections: HashMap<String, Arc<CollInfo>>,
     /// Generator of new record ids.
     pub ids: crate::ids::IdGenerator,
+    /// Where the committed Lamport clock is published (see `Database::lamport`).
+    pub lamport_mirror: Arc<AtomicU64>,
 }
 
 impl Core {
@@ -268,6 +275,8 @@ impl Core {
         let lamport = counter("lamport")?.unwrap_or(0);
         let seq = counter("seq")?.unwrap_or(0);
         self.gap_prefix = counter("gap_prefix")?.map(|p| p.max(0) as u64);
+        self.lamport_mirror
+            .store(lamport.max(0) as u64, Ordering::Release);
         let node = Uuid::from_slice(&node)
             .map_err(|_| Error::Corrupt("node id is not 16 bytes".into()))?;
         self.node = NodeId(node);
@@ -324,8 +333,16 @@ impl Core {
     }
 }
 
+thread_local! {
+    /// The database (by `Inner` address) whose transaction is open on this thread, or 0.
+    pub(crate) static OPEN_TRANSACTION: Cell<usize> = const { Cell::new(0) };
+}
+
 pub(crate) struct Inner {
     pub core: Mutex<Core>,
+    pub node: NodeId,
+    /// Mirror of the committed Lamport clock, readable without the lock.
+    pub lamport: Arc<AtomicU64>,
     pub watchers: Arc<Watchers>,
     pub path: Option<PathBuf>,
 }
@@ -371,26 +388,36 @@ impl Database {
         self.inner.path.as_deref()
     }
 
-    /// This replica's node id.
+    /// This replica's node id (fixed when the database is created).
     pub fn node_id(&self) -> NodeId {
-        self.lock().node
+        self.inner.node
     }
 
-    /// The current Lamport clock.
+    /// The Lamport clock as of the last commit.
     pub fn lamport(&self) -> u64 {
-        self.lock().lamport
+        self.inner.lamport.load(Ordering::Acquire)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        self.inner
+    /// Takes the database lock. Refuses (instead of deadlocking) when this thread is inside a
+    /// transaction of this database: the transaction handle must be used there.
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Core>> {
+        if OPEN_TRANSACTION.with(Cell::get) == self.address() {
+            return Err(Error::TransactionInProgress);
+        }
+        Ok(self
+            .inner
             .core
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    pub(crate) fn address(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 
     /// Locks and refreshes the caches for a read.
     pub(crate) fn read(&self) -> Result<MutexGuard<'_, Core>> {
-        let mut core = self.lock();
+        let mut core = self.lock()?;
         core.refresh()?;
         Ok(core)
     }
@@ -405,7 +432,7 @@ impl Database {
         if new_password.is_empty() {
             return Err(Error::InvalidQuery("the new password is empty".into()));
         }
-        let core = self.lock();
+        let core = self.lock()?;
         // Re-keying rewrites every page; do it in rollback-journal mode so no WAL frames encrypted
         // under the old key survive, then return to WAL.
         core.conn

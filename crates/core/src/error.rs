@@ -50,6 +50,11 @@ pub enum Error {
     InvalidQuery(String),
     #[error("invalid operation {op} from another replica: {reason}")]
     InvalidOperation { op: String, reason: String },
+    #[error(
+        "a transaction of this database is open on this thread: use its handle (`tx`) inside the \
+         closure, not the database"
+    )]
+    TransactionInProgress,
     #[error("the transaction was rolled back because a write in it failed: {0}")]
     TransactionAborted(String),
     #[error("storage error: {0}")]

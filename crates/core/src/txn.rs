@@ -14,7 +14,7 @@ use blazedb_format::{
 use rusqlite::{ErrorCode, params};
 use uuid::Uuid;
 
-use crate::db::{CollInfo, Core, Database, IndexInfo, classify};
+use crate::db::{CollInfo, Core, Database, IndexInfo, OPEN_TRANSACTION, classify};
 use crate::error::{Error, Result};
 use crate::validate;
 use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
@@ -39,6 +39,8 @@ pub struct Transaction<'db> {
     count_deltas: HashMap<i64, i64>,
     start_clock: (u64, u64, Option<u64>),
     last_op_seq: Option<u64>,
+    /// What `OPEN_TRANSACTION` held before this transaction (restored when it ends).
+    outer_transaction: usize,
     /// Set when a write failed half-way; the transaction then refuses to commit.
     aborted: Option<String>,
     /// Scratch: whether the record being written had a stored state.
@@ -47,7 +49,9 @@ pub struct Transaction<'db> {
 }
 
 impl Database {
-    /// Runs `f` in one transaction: all its writes commit together, or none do.
+    /// Runs `f` in one transaction: all its writes commit together, or none do. Inside `f`, work
+    /// through `tx`: on this thread the database itself answers
+    /// [`Error::TransactionInProgress`] until the transaction ends (other threads wait).
     ///
     /// ```
     /// # use blazedb_core::{Database, fields};
@@ -77,7 +81,7 @@ impl Database {
     }
 
     fn begin(&self) -> Result<Transaction<'_>> {
-        let mut core = self.lock();
+        let mut core = self.lock()?;
         core.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(classify)?;
@@ -86,12 +90,14 @@ impl Database {
             return Err(e);
         }
         let start_clock = (core.lamport, core.seq, core.gap_prefix);
+        let outer_transaction = OPEN_TRANSACTION.with(|t| t.replace(self.address()));
         Ok(Transaction {
             core,
             changes: Vec::new(),
             count_deltas: HashMap::new(),
             start_clock,
             last_op_seq: None,
+            outer_transaction,
             aborted: None,
             existed: false,
             done: false,
@@ -468,6 +474,9 @@ impl Transaction<'_> {
             set(&crate::schema::live_counter(*coll), *delta, true)?;
         }
         conn.execute_batch("COMMIT").map_err(classify)?;
+        self.core
+            .lamport_mirror
+            .store(self.core.lamport, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -505,6 +514,7 @@ fn index_keys(state: &RecordState, id: &Uuid, indexes: &[IndexInfo]) -> Option<V
 
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
+        OPEN_TRANSACTION.with(|t| t.set(self.outer_transaction));
         if !self.done {
             self.undo();
         }

@@ -444,3 +444,30 @@ fn scan_streams_records_and_can_stop_early() {
         ]
     );
 }
+
+#[test]
+fn using_the_database_inside_its_own_transaction_is_an_error_not_a_deadlock() {
+    let db = db();
+    let other = Database::in_memory().unwrap();
+    db.transaction(|tx| {
+        tx.insert("t", fields! {"n" => 1})?;
+        assert!(matches!(db.count("t"), Err(Error::TransactionInProgress)));
+        assert!(matches!(
+            db.insert("t", fields! {"n" => 2}),
+            Err(Error::TransactionInProgress)
+        ));
+        // Another database is fine, and so are the lock-free accessors.
+        other.insert("t", fields! {"n" => 3})?;
+        let _ = (db.node_id(), db.lamport());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(db.count("t").unwrap(), 1);
+    assert_eq!(db.lamport(), 1);
+    // Another thread simply waits for the lock.
+    let d = db.clone();
+    std::thread::spawn(move || d.insert("t", fields! {"n" => 4}).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(db.count("t").unwrap(), 2);
+}
