@@ -201,6 +201,7 @@ impl OpenOptions {
                 core: Mutex::new(core),
                 watchers: Arc::new(Watchers::default()),
                 path,
+                encrypted: self.password.is_some(),
             }),
         })
     }
@@ -345,6 +346,7 @@ pub(crate) struct Inner {
     pub lamport: Arc<AtomicU64>,
     pub watchers: Arc<Watchers>,
     pub path: Option<PathBuf>,
+    pub encrypted: bool,
 }
 
 /// An open BlazeDB database. Cheap to clone; clones share one connection and one lock.
@@ -424,9 +426,11 @@ impl Database {
 
     /// Changes the password (SQLCipher re-key). The database must be encrypted already.
     pub fn change_password(&self, new_password: &str) -> Result<()> {
-        if self.inner.path.is_none() {
+        if !self.inner.encrypted {
+            // SQLCipher cannot encrypt a plaintext file in place; export to a new encrypted
+            // database instead.
             return Err(Error::InvalidQuery(
-                "an in-memory database has no password".into(),
+                "this database is not encrypted, so it has no password to change".into(),
             ));
         }
         if new_password.is_empty() {

@@ -206,10 +206,10 @@ fn unencrypted_database_needs_no_password_and_refuses_one() {
         .unwrap()
         .insert("a", fields! {"x" => 1})
         .unwrap();
-    assert_eq!(
-        OpenOptions::new().open(&path).unwrap().count("a").unwrap(),
-        1
-    );
+    let plain = OpenOptions::new().open(&path).unwrap();
+    assert_eq!(plain.count("a").unwrap(), 1);
+    assert!(plain.change_password("secret").is_err());
+    drop(plain);
     assert!(matches!(
         Database::open(&path, PASSWORD),
         Err(Error::NotADatabase { .. })
