@@ -4,12 +4,11 @@
 //! secondary indexes in step, appends the operation to the op log and records the change for
 //! watchers, all inside the caller's SQLite transaction.
 
-use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
 use blazedb_format::{
-    Date, Effect, Fields, OpId, OpKind, Operation, Record, RecordState, encode_operation,
-    encode_record_state, sort_key,
+    Date, Effect, Fields, OpId, OpKind, Operation, Record, RecordState, Value,
+    encode_inserted_record_state, encode_operation, encode_record_state, sort_key,
 };
 use rusqlite::{ErrorCode, params};
 use uuid::Uuid;
@@ -36,7 +35,8 @@ pub struct ApplyReport {
 pub struct Transaction<'db> {
     pub(crate) core: MutexGuard<'db, Core>,
     changes: Vec<Change>,
-    count_deltas: HashMap<i64, i64>,
+    /// Change of the visible-record count per collection id (a transaction touches few).
+    count_deltas: Vec<(i64, i64)>,
     start_clock: (u64, u64, Option<u64>),
     last_op_seq: Option<u64>,
     /// What `OPEN_TRANSACTION` held before this transaction (restored when it ends).
@@ -94,7 +94,7 @@ impl Database {
         Ok(Transaction {
             core,
             changes: Vec::new(),
-            count_deltas: HashMap::new(),
+            count_deltas: Vec::new(),
             start_clock,
             last_op_seq: None,
             outer_transaction,
@@ -309,21 +309,30 @@ impl Transaction<'_> {
         local: bool,
     ) -> Result<Effect> {
         self.existed = old.is_some();
-        let (state, old_keys, effect) = match old {
-            // A brand-new record: no need to merge.
-            None if op.kind == OpKind::Insert => (
-                RecordState::inserted(op.fields.clone(), op.stamp()),
-                None,
-                Effect::Created,
-            ),
+        let written = match old {
+            // A brand-new record: no need to merge, nor to copy its fields into a state.
+            None if op.kind == OpKind::Insert => Written {
+                bytes: encode_inserted_record_state(&op.fields, op.stamp()),
+                visible: true,
+                old_keys: None,
+                new_keys: (!coll.indexes.is_empty())
+                    .then(|| keys_of(&op.record, &coll.indexes, |f| op.fields.get(f))),
+                effect: Effect::Created,
+            },
             old => {
                 let mut state = old.unwrap_or_default();
                 let old_keys = index_keys(&state, &op.record, &coll.indexes);
                 let effect = state.apply(op);
-                (state, old_keys, effect)
+                Written {
+                    bytes: encode_record_state(&state),
+                    visible: state.is_visible(),
+                    old_keys,
+                    new_keys: index_keys(&state, &op.record, &coll.indexes),
+                    effect,
+                }
             }
         };
-        let bytes = encode_record_state(&state);
+        let bytes = &written.bytes;
         if local && bytes.len() > MAX_RECORD_BYTES {
             // Nothing is written yet: give the tick back so the op log keeps no gap.
             self.core.lamport -= 1;
@@ -333,7 +342,8 @@ impl Transaction<'_> {
                 limit: MAX_RECORD_BYTES,
             });
         }
-        let persisted = self.persist(coll, op, &state, bytes, old_keys, effect, origin);
+        let effect = written.effect;
+        let persisted = self.persist(coll, op, written, origin);
         if let Err(e) = &persisted {
             // Part of this write may be in SQLite already: the transaction must not commit, or a
             // change could exist without its op-log entry.
@@ -343,17 +353,20 @@ impl Transaction<'_> {
         Ok(effect)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn persist(
         &mut self,
         coll: &CollInfo,
         op: &Operation,
-        state: &RecordState,
-        bytes: Vec<u8>,
-        old_keys: Option<Vec<Vec<u8>>>,
-        effect: Effect,
+        written: Written,
         origin: ChangeOrigin,
     ) -> Result<()> {
+        let Written {
+            bytes,
+            visible,
+            old_keys,
+            new_keys,
+            effect,
+        } = written;
         let existed = self.existed;
         let conn = &self.core.conn;
         let id = op.record.as_bytes().as_slice();
@@ -361,13 +374,13 @@ impl Transaction<'_> {
             conn.prepare_cached(
                 "UPDATE records SET live = ?3, state = ?4 WHERE coll = ?1 AND id = ?2",
             )?
-            .execute(params![coll.id, id, state.is_visible(), bytes])?;
+            .execute(params![coll.id, id, visible, bytes])?;
         } else {
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO records (coll, id, live, state) VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![coll.id, id, state.is_visible(), bytes]);
+                .execute(params![coll.id, id, visible, bytes]);
             if let Err(rusqlite::Error::SqliteFailure(f, _)) = &inserted
                 && f.code == ErrorCode::ConstraintViolation
             {
@@ -379,7 +392,6 @@ impl Transaction<'_> {
             inserted?;
         }
         if effect != Effect::None && !coll.indexes.is_empty() {
-            let new_keys = index_keys(state, &op.record, &coll.indexes);
             for (n, index) in coll.indexes.iter().enumerate() {
                 let old_key = old_keys.as_ref().and_then(|k| k.get(n));
                 let new_key = new_keys.as_ref().and_then(|k| k.get(n));
@@ -419,7 +431,10 @@ impl Transaction<'_> {
         };
         if let Some((kind, delta)) = kind {
             if delta != 0 {
-                *self.count_deltas.entry(coll.id).or_default() += delta;
+                match self.count_deltas.iter_mut().find(|(c, _)| *c == coll.id) {
+                    Some((_, d)) => *d += delta,
+                    None => self.count_deltas.push((coll.id, delta)),
+                }
             }
             self.changes.push(Change {
                 collection: op.collection.clone(),
@@ -493,23 +508,39 @@ impl Transaction<'_> {
     }
 }
 
+/// What one write stores: the encoded state, whether it is visible, the index keys before and
+/// after (`None` when not visible), and what changed.
+struct Written {
+    bytes: Vec<u8>,
+    visible: bool,
+    old_keys: Option<Vec<Vec<u8>>>,
+    new_keys: Option<Vec<Vec<u8>>>,
+    effect: Effect,
+}
+
 /// The index keys of a record in the order of `indexes`, or `None` when it is not visible.
 fn index_keys(state: &RecordState, id: &Uuid, indexes: &[IndexInfo]) -> Option<Vec<Vec<u8>>> {
     if indexes.is_empty() || !state.is_visible() {
         return None;
     }
-    Some(
-        indexes
-            .iter()
-            .map(|index| match index.field.as_str() {
-                "id" => sort_key(&blazedb_format::Value::Uuid(*id)),
-                field => match state.fields.get(field) {
-                    Some(f) => sort_key(&f.value),
-                    None => sort_key(&blazedb_format::Value::Null),
-                },
-            })
-            .collect(),
-    )
+    Some(keys_of(id, indexes, |f| {
+        state.fields.get(f).map(|s| &s.value)
+    }))
+}
+
+/// The index keys of a visible record whose fields `get` looks up.
+fn keys_of<'v>(
+    id: &Uuid,
+    indexes: &[IndexInfo],
+    get: impl Fn(&str) -> Option<&'v Value>,
+) -> Vec<Vec<u8>> {
+    indexes
+        .iter()
+        .map(|index| match index.field.as_str() {
+            "id" => sort_key(&Value::Uuid(*id)),
+            field => sort_key(get(field).unwrap_or(&Value::Null)),
+        })
+        .collect()
 }
 
 impl Drop for Transaction<'_> {

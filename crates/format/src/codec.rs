@@ -383,6 +383,19 @@ impl<'a> Encoder<'a> {
             self.stamp(f.stamp);
         }
     }
+
+    /// The state [`RecordState::inserted`] would build from `fields` and `stamp`, written
+    /// without building it (no copy of the fields).
+    pub fn inserted_record_state(&mut self, fields: &'a Fields, stamp: Stamp) {
+        self.byte(1);
+        self.stamp(stamp);
+        self.varint(fields.len() as u64);
+        for (k, v) in fields {
+            self.key(k);
+            self.value(v);
+            self.stamp(stamp);
+        }
+    }
 }
 
 /// Reads BlazeBinary produced by [`Encoder`].
@@ -796,6 +809,14 @@ top_level!(
     /// A record's replicated state (fields with stamps, insert and delete stamps).
     encode_record_state, decode_record_state, RecordState, Kind::RecordState, record_state
 );
+
+/// Same bytes as `encode_record_state(&RecordState::inserted(fields.clone(), stamp))`, without
+/// the copy: the write path of a new record.
+pub fn encode_inserted_record_state(fields: &Fields, stamp: Stamp) -> Vec<u8> {
+    let mut e = Encoder::new(Kind::RecordState);
+    e.inserted_record_state(fields, stamp);
+    e.finish()
+}
 
 /// Several operations in one item, sharing one string and node table.
 pub fn encode_operations(ops: &[Operation]) -> Vec<u8> {

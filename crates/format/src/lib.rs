@@ -24,8 +24,9 @@ mod value;
 
 pub use codec::{
     DecodeError, Decoder, Encoder, Kind, MAGIC, MAX_DEPTH, VERSION, decode_operation,
-    decode_operations, decode_record, decode_record_state, decode_value, encode_operation,
-    encode_operations, encode_record, encode_record_state, encode_value,
+    decode_operations, decode_record, decode_record_state, decode_value,
+    encode_inserted_record_state, encode_operation, encode_operations, encode_record,
+    encode_record_state, encode_value,
 };
 pub use ids::{NodeId, OpId, Stamp};
 pub use merge::{Effect, FieldState, RecordState};

@@ -27,8 +27,8 @@ use std::fmt::Debug;
 use blazedb_format::{
     Date, DecodeError, Fields, MAGIC, MAX_DEPTH, NodeId, OpId, OpKind, Operation, Record,
     RecordState, Stamp, Uuid, VERSION, Value, decode_operation, decode_operations, decode_record,
-    decode_record_state, decode_value, encode_operation, encode_operations, encode_record,
-    encode_record_state, encode_value, sort_key,
+    decode_record_state, decode_value, encode_inserted_record_state, encode_operation,
+    encode_operations, encode_record, encode_record_state, encode_value, sort_key,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -1082,6 +1082,14 @@ fn merge_all(ops: &[Operation]) -> RecordState {
 
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn an_inserted_state_encodes_the_same_without_being_built(f in fields(), s in stamp()) {
+        prop_assert_eq!(
+            encode_inserted_record_state(&f, s),
+            encode_record_state(&RecordState::inserted(f.clone(), s))
+        );
+    }
 
     #[test]
     fn every_value_survives_a_round_trip(v in value()) {
