@@ -45,7 +45,7 @@ pub use error::{Error, Result};
 pub use join::{Join, JoinKind, Joined};
 pub use query::{Direction, Filter, KeyRange, Plan, Query};
 pub use read::{CollectionStats, Stats};
-pub use txn::{ApplyReport, MAX_RECORD_BYTES, Transaction};
+pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, Transaction};
 pub use uuid::Uuid;
 pub use validate::MAX_NAME_BYTES;
 pub use watch::{Change, ChangeKind, ChangeOrigin, Commit, CommitListener, Subscription};

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use blazedb_format::{
-    Fields, OpId, Operation, Record, RecordState, Value, decode_operation, decode_record_state,
+    Fields, OpId, Operation, Record, RecordState, Value, decode_operations, decode_record_state,
     encode_record,
 };
 use rusqlite::{OptionalExtension, params};
@@ -168,19 +168,25 @@ impl Database {
         Ok(names)
     }
 
-    /// Operations in the op log after position `after` (0 for the start), oldest first, at most
-    /// `limit`. Each comes with its position, which a sync cursor stores.
+    /// Operations in the op log after position `after` (0 for the start), oldest first. A
+    /// committed transaction is one op-log entry (or several of up to `OPLOG_ENTRY_MAX_OPS`
+    /// operations) and all operations of an entry carry its position, so a sync cursor that
+    /// stores the last position it delivered never splits an entry. Stops after the entry that
+    /// reaches `limit` operations (an entry is never cut, so up to `OPLOG_ENTRY_MAX_OPS - 1` more
+    /// may come back).
     pub fn oplog_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Operation)>> {
         let core = self.read()?;
         let mut stmt = core
             .conn
-            .prepare_cached("SELECT seq, op FROM oplog WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let mut rows = stmt.query(params![after as i64, limit.min(i64::MAX as usize) as i64])?;
+            .prepare_cached("SELECT seq, ops FROM oplog WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query(params![after.min(i64::MAX as u64) as i64])?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
+        while out.len() < limit {
+            let Some(row) = rows.next()? else { break };
             let seq: i64 = row.get(0)?;
-            let op = decode_operation(row.get_ref(1)?.as_blob()?)?;
-            out.push((seq as u64, op));
+            for op in decode_operations(row.get_ref(1)?.as_blob()?)? {
+                out.push((seq as u64, op));
+            }
         }
         Ok(out)
     }
@@ -223,9 +229,11 @@ impl Database {
     /// Counters and sizes.
     pub fn stats(&self) -> Result<Stats> {
         let core = self.read()?;
-        let oplog_len: i64 = core
-            .conn
-            .query_row("SELECT count(*) FROM oplog", [], |r| r.get(0))?;
+        let oplog_len: i64 = core.conn.query_row(
+            "SELECT coalesce((SELECT value FROM counters WHERE name = 'oplog_ops'), 0)",
+            [],
+            |r| r.get(0),
+        )?;
         let page_count: i64 = core.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         // SQLCipher answers `PRAGMA page_size` on a keyed database as text.
         let page_size: rusqlite::types::Value =

@@ -48,14 +48,14 @@ CREATE TABLE index_entries (
 ) WITHOUT ROWID;
 CREATE TABLE oplog (
     seq INTEGER PRIMARY KEY,
-    op  BLOB NOT NULL
+    ops BLOB NOT NULL
 );
 CREATE TABLE merged_ops (
     origin     BLOB NOT NULL,
     origin_seq INTEGER NOT NULL,
     PRIMARY KEY (origin, origin_seq)
 ) WITHOUT ROWID;
-INSERT INTO counters (name, value) VALUES ('lamport', 0), ('seq', 0);
+INSERT INTO counters (name, value) VALUES ('lamport', 0), ('seq', 0), ('oplog_ops', 0);
 ";
 
 /// Creates the schema in an empty database.

@@ -8,7 +8,7 @@ use std::sync::{Arc, MutexGuard};
 
 use blazedb_format::{
     Date, Effect, Fields, OpId, OpKind, Operation, Record, RecordState, Value,
-    encode_inserted_record_state, encode_operation, encode_record_state, sort_key,
+    encode_inserted_record_state, encode_operations, encode_record_state, sort_key,
 };
 use rusqlite::{ErrorCode, params};
 use uuid::Uuid;
@@ -17,6 +17,10 @@ use crate::db::{CollInfo, Core, Database, IndexInfo, OPEN_TRANSACTION, classify}
 use crate::error::{Error, Result};
 use crate::validate;
 use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
+
+/// Most operations in one op-log entry: a transaction's operations share entries of up to this
+/// many, which bounds the memory one entry needs when it is read back or sent.
+pub const OPLOG_ENTRY_MAX_OPS: usize = 1024;
 
 /// Largest encoded record state a local write may create.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
@@ -39,6 +43,8 @@ pub struct Transaction<'db> {
     count_deltas: Vec<(i64, i64)>,
     start_clock: (u64, u64, Option<u64>),
     last_op_seq: Option<u64>,
+    /// The operations of this transaction, in order, for its op-log entry.
+    ops: Vec<Operation>,
     /// What `OPEN_TRANSACTION` held before this transaction (restored when it ends).
     outer_transaction: usize,
     /// Set when a write failed half-way; the transaction then refuses to commit.
@@ -97,6 +103,7 @@ impl Database {
             count_deltas: Vec::new(),
             start_clock,
             last_op_seq: None,
+            ops: Vec::new(),
             outer_transaction,
             aborted: None,
             existed: false,
@@ -182,7 +189,7 @@ impl Transaction<'_> {
             None
         };
         let op = self.local_op(OpKind::Insert, collection, id, fields);
-        self.write(&coll, old, &op, ChangeOrigin::Local, true)?;
+        self.write(&coll, old, op, ChangeOrigin::Local, true)?;
         Ok(())
     }
 
@@ -198,7 +205,7 @@ impl Transaction<'_> {
             return Ok(());
         }
         let op = self.local_op(OpKind::Update, collection, id, changed);
-        self.write(&coll, Some(state), &op, ChangeOrigin::Local, true)?;
+        self.write(&coll, Some(state), op, ChangeOrigin::Local, true)?;
         Ok(())
     }
 
@@ -206,7 +213,7 @@ impl Transaction<'_> {
     pub fn delete(&mut self, collection: &str, id: Uuid) -> Result<()> {
         let (coll, state) = self.visible(collection, id)?;
         let op = self.local_op(OpKind::Delete, collection, id, Fields::new());
-        self.write(&coll, Some(state), &op, ChangeOrigin::Local, true)?;
+        self.write(&coll, Some(state), op, ChangeOrigin::Local, true)?;
         Ok(())
     }
 
@@ -246,7 +253,13 @@ impl Transaction<'_> {
             }
             let coll = self.collection(&op.collection, true)?;
             let old = self.core.load_state(coll.id, op.record)?;
-            self.write(&coll, old, op, ChangeOrigin::Remote(op.id.origin), false)?;
+            self.write(
+                &coll,
+                old,
+                op.clone(),
+                ChangeOrigin::Remote(op.id.origin),
+                false,
+            )?;
             report.applied += 1;
         }
         Ok(report)
@@ -304,7 +317,7 @@ impl Transaction<'_> {
         &mut self,
         coll: &CollInfo,
         old: Option<RecordState>,
-        op: &Operation,
+        op: Operation,
         origin: ChangeOrigin,
         local: bool,
     ) -> Result<Effect> {
@@ -322,7 +335,7 @@ impl Transaction<'_> {
             old => {
                 let mut state = old.unwrap_or_default();
                 let old_keys = index_keys(&state, &op.record, &coll.indexes);
-                let effect = state.apply(op);
+                let effect = state.apply(&op);
                 Written {
                     bytes: encode_record_state(&state),
                     visible: state.is_visible(),
@@ -343,13 +356,15 @@ impl Transaction<'_> {
             });
         }
         let effect = written.effect;
-        let persisted = self.persist(coll, op, written, origin);
+        let persisted = self.persist(coll, &op, written, origin);
         if let Err(e) = &persisted {
             // Part of this write may be in SQLite already: the transaction must not commit, or a
             // change could exist without its op-log entry.
             self.aborted = Some(e.to_string());
         }
         persisted?;
+        // Written to the op log at commit, as one entry for the whole transaction.
+        self.ops.push(op);
         Ok(effect)
     }
 
@@ -412,9 +427,6 @@ impl Transaction<'_> {
                 }
             }
         }
-        conn.prepare_cached("INSERT INTO oplog (op) VALUES (?1)")?
-            .execute(params![encode_operation(op)])?;
-        self.last_op_seq = Some(conn.last_insert_rowid() as u64);
         let own = op.id.origin == self.core.node;
         if !own || self.core.gap_prefix.is_some() {
             conn.prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
@@ -475,6 +487,16 @@ impl Transaction<'_> {
             conn.prepare_cached(sql)?.execute(params![name, value])?;
             Ok(())
         };
+        // The transaction's operations go to the op log together (one entry per
+        // `OPLOG_ENTRY_MAX_OPS`), so a replica can apply them together too.
+        for chunk in self.ops.chunks(OPLOG_ENTRY_MAX_OPS) {
+            conn.prepare_cached("INSERT INTO oplog (ops) VALUES (?1)")?
+                .execute(params![encode_operations(chunk)])?;
+            self.last_op_seq = Some(conn.last_insert_rowid() as u64);
+        }
+        if !self.ops.is_empty() {
+            set("oplog_ops", self.ops.len() as i64, true)?;
+        }
         let (lamport, seq, gap_prefix) = self.start_clock;
         if self.core.lamport != lamport {
             set("lamport", self.core.lamport as i64, false)?;

@@ -471,3 +471,26 @@ fn using_the_database_inside_its_own_transaction_is_an_error_not_a_deadlock() {
         .unwrap();
     assert_eq!(db.count("t").unwrap(), 2);
 }
+
+#[test]
+fn a_transactions_operations_share_op_log_entries_of_bounded_size() {
+    let db = db();
+    let n = blazedb_core::OPLOG_ENTRY_MAX_OPS + 10;
+    db.insert_many("t", (0..n as i64).map(|i| fields! {"i" => i}))
+        .unwrap();
+    db.insert("t", fields! {"i" => -1}).unwrap();
+    let ops = db.oplog_since(0, usize::MAX).unwrap();
+    let positions: std::collections::BTreeSet<u64> = ops.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ops.len(), n + 1);
+    assert_eq!(
+        positions.len(),
+        3,
+        "two entries for the big transaction, one for the insert"
+    );
+    assert_eq!(db.stats().unwrap().oplog_len, (n + 1) as u64);
+    // A limit never cuts an entry: asking for one operation returns the whole first entry.
+    let first = db.oplog_since(0, 1).unwrap();
+    assert_eq!(first.len(), blazedb_core::OPLOG_ENTRY_MAX_OPS);
+    let rest = db.oplog_since(first[0].0, usize::MAX).unwrap();
+    assert_eq!(first.len() + rest.len(), n + 1);
+}
