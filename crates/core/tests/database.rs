@@ -111,17 +111,30 @@ fn a_foreign_sqlite_file_is_not_a_blazedb_database() {
     assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
 }
 
-#[test]
-fn truncated_database_gives_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.blazedb");
-    let db = Database::create(&path, PASSWORD).unwrap();
+/// A closed encrypted database of 2000 padded records, a few hundred KiB on disk.
+fn filled_file(path: &std::path::Path) {
+    let db = Database::create(path, PASSWORD).unwrap();
     db.insert_many(
         "bugs",
         (0..2000).map(|i| fields! {"n" => i, "pad" => "x".repeat(100)}),
     )
     .unwrap();
-    drop(db);
+}
+
+/// Opens a damaged file and reads all of it; opening may succeed (the first page is intact),
+/// so the reads are what must fail, cleanly.
+fn open_and_read_all(path: &std::path::Path) -> Result<usize, Error> {
+    Database::open(path, PASSWORD).and_then(|db| {
+        db.integrity_check()?;
+        db.fetch_all("bugs").map(|r| r.len())
+    })
+}
+
+#[test]
+fn truncated_database_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.blazedb");
+    filled_file(&path);
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len > 8192);
     for cut in [len / 2, 4096 + 100, 300] {
@@ -133,12 +146,7 @@ fn truncated_database_gives_a_clear_error() {
             .unwrap()
             .set_len(cut)
             .unwrap();
-        // Opening may succeed (the header page is intact) but then reading must fail cleanly.
-        let outcome = Database::open(&copy, PASSWORD).and_then(|db| {
-            db.integrity_check()?;
-            db.fetch_all("bugs").map(|r| r.len())
-        });
-        match outcome {
+        match open_and_read_all(&copy) {
             Err(Error::Corrupt(_) | Error::NotADatabase { .. } | Error::WrongPassword { .. }) => {}
             other => panic!("cut at {cut}: expected a clear error, got {other:?}"),
         }
@@ -149,21 +157,12 @@ fn truncated_database_gives_a_clear_error() {
 fn garbled_page_gives_a_corruption_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.blazedb");
-    let db = Database::create(&path, PASSWORD).unwrap();
-    db.insert_many(
-        "bugs",
-        (0..2000).map(|i| fields! {"n" => i, "pad" => "y".repeat(100)}),
-    )
-    .unwrap();
-    drop(db);
+    filled_file(&path);
     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.seek(SeekFrom::Start(4096 * 5 + 1000)).unwrap();
     f.write_all(&[0xAB; 64]).unwrap();
     drop(f);
-    let outcome = Database::open(&path, PASSWORD).and_then(|db| {
-        db.integrity_check()?;
-        db.fetch_all("bugs").map(|r| r.len())
-    });
+    let outcome = open_and_read_all(&path);
     assert!(matches!(outcome, Err(Error::Corrupt(_))), "{outcome:?}");
 }
 
