@@ -15,10 +15,20 @@ use crate::error::{Error, Result};
 
 /// The value a query or index sees for `field`: the record id for `"id"`, `Null` when missing.
 pub(crate) fn field_value<'a>(fields: &'a Fields, id: &Uuid, field: &str) -> Cow<'a, Value> {
+    resolve(id, field, |f| fields.get(f))
+}
+
+/// [`field_value`] for any field storage: `get` looks a field up by name. Queries and indexes
+/// both go through here, so they cannot disagree on what a field's value is.
+pub(crate) fn resolve<'a>(
+    id: &Uuid,
+    field: &str,
+    get: impl FnOnce(&str) -> Option<&'a Value>,
+) -> Cow<'a, Value> {
     if field == "id" {
         return Cow::Owned(Value::Uuid(*id));
     }
-    match fields.get(field) {
+    match get(field) {
         Some(v) => Cow::Borrowed(v),
         None => Cow::Owned(Value::Null),
     }

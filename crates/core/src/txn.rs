@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::db::{CollInfo, Core, Database, IndexInfo, OPEN_TRANSACTION, classify};
 use crate::error::{Error, Result};
+use crate::read::resolve;
 use crate::validate;
 use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
 
@@ -49,8 +50,6 @@ pub struct Transaction<'db> {
     outer_transaction: usize,
     /// Set when a write failed half-way; the transaction then refuses to commit.
     aborted: Option<String>,
-    /// Scratch: whether the record being written had a stored state.
-    existed: bool,
     done: bool,
 }
 
@@ -106,7 +105,6 @@ impl Database {
             ops: Vec::new(),
             outer_transaction,
             aborted: None,
-            existed: false,
             done: false,
         })
     }
@@ -321,11 +319,12 @@ impl Transaction<'_> {
         origin: ChangeOrigin,
         local: bool,
     ) -> Result<Effect> {
-        self.existed = old.is_some();
+        let existed = old.is_some();
         let written = match old {
             // A brand-new record: no need to merge, nor to copy its fields into a state.
             None if op.kind == OpKind::Insert => Written {
                 bytes: encode_inserted_record_state(&op.fields, op.stamp()),
+                existed,
                 visible: true,
                 old_keys: None,
                 new_keys: (!coll.indexes.is_empty())
@@ -338,6 +337,7 @@ impl Transaction<'_> {
                 let effect = state.apply(&op);
                 Written {
                     bytes: encode_record_state(&state),
+                    existed,
                     visible: state.is_visible(),
                     old_keys,
                     new_keys: index_keys(&state, &op.record, &coll.indexes),
@@ -377,12 +377,12 @@ impl Transaction<'_> {
     ) -> Result<()> {
         let Written {
             bytes,
+            existed,
             visible,
             old_keys,
             new_keys,
             effect,
         } = written;
-        let existed = self.existed;
         let conn = &self.core.conn;
         let id = op.record.as_bytes().as_slice();
         if existed {
@@ -530,10 +530,12 @@ impl Transaction<'_> {
     }
 }
 
-/// What one write stores: the encoded state, whether it is visible, the index keys before and
-/// after (`None` when not visible), and what changed.
+/// What one write stores: the encoded state, whether a state was stored before (update the row)
+/// and whether the record is visible now, the index keys before and after (`None` when not
+/// visible), and what changed.
 struct Written {
     bytes: Vec<u8>,
+    existed: bool,
     visible: bool,
     old_keys: Option<Vec<Vec<u8>>>,
     new_keys: Option<Vec<Vec<u8>>>,
@@ -558,10 +560,7 @@ fn keys_of<'v>(
 ) -> Vec<Vec<u8>> {
     indexes
         .iter()
-        .map(|index| match index.field.as_str() {
-            "id" => sort_key(&Value::Uuid(*id)),
-            field => sort_key(get(field).unwrap_or(&Value::Null)),
-        })
+        .map(|index| sort_key(&resolve(id, &index.field, &get)))
         .collect()
 }
 
