@@ -21,6 +21,7 @@ mod merge;
 mod operation;
 mod sort_key;
 mod value;
+mod vector;
 
 pub use codec::{
     DecodeError, Decoder, Encoder, Kind, MAGIC, MAX_DEPTH, VERSION, decode_operation,
@@ -34,3 +35,4 @@ pub use operation::{OpKind, Operation};
 pub use sort_key::{class_prefix, sort_key, write_sort_key};
 pub use uuid::Uuid;
 pub use value::{Date, Fields, Record, Value, ValueClass};
+pub use vector::VersionVector;
