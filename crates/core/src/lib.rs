@@ -38,7 +38,7 @@ mod validate;
 mod watch;
 
 pub use blazedb_format::{
-    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, Stamp, Value, fields,
+    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, Stamp, Value, VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
 pub use error::{Error, Result};

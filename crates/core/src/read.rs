@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 
 use blazedb_format::{
-    Fields, OpId, Operation, Record, RecordState, Value, decode_operations, decode_record_state,
-    encode_record,
+    Fields, NodeId, OpId, Operation, Record, RecordState, Value, VersionVector, decode_operations,
+    decode_record_state, encode_record,
 };
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -208,6 +208,52 @@ impl Database {
             .conn
             .query_row("SELECT max(seq) FROM oplog", [], |r| r.get(0))?;
         Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// How many operations the op log holds up to and including `position` (all of them for
+    /// a position at or past the head, 0 for position 0). Operations after position `p` are
+    /// `oplog_ops_through(u64::MAX) - oplog_ops_through(p)`.
+    pub fn oplog_ops_through(&self, position: u64) -> Result<u64> {
+        let core = self.read()?;
+        let n: Option<i64> = core
+            .conn
+            .prepare_cached("SELECT total FROM oplog WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row(params![position.min(i64::MAX as u64) as i64], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Which operations this database has: for each origin node, the highest sequence number
+    /// in its op log (its own node: the highest it issued or saw). Sync delivers each origin's
+    /// operations in order, so an entry means "all of that origin's operations up to here";
+    /// after [`Database::apply_remote`] with out-of-order operations it is only the highest.
+    pub fn version_vector(&self) -> Result<VersionVector> {
+        let core = self.read()?;
+        let mut vector = VersionVector::new();
+        vector.observe(core.node, core.seq);
+        let mut stmt = core
+            .conn
+            .prepare_cached("SELECT origin, max_seq FROM origins")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let origin = Uuid::from_slice(row.get_ref(0)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("origin node id is not 16 bytes".into()))?;
+            let seq: i64 = row.get(1)?;
+            vector.observe(NodeId(origin), seq.max(0) as u64);
+        }
+        Ok(vector)
+    }
+
+    /// Position in `peer`'s op log up to which its operations are applied here (0 when none),
+    /// as stored by [`Transaction::set_peer_cursor`](crate::Transaction::set_peer_cursor).
+    pub fn peer_cursor(&self, peer: NodeId) -> Result<u64> {
+        let core = self.read()?;
+        let n: Option<i64> = core
+            .conn
+            .prepare_cached("SELECT cursor FROM peers WHERE node = ?1")?
+            .query_row(params![peer.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     /// SHA-256 over every visible record (collection name, id and fields, in a fixed order).

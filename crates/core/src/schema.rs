@@ -12,7 +12,7 @@ use blazedb_format::NodeId;
 /// `PRAGMA application_id` of every BlazeDB file ("BlzD").
 pub const APPLICATION_ID: i64 = 0x426C_7A44;
 /// `PRAGMA user_version`: the storage schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const DDL: &str = "
 CREATE TABLE node (
@@ -47,13 +47,22 @@ CREATE TABLE index_entries (
     PRIMARY KEY (idx, key, id)
 ) WITHOUT ROWID;
 CREATE TABLE oplog (
-    seq INTEGER PRIMARY KEY,
-    ops BLOB NOT NULL
+    seq   INTEGER PRIMARY KEY,
+    ops   BLOB NOT NULL,
+    total INTEGER NOT NULL
 );
 CREATE TABLE merged_ops (
     origin     BLOB NOT NULL,
     origin_seq INTEGER NOT NULL,
     PRIMARY KEY (origin, origin_seq)
+) WITHOUT ROWID;
+CREATE TABLE origins (
+    origin  BLOB PRIMARY KEY,
+    max_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE peers (
+    node   BLOB PRIMARY KEY,
+    cursor INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT INTO counters (name, value) VALUES ('lamport', 0), ('seq', 0), ('oplog_ops', 0);
 ";

@@ -7,10 +7,10 @@
 use std::sync::{Arc, MutexGuard};
 
 use blazedb_format::{
-    Date, Effect, Fields, OpId, OpKind, Operation, Record, RecordState, Value,
+    Date, Effect, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState, Value,
     encode_inserted_record_state, encode_operations, encode_record_state, sort_key,
 };
-use rusqlite::{ErrorCode, params};
+use rusqlite::{ErrorCode, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::db::{CollInfo, Core, Database, IndexInfo, OPEN_TRANSACTION, classify};
@@ -153,6 +153,24 @@ impl Database {
 }
 
 impl Transaction<'_> {
+    /// Records that everything in `peer`'s op log up to and including `position` is applied
+    /// here. Written in this transaction, so the cursor can never run ahead of (or fall
+    /// behind) the operations it covers; see [`Database::peer_cursor`]. A cursor only moves
+    /// forward: a smaller `position` than the stored one is ignored.
+    pub fn set_peer_cursor(&mut self, peer: NodeId, position: u64) -> Result<()> {
+        self.core
+            .conn
+            .prepare_cached(
+                "INSERT INTO peers (node, cursor) VALUES (?1, ?2) \
+                 ON CONFLICT (node) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
+            )?
+            .execute(params![
+                peer.as_bytes().as_slice(),
+                position.min(i64::MAX as u64) as i64
+            ])?;
+        Ok(())
+    }
+
     /// See [`Database::insert`].
     pub fn insert(&mut self, collection: &str, fields: Fields) -> Result<Uuid> {
         let id = self.core.ids.next();
@@ -489,13 +507,36 @@ impl Transaction<'_> {
         };
         // The transaction's operations go to the op log together (one entry per
         // `OPLOG_ENTRY_MAX_OPS`), so a replica can apply them together too.
-        for chunk in self.ops.chunks(OPLOG_ENTRY_MAX_OPS) {
-            conn.prepare_cached("INSERT INTO oplog (ops) VALUES (?1)")?
-                .execute(params![encode_operations(chunk)])?;
-            self.last_op_seq = Some(conn.last_insert_rowid() as u64);
-        }
         if !self.ops.is_empty() {
-            set("oplog_ops", self.ops.len() as i64, true)?;
+            // Each entry records how many operations the log holds up to and including it, so
+            // "operations after position p" is a subtraction (sync status: ops pending).
+            let mut total: i64 = conn
+                .prepare_cached("SELECT value FROM counters WHERE name = 'oplog_ops'")?
+                .query_row([], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            for chunk in self.ops.chunks(OPLOG_ENTRY_MAX_OPS) {
+                total += chunk.len() as i64;
+                conn.prepare_cached("INSERT INTO oplog (ops, total) VALUES (?1, ?2)")?
+                    .execute(params![encode_operations(chunk), total])?;
+                self.last_op_seq = Some(conn.last_insert_rowid() as u64);
+            }
+            set("oplog_ops", total, false)?;
+            // The version vector of merged operations: highest sequence number per origin.
+            let mut highest: Vec<(NodeId, u64)> = Vec::new();
+            for op in self.ops.iter().filter(|op| op.id.origin != self.core.node) {
+                match highest.iter_mut().find(|(n, _)| *n == op.id.origin) {
+                    Some((_, s)) => *s = (*s).max(op.id.seq),
+                    None => highest.push((op.id.origin, op.id.seq)),
+                }
+            }
+            for (origin, seq) in highest {
+                conn.prepare_cached(
+                    "INSERT INTO origins (origin, max_seq) VALUES (?1, ?2) \
+                     ON CONFLICT (origin) DO UPDATE SET max_seq = max(max_seq, excluded.max_seq)",
+                )?
+                .execute(params![origin.as_bytes().as_slice(), seq as i64])?;
+            }
         }
         let (lamport, seq, gap_prefix) = self.start_clock;
         if self.core.lamport != lamport {

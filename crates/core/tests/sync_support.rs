@@ -1,0 +1,102 @@
+//! What the sync engine needs from a database: peer cursors stored with the data, version
+//! vectors, and op counts per log position.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use blazedb_core::{Database, Error, NodeId, Operation, fields};
+
+fn all_ops(db: &Database) -> Vec<Operation> {
+    db.oplog_since(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, op)| op)
+        .collect()
+}
+
+#[test]
+fn a_peer_cursor_commits_with_the_operations_it_covers() {
+    let a = Database::in_memory().unwrap();
+    let b = Database::in_memory().unwrap();
+    a.insert("t", fields! {"x" => 1}).unwrap();
+    let head = a.oplog_head().unwrap();
+    b.transaction(|tx| {
+        tx.apply_remote(&all_ops(&a))?;
+        tx.set_peer_cursor(a.node_id(), head)
+    })
+    .unwrap();
+    assert_eq!(b.peer_cursor(a.node_id()).unwrap(), head);
+    assert_eq!(b.count("t").unwrap(), 1);
+}
+
+#[test]
+fn a_rolled_back_transaction_leaves_the_peer_cursor_where_it_was() {
+    let a = Database::in_memory().unwrap();
+    let b = Database::in_memory().unwrap();
+    a.insert("t", fields! {"x" => 1}).unwrap();
+    let err = b
+        .transaction(|tx| {
+            tx.apply_remote(&all_ops(&a))?;
+            tx.set_peer_cursor(a.node_id(), 7)?;
+            Err::<(), _>(Error::InvalidQuery("give up".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidQuery(_)));
+    assert_eq!(b.peer_cursor(a.node_id()).unwrap(), 0);
+    assert_eq!(b.count("t").unwrap(), 0);
+}
+
+#[test]
+fn a_peer_cursor_never_moves_backwards() {
+    let b = Database::in_memory().unwrap();
+    let peer = NodeId::random();
+    b.transaction(|tx| tx.set_peer_cursor(peer, 10)).unwrap();
+    b.transaction(|tx| tx.set_peer_cursor(peer, 4)).unwrap();
+    assert_eq!(b.peer_cursor(peer).unwrap(), 10);
+    assert_eq!(b.peer_cursor(NodeId::random()).unwrap(), 0);
+}
+
+#[test]
+fn the_version_vector_lists_own_and_merged_origins() {
+    let a = Database::in_memory().unwrap();
+    let b = Database::in_memory().unwrap();
+    for i in 0..3 {
+        a.insert("t", fields! {"x" => i}).unwrap();
+    }
+    b.insert("t", fields! {"y" => 1}).unwrap();
+    b.apply_remote(&all_ops(&a)).unwrap();
+    let v = b.version_vector().unwrap();
+    assert_eq!(v.get(a.node_id()), 3);
+    assert_eq!(v.get(b.node_id()), 1);
+    assert_eq!(v.len(), 2);
+    assert_eq!(a.version_vector().unwrap().get(b.node_id()), 0);
+}
+
+#[test]
+fn the_version_vector_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.blazedb");
+    let a = Database::in_memory().unwrap();
+    a.insert_many("t", (0..5).map(|i| fields! {"x" => i}))
+        .unwrap();
+    {
+        let b = Database::create(&path, "pw").unwrap();
+        b.apply_remote(&all_ops(&a)).unwrap();
+    }
+    let b = Database::open(&path, "pw").unwrap();
+    assert_eq!(b.version_vector().unwrap().get(a.node_id()), 5);
+}
+
+#[test]
+fn op_counts_per_position_give_the_operations_after_a_cursor() {
+    let a = Database::in_memory().unwrap();
+    a.insert("t", fields! {"x" => 1}).unwrap();
+    let first = a.oplog_head().unwrap();
+    a.insert_many("t", (0..10).map(|i| fields! {"x" => i}))
+        .unwrap();
+    let id = a.insert("t", fields! {"x" => 2}).unwrap();
+    a.delete("t", id).unwrap();
+    assert_eq!(a.oplog_ops_through(0).unwrap(), 0);
+    assert_eq!(a.oplog_ops_through(first).unwrap(), 1);
+    let all = a.oplog_ops_through(u64::MAX).unwrap();
+    assert_eq!(all, 13);
+    assert_eq!(all - a.oplog_ops_through(first).unwrap(), 12);
+}
