@@ -10,15 +10,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::error::Failure;
 use crate::json::{self, RecordInput};
 use crate::password::{self, Source};
-use crate::{Cli, Command, IndexCommand, QueryArgs, filter};
+use crate::{Cli, Command, IndexCommand, QueryArgs, filter, topology};
 
 /// Files larger than this get a progress bar on import.
 const PROGRESS_MIN_BYTES: u64 = 1024 * 1024;
 
 /// The global options every command needs to open a database.
-struct Ctx {
-    password_file: Option<PathBuf>,
-    no_encryption: bool,
+pub(crate) struct Ctx {
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) no_encryption: bool,
 }
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
@@ -62,6 +62,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             db,
             new_password_file,
         } => passwd(&ctx, &db, new_password_file.as_deref()),
+        Command::Topology {
+            file,
+            format,
+            timeout,
+        } => topology::run(&ctx, &file, format, timeout),
     }
 }
 
@@ -85,6 +90,17 @@ fn password(ctx: &Ctx, db: &Path, confirm: bool) -> Result<String, Failure> {
 
 /// Opens an existing database, asking for the password only once the file is known to exist.
 fn open(ctx: &Ctx, db: &Path) -> Result<Database, Failure> {
+    check_database_file(db)?;
+    let password = if ctx.no_encryption {
+        None
+    } else {
+        Some(password(ctx, db, false)?)
+    };
+    open_with(ctx, db, password.as_deref())
+}
+
+/// Fails unless `db` is an existing file, so no password is asked for a mistyped path.
+pub(crate) fn check_database_file(db: &Path) -> Result<(), Failure> {
     match std::fs::metadata(db) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(Failure::msg(format!(
@@ -101,12 +117,15 @@ fn open(ctx: &Ctx, db: &Path) -> Result<Database, Failure> {
         }
         Ok(_) => {}
     }
-    let result = if ctx.no_encryption {
-        OpenOptions::new().open(db)
-    } else {
-        OpenOptions::new()
-            .password(&password(ctx, db, false)?)
-            .open(db)
+    Ok(())
+}
+
+/// Opens an existing database with a password already obtained (`None` with
+/// `--no-encryption`).
+pub(crate) fn open_with(ctx: &Ctx, db: &Path, password: Option<&str>) -> Result<Database, Failure> {
+    let result = match password {
+        None => OpenOptions::new().open(db),
+        Some(password) => OpenOptions::new().password(password).open(db),
     };
     result.map_err(|e| open_error(ctx, db, e))
 }
@@ -138,13 +157,13 @@ fn is_plain_sqlite(path: &Path) -> bool {
 // Output
 
 /// Buffered standard output whose errors become failures (a closed pipe ends quietly).
-struct Out<W: Write> {
+pub(crate) struct Out<W: Write> {
     inner: BufWriter<W>,
     name: String,
 }
 
 impl Out<io::StdoutLock<'static>> {
-    fn stdout() -> Self {
+    pub(crate) fn stdout() -> Self {
         Out {
             inner: BufWriter::new(io::stdout().lock()),
             name: "standard output".into(),
@@ -153,14 +172,14 @@ impl Out<io::StdoutLock<'static>> {
 }
 
 impl<W: Write> Out<W> {
-    fn line(&mut self, text: &str) -> Result<(), Failure> {
+    pub(crate) fn line(&mut self, text: &str) -> Result<(), Failure> {
         self.inner
             .write_all(text.as_bytes())
             .and_then(|()| self.inner.write_all(b"\n"))
             .map_err(|e| Failure::io(format!("cannot write to {}", self.name), e))
     }
 
-    fn finish(mut self) -> Result<(), Failure> {
+    pub(crate) fn finish(mut self) -> Result<(), Failure> {
         self.inner
             .flush()
             .map_err(|e| Failure::io(format!("cannot write to {}", self.name), e))

@@ -17,6 +17,14 @@ impl Failure {
         Failure::Message(message.into())
     }
 
+    /// The same failure with `prefix: ` before its message (a broken pipe stays as it is).
+    pub fn context(self, prefix: impl fmt::Display) -> Self {
+        match self {
+            Failure::Message(m) => Failure::Message(format!("{prefix}: {m}")),
+            Failure::BrokenPipe => Failure::BrokenPipe,
+        }
+    }
+
     /// An I/O error while doing `what` (e.g. "cannot write out.jsonl").
     pub fn io(what: impl fmt::Display, e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::BrokenPipe {

@@ -1,4 +1,4 @@
-//! `blazedb`: create, inspect, query, import and export BlazeDB databases.
+//! `blazedb`: create, inspect, query, import, export and sync BlazeDB databases.
 //!
 //! Every error ends the program with one line `blazedb: <message>` on stderr and exit code 1
 //! (2 for a command line clap rejects). See docs/cli.md.
@@ -8,24 +8,28 @@ mod error;
 mod filter;
 mod json;
 mod password;
+mod topology;
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use blazedb_core::Uuid;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Failure;
 
-const ABOUT: &str = "BlazeDB command line tool: create, inspect, query, import and export \
-                     encrypted BlazeDB databases";
+const ABOUT: &str = "BlazeDB command line tool: create, inspect, query, import, export and \
+                     sync encrypted BlazeDB databases";
 
 const LONG_ABOUT: &str = "\
-BlazeDB command line tool: create, inspect, query, import and export encrypted BlazeDB databases.
+BlazeDB command line tool: create, inspect, query, import, export and sync encrypted BlazeDB
+databases.
 
-The database path is the first argument of every command. The password never goes on the command
-line; it comes from --password-file PATH (first line of the file), else from the BLAZEDB_PASSWORD
+The database path is the first argument of every command but topology, which takes a JSON file
+listing databases and the connections between them. The password never goes on the command line;
+it comes from --password-file PATH (first line of the file), else from the BLAZEDB_PASSWORD
 environment variable, else from a prompt when standard input is a terminal. Use --no-encryption
 for unencrypted databases.
 
@@ -163,6 +167,19 @@ enum Command {
         /// BLAZEDB_NEW_PASSWORD or a prompt)
         #[arg(long, value_name = "PATH")]
         new_password_file: Option<PathBuf>,
+    },
+
+    /// Sync the databases a topology file lists, in this process, and print the graph
+    #[command(after_long_help = topology::HELP)]
+    Topology {
+        /// The topology file (JSON): nodes (name, path, local_only) and edges (from, to, mode)
+        file: PathBuf,
+        /// How to print the graph
+        #[arg(long, value_enum, default_value_t = topology::Format::Text)]
+        format: topology::Format,
+        /// Give up waiting for sync after this many seconds (the graph is printed anyway)
+        #[arg(long, value_name = "SECS", default_value = "30", value_parser = topology::parse_timeout)]
+        timeout: Duration,
     },
 }
 

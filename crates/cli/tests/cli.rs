@@ -731,3 +731,281 @@ fn update_cannot_change_the_id() {
             .contains("\"a\":3")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// topology
+
+/// Writes `topo.json` into the sandbox from a JSON value.
+fn write_topology(s: &Sandbox, topology: &serde_json::Value) {
+    s.write("topo.json", topology.to_string().as_bytes());
+}
+
+/// Two encrypted databases, `bugs.blazedb` and `users.blazedb`, joined by one edge.
+fn two_databases(s: &Sandbox, mode: &str) {
+    s.init("bugs.blazedb");
+    s.init("users.blazedb");
+    write_topology(
+        s,
+        &serde_json::json!({
+            "nodes": [
+                {"name": "bugs", "path": "bugs.blazedb"},
+                {"name": "users", "path": "users.blazedb"},
+            ],
+            "edges": [{"from": "bugs", "to": "users", "mode": mode}],
+        }),
+    );
+}
+
+#[test]
+fn topology_syncs_a_record_to_the_other_database_and_prints_the_graph_as_json() {
+    let s = Sandbox::new();
+    two_databases(&s, "bidirectional");
+    let id = s
+        .run(&["insert", "@bugs.blazedb", "bugs", r#"{"title": "Crash"}"#])
+        .ok();
+    let id = id.trim();
+
+    // The test runs outside the sandbox: the paths in the file are relative to the file.
+    let graph: serde_json::Value =
+        serde_json::from_str(&s.run(&["topology", "@topo.json", "--format", "json"]).ok()).unwrap();
+    let nodes = graph["nodes"].as_array().unwrap();
+    let edges = graph["edges"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{graph}");
+    assert_eq!(edges.len(), 1, "{graph}");
+    assert_eq!(nodes[0]["name"], "bugs");
+    assert_eq!(nodes[0]["local_only"], false);
+    assert_eq!(nodes[1]["ops_in_log"], 1, "{graph}");
+    assert_eq!(edges[0]["from"], "bugs");
+    assert_eq!(edges[0]["to"], "users");
+    assert_eq!(edges[0]["mode"], "bidirectional");
+    assert_eq!(edges[0]["connected"], true);
+    assert_eq!(edges[0]["ops_sent"], 1, "{graph}");
+    assert_eq!(edges[0]["ops_pending"], 0, "{graph}");
+
+    let got = s.run(&["get", "@users.blazedb", "bugs", id]).ok();
+    assert_eq!(got, format!("{{\"id\":\"{id}\",\"title\":\"Crash\"}}\n"));
+    let found = s
+        .run(&[
+            "query",
+            "@users.blazedb",
+            "bugs",
+            "--where",
+            r#"{"title": "Crash"}"#,
+        ])
+        .ok();
+    assert_eq!(lines(&found).len(), 1, "{found}");
+
+    // A second run resumes from the stored cursors: nothing is sent twice.
+    let again: serde_json::Value =
+        serde_json::from_str(&s.run(&["topology", "@topo.json", "--format", "json"]).ok()).unwrap();
+    assert_eq!(again["edges"][0]["ops_sent"], 0, "{again}");
+    assert_eq!(
+        s.run(&["query", "@users.blazedb", "bugs", "--count"]).ok(),
+        "1\n"
+    );
+}
+
+#[test]
+fn topology_prints_tables_by_default_and_dot_on_request() {
+    let s = Sandbox::new();
+    two_databases(&s, "write-only");
+    s.run(&["insert", "@bugs.blazedb", "bugs", r#"{"title": "Crash"}"#])
+        .ok();
+
+    let text = s.run(&["topology", "@topo.json"]).ok();
+    assert!(text.starts_with("nodes:\n"), "{text}");
+    assert!(text.contains("ops in log"), "{text}");
+    assert!(text.contains("\nedges:\n"), "{text}");
+    let edge = text
+        .lines()
+        .find(|l| l.contains("bugs → users"))
+        .unwrap_or_else(|| panic!("no edge row: {text}"));
+    let cells: Vec<&str> = edge.split_whitespace().collect();
+    // from → to, mode, connected, sent, received, pending, lag ms
+    assert_eq!(
+        cells[3..],
+        ["write-only", "yes", "1", "0", "0", "0.0"][..],
+        "{text}"
+    );
+
+    let dot = s.run(&["topology", "@topo.json", "--format", "dot"]).ok();
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(dot.contains("\"bugs\" -> \"users\""), "{dot}");
+}
+
+#[test]
+fn an_edge_to_an_unknown_node_is_a_one_line_error_naming_it() {
+    let s = Sandbox::new();
+    s.init("bugs.blazedb");
+    write_topology(
+        &s,
+        &serde_json::json!({
+            "nodes": [{"name": "bugs", "path": "bugs.blazedb"}],
+            "edges": [{"from": "bugs", "to": "users"}],
+        }),
+    );
+    let err = s.run(&["topology", "@topo.json"]).fails();
+    assert!(err.contains("no node named \"users\""), "{err}");
+    assert!(err.contains("topo.json"), "{err}");
+}
+
+#[test]
+fn a_read_only_edge_pulls_but_never_pushes() {
+    let s = Sandbox::new();
+    // bugs reads from users: users' records arrive in bugs, bugs' own stay at home.
+    two_databases(&s, "read-only");
+    let home = s
+        .run(&["insert", "@bugs.blazedb", "bugs", r#"{"title": "Stays"}"#])
+        .ok();
+    let pulled = s
+        .run(&["insert", "@users.blazedb", "users", r#"{"name": "Ada"}"#])
+        .ok();
+
+    let graph: serde_json::Value =
+        serde_json::from_str(&s.run(&["topology", "@topo.json", "--format", "json"]).ok()).unwrap();
+    assert_eq!(graph["edges"][0]["mode"], "read-only", "{graph}");
+    assert_eq!(graph["edges"][0]["ops_sent"], 0, "{graph}");
+    assert_eq!(graph["edges"][0]["ops_received"], 1, "{graph}");
+
+    let err = s
+        .run(&["get", "@users.blazedb", "bugs", home.trim()])
+        .fails();
+    assert!(err.contains("no record"), "{err}");
+    assert_eq!(
+        s.run(&["query", "@users.blazedb", "bugs", "--count"]).ok(),
+        "0\n"
+    );
+    s.run(&["get", "@bugs.blazedb", "users", pulled.trim()])
+        .ok();
+}
+
+#[test]
+fn local_only_nodes_are_drawn_but_never_sync() {
+    let s = Sandbox::new();
+    for db in ["a.db", "b.db", "archive.db"] {
+        s.bare(&["--no-encryption", "init", &format!("@{db}")]).ok();
+    }
+    s.bare(&[
+        "--no-encryption",
+        "insert",
+        "@archive.db",
+        "old",
+        r#"{"n": 1}"#,
+    ])
+    .ok();
+    write_topology(
+        &s,
+        &serde_json::json!({
+            "nodes": [
+                {"name": "a", "path": "a.db"},
+                {"name": "b", "path": s.path("b.db")},
+                {"name": "archive", "path": "archive.db", "local_only": true},
+            ],
+            "edges": [{"from": "a", "to": "b"}],
+        }),
+    );
+    let graph: serde_json::Value = serde_json::from_str(
+        &s.bare(&[
+            "--no-encryption",
+            "topology",
+            "@topo.json",
+            "--format",
+            "json",
+        ])
+        .ok(),
+    )
+    .unwrap();
+    assert_eq!(graph["nodes"][2]["name"], "archive");
+    assert_eq!(graph["nodes"][2]["local_only"], true);
+    assert_eq!(graph["nodes"][2]["ops_in_log"], 1);
+    assert_eq!(graph["edges"][0]["mode"], "bidirectional", "{graph}");
+    let count = s
+        .bare(&["--no-encryption", "query", "@a.db", "old", "--count"])
+        .ok();
+    assert_eq!(count, "0\n");
+}
+
+#[test]
+fn mistakes_in_the_topology_file_are_one_line_errors() {
+    let s = Sandbox::new();
+    s.init("bugs.blazedb");
+    s.init("users.blazedb");
+    let err = s.run(&["topology", "@missing.json"]).fails();
+    assert!(err.contains("cannot read topology file"), "{err}");
+
+    let cases = [
+        (
+            "{\"nodes\": [\n  {\"name\": \"bugs\", \"path\": \"bugs.blazedb\",}\n]}",
+            "line 2 column",
+        ),
+        (
+            r#"{"nodes": [{"name": "bugs", "path": "bugs.blazedb", "sync": true}]}"#,
+            "unknown field `sync`",
+        ),
+        (
+            r#"{"nodes": [{"name": "bugs", "path": "bugs.blazedb"},
+                          {"name": "bugs", "path": "users.blazedb"}]}"#,
+            "two nodes are named \"bugs\"",
+        ),
+        (
+            r#"{"nodes": [{"name": "bugs", "path": "bugs.blazedb"},
+                          {"name": "users", "path": "users.blazedb"}],
+                "edges": [{"from": "bugs", "to": "users", "mode": "sideways"}]}"#,
+            "unknown mode \"sideways\"",
+        ),
+        (
+            r#"{"nodes": [{"name": "bugs", "path": "nope.blazedb"}]}"#,
+            "nope.blazedb does not exist",
+        ),
+        (
+            r#"{"nodes": [{"name": "bugs", "path": "bugs.blazedb"},
+                          {"name": "copy", "path": "./bugs.blazedb"}]}"#,
+            "already registered as \"bugs\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        s.write("topo.json", text.as_bytes());
+        let err = s.run(&["topology", "@topo.json"]).fails();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+
+    // A database that does not open names its node.
+    s.write(
+        "topo.json",
+        br#"{"nodes": [{"name": "bugs", "path": "bugs.blazedb"}]}"#,
+    );
+    let err = s
+        .bare(&["topology", "@topo.json"])
+        .env("BLAZEDB_PASSWORD", "not the password")
+        .fails();
+    assert!(err.contains("node \"bugs\": wrong password"), "{err}");
+    let err = s.bare(&["topology", "@topo.json"]).fails();
+    assert!(err.contains("no password"), "{err}");
+}
+
+#[test]
+fn a_topology_that_does_not_finish_in_time_prints_the_graph_and_fails() {
+    let s = Sandbox::new();
+    two_databases(&s, "bidirectional");
+    s.run(&["insert", "@bugs.blazedb", "bugs", r#"{"title": "Crash"}"#])
+        .ok();
+    let out = s
+        .run(&[
+            "topology",
+            "@topo.json",
+            "--format",
+            "json",
+            "--timeout",
+            "0",
+        ])
+        .output();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_one_line(&stderr);
+    assert!(
+        stderr.contains("sync did not finish within 0 s"),
+        "{stderr}"
+    );
+    let graph: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(graph["edges"].as_array().unwrap().len(), 1, "{graph}");
+}

@@ -38,7 +38,8 @@ mod validate;
 mod watch;
 
 pub use blazedb_format::{
-    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, Stamp, Value, VersionVector, fields,
+    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, Stamp, Value,
+    VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
 pub use error::{Error, Result};
@@ -62,8 +63,9 @@ impl Database {
         self.inner.watchers.subscribe(None)
     }
 
-    /// Calls `f` after every commit that changed something, on the committing thread, after the
-    /// database lock is released. Keep `f` short (e.g. wake a task). Dropping the returned
+    /// Calls `f` after every commit that changed something or wrote to the op log (its
+    /// `changes` may then be empty), on the committing thread, after the database lock is
+    /// released. Keep `f` short (e.g. wake a task). Dropping the returned
     /// listener unregisters it.
     pub fn on_commit(&self, f: impl Fn(&Commit) + Send + Sync + 'static) -> CommitListener {
         self.inner.watchers.on_commit(std::sync::Arc::new(f))

@@ -89,14 +89,19 @@ impl Watchers {
     /// Delivers a commit. Runs after the database lock is released, so a callback may read the
     /// database.
     pub(crate) fn notify(&self, commit: Commit) {
-        if commit.changes.is_empty() {
+        // A commit can write operations that change nothing visible (an update of a record
+        // deleted here, a merged op that lost): subscribers hear nothing, but `on_commit`
+        // callbacks still do, because the op log grew (the sync engine forwards it).
+        if commit.changes.is_empty() && commit.last_op_seq.is_none() {
             return;
         }
+        let quiet = commit.changes.is_empty();
         let commit = Arc::new(commit);
         let mut callbacks = Vec::new();
         {
             let mut list = lock(&self.list);
             list.retain(|w| match &w.sink {
+                Sink::Channel { .. } if quiet => true,
                 Sink::Channel {
                     collection: None,
                     sender,

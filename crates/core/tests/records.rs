@@ -494,3 +494,32 @@ fn a_transactions_operations_share_op_log_entries_of_bounded_size() {
     let rest = db.oplog_since(first[0].0, usize::MAX).unwrap();
     assert_eq!(first.len() + rest.len(), n + 1);
 }
+
+#[test]
+fn on_commit_hears_a_commit_that_only_grows_the_op_log_and_subscribers_do_not() {
+    let a = db();
+    let b = db();
+    let id = a.insert("t", fields! {"x" => 1}).unwrap();
+    let ops = |d: &Database, after: u64| -> Vec<blazedb_core::Operation> {
+        d.oplog_since(after, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, op)| op)
+            .collect()
+    };
+    b.apply_remote(&ops(&a, 0)).unwrap();
+    b.delete("t", id).unwrap();
+    let before = a.oplog_head().unwrap();
+    a.update("t", id, fields! {"x" => 2}).unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _listener = {
+        let heard = heard.clone();
+        b.on_commit(move |c| heard.lock().unwrap().push((c.changes.len(), c.last_op_seq)))
+    };
+    let watching = b.subscribe("t");
+    // The update loses to b's delete: nothing visible changes, but b logs the op.
+    let report = b.apply_remote(&ops(&a, before)).unwrap();
+    assert_eq!(report.applied, 1);
+    assert_eq!(*heard.lock().unwrap(), [(0, Some(b.oplog_head().unwrap()))]);
+    assert!(watching.try_recv().is_none());
+}

@@ -254,7 +254,9 @@ impl fmt::Debug for FrameDecoder {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-    use blazedb_format::{DecodeError, NodeId, Uuid};
+    use blazedb_format::{
+        Date, DecodeError, Fields, NodeId, OpId, OpKind, Operation, Uuid, VersionVector,
+    };
     use proptest::prelude::*;
 
     use super::*;
@@ -303,6 +305,55 @@ mod tests {
         assert_eq!(
             encode_frame(&Message::close(CloseCode::Normal, "bye")),
             [0, 0, 0, 8, 0xB7, 0x16, 0x06, 0x00, 0x06, b'b', b'y', b'e']
+        );
+
+        let n1 = NodeId(Uuid::from_bytes([0x11; 16]));
+        let n2 = NodeId(Uuid::from_bytes([0x22; 16]));
+        assert_eq!(
+            encode_frame(&Message::Ops {
+                from: 4,
+                to: 5,
+                ops: vec![],
+            }),
+            [0, 0, 0, 6, 0xB7, 0x16, 0x02, 0x04, 0x05, 0x00]
+        );
+
+        let delete = Operation {
+            id: OpId { origin: n1, seq: 3 },
+            lamport: 9,
+            wall: Date::from_unix_millis(1_700_000_000_000),
+            kind: OpKind::Delete,
+            collection: "bugs".to_owned(),
+            record: Uuid::from_bytes([0x22; 16]),
+            fields: Fields::new(),
+        };
+        let mut ops = vec![0, 0, 0, 0x38, 0xB7, 0x16, 0x02];
+        ops.extend([0xAC, 0x02, 0xAE, 0x02, 0x01, 0x00]);
+        ops.extend([0x11; 16]);
+        ops.extend([0x03, 0x09, 0x80, 0xA0, 0xAB, 0xFE, 0xF9, 0x62, 0x03]);
+        ops.extend([0x08, b'b', b'u', b'g', b's']);
+        ops.extend([0x22; 16]);
+        ops.push(0x00);
+        assert_eq!(
+            encode_frame(&Message::Ops {
+                from: 300,
+                to: 302,
+                ops: vec![delete],
+            }),
+            ops
+        );
+
+        let mut pull = vec![0, 0, 0, 0x2A, 0xB7, 0x16, 0x07, 0xAC, 0x02, 0x02, 0x00];
+        pull.extend([0x11; 16]);
+        pull.extend([0x07, 0x00]);
+        pull.extend([0x22; 16]);
+        pull.push(0x01);
+        assert_eq!(
+            encode_frame(&Message::Pull {
+                from: 300,
+                vector: VersionVector::from_iter([(n2, 1), (n1, 7)]),
+            }),
+            pull
         );
     }
 
@@ -450,6 +501,22 @@ mod tests {
                 what: "database name is empty"
             })
         );
+        for (from, to) in [(3, 3), (4, 3)] {
+            let err = try_encode_frame(
+                &Message::Ops {
+                    from,
+                    to,
+                    ops: vec![],
+                },
+                DEFAULT_MAX_FRAME_LEN,
+            )
+            .unwrap_err();
+            assert!(matches!(err, ProtocolError::Unsendable { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                "message cannot be sent: ops range is empty or reversed (from must be less than to)"
+            );
+        }
     }
 
     fn cases() -> u32 {

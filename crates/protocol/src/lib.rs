@@ -15,7 +15,7 @@
 //!   [`Message::Close`] carrying [`ProtocolError::close_code`].
 //!
 //! ```
-//! use blazedb_format::{fields, Date, NodeId, OpId, OpKind, Operation, Uuid};
+//! use blazedb_format::{fields, Date, NodeId, OpId, OpKind, Operation, Uuid, VersionVector};
 //! use blazedb_protocol::{encode_frame, FrameDecoder, Message, PROTOCOL_VERSION};
 //!
 //! let node = NodeId::random();
@@ -33,7 +33,12 @@
 //!     record: Uuid::new_v4(),
 //!     fields: fields! { "title" => "Crash on launch", "priority" => 1 },
 //! };
-//! let ops = Message::Ops { ops: vec![insert] };
+//! // The peer answered our Hello with its own and asked for our op log after position 0;
+//! // it has no operations yet.
+//! let pull = Message::Pull { from: 0, vector: VersionVector::new() };
+//! assert_eq!(Message::decode(&pull.encode())?, pull);
+//! // Our op log's first entry (position 1) holds the insert: one batch covers (0, 1].
+//! let ops = Message::Ops { from: 0, to: 1, ops: vec![insert] };
 //!
 //! // What one side writes to the connection...
 //! let mut stream = encode_frame(&hello);
@@ -53,8 +58,10 @@
 //! # Ok::<(), blazedb_protocol::ProtocolError>(())
 //! ```
 //!
-//! Not here yet: the secure channel (Noise `XX`), which will seal payloads before framing,
-//! and the sync engine's use of these messages (cursors, replay); see `docs/protocol.md`.
+//! How two nodes use these messages (`Hello`, then `Pull`, a stream of `Ops` with contiguous
+//! op-log ranges, `Ack`) is the session described in `docs/protocol.md`; this crate keeps no
+//! connection state, the sync engine does. Not here yet: the secure channel (Noise `XX`),
+//! which will seal payloads before framing.
 
 mod error;
 mod frame;

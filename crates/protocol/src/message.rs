@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use blazedb_format::{Decoder, Encoder, Kind, NodeId, Operation};
+use blazedb_format::{Decoder, Encoder, Kind, NodeId, Operation, VersionVector};
 
 use crate::error::ProtocolError;
 
@@ -24,11 +24,19 @@ const TYPE_ACK: u8 = 0x03;
 const TYPE_PING: u8 = 0x04;
 const TYPE_PONG: u8 = 0x05;
 const TYPE_CLOSE: u8 = 0x06;
+const TYPE_PULL: u8 = 0x07;
 
 /// The fewest bytes one encoded operation can take: node back-reference (1), seq (1),
 /// Lamport (1), wall clock (1), kind (1), collection back-reference (1), record id (16),
 /// field count (1). Bounds the capacity reserved for a batch by the bytes actually present.
 const MIN_OPERATION_LEN: usize = 23;
+
+/// The fewest bytes one version vector entry of a [`Message::Pull`] can take: node reference
+/// (1) and sequence number (1). Bounds the entry count by the bytes actually present.
+const MIN_VECTOR_ENTRY_LEN: usize = 2;
+
+/// Why an `Ops` range is refused, when decoding (`Invalid`) or sending (`Unsendable`).
+const EMPTY_OPS_RANGE: &str = "ops range is empty or reversed (from must be less than to)";
 
 /// One message of the sync protocol.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,10 +49,24 @@ pub enum Message {
         /// Name of the database on the receiving side; 1 to [`MAX_DATABASE_NAME_LEN`] bytes.
         database: String,
     },
-    /// A batch of operations, in the sender's op-log order.
-    Ops { ops: Vec<Operation> },
-    /// The receiver has durably applied everything up to and including this position of the
-    /// sender's op log.
+    /// The operations in the sender's op log at the positions in the half-open range
+    /// `(from, to]` that the receiver may lack, in op-log order.
+    ///
+    /// The sender may leave out operations it knows the receiver has, so `ops` can be empty:
+    /// such a message only moves the receiver's cursor to `to`. The ranges of one stream are
+    /// contiguous: each `from` is the previous `to` (the first is the [`Message::Pull`]'s
+    /// `from`). `from < to` always; a decoder refuses anything else.
+    Ops {
+        /// Exclusive start of the range: the `to` of the previous `Ops` of this stream.
+        from: u64,
+        /// Inclusive end of the range: the receiver's cursor once it has applied this batch.
+        to: u64,
+        ops: Vec<Operation>,
+    },
+    /// Acknowledges the `to` of an [`Message::Ops`] received: the receiver has durably applied
+    /// the sender's op log up to and including `position` (its cursor into the sender's log,
+    /// stored with the operations). Informational for the sender (status, lag); correctness
+    /// never depends on it.
     Ack { position: u64 },
     /// Asks the peer to answer with a [`Message::Pong`] carrying the same nonce.
     Ping { nonce: u64 },
@@ -55,6 +77,18 @@ pub enum Message {
         code: CloseCode,
         /// Human-readable detail; at most [`MAX_CLOSE_REASON_LEN`] bytes.
         reason: String,
+    },
+    /// "Send me your op log after position `from`, and keep streaming new entries as they are
+    /// written; I already have every operation `vector` describes, so you may leave those
+    /// out." A later `Pull` on the same connection replaces an earlier one (a receiver that
+    /// detected a gap asks again this way).
+    Pull {
+        /// Exclusive start: the receiver's durable cursor into the sender's op log (the `to`
+        /// of the last [`Message::Ops`] it applied from this peer; 0 at first).
+        from: u64,
+        /// The operations the receiver has: all of each origin's, up to the entry's sequence
+        /// number.
+        vector: VersionVector,
     },
 }
 
@@ -165,6 +199,14 @@ fn check_reason(reason: &str) -> Result<(), &'static str> {
     }
 }
 
+fn check_range(from: u64, to: u64) -> Result<(), &'static str> {
+    if from < to {
+        Ok(())
+    } else {
+        Err(EMPTY_OPS_RANGE)
+    }
+}
+
 fn invalid(what: &'static str) -> ProtocolError {
     ProtocolError::Invalid { what }
 }
@@ -193,6 +235,7 @@ impl Message {
             Message::Ping { .. } => TYPE_PING,
             Message::Pong { .. } => TYPE_PONG,
             Message::Close { .. } => TYPE_CLOSE,
+            Message::Pull { .. } => TYPE_PULL,
         }
     }
 
@@ -205,26 +248,33 @@ impl Message {
             Message::Ping { .. } => "Ping",
             Message::Pong { .. } => "Pong",
             Message::Close { .. } => "Close",
+            Message::Pull { .. } => "Pull",
         }
     }
 
     /// Checks the rules a decoder enforces beyond the byte layout (database name and close
-    /// reason lengths), so a message can be checked before it is sent.
+    /// reason lengths, `Ops` range), so a message can be checked before it is sent.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let rule = match self {
             Message::Hello { database, .. } => check_database(database),
             Message::Close { reason, .. } => check_reason(reason),
-            Message::Ops { .. } | Message::Ack { .. } | Message::Ping { .. } => Ok(()),
-            Message::Pong { .. } => Ok(()),
+            Message::Ops { from, to, .. } => check_range(*from, *to),
+            // A VersionVector holds only entries with seq >= 1, in node order.
+            Message::Pull { .. } => Ok(()),
+            Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => Ok(()),
         };
         rule.map_err(|what| ProtocolError::Unsendable { what })
     }
 
     /// The message as a BlazeBinary item (a frame's payload). Does not check
-    /// [`Message::validate`]; [`crate::try_encode_frame`] does.
+    /// [`Message::validate`] (an `Ops` with `from >= to` is encoded as it is, and the peer
+    /// refuses it); [`crate::try_encode_frame`] does.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = match self {
-            Message::Ops { ops } => Encoder::with_capacity(Kind::Message, 64 * ops.len() + 8),
+            Message::Ops { ops, .. } => Encoder::with_capacity(Kind::Message, 64 * ops.len() + 24),
+            Message::Pull { vector, .. } => {
+                Encoder::with_capacity(Kind::Message, 18 * vector.len() + 24)
+            }
             _ => Encoder::new(Kind::Message),
         };
         e.byte(self.type_code());
@@ -238,7 +288,9 @@ impl Message {
                 e.node(*node);
                 e.key(database);
             }
-            Message::Ops { ops } => {
+            Message::Ops { from, to, ops } => {
+                e.varint(*from);
+                e.varint(*to);
                 e.varint(ops.len() as u64);
                 for op in ops {
                     e.operation(op);
@@ -249,6 +301,14 @@ impl Message {
             Message::Close { code, reason } => {
                 e.byte(code.code());
                 e.key(reason);
+            }
+            Message::Pull { from, vector } => {
+                e.varint(*from);
+                e.varint(vector.len() as u64);
+                for (node, seq) in vector.iter() {
+                    e.node(node);
+                    e.varint(seq);
+                }
             }
         }
         e.finish()
@@ -272,12 +332,15 @@ impl Message {
                 }
             }
             TYPE_OPS => {
+                let from = d.varint()?;
+                let to = d.varint()?;
+                check_range(from, to).map_err(invalid)?;
                 let count = d.length(MIN_OPERATION_LEN)?;
                 let mut ops = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
                     ops.push(d.operation()?);
                 }
-                Message::Ops { ops }
+                Message::Ops { from, to, ops }
             }
             TYPE_ACK => Message::Ack {
                 position: d.varint()?,
@@ -294,6 +357,27 @@ impl Message {
                     code,
                     reason: reason.to_owned(),
                 }
+            }
+            TYPE_PULL => {
+                let from = d.varint()?;
+                let count = d.length(MIN_VECTOR_ENTRY_LEN)?;
+                let mut vector = VersionVector::new();
+                let mut previous: Option<NodeId> = None;
+                for _ in 0..count {
+                    let node = d.node()?;
+                    let seq = d.varint()?;
+                    if previous.is_some_and(|p| p >= node) {
+                        return Err(invalid(
+                            "version vector entries are not in strictly increasing node order",
+                        ));
+                    }
+                    if seq == 0 {
+                        return Err(invalid("version vector entry has sequence number 0"));
+                    }
+                    vector.observe(node, seq);
+                    previous = Some(node);
+                }
+                Message::Pull { from, vector }
             }
             code => return Err(ProtocolError::UnknownMessageType { code }),
         };
@@ -370,6 +454,8 @@ mod tests {
     #[test]
     fn an_ops_batch_round_trips() {
         round_trip(&Message::Ops {
+            from: 7,
+            to: 300,
             ops: vec![
                 op(
                     1,
@@ -384,26 +470,70 @@ mod tests {
 
     #[test]
     fn an_empty_ops_batch_round_trips() {
-        let bytes = round_trip(&Message::Ops { ops: vec![] });
-        assert_eq!(bytes.len(), 4);
+        let bytes = round_trip(&Message::Ops {
+            from: 4,
+            to: 5,
+            ops: vec![],
+        });
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_OPS, 4, 5, 0]);
+        let bytes = round_trip(&Message::Ops {
+            from: 0,
+            to: 300,
+            ops: vec![],
+        });
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_OPS, 0, 0xAC, 0x02, 0]);
+        round_trip(&Message::Ops {
+            from: u64::MAX - 1,
+            to: u64::MAX,
+            ops: vec![],
+        });
+    }
+
+    #[test]
+    fn an_ops_batch_with_an_empty_or_reversed_range_is_refused() {
+        for (from, to) in [(0, 0), (5, 5), (6, 5), (u64::MAX, u64::MAX), (u64::MAX, 0)] {
+            let message = Message::Ops {
+                from,
+                to,
+                ops: vec![op(1, OpKind::Delete, &[])],
+            };
+            assert_eq!(
+                Message::decode(&message.encode()),
+                Err(ProtocolError::Invalid {
+                    what: EMPTY_OPS_RANGE
+                }),
+                "({from}, {to}]"
+            );
+            assert_eq!(
+                message.validate(),
+                Err(ProtocolError::Unsendable {
+                    what: EMPTY_OPS_RANGE
+                })
+            );
+        }
     }
 
     #[test]
     fn operations_in_a_batch_share_the_string_and_node_tables() {
         let one = op(1, OpKind::Update, &[("title", "a".into())]);
         let single = Message::Ops {
+            from: 0,
+            to: 1,
             ops: vec![one.clone()],
         }
         .encode();
         let mut two = one.clone();
         two.id.seq = 2;
         let pair = Message::Ops {
+            from: 0,
+            to: 1,
             ops: vec![one, two],
         }
         .encode();
         // The second operation refers back to the node, "bugs", "title" and "a".
         let second_len = pair.len() - single.len();
-        let first_len = single.len() - 4;
+        // header (2), type, from, to, count
+        let first_len = single.len() - 6;
         assert!(
             second_len + 16 + 4 + 5 <= first_len,
             "{second_len} vs {first_len}"
@@ -462,7 +592,7 @@ mod tests {
 
     #[test]
     fn an_unknown_message_type_is_refused() {
-        for code in [0x00, 0x07, 0x80, 0xFF] {
+        for code in [0x00, 0x08, 0x80, 0xFF] {
             let mut bytes = header(code);
             bytes.push(0);
             assert_eq!(
@@ -558,11 +688,163 @@ mod tests {
     #[test]
     fn an_ops_batch_claiming_more_operations_than_it_holds_is_refused() {
         let mut bytes = header(TYPE_OPS);
-        bytes.extend([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+        bytes.extend([0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
         assert!(matches!(
             Message::decode(&bytes),
             Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
         ));
+    }
+
+    fn vector(entries: &[(u8, u64)]) -> VersionVector {
+        entries.iter().map(|&(n, seq)| (node(n), seq)).collect()
+    }
+
+    /// A Pull body written by hand: `from`, the entry count, then each (node, seq) as a
+    /// node literal (0 and 16 bytes) or, for `None`, a reference to node table entry 0.
+    fn pull_bytes(from: u8, entries: &[(Option<u8>, u8)]) -> Vec<u8> {
+        let mut bytes = header(TYPE_PULL);
+        bytes.extend([from, entries.len() as u8]);
+        for &(n, seq) in entries {
+            match n {
+                Some(n) => {
+                    bytes.push(0);
+                    bytes.extend([n; 16]);
+                }
+                None => bytes.push(1),
+            }
+            bytes.push(seq);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_pull_round_trips() {
+        let bytes = round_trip(&Message::Pull {
+            from: 0,
+            vector: VersionVector::new(),
+        });
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_PULL, 0, 0]);
+        let bytes = round_trip(&Message::Pull {
+            from: 9,
+            vector: vector(&[(2, 1), (1, 7)]),
+        });
+        assert_eq!(bytes, pull_bytes(9, &[(Some(1), 7), (Some(2), 1)]));
+        round_trip(&Message::Pull {
+            from: u64::MAX,
+            vector: vector(&[(0, u64::MAX), (0xFF, 1), (3, 300)]),
+        });
+        let many: VersionVector = (0..=u16::MAX)
+            .map(|n| {
+                let mut id = [0; 16];
+                id[..2].copy_from_slice(&n.to_be_bytes());
+                (NodeId(Uuid::from_bytes(id)), u64::from(n) + 1)
+            })
+            .collect();
+        round_trip(&Message::Pull {
+            from: 1,
+            vector: many,
+        });
+    }
+
+    #[test]
+    fn a_pull_whose_vector_is_not_strictly_increasing_is_refused() {
+        let unordered = "version vector entries are not in strictly increasing node order";
+        for entries in [
+            &[(Some(2), 1), (Some(1), 1)][..],
+            &[(Some(1), 1), (Some(1), 2)],
+            &[(Some(1), 3), (Some(2), 1), (Some(2), 1)],
+            // A reference to a node already in the vector is a repeat too.
+            &[(Some(1), 1), (None, 2)],
+        ] {
+            assert_eq!(
+                Message::decode(&pull_bytes(0, entries)),
+                Err(ProtocolError::Invalid { what: unordered }),
+                "{entries:?}"
+            );
+        }
+        assert!(Message::decode(&pull_bytes(0, &[(Some(1), 1), (Some(2), 1)])).is_ok());
+    }
+
+    #[test]
+    fn a_pull_with_a_zero_sequence_number_is_refused() {
+        for entries in [&[(Some(1), 0)][..], &[(Some(1), 4), (Some(2), 0)]] {
+            assert_eq!(
+                Message::decode(&pull_bytes(3, entries)),
+                Err(ProtocolError::Invalid {
+                    what: "version vector entry has sequence number 0"
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_pull_claiming_more_entries_than_it_holds_is_refused() {
+        let mut bytes = header(TYPE_PULL);
+        bytes.extend([0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+        ));
+        // Two entries claimed, one present.
+        let mut bytes = pull_bytes(0, &[(Some(1), 1)]);
+        bytes[4] = 2;
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_truncated_pull_or_ops_is_refused() {
+        let pull = Message::Pull {
+            from: 300,
+            vector: vector(&[(1, 7), (2, 300)]),
+        }
+        .encode();
+        let ops = Message::Ops {
+            from: 300,
+            to: 301,
+            ops: vec![op(1, OpKind::Delete, &[])],
+        }
+        .encode();
+        for bytes in [pull, ops] {
+            for len in 0..bytes.len() {
+                let err = Message::decode(&bytes[..len]).unwrap_err();
+                assert!(err.is_malformed_input(), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn type_codes_and_names_are_distinct() {
+        let messages = [
+            Message::Hello {
+                protocol_version: 1,
+                node: node(1),
+                database: "db".to_owned(),
+            },
+            Message::Ops {
+                from: 0,
+                to: 1,
+                ops: vec![],
+            },
+            Message::Ack { position: 1 },
+            Message::Ping { nonce: 1 },
+            Message::Pong { nonce: 1 },
+            Message::close(CloseCode::Normal, ""),
+            Message::Pull {
+                from: 0,
+                vector: VersionVector::new(),
+            },
+        ];
+        for (i, message) in messages.iter().enumerate() {
+            assert_eq!(usize::from(message.type_code()), i + 1);
+            round_trip(message);
+        }
+        let mut names: Vec<_> = messages.iter().map(Message::type_name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), messages.len());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use blazedb_format::{Date, Fields, NodeId, OpId, OpKind, Operation, Uuid, Value};
+use blazedb_format::{
+    Date, Encoder, Fields, Kind, NodeId, OpId, OpKind, Operation, Uuid, Value, VersionVector,
+};
 use blazedb_protocol::{
     CloseCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN,
     MAX_DATABASE_NAME_LEN, Message, ProtocolError, encode_frame, fuzz, try_encode_frame,
@@ -119,6 +121,29 @@ fn operation() -> impl Strategy<Value = Operation> {
         )
 }
 
+/// A valid `Ops` range: `from < to`, often small, sometimes at the ends of `u64`.
+fn ops_range() -> impl Strategy<Value = (u64, u64)> {
+    prop_oneof![
+        3 => (0u64..300, 1u64..4).prop_map(|(from, len)| (from, from + len)),
+        1 => (counter(), counter()).prop_map(|(a, b)| match a.cmp(&b) {
+            std::cmp::Ordering::Less => (a, b),
+            std::cmp::Ordering::Greater => (b, a),
+            std::cmp::Ordering::Equal if a == u64::MAX => (a - 1, a),
+            std::cmp::Ordering::Equal => (a, a + 1),
+        }),
+        1 => Just((u64::MAX - 1, u64::MAX)),
+    ]
+}
+
+/// Version vectors: empty, over the pool of nodes, or with many random nodes.
+fn version_vector() -> impl Strategy<Value = VersionVector> {
+    prop_oneof![
+        1 => Just(VersionVector::new()),
+        3 => vec((node(), counter()), 0..6).prop_map(VersionVector::from_iter),
+        1 => vec((uuid().prop_map(NodeId), counter()), 0..64).prop_map(VersionVector::from_iter),
+    ]
+}
+
 fn close_code() -> impl Strategy<Value = CloseCode> {
     select(CloseCode::ALL.to_vec())
 }
@@ -142,7 +167,12 @@ fn message() -> impl Strategy<Value = Message> {
                 database,
             }
         }),
-        vec(operation(), 0..5).prop_map(|ops| Message::Ops { ops }),
+        (ops_range(), vec(operation(), 0..5)).prop_map(|((from, to), ops)| Message::Ops {
+            from,
+            to,
+            ops
+        }),
+        (counter(), version_vector()).prop_map(|(from, vector)| Message::Pull { from, vector }),
         counter().prop_map(|position| Message::Ack { position }),
         counter().prop_map(|nonce| Message::Ping { nonce }),
         counter().prop_map(|nonce| Message::Pong { nonce }),
@@ -304,7 +334,7 @@ proptest! {
         payload in prop_oneof![
             vec(any::<u8>(), 0..200),
             // A valid header and type byte, then noise: reaches the body decoders.
-            (1u8..=7, vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
+            (1u8..=8, vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
                 let mut p = vec![blazedb_format::MAGIC, 0x16, t];
                 p.extend(body);
                 p
@@ -314,6 +344,58 @@ proptest! {
         if let Ok(message) = Message::decode(&payload) {
             let bytes = message.encode();
             prop_assert_eq!(Message::decode(&bytes).unwrap().encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn an_ops_batch_with_an_empty_or_reversed_range_is_refused_both_ways(
+        (from, to) in prop_oneof![
+            counter().prop_map(|n| (n, n)),
+            (counter(), counter()).prop_filter("reversed", |(a, b)| a > b),
+        ],
+        ops in vec(operation(), 0..3),
+    ) {
+        let message = Message::Ops { from, to, ops };
+        let refused = Message::decode(&message.encode()).unwrap_err();
+        prop_assert!(matches!(refused, ProtocolError::Invalid { .. }), "{}", refused);
+        let unsendable = try_encode_frame(&message, DEFAULT_MAX_FRAME_LEN).unwrap_err();
+        prop_assert!(matches!(unsendable, ProtocolError::Unsendable { .. }), "{}", unsendable);
+    }
+
+    /// A Pull written entry by entry decodes exactly when its entries are strictly
+    /// increasing by node id with sequence numbers of at least 1, and then to those entries.
+    #[test]
+    fn a_pull_decodes_only_with_a_canonical_vector(
+        from in counter(),
+        entries in prop_oneof![
+            vec((node(), counter()), 0..6),
+            // Already sorted and distinct, so that the accepted case is common.
+            btree_map(node(), 1u64..1000, 0..6).prop_map(|m| m.into_iter().collect()),
+        ],
+    ) {
+        let mut e = Encoder::new(Kind::Message);
+        e.byte(0x07);
+        e.varint(from);
+        e.varint(entries.len() as u64);
+        for &(node, seq) in &entries {
+            e.node(node);
+            e.varint(seq);
+        }
+        let bytes = e.finish();
+        let canonical = entries.windows(2).all(|w| w[0].0 < w[1].0)
+            && entries.iter().all(|&(_, seq)| seq >= 1);
+        match Message::decode(&bytes) {
+            Ok(Message::Pull { from: decoded_from, vector }) => {
+                prop_assert!(canonical, "accepted {:?}", entries);
+                prop_assert_eq!(decoded_from, from);
+                prop_assert_eq!(vector.iter().collect::<Vec<_>>(), entries);
+                prop_assert_eq!(Message::Pull { from, vector }.encode(), bytes);
+            }
+            Ok(other) => prop_assert!(false, "decoded as {:?}", other),
+            Err(error) => {
+                prop_assert!(!canonical, "refused {:?}: {}", entries, error);
+                prop_assert!(matches!(error, ProtocolError::Invalid { .. }), "{}", error);
+            }
         }
     }
 
@@ -346,6 +428,16 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
             node: NodeId(Uuid::from_bytes([1; 16])),
             database: "db".to_owned(),
         },
+        Message::Pull {
+            from: 3,
+            vector: VersionVector::from_iter([(NodeId(Uuid::from_bytes([2; 16])), 5)]),
+        },
+        Message::Ops {
+            from: 3,
+            to: 9,
+            ops: vec![],
+        },
+        Message::Ack { position: 9 },
         Message::Ping { nonce: 7 },
         Message::close(CloseCode::GoingAway, "restart"),
     ];

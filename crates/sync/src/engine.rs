@@ -1,0 +1,1028 @@
+//! [`SyncEngine`]: one per database; streams its op log to peers and merges theirs.
+//!
+//! The engine runs on its own thread and sleeps on one channel. It wakes when the database
+//! commits (through [`Database::on_commit`], so there is no polling loop), when a relay
+//! delivers a message, or when the application asks for something (connect, mode change,
+//! status). SQLite calls block, so a dedicated thread keeps them off any async runtime, and
+//! an in-process sync costs two channel hops and no encoding.
+//!
+//! The session on each connection is the one specified in `docs/protocol.md` ("Session"):
+//! `Hello`, then `Pull { from, vector }` from a side that wants to receive, then a stream of
+//! `Ops { from, to, ops }` answered by `Ack { position }`. The receiver stores its cursor (the
+//! last `to` it applied) in the same SQLite transaction as the operations, so a restart can
+//! neither lose nor repeat anything; acknowledgements only feed the status.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use blazedb_core::{CommitListener, Database, NodeId, Operation, VersionVector};
+use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION, negotiate_version};
+
+use crate::error::{Result, SyncError};
+use crate::relay::{ConnectionId, Inbox, Relay};
+
+/// Most operations read from the op log for one `Ops` message (entries are never split, so
+/// a message may exceed it by one entry's worth). Big enough to amortise a transaction on
+/// the receiving side, small enough to keep a message well under the frame limit.
+pub const MAX_BATCH_OPS: usize = 4096;
+
+/// Most `Ops` messages in flight (sent, not yet acknowledged) per connection. A slow peer
+/// therefore holds at most this many batches of our memory and its relay's.
+pub const WINDOW: usize = 8;
+
+/// Most events handled before the engine applies what it collected; bounds the size of one
+/// apply transaction while still merging bursts.
+const MAX_EVENTS_PER_ROUND: usize = 256;
+
+/// Which way operations flow on a connection, seen from the side that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Both sides send and receive.
+    Bidirectional,
+    /// This side only pulls: it receives the peer's operations and sends none.
+    ReadOnly,
+    /// This side only pushes: it sends its operations and accepts none.
+    WriteOnly,
+}
+
+impl Mode {
+    /// Does this side send its operations?
+    pub fn sends(self) -> bool {
+        matches!(self, Mode::Bidirectional | Mode::WriteOnly)
+    }
+
+    /// Does this side accept the peer's operations?
+    pub fn receives(self) -> bool {
+        matches!(self, Mode::Bidirectional | Mode::ReadOnly)
+    }
+
+    /// The same connection seen from the other side.
+    pub fn reversed(self) -> Mode {
+        match self {
+            Mode::Bidirectional => Mode::Bidirectional,
+            Mode::ReadOnly => Mode::WriteOnly,
+            Mode::WriteOnly => Mode::ReadOnly,
+        }
+    }
+
+    /// The name used in graphs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Bidirectional => "bidirectional",
+            Mode::ReadOnly => "read-only",
+            Mode::WriteOnly => "write-only",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = SyncError;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "bidirectional" | "both" => Ok(Mode::Bidirectional),
+            "read-only" | "pull" => Ok(Mode::ReadOnly),
+            "write-only" | "push" => Ok(Mode::WriteOnly),
+            other => Err(SyncError::InvalidArgument(format!(
+                "unknown mode {other:?} (expected bidirectional, read-only or write-only)"
+            ))),
+        }
+    }
+}
+
+/// How to run one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// A label for status and graphs (usually the peer's name).
+    pub name: String,
+    /// The name of the database on the other side, sent in `Hello`.
+    pub remote_database: String,
+    /// Which way operations flow, seen from this side.
+    pub mode: Mode,
+    /// Send operations that other nodes made (relay them), not only our own. On by default:
+    /// chains and rings need it, and version vectors keep it from sending anything twice.
+    pub forward: bool,
+}
+
+impl ConnectOptions {
+    /// A bidirectional, forwarding connection to `remote_database`, labelled with its name.
+    pub fn new(remote_database: impl Into<String>) -> ConnectOptions {
+        let remote_database = remote_database.into();
+        ConnectOptions {
+            name: remote_database.clone(),
+            remote_database,
+            mode: Mode::Bidirectional,
+            forward: true,
+        }
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: Mode) -> ConnectOptions {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets whether operations made by other nodes are relayed on this connection.
+    pub fn forward(mut self, forward: bool) -> ConnectOptions {
+        self.forward = forward;
+        self
+    }
+
+    /// Sets the label.
+    pub fn name(mut self, name: impl Into<String>) -> ConnectOptions {
+        self.name = name.into();
+        self
+    }
+}
+
+/// The state of one connection, as [`SyncEngine::status`] reports it.
+#[derive(Debug, Clone)]
+pub struct ConnectionStatus {
+    pub id: ConnectionId,
+    pub name: String,
+    /// The relay's kind ("in-memory", "unix", …).
+    pub transport: &'static str,
+    pub mode: Mode,
+    /// The peer's node id, once its `Hello` arrived.
+    pub peer: Option<NodeId>,
+    /// True from the peer's `Hello` until the connection ends.
+    pub connected: bool,
+    /// Operations in our op log that the peer has not acknowledged (0 when this side does
+    /// not send).
+    pub ops_pending: u64,
+    /// The last op-log position the peer acknowledged, and when.
+    pub last_ack: Option<(u64, Instant)>,
+    /// How long the oldest unacknowledged batch has been waiting (zero when all are acked).
+    pub lag: Duration,
+    /// Operations sent to the peer.
+    pub ops_sent: u64,
+    /// Operations from the peer merged here for the first time.
+    pub ops_applied: u64,
+    /// Operations from the peer that were already here (arrived by another path, or resent).
+    pub ops_duplicate: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// True while the peer has pulled and this side streams its op log to it.
+    pub streaming: bool,
+    /// Why the connection ended, if it did.
+    pub closed_reason: Option<String>,
+}
+
+/// What wakes the engine thread.
+pub(crate) enum Event {
+    /// The database committed a transaction whose last op-log entry is at `position`.
+    Committed {
+        position: u64,
+    },
+    /// A message from a connection's peer.
+    Message {
+        connection: ConnectionId,
+        message: Message,
+    },
+    /// A connection ended.
+    Closed {
+        connection: ConnectionId,
+        reason: String,
+    },
+    Command(Command),
+}
+
+pub(crate) enum Command {
+    Connect {
+        id: ConnectionId,
+        relay: Box<dyn Relay>,
+        options: ConnectOptions,
+    },
+    Disconnect {
+        id: ConnectionId,
+        reply: Sender<Result<()>>,
+    },
+    SetMode {
+        id: ConnectionId,
+        mode: Mode,
+        reply: Sender<Result<()>>,
+    },
+    Status {
+        reply: Sender<Result<Vec<ConnectionStatus>>>,
+    },
+    WaitIdle {
+        deadline: Instant,
+        reply: Sender<bool>,
+    },
+    Shutdown,
+}
+
+/// Counters shared with the application without a round trip to the engine thread.
+#[derive(Debug, Default)]
+struct Counters {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// Keeps one database in step with its peers. Dropping the engine closes its connections
+/// (with `Close { GoingAway }`) and stops its thread.
+pub struct SyncEngine {
+    node: NodeId,
+    name: String,
+    events: Sender<Event>,
+    next_id: AtomicU64,
+    counters: Arc<Counters>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    _commits: CommitListener,
+}
+
+impl fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("name", &self.name)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncEngine {
+    /// Starts the engine of `db`, known to peers as `name` (the database name they put in
+    /// their `Hello`).
+    pub fn start(db: Database, name: &str) -> Result<SyncEngine> {
+        if name.is_empty() || name.len() > blazedb_protocol::MAX_DATABASE_NAME_LEN {
+            return Err(SyncError::InvalidArgument(format!(
+                "a database name has 1 to {} bytes, not {}",
+                blazedb_protocol::MAX_DATABASE_NAME_LEN,
+                name.len()
+            )));
+        }
+        let (events, rx) = mpsc::channel();
+        let head = db.oplog_head()?;
+        let commits = {
+            let events = events.clone();
+            db.on_commit(move |commit| {
+                if let Some(position) = commit.last_op_seq {
+                    let _ = events.send(Event::Committed { position });
+                }
+            })
+        };
+        let counters = Arc::new(Counters::default());
+        let node = db.node_id();
+        let worker = Worker {
+            db,
+            name: name.to_owned(),
+            node,
+            head,
+            events: events.clone(),
+            connections: HashMap::new(),
+            waiters: Vec::new(),
+            counters: counters.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("blazedb-sync {name}"))
+            .spawn(move || worker.run(rx))?;
+        Ok(SyncEngine {
+            node,
+            name: name.to_owned(),
+            events,
+            next_id: AtomicU64::new(1),
+            counters,
+            thread: Mutex::new(Some(thread)),
+            _commits: commits,
+        })
+    }
+
+    /// The node id of the engine's database.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The name peers use for this database.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts syncing over `relay`. Returns at once; the handshake runs on the engine thread.
+    pub fn connect(&self, relay: impl Relay, options: ConnectOptions) -> Result<ConnectionId> {
+        let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.command(Command::Connect {
+            id,
+            relay: Box::new(relay),
+            options,
+        })?;
+        Ok(id)
+    }
+
+    /// Closes a connection (with `Close { Normal }`) and forgets it.
+    pub fn disconnect(&self, id: ConnectionId) -> Result<()> {
+        self.ask(|reply| Command::Disconnect { id, reply })?
+    }
+
+    /// Changes a connection's mode while running, without losing or repeating anything: a
+    /// side that starts receiving pulls again from its durable cursor; a side that starts
+    /// sending resumes from what the peer acknowledged (the peer skips what it already has).
+    pub fn set_mode(&self, id: ConnectionId, mode: Mode) -> Result<()> {
+        self.ask(|reply| Command::SetMode { id, mode, reply })?
+    }
+
+    /// The state of every connection, in connection order.
+    pub fn status(&self) -> Result<Vec<ConnectionStatus>> {
+        self.ask(|reply| Command::Status { reply })?
+    }
+
+    /// Waits until this engine has nothing left to do: every connection that sends has had
+    /// everything acknowledged, and nothing received is waiting to be applied. Returns false
+    /// on timeout. (Other engines may still be busy; see `Topology::wait_idle`.)
+    pub fn wait_idle(&self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        self.ask(|reply| Command::WaitIdle { deadline, reply })
+    }
+
+    /// Operations from peers merged here for the first time, since the engine started.
+    pub fn ops_applied(&self) -> u64 {
+        self.counters.applied.load(Ordering::Relaxed)
+    }
+
+    /// Operations from peers that were already here, since the engine started.
+    pub fn ops_duplicate(&self) -> u64 {
+        self.counters.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Operations sent to peers, since the engine started.
+    pub fn ops_sent(&self) -> u64 {
+        self.counters.sent.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection and stops the engine thread (also done on drop).
+    pub fn shutdown(&self) {
+        let _ = self.events.send(Event::Command(Command::Shutdown));
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+
+    fn command(&self, command: Command) -> Result<()> {
+        self.events
+            .send(Event::Command(command))
+            .map_err(|_| SyncError::EngineStopped)
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
+        let (reply, answer) = mpsc::channel();
+        self.command(make(reply))?;
+        answer.recv().map_err(|_| SyncError::EngineStopped)
+    }
+}
+
+impl Drop for SyncEngine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The sending half of a session: where the peer asked us to stream from, and what we think
+/// it has.
+struct Outbound {
+    /// Position in our op log up to which we have sent (the `to` of the last `Ops`).
+    sent_to: u64,
+    /// The peer's version vector as its `Pull` gave it, plus every operation sent to it or
+    /// received from it since: operations it certainly has.
+    peer_has: VersionVector,
+    /// Unacknowledged `Ops`: their `to` and when they were sent.
+    in_flight: VecDeque<(u64, Instant)>,
+}
+
+struct Conn {
+    id: ConnectionId,
+    relay: Box<dyn Relay>,
+    options: ConnectOptions,
+    transport: &'static str,
+    peer: Option<NodeId>,
+    /// Our durable cursor into the peer's op log (cached; the truth is in the database).
+    cursor: u64,
+    /// We asked the peer to stream again from `cursor` and ignore what does not continue it.
+    repull_pending: bool,
+    /// Ops messages received and not yet applied: (from, to, ops).
+    inbound: Vec<(u64, u64, Vec<Operation>)>,
+    /// The peer's last `Pull`: where it asked us to start, and its version vector.
+    pulled: Option<(u64, VersionVector)>,
+    /// The stream to the peer, while it has pulled and this side sends.
+    outbound: Option<Outbound>,
+    acked: u64,
+    last_ack: Option<(u64, Instant)>,
+    closed_reason: Option<String>,
+    ops_sent: u64,
+    ops_applied: u64,
+    ops_duplicate: u64,
+    messages_sent: u64,
+    messages_received: u64,
+}
+
+impl Conn {
+    fn open(&self) -> bool {
+        self.closed_reason.is_none()
+    }
+
+    fn send(&mut self, message: Message) -> bool {
+        if !self.open() {
+            return false;
+        }
+        match self.relay.send(message) {
+            Ok(()) => {
+                self.messages_sent += 1;
+                true
+            }
+            Err(e) => {
+                self.end(format!("sending failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Sends `Close` (when the connection is still up) and ends the connection.
+    fn close_with(&mut self, code: CloseCode, reason: String) {
+        if self.open() {
+            let _ = self.relay.send(Message::close(code, reason.clone()));
+        }
+        self.end(reason);
+    }
+
+    fn end(&mut self, reason: String) {
+        if self.closed_reason.is_none() {
+            self.closed_reason = Some(reason);
+        }
+        self.relay.close();
+        self.outbound = None;
+        self.inbound.clear();
+    }
+
+    fn idle(&self, head: u64) -> bool {
+        if !self.inbound.is_empty() {
+            return false;
+        }
+        if !self.open() {
+            return true;
+        }
+        if self.peer.is_none() {
+            return false;
+        }
+        match &self.outbound {
+            Some(out) => out.sent_to >= head && out.in_flight.is_empty(),
+            None => true,
+        }
+    }
+}
+
+struct Worker {
+    db: Database,
+    name: String,
+    node: NodeId,
+    /// Position of the newest op-log entry we know of.
+    head: u64,
+    events: Sender<Event>,
+    connections: HashMap<ConnectionId, Conn>,
+    waiters: Vec<(Instant, Sender<bool>)>,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Event>) {
+        loop {
+            let first = match self.waiters.iter().map(|(d, _)| *d).min() {
+                None => match rx.recv() {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(e) => e,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.answer_waiters();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let mut stop = false;
+            let mut event = Some(first);
+            let mut handled = 0;
+            while let Some(e) = event.take() {
+                if matches!(e, Event::Command(Command::Shutdown)) {
+                    stop = true;
+                    break;
+                }
+                self.handle(e);
+                handled += 1;
+                if handled < MAX_EVENTS_PER_ROUND {
+                    event = rx.try_recv().ok();
+                }
+            }
+            self.apply_all();
+            self.pump_all();
+            self.answer_waiters();
+            if stop {
+                break;
+            }
+        }
+        for conn in self.connections.values_mut() {
+            conn.close_with(
+                CloseCode::GoingAway,
+                "the sync engine is shutting down".into(),
+            );
+        }
+        for (_, reply) in self.waiters.drain(..) {
+            let _ = reply.send(false);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Committed { position } => self.head = self.head.max(position),
+            Event::Message {
+                connection,
+                message,
+            } => self.on_message(connection, message),
+            Event::Closed { connection, reason } => {
+                self.apply_inbound(connection);
+                if let Some(conn) = self.connections.get_mut(&connection) {
+                    conn.end(reason);
+                }
+            }
+            Event::Command(command) => self.on_command(command),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect { id, relay, options } => self.on_connect(id, relay, options),
+            Command::Disconnect { id, reply } => {
+                let result = match self.connections.remove(&id) {
+                    Some(mut conn) => {
+                        conn.close_with(CloseCode::Normal, "disconnected".into());
+                        Ok(())
+                    }
+                    None => Err(SyncError::UnknownConnection(id.0)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::SetMode { id, mode, reply } => {
+                let _ = reply.send(self.set_mode(id, mode));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::WaitIdle { deadline, reply } => self.waiters.push((deadline, reply)),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_connect(&mut self, id: ConnectionId, mut relay: Box<dyn Relay>, options: ConnectOptions) {
+        let inbox = Inbox {
+            connection: id,
+            events: self.events.clone(),
+        };
+        let transport = relay.kind();
+        let started = relay.start(inbox);
+        let mut conn = Conn {
+            id,
+            relay,
+            options,
+            transport,
+            peer: None,
+            cursor: 0,
+            repull_pending: false,
+            inbound: Vec::new(),
+            pulled: None,
+            outbound: None,
+            acked: 0,
+            last_ack: None,
+            closed_reason: None,
+            ops_sent: 0,
+            ops_applied: 0,
+            ops_duplicate: 0,
+            messages_sent: 0,
+            messages_received: 0,
+        };
+        match started {
+            Ok(()) => {
+                let hello = self.hello(&conn);
+                conn.send(hello);
+            }
+            Err(e) => conn.end(format!("the relay did not start: {e}")),
+        }
+        self.connections.insert(id, conn);
+    }
+
+    fn hello(&self, conn: &Conn) -> Message {
+        Message::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node: self.node,
+            database: conn.options.remote_database.clone(),
+        }
+    }
+
+    fn set_mode(&mut self, id: ConnectionId, mode: Mode) -> Result<()> {
+        self.apply_inbound(id);
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return Err(SyncError::UnknownConnection(id.0));
+        };
+        let old = std::mem::replace(&mut conn.options.mode, mode);
+        if !mode.sends() {
+            conn.outbound = None;
+        } else if conn.outbound.is_none() {
+            // Resume from what the peer has confirmed. Only its Pull's vector is certain:
+            // batches sent before the pause may have been ignored, so they go again (the
+            // peer skips what it has).
+            conn.outbound = conn.pulled.as_ref().map(|(from, vector)| Outbound {
+                sent_to: conn.acked.max(*from),
+                peer_has: vector.clone(),
+                in_flight: VecDeque::new(),
+            });
+        }
+        if mode.receives() && !old.receives() && conn.peer.is_some() {
+            conn.repull_pending = false;
+            self.pull(id);
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, id: ConnectionId, message: Message) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if !conn.open() {
+            return;
+        }
+        conn.messages_received += 1;
+        if let Message::Ops { from, to, ops } = message {
+            if conn.peer.is_none() {
+                conn.close_with(CloseCode::ProtocolError, "Ops before Hello".into());
+                return;
+            }
+            if conn.options.mode.receives() {
+                conn.inbound.push((from, to, ops));
+            }
+            // Otherwise (write-only, or the mode just changed): not applied and not
+            // acknowledged; the peer sends it again after our next Pull.
+            return;
+        }
+        // Everything else is handled in order after what was received before it.
+        self.apply_inbound(id);
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        match message {
+            Message::Hello {
+                protocol_version,
+                node,
+                database,
+            } => {
+                if let Err(e) = negotiate_version(protocol_version) {
+                    conn.close_with(e.close_code(), e.to_string());
+                    return;
+                }
+                if database != self.name {
+                    conn.close_with(
+                        CloseCode::UnknownDatabase,
+                        format!("this is database {:?}, not {database:?}", self.name),
+                    );
+                    return;
+                }
+                if node == self.node {
+                    conn.close_with(
+                        CloseCode::ProtocolError,
+                        "the peer has our own node id (a copy of this database file?)".into(),
+                    );
+                    return;
+                }
+                match conn.peer {
+                    Some(p) if p == node => return, // a repeated Hello changes nothing
+                    Some(_) => {
+                        conn.close_with(
+                            CloseCode::ProtocolError,
+                            "the peer's node id changed within a connection".into(),
+                        );
+                        return;
+                    }
+                    None => conn.peer = Some(node),
+                }
+                match self.db.peer_cursor(node) {
+                    Ok(cursor) => {
+                        if let Some(conn) = self.connections.get_mut(&id) {
+                            conn.cursor = cursor;
+                        }
+                        self.pull(id);
+                    }
+                    Err(e) => self.internal_error(id, &e.into()),
+                }
+            }
+            Message::Pull { from, vector } => {
+                if conn.peer.is_none() {
+                    conn.close_with(CloseCode::ProtocolError, "Pull before Hello".into());
+                    return;
+                }
+                if from > self.head {
+                    self.head = self.head.max(self.db.oplog_head().unwrap_or(self.head));
+                }
+                let Some(conn) = self.connections.get_mut(&id) else {
+                    return;
+                };
+                if from > self.head {
+                    // Positions are never reused, so the peer's cursor belongs to another
+                    // history of this log (a restored backup); streaming would skip entries.
+                    conn.close_with(
+                        CloseCode::InternalError,
+                        format!(
+                            "your cursor {from} is past the end of our op log ({}): was this \
+                             database restored from a backup?",
+                            self.head
+                        ),
+                    );
+                    return;
+                }
+                // The peer holds everything up to `from` durably: that counts as acknowledged.
+                conn.acked = conn.acked.max(from);
+                // Kept even while this side does not send, to start streaming when it does.
+                conn.pulled = Some((from, vector.clone()));
+                if conn.options.mode.sends() {
+                    conn.outbound = Some(Outbound {
+                        sent_to: from,
+                        peer_has: vector,
+                        in_flight: VecDeque::new(),
+                    });
+                }
+            }
+            Message::Ack { position } => {
+                conn.acked = conn.acked.max(position);
+                conn.last_ack = Some((position, Instant::now()));
+                if let Some(out) = &mut conn.outbound {
+                    while out.in_flight.front().is_some_and(|(to, _)| *to <= position) {
+                        out.in_flight.pop_front();
+                    }
+                }
+            }
+            Message::Ping { nonce } => {
+                conn.send(Message::Pong { nonce });
+            }
+            Message::Pong { .. } => {}
+            Message::Close { code, reason } => {
+                conn.end(format!("the peer closed the connection ({code}): {reason}"));
+            }
+            // Queued above, before anything else was looked at.
+            Message::Ops { .. } => {}
+        }
+    }
+
+    /// Asks the peer to stream from our durable cursor (if this side receives).
+    fn pull(&mut self, id: ConnectionId) {
+        let Some(conn) = self.connections.get(&id) else {
+            return;
+        };
+        if !conn.options.mode.receives() || !conn.open() {
+            return;
+        }
+        match self.db.version_vector() {
+            Ok(vector) => {
+                if let Some(conn) = self.connections.get_mut(&id) {
+                    let from = conn.cursor;
+                    conn.send(Message::Pull { from, vector });
+                }
+            }
+            Err(e) => self.internal_error(id, &e.into()),
+        }
+    }
+
+    fn internal_error(&mut self, id: ConnectionId, e: &SyncError) {
+        if let Some(conn) = self.connections.get_mut(&id) {
+            conn.close_with(CloseCode::InternalError, format!("internal error: {e}"));
+        }
+    }
+
+    fn apply_all(&mut self) {
+        let ids: Vec<ConnectionId> = self
+            .connections
+            .values()
+            .filter(|c| !c.inbound.is_empty())
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.apply_inbound(id);
+        }
+    }
+
+    /// Applies the `Ops` received on a connection that continue our cursor, in one
+    /// transaction together with the new cursor, then acknowledges.
+    fn apply_inbound(&mut self, id: ConnectionId) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if conn.inbound.is_empty() {
+            return;
+        }
+        let Some(peer) = conn.peer else {
+            conn.inbound.clear();
+            return;
+        };
+        let start = conn.cursor;
+        let mut to = start;
+        let mut ops = Vec::new();
+        let mut duplicate_range = false;
+        let mut gap = false;
+        for (from, end, batch) in conn.inbound.drain(..) {
+            if end <= to {
+                duplicate_range = true;
+            } else if from > to {
+                gap = true;
+                break;
+            } else {
+                ops.extend(batch);
+                to = end;
+            }
+        }
+        conn.inbound.clear();
+        if to > start {
+            conn.repull_pending = false;
+            let result = self.db.transaction(|tx| {
+                let report = tx.apply_remote(&ops)?;
+                tx.set_peer_cursor(peer, to)?;
+                Ok(report)
+            });
+            let Some(conn) = self.connections.get_mut(&id) else {
+                return;
+            };
+            match result {
+                Ok(report) => {
+                    conn.cursor = to;
+                    conn.ops_applied += report.applied as u64;
+                    conn.ops_duplicate += report.duplicates as u64;
+                    self.counters
+                        .applied
+                        .fetch_add(report.applied as u64, Ordering::Relaxed);
+                    self.counters
+                        .duplicates
+                        .fetch_add(report.duplicates as u64, Ordering::Relaxed);
+                    if let Some(out) = &mut conn.outbound {
+                        for op in &ops {
+                            out.peer_has.observe_op(op.id);
+                        }
+                    }
+                    conn.send(Message::Ack { position: to });
+                }
+                Err(e @ blazedb_core::Error::InvalidOperation { .. }) => {
+                    conn.close_with(
+                        CloseCode::ProtocolError,
+                        format!("the peer sent an invalid operation: {e}"),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    conn.close_with(CloseCode::InternalError, format!("applying failed: {e}"));
+                    return;
+                }
+            }
+        } else if duplicate_range {
+            conn.send(Message::Ack { position: start });
+        }
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if gap && !conn.repull_pending {
+            conn.repull_pending = true;
+            self.pull(id);
+        }
+    }
+
+    fn pump_all(&mut self) {
+        let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.pump(id) {
+                self.internal_error(id, &e);
+            }
+        }
+    }
+
+    /// Sends what the peer pulled and has not got yet, up to the window.
+    fn pump(&mut self, id: ConnectionId) -> Result<()> {
+        loop {
+            let Some(conn) = self.connections.get(&id) else {
+                return Ok(());
+            };
+            let Some(out) = &conn.outbound else {
+                return Ok(());
+            };
+            if !conn.open()
+                || !conn.options.mode.sends()
+                || out.in_flight.len() >= WINDOW
+                || out.sent_to >= self.head
+            {
+                return Ok(());
+            }
+            let from = out.sent_to;
+            let entries = self.db.oplog_since(from, MAX_BATCH_OPS)?;
+            let Some(conn) = self.connections.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some((to, _)) = entries.last() else {
+                // The head we were told of is not visible yet (or was rolled back).
+                self.head = from;
+                return Ok(());
+            };
+            let to = *to;
+            self.head = self.head.max(to);
+            let forward = conn.options.forward;
+            let Some(out) = &mut conn.outbound else {
+                return Ok(());
+            };
+            let mut ops = Vec::with_capacity(entries.len());
+            for (_, op) in entries {
+                if out.peer_has.contains(op.id) || (!forward && op.id.origin != self.node) {
+                    continue;
+                }
+                out.peer_has.observe_op(op.id);
+                ops.push(op);
+            }
+            out.sent_to = to;
+            out.in_flight.push_back((to, Instant::now()));
+            let n = ops.len() as u64;
+            if conn.send(Message::Ops { from, to, ops }) {
+                conn.ops_sent += n;
+                self.counters.sent.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn status(&self) -> Result<Vec<ConnectionStatus>> {
+        let total = self.db.oplog_ops_through(u64::MAX)?;
+        let mut out = Vec::with_capacity(self.connections.len());
+        let mut conns: Vec<&Conn> = self.connections.values().collect();
+        conns.sort_by_key(|c| c.id);
+        let now = Instant::now();
+        for c in conns {
+            let ops_pending = if c.options.mode.sends() {
+                total.saturating_sub(self.db.oplog_ops_through(c.acked)?)
+            } else {
+                0
+            };
+            let lag = c
+                .outbound
+                .as_ref()
+                .and_then(|o| o.in_flight.front())
+                .map_or(Duration::ZERO, |(_, sent)| {
+                    now.saturating_duration_since(*sent)
+                });
+            out.push(ConnectionStatus {
+                id: c.id,
+                name: c.options.name.clone(),
+                transport: c.transport,
+                mode: c.options.mode,
+                peer: c.peer,
+                connected: c.open() && c.peer.is_some(),
+                ops_pending,
+                last_ack: c.last_ack,
+                lag,
+                ops_sent: c.ops_sent,
+                ops_applied: c.ops_applied,
+                ops_duplicate: c.ops_duplicate,
+                messages_sent: c.messages_sent,
+                messages_received: c.messages_received,
+                streaming: c.open() && c.outbound.is_some(),
+                closed_reason: c.closed_reason.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let idle = self.connections.values().all(|c| c.idle(self.head));
+        let now = Instant::now();
+        self.waiters.retain(|(deadline, reply)| {
+            if idle {
+                let _ = reply.send(true);
+                false
+            } else if *deadline <= now {
+                let _ = reply.send(false);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
