@@ -16,14 +16,18 @@ use blazedb_core::format::{
     encode_value,
 };
 use blazedb_core::{
-    Database, Date, Fields, Filter, OpKind, OpenOptions, Operation, Record, Uuid, Value, fields,
+    Database, Date, Fields, Filter, OpKind, Operation, Record, Uuid, Value, fields,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Serialize, Serializer};
 
-const PASSWORD: &str = "correct horse battery staple";
-const COLLECTION: &str = "bugs";
+mod support;
+use support::{
+    BugGen, COLLECTION, EPOCH_2025, PASSWORD, STATUSES, STORAGES, Storage, Unit, footer,
+    load_average, machine, mean_title_chars, micros, millis, order, percentile, progress,
+    quick_mode, scratch, thousands,
+};
 
 /// Sizes and repetition counts of one run.
 struct Config {
@@ -50,7 +54,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        let quick = std::env::var("BLAZEDB_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = quick_mode();
         if quick {
             Config {
                 quick,
@@ -83,184 +87,8 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `Database::create(path, password)`: SQLCipher.
-    Encrypted,
-    /// `OpenOptions::new().create(path)`: plain SQLite, same code otherwise.
-    Plaintext,
-}
-
-const MODES: [Mode; 2] = [Mode::Encrypted, Mode::Plaintext];
-
-impl Mode {
-    fn create(self, path: &Path) -> Database {
-        match self {
-            Mode::Encrypted => Database::create(path, PASSWORD).expect("create encrypted"),
-            Mode::Plaintext => OpenOptions::new().create(path).expect("create plaintext"),
-        }
-    }
-
-    fn open(self, path: &Path) -> Database {
-        match self {
-            Mode::Encrypted => Database::open(path, PASSWORD).expect("open encrypted"),
-            Mode::Plaintext => OpenOptions::new().open(path).expect("open plaintext"),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Test data: a bug tracker.
-
-const STATUSES: [&str; 3] = ["open", "closed", "triage"];
-const SUBJECTS: [&str; 12] = [
-    "Crash",
-    "Hang",
-    "Memory leak",
-    "Wrong colours",
-    "Layout glitch",
-    "Sync stalls",
-    "Login fails",
-    "Blank screen",
-    "Slow scrolling",
-    "Data loss",
-    "Typo in dialog",
-    "Spinner never stops",
-];
-const CONTEXTS: [&str; 10] = [
-    "when opening settings",
-    "after rotating",
-    "while syncing",
-    "on first launch",
-    "after an update",
-    "in dark mode",
-    "when offline",
-    "on export",
-    "with long names",
-    "after sign-out",
-];
-const DEVICES: [&str; 8] = [
-    "on iPad",
-    "on iOS 18",
-    "on Android",
-    "on macOS",
-    "in Safari",
-    "on Pixel 8",
-    "on Windows",
-    "on Linux",
-];
-/// 2025-01-01T00:00:00Z.
-const EPOCH_2025: i64 = 1_735_689_600_000;
-
-/// Deterministic bug records: title (~40 chars), status, priority, teamId, assignee, createdAt.
-struct BugGen {
-    rng: StdRng,
-    teams: Vec<Uuid>,
-    people: Vec<Uuid>,
-    distinct: i64,
-    n: i64,
-}
-
-impl BugGen {
-    fn new(seed: u64, distinct: i64) -> BugGen {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let teams = (0..40).map(|_| random_uuid(&mut rng)).collect();
-        let people = (0..500).map(|_| random_uuid(&mut rng)).collect();
-        BugGen {
-            rng,
-            teams,
-            people,
-            distinct,
-            n: 0,
-        }
-    }
-
-    fn title(&mut self) -> String {
-        let r = &mut self.rng;
-        format!(
-            "{} {} {}",
-            SUBJECTS[r.random_range(0..SUBJECTS.len())],
-            CONTEXTS[r.random_range(0..CONTEXTS.len())],
-            DEVICES[r.random_range(0..DEVICES.len())]
-        )
-    }
-
-    fn next(&mut self) -> Fields {
-        self.n += 1;
-        let title = self.title();
-        let r = &mut self.rng;
-        fields! {
-            "title" => title,
-            "status" => STATUSES[r.random_range(0..STATUSES.len())],
-            "priority" => r.random_range(0..self.distinct),
-            "teamId" => self.teams[r.random_range(0..self.teams.len())],
-            "assignee" => self.people[r.random_range(0..self.people.len())],
-            "createdAt" => Date::from_unix_millis(EPOCH_2025 + self.n * 31_337),
-        }
-    }
-
-    fn batch(&mut self, n: usize) -> Vec<Fields> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
-
-fn random_uuid(rng: &mut StdRng) -> Uuid {
-    uuid::Builder::from_random_bytes(rng.random()).into_uuid()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statistics and formatting.
-
-/// Nearest-rank percentile of an ascending slice.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    assert!(!sorted.is_empty());
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
-}
-
-#[derive(Clone, Copy)]
-enum Unit {
-    /// Records per second.
-    Rate,
-    Micros,
-    Millis,
-    Seconds,
-    Bytes,
-    Count,
-}
-
-impl Unit {
-    fn show(self, x: f64) -> String {
-        match self {
-            Unit::Rate | Unit::Bytes | Unit::Count => thousands(x),
-            Unit::Micros if x < 100.0 => format!("{x:.1}"),
-            Unit::Micros => thousands(x),
-            Unit::Millis if x < 10.0 => format!("{x:.3}"),
-            Unit::Millis => format!("{x:.1}"),
-            Unit::Seconds => format!("{x:.2}"),
-        }
-    }
-}
+// Table rows.
 
 struct Row {
     label: String,
@@ -278,18 +106,9 @@ fn row(label: impl Into<String>, unit: Unit, pair: [f64; 2]) -> Row {
     }
 }
 
-fn progress(msg: &str) {
-    eprintln!("[bench] {msg}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Engine measurements. Both modes run in the same loop, alternating operation by operation (and
 // which mode goes first), so load from other processes on the machine hits both alike.
-
-/// Index order of the two modes for the `k`-th step: encrypted first on even steps.
-fn order(k: usize) -> [usize; 2] {
-    if k.is_multiple_of(2) { [0, 1] } else { [1, 0] }
-}
 
 /// One database file per mode, each in its own scratch directory.
 struct Pair {
@@ -305,19 +124,11 @@ impl Pair {
     }
 
     fn create(&self) -> [Database; 2] {
-        [0, 1].map(|i| MODES[i].create(&self.paths[i]))
+        [0, 1].map(|i| STORAGES[i].create(&self.paths[i]))
     }
 
     fn open(&self) -> [Database; 2] {
-        [0, 1].map(|i| MODES[i].open(&self.paths[i]))
-    }
-}
-
-/// A fresh directory for one database file (under `BLAZEDB_BENCH_DIR` if set).
-fn scratch() -> tempfile::TempDir {
-    match std::env::var_os("BLAZEDB_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir).unwrap(),
-        None => tempfile::tempdir().unwrap(),
+        [0, 1].map(|i| STORAGES[i].open(&self.paths[i]))
     }
 }
 
@@ -371,7 +182,7 @@ fn opens(cfg: &Config, pair: &Pair) -> [Duration; 2] {
     for k in 0..cfg.opens {
         for i in order(k) {
             let start = Instant::now();
-            let db = MODES[i].open(&pair.paths[i]);
+            let db = STORAGES[i].open(&pair.paths[i]);
             times[i].push(start.elapsed());
             drop(db);
         }
@@ -467,7 +278,7 @@ fn sqlite_floor(cfg: &Config) -> [f64; 2] {
     let pair = Pair::new();
     let conns = [0, 1].map(|i| {
         let conn = rusqlite::Connection::open(&pair.paths[i]).unwrap();
-        if MODES[i] == Mode::Encrypted {
+        if STORAGES[i] == Storage::Encrypted {
             conn.pragma_update(None, "key", PASSWORD).unwrap();
             conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
                 .unwrap();
@@ -1037,43 +848,21 @@ fn sizes(out: &mut String) {
 
 // ---------------------------------------------------------------------------------------------
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// `/proc/loadavg`'s 1-minute load average: other processes compete for the same cores.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let cfg = Config::from_env();
     let started = Instant::now();
     let mut out = String::new();
 
-    let mut titles = BugGen::new(0, cfg.distinct);
-    let mean_title = (0..1000).map(|_| titles.title().len()).sum::<usize>() as f64 / 1000.0;
+    let mean_title = mean_title_chars();
     writeln!(
         out,
         "## BlazeDB engine benchmark ({} mode)\n\n\
-         Machine: {} CPUs, {}. Records: title (mean {mean_title:.0} chars), status \
+         Machine: {}. Records: title (mean {mean_title:.0} chars), status \
          (open/closed/triage), priority (int, {} distinct values), teamId (uuid), assignee \
          (uuid), createdAt (date). Durability: default (`Process`, WAL + synchronous=NORMAL).\n",
         if cfg.quick { "quick" } else { "full" },
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
+        machine(),
         cfg.distinct,
     )
     .unwrap();
@@ -1082,12 +871,6 @@ fn main() {
     let load_before = load_average();
     let headline = engine(&cfg, &mut out);
     goals(&cfg, &headline, &mut out);
-    writeln!(
-        out,
-        "Total run time: {:.0} s. 1-minute load average at start {load_before}, at end {}.",
-        started.elapsed().as_secs_f64(),
-        load_average()
-    )
-    .unwrap();
+    footer(&mut out, started, &load_before);
     print!("{out}");
 }

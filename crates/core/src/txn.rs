@@ -43,6 +43,7 @@ pub struct Transaction<'db> {
     /// Change of the visible-record count per collection id (a transaction touches few).
     count_deltas: Vec<(i64, i64)>,
     start_clock: (u64, u64, Option<u64>),
+    first_op_seq: Option<u64>,
     last_op_seq: Option<u64>,
     /// The operations of this transaction, in order, for its op-log entry.
     ops: Vec<Operation>,
@@ -101,6 +102,7 @@ impl Database {
             changes: Vec::new(),
             count_deltas: Vec::new(),
             start_clock,
+            first_op_seq: None,
             last_op_seq: None,
             ops: Vec::new(),
             outer_transaction,
@@ -488,7 +490,9 @@ impl Transaction<'_> {
         }
         Ok(Commit {
             changes: std::mem::take(&mut self.changes),
+            first_op_seq: self.first_op_seq,
             last_op_seq: self.last_op_seq,
+            ops: std::mem::take(&mut self.ops).into(),
         })
     }
 
@@ -519,7 +523,9 @@ impl Transaction<'_> {
                 total += chunk.len() as i64;
                 conn.prepare_cached("INSERT INTO oplog (ops, total) VALUES (?1, ?2)")?
                     .execute(params![encode_operations(chunk), total])?;
-                self.last_op_seq = Some(conn.last_insert_rowid() as u64);
+                let position = conn.last_insert_rowid() as u64;
+                self.first_op_seq.get_or_insert(position);
+                self.last_op_seq = Some(position);
             }
             set("oplog_ops", total, false)?;
             // The version vector of merged operations: highest sequence number per origin.

@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use blazedb_format::NodeId;
+use blazedb_format::{NodeId, Operation};
 use uuid::Uuid;
 
 /// What happened to a record.
@@ -36,11 +36,17 @@ pub struct Change {
 }
 
 /// Everything one committed transaction changed, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
     pub changes: Vec<Change>,
-    /// Op-log position of the last operation the commit wrote (see `Database::oplog_since`).
+    /// Op-log position of the first entry the commit wrote (see `Database::oplog_since`).
+    pub first_op_seq: Option<u64>,
+    /// Op-log position of the last entry the commit wrote.
     pub last_op_seq: Option<u64>,
+    /// The operations the commit wrote to the op log, in log order (entries of up to
+    /// `OPLOG_ENTRY_MAX_OPS` from `first_op_seq` to `last_op_seq`). The sync engine sends
+    /// them without reading them back. Empty in the per-collection copies subscribers get.
+    pub ops: Arc<[Operation]>,
 }
 
 type Callback = dyn Fn(&Commit) + Send + Sync;
@@ -123,7 +129,9 @@ impl Watchers {
                     sender
                         .send(Arc::new(Commit {
                             changes,
+                            first_op_seq: commit.first_op_seq,
                             last_op_seq: commit.last_op_seq,
+                            ops: Arc::from([]),
                         }))
                         .is_ok()
                 }

@@ -22,13 +22,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use blazedb_core::{Database, Fields, OpenOptions, Uuid, fields};
+use blazedb_core::{Database, Fields, Uuid};
 use blazedb_sync::{ConnectOptions, Mode, SyncEngine, Topology, UnixRelay, UnixRelayListener};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
-const PASSWORD: &str = "correct horse battery staple";
-const COLLECTION: &str = "bugs";
+#[path = "../../core/benches/support/mod.rs"]
+mod support;
+use support::{
+    BugGen, COLLECTION, STORAGES, Storage, Unit, footer, load_average, machine, mean_title_chars,
+    micros, order, percentile, progress, quick_mode, scratch, thousands,
+};
+
 /// How long any wait for the other side may take before the bench gives up (a stall is a bug).
 const STALL: Duration = Duration::from_secs(60);
 
@@ -46,7 +49,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        let quick = std::env::var("BLAZEDB_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = quick_mode();
         if quick {
             Config {
                 quick,
@@ -67,153 +70,8 @@ impl Config {
     }
 }
 
-/// How the database files are opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Storage {
-    /// `Database::create(path, password)`: SQLCipher.
-    Encrypted,
-    /// `OpenOptions::new().create(path)`: plain SQLite, same code otherwise.
-    Plaintext,
-}
-
-const STORAGES: [Storage; 2] = [Storage::Encrypted, Storage::Plaintext];
-
-impl Storage {
-    fn create(self, path: &Path) -> Database {
-        match self {
-            Storage::Encrypted => Database::create(path, PASSWORD).expect("create encrypted"),
-            Storage::Plaintext => OpenOptions::new().create(path).expect("create plaintext"),
-        }
-    }
-}
-
-/// Index order of the two storages for the `k`-th step: encrypted first on even steps, so
-/// load from other processes hits both alike.
-fn order(k: usize) -> [usize; 2] {
-    if k.is_multiple_of(2) { [0, 1] } else { [1, 0] }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Test data: bug records.
-
-const STATUSES: [&str; 3] = ["open", "closed", "triage"];
-const SUBJECTS: [&str; 8] = [
-    "Crash",
-    "Hang",
-    "Memory leak",
-    "Layout glitch",
-    "Sync stalls",
-    "Login fails",
-    "Blank screen",
-    "Data loss",
-];
-const CONTEXTS: [&str; 6] = [
-    "when opening settings",
-    "after rotating",
-    "while syncing",
-    "on first launch",
-    "in dark mode",
-    "when offline",
-];
-const DEVICES: [&str; 5] = ["on iPad", "on Android", "on macOS", "in Safari", "on Linux"];
-
-/// Deterministic bug records: title (~35 chars), status, priority, teamId, assignee.
-struct BugGen {
-    rng: StdRng,
-    teams: Vec<Uuid>,
-    people: Vec<Uuid>,
-}
-
-impl BugGen {
-    fn new(seed: u64) -> BugGen {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let teams = (0..40).map(|_| Uuid::from_u128(rng.random())).collect();
-        let people = (0..500).map(|_| Uuid::from_u128(rng.random())).collect();
-        BugGen { rng, teams, people }
-    }
-
-    fn next(&mut self) -> Fields {
-        let r = &mut self.rng;
-        let title = format!(
-            "{} {} {}",
-            SUBJECTS[r.random_range(0..SUBJECTS.len())],
-            CONTEXTS[r.random_range(0..CONTEXTS.len())],
-            DEVICES[r.random_range(0..DEVICES.len())]
-        );
-        fields! {
-            "title" => title,
-            "status" => STATUSES[r.random_range(0..STATUSES.len())],
-            "priority" => r.random_range(0..1000_i64),
-            "teamId" => self.teams[r.random_range(0..self.teams.len())],
-            "assignee" => self.people[r.random_range(0..self.people.len())],
-        }
-    }
-
-    /// `total` records in transactions of `batch`, generated before any timing starts.
-    fn batches(&mut self, total: usize, batch: usize) -> Vec<Vec<Fields>> {
-        let mut out = Vec::new();
-        let mut left = total;
-        while left > 0 {
-            let n = batch.min(left);
-            out.push((0..n).map(|_| self.next()).collect());
-            left -= n;
-        }
-        out
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statistics and formatting.
-
-/// Nearest-rank percentile of an ascending slice.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    assert!(!sorted.is_empty());
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
-}
-
-#[derive(Clone, Copy)]
-enum Unit {
-    /// Operations per second.
-    Rate,
-    Micros,
-    Millis,
-    /// A whole number.
-    Count,
-    /// A number with one decimal.
-    Decimal,
-    /// Bytes: one decimal from 10 up, two below (per-op acknowledgement traffic is tiny).
-    Bytes,
-}
-
-impl Unit {
-    fn show(self, x: f64) -> String {
-        match self {
-            Unit::Rate | Unit::Count => thousands(x),
-            Unit::Micros | Unit::Millis if x < 100.0 => format!("{x:.1}"),
-            Unit::Micros | Unit::Millis => thousands(x),
-            Unit::Decimal => format!("{x:.1}"),
-            Unit::Bytes if x < 10.0 => format!("{x:.2}"),
-            Unit::Bytes => format!("{x:.1}"),
-        }
-    }
-}
+// Table rows.
 
 /// A goal a figure is judged against.
 #[derive(Clone, Copy)]
@@ -270,20 +128,8 @@ fn table(out: &mut String, rows: &[Row]) {
     writeln!(out).unwrap();
 }
 
-fn progress(msg: &str) {
-    eprintln!("[bench] {msg}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Files.
-
-/// A fresh directory for one run's files (under `BLAZEDB_BENCH_DIR` if set).
-fn scratch() -> tempfile::TempDir {
-    match std::env::var_os("BLAZEDB_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir).unwrap(),
-        None => tempfile::tempdir().unwrap(),
-    }
-}
 
 /// Databases `a` and `b` (and any socket) in one scratch directory.
 struct Files {
@@ -428,7 +274,7 @@ fn latency(cfg: &Config) -> [Vec<Sample>; 2] {
     let bases = STORAGES.map(|s| base_files.create(s, &format!("alone-{s:?}")));
     let subs = [0, 1].map(|i| pairs[i].b.subscribe(COLLECTION));
     let hops = HopChain::new();
-    let mut bugs = BugGen::new(1);
+    let mut bugs = BugGen::new(1, 1000);
     let mut samples = [Vec::new(), Vec::new()];
     for k in 0..cfg.latency_warmup + cfg.latency_samples {
         let record = bugs.next();
@@ -935,7 +781,7 @@ impl Runs {
 
 fn throughput_section(cfg: &Config, out: &mut String) {
     let n = cfg.throughput_ops;
-    let batches = || BugGen::new(2).batches(n, cfg.batch);
+    let batches = || BugGen::new(2, 1000).batches(n, cfg.batch);
     progress(&format!("{n} inserts without sync (both storages)"));
     let baseline = insert_only(&batches());
     let mut runs = Vec::new();
@@ -991,7 +837,7 @@ fn throughput_section(cfg: &Config, out: &mut String) {
         ));
         rows.push(row(
             "  b still catching up after the last insert returned: ms",
-            Unit::Millis,
+            Unit::LongMillis,
             [0, 1].map(|i| r[i].tail().as_secs_f64() * 1e3),
             Goal::None,
         ));
@@ -1005,7 +851,7 @@ fn throughput_section(cfg: &Config, out: &mut String) {
             for (way, label) in ["a → b", "b → a"].into_iter().enumerate() {
                 rows.push(row(
                     format!("  bytes on the wire {label} per op (counting-proxy run)"),
-                    Unit::Bytes,
+                    Unit::BytesPerOp,
                     [enc[way], plain[way]].map(|b| b as f64 / n as f64),
                     Goal::None,
                 ));
@@ -1049,7 +895,7 @@ fn cpu_table(out: &mut String, runs: &[Runs]) {
     )
     .unwrap();
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|").unwrap();
-    let ms = |d: Duration| Unit::Millis.show(d.as_secs_f64() * 1e3);
+    let ms = |d: Duration| Unit::LongMillis.show(d.as_secs_f64() * 1e3);
     for run in runs {
         for (i, storage) in STORAGES.into_iter().enumerate() {
             let r = &run.results[i];
@@ -1077,26 +923,6 @@ fn cpu_table(out: &mut String, runs: &[Runs]) {
 
 // ---------------------------------------------------------------------------------------------
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// `/proc/loadavg`'s 1-minute load average: other processes compete for the same cores.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let cfg = Config::from_env();
@@ -1106,24 +932,19 @@ fn main() {
     writeln!(
         out,
         "## BlazeDB sync benchmark ({} mode)\n\n\
-         Machine: {} CPUs, {}. Records: title (string, ~35 chars), status, priority (int), \
-         teamId (uuid), assignee (uuid). Durability: default (`Process`, WAL + \
-         synchronous=NORMAL). Encrypted = `Database::create(path, password)`, plaintext = \
-         `OpenOptions::new().create(path)`; both sides of a pair use the same storage.\n",
+         Machine: {}. Records: title (string, mean {:.0} chars), status, priority \
+         (int), teamId (uuid), assignee (uuid), createdAt (date). Durability: default \
+         (`Process`, WAL + synchronous=NORMAL). Encrypted = `Database::create(path, \
+         password)`, plaintext = `OpenOptions::new().create(path)`; both sides of a pair use \
+         the same storage.\n",
         if cfg.quick { "quick" } else { "full" },
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
+        machine(),
+        mean_title_chars(),
     )
     .unwrap();
 
     latency_section(&cfg, &mut out);
     throughput_section(&cfg, &mut out);
-    writeln!(
-        out,
-        "Total run time: {:.0} s. 1-minute load average at start {load_before}, at end {}.",
-        started.elapsed().as_secs_f64(),
-        load_average()
-    )
-    .unwrap();
+    footer(&mut out, started, &load_before);
     print!("{out}");
 }

@@ -40,6 +40,10 @@ pub const WINDOW: usize = 8;
 /// apply transaction while still merging bursts.
 const MAX_EVENTS_PER_ROUND: usize = 256;
 
+/// Recent op-log entries kept in memory from commit events, so that a connection that is
+/// caught up streams a new commit without reading it back from SQLite.
+const RECENT_ENTRIES: usize = 256;
+
 /// Which way operations flow on a connection, seen from the side that sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -182,9 +186,12 @@ pub struct ConnectionStatus {
 
 /// What wakes the engine thread.
 pub(crate) enum Event {
-    /// The database committed a transaction whose last op-log entry is at `position`.
+    /// The database committed a transaction that wrote op-log entries `first..=last`,
+    /// holding `ops`.
     Committed {
-        position: u64,
+        first: u64,
+        last: u64,
+        ops: Arc<[Operation]>,
     },
     /// A message from a connection's peer.
     Message {
@@ -269,8 +276,12 @@ impl SyncEngine {
         let commits = {
             let events = events.clone();
             db.on_commit(move |commit| {
-                if let Some(position) = commit.last_op_seq {
-                    let _ = events.send(Event::Committed { position });
+                if let (Some(first), Some(last)) = (commit.first_op_seq, commit.last_op_seq) {
+                    let _ = events.send(Event::Committed {
+                        first,
+                        last,
+                        ops: commit.ops.clone(),
+                    });
                 }
             })
         };
@@ -285,6 +296,7 @@ impl SyncEngine {
             connections: HashMap::new(),
             waiters: Vec::new(),
             counters: counters.clone(),
+            recent: VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("blazedb-sync {name}"))
@@ -415,6 +427,8 @@ struct Conn {
     cursor: u64,
     /// We asked the peer to stream again from `cursor` and ignore what does not continue it.
     repull_pending: bool,
+    /// `cursor` moved past ranges with nothing to apply and is not saved yet.
+    cursor_unsaved: bool,
     /// Ops messages received and not yet applied: (from, to, ops).
     inbound: Vec<(u64, u64, Vec<Operation>)>,
     /// The peer's last `Pull`: where it asked us to start, and its version vector.
@@ -496,6 +510,8 @@ struct Worker {
     connections: HashMap<ConnectionId, Conn>,
     waiters: Vec<(Instant, Sender<bool>)>,
     counters: Arc<Counters>,
+    /// The newest single-entry commits (position, operations), from commit events.
+    recent: VecDeque<(u64, Arc<[Operation]>)>,
 }
 
 impl Worker {
@@ -539,6 +555,10 @@ impl Worker {
                 break;
             }
         }
+        let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
+        for id in ids {
+            self.save_cursor(id);
+        }
         for conn in self.connections.values_mut() {
             conn.close_with(
                 CloseCode::GoingAway,
@@ -552,13 +572,23 @@ impl Worker {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Committed { position } => self.head = self.head.max(position),
+            Event::Committed { first, last, ops } => {
+                self.head = self.head.max(last);
+                // Keep single-entry commits to stream without reading them back.
+                if first == last && !ops.is_empty() {
+                    if self.recent.len() == RECENT_ENTRIES {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back((last, ops));
+                }
+            }
             Event::Message {
                 connection,
                 message,
             } => self.on_message(connection, message),
             Event::Closed { connection, reason } => {
                 self.apply_inbound(connection);
+                self.save_cursor(connection);
                 if let Some(conn) = self.connections.get_mut(&connection) {
                     conn.end(reason);
                 }
@@ -571,6 +601,8 @@ impl Worker {
         match command {
             Command::Connect { id, relay, options } => self.on_connect(id, relay, options),
             Command::Disconnect { id, reply } => {
+                self.apply_inbound(id);
+                self.save_cursor(id);
                 let result = match self.connections.remove(&id) {
                     Some(mut conn) => {
                         conn.close_with(CloseCode::Normal, "disconnected".into());
@@ -606,6 +638,7 @@ impl Worker {
             peer: None,
             cursor: 0,
             repull_pending: false,
+            cursor_unsaved: false,
             inbound: Vec::new(),
             pulled: None,
             outbound: None,
@@ -807,6 +840,26 @@ impl Worker {
         }
     }
 
+    /// Saves a cursor that moved in memory only (see `apply_inbound`). Best effort: if it
+    /// fails, the peer resends ranges with nothing in them.
+    fn save_cursor(&mut self, id: ConnectionId) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let (Some(peer), true) = (conn.peer, conn.cursor_unsaved) else {
+            return;
+        };
+        let cursor = conn.cursor;
+        if self
+            .db
+            .transaction(|tx| tx.set_peer_cursor(peer, cursor))
+            .is_ok()
+            && let Some(conn) = self.connections.get_mut(&id)
+        {
+            conn.cursor_unsaved = false;
+        }
+    }
+
     fn internal_error(&mut self, id: ConnectionId, e: &SyncError) {
         if let Some(conn) = self.connections.get_mut(&id) {
             conn.close_with(CloseCode::InternalError, format!("internal error: {e}"));
@@ -855,7 +908,15 @@ impl Worker {
             }
         }
         conn.inbound.clear();
-        if to > start {
+        if to > start && ops.is_empty() {
+            // Nothing to apply (the peer echoes entries made of what we have): move the
+            // cursor in memory only and save it with the next write. Saving it late is
+            // harmless: a restart pulls from the older cursor and gets the same nothing again.
+            conn.repull_pending = false;
+            conn.cursor = to;
+            conn.cursor_unsaved = true;
+            conn.send(Message::Ack { position: to });
+        } else if to > start {
             conn.repull_pending = false;
             let result = self.db.transaction(|tx| {
                 let report = tx.apply_remote(&ops)?;
@@ -868,6 +929,7 @@ impl Worker {
             match result {
                 Ok(report) => {
                     conn.cursor = to;
+                    conn.cursor_unsaved = false;
                     conn.ops_applied += report.applied as u64;
                     conn.ops_duplicate += report.duplicates as u64;
                     self.counters
@@ -933,7 +995,10 @@ impl Worker {
                 return Ok(());
             }
             let from = out.sent_to;
-            let entries = self.db.oplog_since(from, MAX_BATCH_OPS)?;
+            let entries = match self.recent_after(from) {
+                Some(entries) => entries,
+                None => self.db.oplog_since(from, MAX_BATCH_OPS)?,
+            };
             let Some(conn) = self.connections.get_mut(&id) else {
                 return Ok(());
             };
@@ -964,6 +1029,22 @@ impl Worker {
                 self.counters.sent.fetch_add(n, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The entries right after position `from`, if the commit events kept them: positions
+    /// `from + 1`, `from + 2`, … with nothing between (an entry at `from + 1` is certainly
+    /// the next one).
+    fn recent_after(&self, from: u64) -> Option<Vec<(u64, Operation)>> {
+        let mut out = Vec::new();
+        let mut position = from;
+        while out.len() < MAX_BATCH_OPS {
+            let Some((p, ops)) = self.recent.iter().find(|(p, _)| *p == position + 1) else {
+                break;
+            };
+            out.extend(ops.iter().map(|op| (*p, op.clone())));
+            position = *p;
+        }
+        (!out.is_empty()).then_some(out)
     }
 
     fn status(&self) -> Result<Vec<ConnectionStatus>> {

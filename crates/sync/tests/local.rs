@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blazedb_core::{ChangeOrigin, Database, Value, fields};
+use blazedb_core::{ChangeOrigin, Database, NodeId, Value, fields};
 use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION};
 use blazedb_sync::{ConnectOptions, Inbox, Mode, Relay, Result, SyncEngine, SyncError, Topology};
 
@@ -13,6 +13,31 @@ const IDLE: Duration = Duration::from_secs(20);
 
 fn db() -> Database {
     Database::in_memory().unwrap()
+}
+
+/// Two in-memory databases `a` and `b`, registered and connected both ways.
+struct Pair {
+    a: Database,
+    b: Database,
+    topology: Topology,
+    na: NodeId,
+    nb: NodeId,
+}
+
+fn pair() -> Pair {
+    let a = db();
+    let b = db();
+    let mut topology = Topology::new();
+    let na = topology.register(&a, "a").unwrap();
+    let nb = topology.register(&b, "b").unwrap();
+    topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
+    Pair {
+        a,
+        b,
+        topology,
+        na,
+        nb,
+    }
 }
 
 #[test]
@@ -84,12 +109,12 @@ fn a_bug_inserted_in_one_database_is_queryable_in_the_other_and_joins_with_its_a
 
 #[test]
 fn remote_changes_wake_subscribers_like_local_ones() {
-    let a = db();
-    let b = db();
-    let mut topology = Topology::new();
-    let na = topology.register(&a, "a").unwrap();
-    let nb = topology.register(&b, "b").unwrap();
-    topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
+    let Pair {
+        a,
+        b,
+        topology: _topology,
+        ..
+    } = pair();
     let watching = b.subscribe("bugs");
     let id = a.insert("bugs", fields! {"title" => "Crash"}).unwrap();
     let commit = watching
@@ -101,12 +126,7 @@ fn remote_changes_wake_subscribers_like_local_ones() {
 
 #[test]
 fn updates_and_deletes_sync_too() {
-    let a = db();
-    let b = db();
-    let mut topology = Topology::new();
-    let na = topology.register(&a, "a").unwrap();
-    let nb = topology.register(&b, "b").unwrap();
-    topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
+    let Pair { a, b, topology, .. } = pair();
     let id = a
         .insert("bugs", fields! {"title" => "Crash", "status" => "open"})
         .unwrap();
@@ -265,12 +285,14 @@ fn a_ring_converges_and_forwarding_stops() {
 
 #[test]
 fn changing_a_mode_while_writing_loses_and_repeats_nothing() {
-    let a = db();
-    let b = db();
-    let mut topology = Topology::new();
-    let na = topology.register(&a, "a").unwrap();
-    let nb = topology.register(&b, "b").unwrap();
-    topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
+    let Pair {
+        a,
+        b,
+        mut topology,
+        na,
+        nb,
+        ..
+    } = pair();
     let modes = [
         Mode::ReadOnly,
         Mode::WriteOnly,
@@ -304,12 +326,14 @@ fn changing_a_mode_while_writing_loses_and_repeats_nothing() {
 
 #[test]
 fn a_disconnected_pair_catches_up_after_reconnecting() {
-    let a = db();
-    let b = db();
-    let mut topology = Topology::new();
-    let na = topology.register(&a, "a").unwrap();
-    let nb = topology.register(&b, "b").unwrap();
-    topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
+    let Pair {
+        a,
+        b,
+        mut topology,
+        na,
+        nb,
+        ..
+    } = pair();
     a.insert("t", fields! {"k" => 1}).unwrap();
     assert!(topology.wait_idle(IDLE).unwrap());
     topology.disconnect(nb, na).unwrap();
@@ -355,12 +379,13 @@ fn a_restarted_database_resumes_from_its_durable_cursor() {
 
 #[test]
 fn status_reports_pending_acknowledged_and_counted_operations() {
-    let a = db();
-    let b = db();
-    let mut topology = Topology::new();
-    let na = topology.register(&a, "a").unwrap();
-    let nb = topology.register(&b, "b").unwrap();
-    topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
+    let Pair {
+        a,
+        topology,
+        na,
+        nb,
+        ..
+    } = pair();
     a.insert_many("t", (0..25).map(|i| fields! {"i" => i}))
         .unwrap();
     assert!(topology.wait_idle(IDLE).unwrap());
@@ -609,4 +634,24 @@ fn a_repeated_hello_changes_nothing_and_the_stream_goes_on() {
             .any(|m| matches!(m, Message::Close { .. })),
         "the connection stays open"
     );
+}
+
+#[test]
+fn echoed_ranges_cost_no_write_and_their_cursor_is_saved_on_disconnect() {
+    let Pair {
+        a,
+        b,
+        mut topology,
+        na,
+        nb,
+        ..
+    } = pair();
+    a.insert("t", fields! {"k" => 1}).unwrap();
+    assert!(topology.wait_idle(IDLE).unwrap());
+    // b logged a's op and streamed that entry back as an empty range: a moved its cursor
+    // into b's log in memory only.
+    assert_eq!(a.peer_cursor(nb).unwrap(), 0);
+    assert_eq!(b.peer_cursor(na).unwrap(), a.oplog_head().unwrap());
+    topology.disconnect(na, nb).unwrap();
+    assert_eq!(a.peer_cursor(nb).unwrap(), b.oplog_head().unwrap());
 }
