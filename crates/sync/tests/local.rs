@@ -655,3 +655,27 @@ fn echoed_ranges_cost_no_write_and_their_cursor_is_saved_on_disconnect() {
     topology.disconnect(na, nb).unwrap();
     assert_eq!(a.peer_cursor(nb).unwrap(), b.oplog_head().unwrap());
 }
+
+#[test]
+fn under_load_many_operations_travel_in_one_message_and_alone_one_goes_at_once() {
+    let Pair {
+        a, b, topology, na, ..
+    } = pair();
+    let engine = topology.engine_of(na).unwrap();
+    a.insert("t", fields! {"k" => 0}).unwrap();
+    assert!(topology.wait_idle(IDLE).unwrap());
+    let single = engine.status().unwrap()[0].clone();
+    // Hello, Pull, one Ops with the one operation, and the Ack of b's (empty) echo.
+    assert_eq!((single.ops_sent, single.messages_sent), (1, 4));
+    a.insert_many("t", (0..5000).map(|k| fields! {"k" => k}))
+        .unwrap();
+    assert!(topology.wait_idle(IDLE).unwrap());
+    let after = engine.status().unwrap()[0].clone();
+    assert_eq!(after.ops_sent, 5001);
+    let ops_messages = after.messages_sent - single.messages_sent;
+    assert!(
+        ops_messages <= 5,
+        "5000 operations in {ops_messages} messages"
+    );
+    assert_eq!(b.count("t").unwrap(), 5001);
+}
