@@ -88,22 +88,30 @@ impl Core {
     }
 
     /// Is this operation already in the op log? Our own operations are numbered without gaps,
-    /// so a sequence number we issued is enough; others' are looked up in `merged_ops`.
+    /// so a sequence number we issued is enough. Another node's operation is here if it is in
+    /// that origin's contiguous prefix (`origins`) or waits beyond a gap (`merged_ops`).
     pub fn has_op(&self, id: OpId) -> Result<bool> {
+        let key = id.origin.as_bytes().as_slice();
         if id.origin == self.node {
             match self.gap_prefix {
                 None => return Ok(id.seq <= self.seq),
                 Some(prefix) if id.seq <= prefix => return Ok(true),
                 Some(_) => {}
             }
+        } else {
+            let prefix: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT max_seq FROM origins WHERE origin = ?1")?
+                .query_row(params![key], |r| r.get(0))
+                .optional()?;
+            if prefix.is_some_and(|p| id.seq <= p.max(0) as u64) {
+                return Ok(true);
+            }
         }
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM merged_ops WHERE origin = ?1 AND origin_seq = ?2")?
-            .query_row(
-                params![id.origin.as_bytes().as_slice(), id.seq as i64],
-                |_| Ok(()),
-            )
+            .query_row(params![key, id.seq as i64], |_| Ok(()))
             .optional()?
             .is_some())
     }
@@ -223,10 +231,9 @@ impl Database {
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
-    /// Which operations this database has: for each origin node, the highest sequence number
-    /// in its op log (its own node: the highest it issued or saw). Sync delivers each origin's
-    /// operations in order, so an entry means "all of that origin's operations up to here";
-    /// after [`Database::apply_remote`] with out-of-order operations it is only the highest.
+    /// Which operations this database has: for each origin node, the sequence number up to
+    /// which it has all of that origin's operations (its own node: the highest it issued or
+    /// saw). Operations merged ahead of a gap are not counted until the gap fills.
     pub fn version_vector(&self) -> Result<VersionVector> {
         let core = self.read()?;
         let mut vector = VersionVector::new();

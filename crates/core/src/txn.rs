@@ -47,11 +47,27 @@ pub struct Transaction<'db> {
     last_op_seq: Option<u64>,
     /// The operations of this transaction, in order, for its op-log entry.
     ops: Vec<Operation>,
+    /// Other nodes whose operations this transaction looked at or merged (see `OriginState`).
+    origins: Vec<(NodeId, OriginState)>,
     /// What `OPEN_TRANSACTION` held before this transaction (restored when it ends).
     outer_transaction: usize,
     /// Set when a write failed half-way; the transaction then refuses to commit.
     aborted: Option<String>,
     done: bool,
+}
+
+/// What a transaction knows of one other node's operations. Merged operations of an origin
+/// usually arrive in sequence order (sync delivers them so): then the contiguous prefix in the
+/// `origins` table says which are here, and nothing else is written per operation. Only an
+/// operation that arrives ahead of a gap gets a `merged_ops` row, until the gap fills.
+#[derive(Debug, Clone, Copy)]
+struct OriginState {
+    /// Every operation of the origin up to this sequence number is here.
+    prefix: u64,
+    /// `prefix` as stored in `origins` (written back at commit when it moved).
+    stored: u64,
+    /// `merged_ops` may hold operations of the origin beyond `prefix`.
+    beyond: bool,
 }
 
 impl Database {
@@ -105,6 +121,7 @@ impl Database {
             first_op_seq: None,
             last_op_seq: None,
             ops: Vec::new(),
+            origins: Vec::new(),
             outer_transaction,
             aborted: None,
             done: false,
@@ -255,7 +272,12 @@ impl Transaction<'_> {
                     "a delete carries no fields".into(),
                 )));
             }
-            if self.core.has_op(op.id)? {
+            let known = if op.id.origin == self.core.node {
+                self.core.has_op(op.id)?
+            } else {
+                self.merged_already(op.id)?
+            };
+            if known {
                 report.duplicates += 1;
                 continue;
             }
@@ -281,6 +303,102 @@ impl Transaction<'_> {
             report.applied += 1;
         }
         Ok(report)
+    }
+
+    /// The transaction's view of another node's merged operations, loaded on first use.
+    fn origin(&mut self, origin: NodeId) -> Result<&mut OriginState> {
+        let index = match self.origins.iter().position(|(n, _)| *n == origin) {
+            Some(i) => i,
+            None => {
+                let conn = &self.core.conn;
+                let key = origin.as_bytes().as_slice();
+                let prefix: i64 = conn
+                    .prepare_cached("SELECT max_seq FROM origins WHERE origin = ?1")?
+                    .query_row(params![key], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                let beyond: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM merged_ops \
+                         WHERE origin = ?1 AND origin_seq > ?2)",
+                    )?
+                    .query_row(params![key, prefix], |r| r.get(0))?;
+                let prefix = prefix.max(0) as u64;
+                self.origins.push((
+                    origin,
+                    OriginState {
+                        prefix,
+                        stored: prefix,
+                        beyond,
+                    },
+                ));
+                self.origins.len() - 1
+            }
+        };
+        self.origins
+            .get_mut(index)
+            .map(|(_, s)| s)
+            .ok_or_else(|| Error::Corrupt("origin state vanished".into()))
+    }
+
+    fn in_merged_ops(&self, id: OpId) -> Result<bool> {
+        Ok(self
+            .core
+            .conn
+            .prepare_cached("SELECT 1 FROM merged_ops WHERE origin = ?1 AND origin_seq = ?2")?
+            .query_row(
+                params![id.origin.as_bytes().as_slice(), id.seq as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Is this operation of another node already here?
+    fn merged_already(&mut self, id: OpId) -> Result<bool> {
+        let state = *self.origin(id.origin)?;
+        Ok(id.seq <= state.prefix || (state.beyond && self.in_merged_ops(id)?))
+    }
+
+    /// Records that another node's operation is now here: it extends the origin's prefix (and
+    /// absorbs the `merged_ops` rows the prefix now reaches), or waits in `merged_ops`.
+    fn record_merged(&mut self, id: OpId) -> Result<()> {
+        let state = *self.origin(id.origin)?;
+        let key = id.origin.as_bytes().to_vec();
+        let mut next = state;
+        if id.seq == state.prefix + 1 {
+            next.prefix = id.seq;
+            if state.beyond {
+                while self.in_merged_ops(OpId {
+                    origin: id.origin,
+                    seq: next.prefix + 1,
+                })? {
+                    next.prefix += 1;
+                    self.core
+                        .conn
+                        .prepare_cached(
+                            "DELETE FROM merged_ops WHERE origin = ?1 AND origin_seq = ?2",
+                        )?
+                        .execute(params![key, next.prefix as i64])?;
+                }
+                next.beyond = self
+                    .core
+                    .conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM merged_ops \
+                         WHERE origin = ?1 AND origin_seq > ?2)",
+                    )?
+                    .query_row(params![key, next.prefix as i64], |r| r.get(0))?;
+            }
+        } else {
+            self.core
+                .conn
+                .prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
+                .execute(params![key, id.seq as i64])?;
+            next.beyond = true;
+        }
+        *self.origin(id.origin)? = next;
+        Ok(())
     }
 
     fn collection(&mut self, name: &str, create: bool) -> Result<Arc<CollInfo>> {
@@ -448,12 +566,14 @@ impl Transaction<'_> {
             }
         }
         let own = op.id.origin == self.core.node;
-        if !own || self.core.gap_prefix.is_some() {
+        if own && self.core.gap_prefix.is_some() {
             conn.prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
                 .execute(params![
                     op.id.origin.as_bytes().as_slice(),
                     op.id.seq as i64
                 ])?;
+        } else if !own {
+            self.record_merged(op.id)?;
         }
         let kind = match effect {
             Effect::Created => Some((ChangeKind::Inserted, 1)),
@@ -528,20 +648,15 @@ impl Transaction<'_> {
                 self.last_op_seq = Some(position);
             }
             set("oplog_ops", total, false)?;
-            // The version vector of merged operations: highest sequence number per origin.
-            let mut highest: Vec<(NodeId, u64)> = Vec::new();
-            for op in self.ops.iter().filter(|op| op.id.origin != self.core.node) {
-                match highest.iter_mut().find(|(n, _)| *n == op.id.origin) {
-                    Some((_, s)) => *s = (*s).max(op.id.seq),
-                    None => highest.push((op.id.origin, op.id.seq)),
-                }
-            }
-            for (origin, seq) in highest {
+        }
+        // The version vector of merged operations: each origin's contiguous prefix.
+        for (origin, state) in &self.origins {
+            if state.prefix != state.stored {
                 conn.prepare_cached(
                     "INSERT INTO origins (origin, max_seq) VALUES (?1, ?2) \
-                     ON CONFLICT (origin) DO UPDATE SET max_seq = max(max_seq, excluded.max_seq)",
+                     ON CONFLICT (origin) DO UPDATE SET max_seq = excluded.max_seq",
                 )?
-                .execute(params![origin.as_bytes().as_slice(), seq as i64])?;
+                .execute(params![origin.as_bytes().as_slice(), state.prefix as i64])?;
             }
         }
         let (lamport, seq, gap_prefix) = self.start_clock;

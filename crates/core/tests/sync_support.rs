@@ -100,3 +100,33 @@ fn op_counts_per_position_give_the_operations_after_a_cursor() {
     assert_eq!(all, 13);
     assert_eq!(all - a.oplog_ops_through(first).unwrap(), 12);
 }
+
+#[test]
+fn operations_merged_ahead_of_a_gap_count_once_the_gap_fills() {
+    let a = Database::in_memory().unwrap();
+    let b = Database::in_memory().unwrap();
+    for i in 0..5 {
+        a.insert("t", fields! {"x" => i}).unwrap();
+    }
+    let ops = all_ops(&a);
+    let early = [
+        ops[0].clone(),
+        ops[1].clone(),
+        ops[3].clone(),
+        ops[4].clone(),
+    ];
+    assert_eq!(b.apply_remote(&early).unwrap().applied, 4);
+    assert_eq!(
+        b.version_vector().unwrap().get(a.node_id()),
+        2,
+        "3 is missing"
+    );
+    let again = b.apply_remote(&early).unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 4));
+    b.apply_remote(&ops[2..3]).unwrap();
+    assert_eq!(b.version_vector().unwrap().get(a.node_id()), 5);
+    let all = b.apply_remote(&ops).unwrap();
+    assert_eq!((all.applied, all.duplicates), (0, 5));
+    assert_eq!(b.count("t").unwrap(), 5);
+    assert_eq!(b.oplog_ops_through(u64::MAX).unwrap(), 5);
+}
