@@ -231,6 +231,31 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// How an engine watches its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// After this long without hearing from a peer, send it a `Ping`.
+    pub ping_after: Duration,
+    /// After this long without hearing from a peer, close the connection: a peer that hangs
+    /// without closing (a frozen process, a half-open socket) must not hold a connection open.
+    pub close_after: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            ping_after: Duration::from_secs(15),
+            close_after: Duration::from_secs(45),
+        }
+    }
+}
+
+impl EngineOptions {
+    fn check_interval(&self) -> Duration {
+        (self.ping_after.min(self.close_after) / 3).max(Duration::from_millis(1))
+    }
+}
+
 /// Counters shared with the application without a round trip to the engine thread.
 #[derive(Debug, Default)]
 struct Counters {
@@ -264,6 +289,11 @@ impl SyncEngine {
     /// Starts the engine of `db`, known to peers as `name` (the database name they put in
     /// their `Hello`).
     pub fn start(db: Database, name: &str) -> Result<SyncEngine> {
+        SyncEngine::start_with(db, name, EngineOptions::default())
+    }
+
+    /// Like [`SyncEngine::start`], with options.
+    pub fn start_with(db: Database, name: &str, options: EngineOptions) -> Result<SyncEngine> {
         if name.is_empty() || name.len() > blazedb_protocol::MAX_DATABASE_NAME_LEN {
             return Err(SyncError::InvalidArgument(format!(
                 "a database name has 1 to {} bytes, not {}",
@@ -296,6 +326,8 @@ impl SyncEngine {
             connections: HashMap::new(),
             waiters: Vec::new(),
             counters: counters.clone(),
+            options,
+            last_check: Instant::now(),
             recent: VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
@@ -443,6 +475,9 @@ struct Conn {
     ops_duplicate: u64,
     messages_sent: u64,
     messages_received: u64,
+    /// When the peer last said anything, and whether we pinged it since.
+    last_heard: Instant,
+    pinged: bool,
 }
 
 impl Conn {
@@ -510,6 +545,9 @@ struct Worker {
     connections: HashMap<ConnectionId, Conn>,
     waiters: Vec<(Instant, Sender<bool>)>,
     counters: Arc<Counters>,
+    options: EngineOptions,
+    /// When liveness was last checked.
+    last_check: Instant,
     /// The newest single-entry commits (position, operations), from commit events.
     recent: VecDeque<(u64, Arc<[Operation]>)>,
 }
@@ -517,7 +555,13 @@ struct Worker {
 impl Worker {
     fn run(mut self, rx: Receiver<Event>) {
         loop {
-            let first = match self.waiters.iter().map(|(d, _)| *d).min() {
+            let next_check = self
+                .connections
+                .values()
+                .any(Conn::open)
+                .then(|| self.last_check + self.options.check_interval());
+            let deadline = self.waiters.iter().map(|(d, _)| *d).chain(next_check).min();
+            let first = match deadline {
                 None => match rx.recv() {
                     Ok(e) => e,
                     Err(_) => break,
@@ -527,6 +571,7 @@ impl Worker {
                     match rx.recv_timeout(wait) {
                         Ok(e) => e,
                         Err(RecvTimeoutError::Timeout) => {
+                            self.check_liveness();
                             self.answer_waiters();
                             continue;
                         }
@@ -650,6 +695,8 @@ impl Worker {
             ops_duplicate: 0,
             messages_sent: 0,
             messages_received: 0,
+            last_heard: Instant::now(),
+            pinged: false,
         };
         match started {
             Ok(()) => {
@@ -659,6 +706,26 @@ impl Worker {
             Err(e) => conn.end(format!("the relay did not start: {e}")),
         }
         self.connections.insert(id, conn);
+    }
+
+    /// Pings peers that went quiet and closes connections to peers silent for too long.
+    fn check_liveness(&mut self) {
+        let now = Instant::now();
+        self.last_check = now;
+        let options = self.options;
+        for conn in self.connections.values_mut().filter(|c| c.open()) {
+            let silent = now.saturating_duration_since(conn.last_heard);
+            if silent >= options.close_after {
+                conn.close_with(
+                    CloseCode::GoingAway,
+                    format!("heard nothing from the peer for {} s", silent.as_secs()),
+                );
+            } else if silent >= options.ping_after && !conn.pinged {
+                conn.pinged = true;
+                let nonce = conn.messages_sent;
+                conn.send(Message::Ping { nonce });
+            }
+        }
     }
 
     fn hello(&self, conn: &Conn) -> Message {
@@ -702,6 +769,8 @@ impl Worker {
             return;
         }
         conn.messages_received += 1;
+        conn.last_heard = Instant::now();
+        conn.pinged = false;
         if let Message::Ops { from, to, ops } = message {
             if conn.peer.is_none() {
                 conn.close_with(CloseCode::ProtocolError, "Ops before Hello".into());

@@ -46,7 +46,9 @@ mod relay;
 mod topology;
 mod unix;
 
-pub use engine::{ConnectOptions, ConnectionStatus, MAX_BATCH_OPS, Mode, SyncEngine, WINDOW};
+pub use engine::{
+    ConnectOptions, ConnectionStatus, EngineOptions, MAX_BATCH_OPS, Mode, SyncEngine, WINDOW,
+};
 pub use error::{Result, SyncError};
 pub use relay::{ConnectionId, InMemoryRelay, Inbox, Relay};
 pub use topology::{Graph, GraphEdge, GraphNode, Topology};

@@ -679,3 +679,62 @@ fn under_load_many_operations_travel_in_one_message_and_alone_one_goes_at_once()
     );
     assert_eq!(b.count("t").unwrap(), 5001);
 }
+
+#[test]
+fn a_silent_peer_is_pinged_and_then_disconnected() {
+    let db = db();
+    let options = blazedb_sync::EngineOptions {
+        ping_after: Duration::from_millis(50),
+        close_after: Duration::from_millis(200),
+    };
+    let engine = SyncEngine::start_with(db, "bugs", options).unwrap();
+    let probe = Probe::default();
+    engine
+        .connect(probe.clone(), ConnectOptions::new("peer"))
+        .unwrap();
+    probe.say(hello("bugs", PROTOCOL_VERSION));
+    probe.wait_for(|m| matches!(m, Message::Ping { .. }));
+    let close = probe.wait_for(|m| matches!(m, Message::Close { .. }));
+    let Message::Close { code, reason } = close else {
+        unreachable!()
+    };
+    assert_eq!(code, CloseCode::GoingAway);
+    assert!(reason.contains("heard nothing"), "{reason}");
+    assert!(!engine.status().unwrap()[0].connected);
+}
+
+#[test]
+fn a_peer_that_answers_pings_stays_connected() {
+    let db = db();
+    let options = blazedb_sync::EngineOptions {
+        ping_after: Duration::from_millis(30),
+        close_after: Duration::from_millis(150),
+    };
+    let engine = SyncEngine::start_with(db, "bugs", options).unwrap();
+    let probe = Probe::default();
+    engine
+        .connect(probe.clone(), ConnectOptions::new("peer"))
+        .unwrap();
+    probe.say(hello("bugs", PROTOCOL_VERSION));
+    let deadline = std::time::Instant::now() + Duration::from_millis(600);
+    let mut answered = 0;
+    while std::time::Instant::now() < deadline {
+        let pings: Vec<u64> = probe
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                Message::Ping { nonce } => Some(*nonce),
+                _ => None,
+            })
+            .collect();
+        for nonce in pings.into_iter().skip(answered) {
+            probe.say(Message::Pong { nonce });
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(answered >= 2, "pinged repeatedly while quiet ({answered})");
+    assert!(engine.status().unwrap()[0].connected);
+}
