@@ -38,3 +38,23 @@ for name in ping ack hello close ops_empty ops_delete pull; do
 done
 echo "00$hello$pull$ops_delete$ops_empty$ack$ping$close" | xxd -r -p > corpus/frames/doc-session
 ls corpus/frames | wc -l
+
+# Seeds fuzz/corpus/handshake (blazedb_protocol::fuzz::handshake; selector bits 0-2 = step,
+# bit 7 = P-256, else X25519): well-formed first messages for both suites (P-256: the
+# generator point; X25519: the base point u = 9), for the parser (step 0) and the responder
+# (step 1), and real sealed payloads left intact for step 5 (length, offset and cut bytes,
+# no mask: the payload must open).
+mkdir -p corpus/handshake
+g=046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
+u9=09$(printf '00%.0s' $(seq 31))
+echo "80 01 $g" | xxd -r -p > corpus/handshake/first-p256
+echo "81 01 $g" | xxd -r -p > corpus/handshake/read-first-p256
+echo "00 02 $u9" | xxd -r -p > corpus/handshake/first-25519
+echo "01 02 $u9" | xxd -r -p > corpus/handshake/read-first-25519
+echo "02 $(printf '04%.0s' $(seq 96))" | xxd -r -p > corpus/handshake/second-25519
+echo "03 $(printf '04%.0s' $(seq 64))" | xxd -r -p > corpus/handshake/third-25519
+echo "04 0010 $(printf '00%.0s' $(seq 16))" | xxd -r -p > corpus/handshake/open-25519
+echo "05 000020 000000 FFFFFF" | xxd -r -p > corpus/handshake/sealed-short
+echo "85 01FFF0 000000 FFFFFF" | xxd -r -p > corpus/handshake/sealed-two-chunks-p256
+echo "05 020000 010000 FFFFFF 01" | xxd -r -p > corpus/handshake/sealed-flip-in-third-chunk
+ls corpus/handshake | wc -l

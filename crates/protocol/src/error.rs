@@ -3,13 +3,16 @@
 use blazedb_format::DecodeError;
 
 use crate::message::CloseCode;
+use crate::secure::Suite;
 
-/// Why bytes could not be turned into messages, or a message into a frame.
+/// Why bytes could not be turned into messages, or a message into a frame, or why the secure
+/// channel ([`crate::secure`]) failed.
 ///
 /// Most variants mean the **peer** sent something that breaks the protocol
 /// ([`ProtocolError::is_malformed_input`]): the connection cannot continue and should be closed
-/// with [`CloseCode::ProtocolError`]. The others are a version the two sides do not share, or a
-/// message *we* were about to send that the protocol does not allow.
+/// with [`ProtocolError::close_code`] (mostly [`CloseCode::ProtocolError`]). The others are a
+/// version or suite the two sides do not share, a message *we* were about to send that the
+/// protocol does not allow, or a failure on this side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
@@ -32,6 +35,34 @@ pub enum ProtocolError {
     /// A message is well-formed BlazeBinary but breaks a protocol rule.
     #[error("invalid message: {what}")]
     Invalid { what: &'static str },
+    /// The first handshake message names a secure channel suite this version does not know.
+    #[error(
+        "unknown secure channel suite {id:#04x} (known: 0x01 Noise_XX_P256_AESGCM_SHA256, \
+         0x02 Noise_XX_25519_AESGCM_SHA256)"
+    )]
+    UnknownSuite { id: u8 },
+    /// A handshake message has the wrong length, trailing bytes, a payload, or a public key
+    /// that is not a point of the suite's curve.
+    #[error("malformed handshake message: {what}")]
+    Handshake { what: String },
+    /// A handshake message does not authenticate: the two sides built different prologues
+    /// (protocol version or database name) or the message was altered on the way.
+    #[error(
+        "handshake failed: the {message} does not authenticate (the two sides use different \
+         protocol versions or database names, or the message was altered)"
+    )]
+    Unauthenticated { message: &'static str },
+    /// A sealed payload is not a well-formed sequence of chunks (see
+    /// [`crate::secure::SecureChannel::open`]).
+    #[error("malformed sealed payload: {what}")]
+    MalformedSealed { what: &'static str },
+    /// A sealed chunk failed to decrypt: it was altered, replayed, reordered or dropped, or the
+    /// peer's keys are not ours (it did not rekey when we did).
+    #[error(
+        "a sealed chunk failed to decrypt (altered, replayed, reordered or lost, or the peer's \
+         keys differ)"
+    )]
+    Decrypt,
 
     // -- not malformed input ------------------------------------------------------------
     /// The peer speaks another protocol version (see [`crate::negotiate_version`]).
@@ -43,6 +74,22 @@ pub enum ProtocolError {
     /// A message we were about to send breaks a protocol rule, so the peer would refuse it.
     #[error("message cannot be sent: {what}")]
     Unsendable { what: &'static str },
+    /// The peer's handshake uses a suite this side knows but has no static key for.
+    #[error(
+        "the peer's handshake uses {suite} (suite {id:#04x}), for which this side has no static key",
+        id = suite.id()
+    )]
+    UnsupportedSuite { suite: Suite },
+    /// A [`crate::secure::SecureChannel`] was used after it failed; the connection must close.
+    #[error("the secure channel failed earlier and cannot be used again: close the connection")]
+    ChannelFailed,
+    /// Static keys given to [`crate::secure::StaticKeys::from_parts`] (or a key lookup) are
+    /// not usable.
+    #[error("invalid static keys: {what}")]
+    InvalidStaticKeys { what: &'static str },
+    /// The cryptography failed on this side (random number generator, exhausted nonces).
+    #[error("secure channel failure on this side: {what}")]
+    Crypto { what: String },
 }
 
 impl ProtocolError {
@@ -55,20 +102,41 @@ impl ProtocolError {
             | ProtocolError::EmptyFrame
             | ProtocolError::UnknownMessageType { .. }
             | ProtocolError::UnknownCloseCode { .. }
-            | ProtocolError::Invalid { .. } => true,
+            | ProtocolError::Invalid { .. }
+            | ProtocolError::UnknownSuite { .. }
+            | ProtocolError::Handshake { .. }
+            | ProtocolError::Unauthenticated { .. }
+            | ProtocolError::MalformedSealed { .. }
+            | ProtocolError::Decrypt => true,
             ProtocolError::VersionMismatch { .. }
             | ProtocolError::MessageTooLarge { .. }
-            | ProtocolError::Unsendable { .. } => false,
+            | ProtocolError::Unsendable { .. }
+            | ProtocolError::UnsupportedSuite { .. }
+            | ProtocolError::ChannelFailed
+            | ProtocolError::InvalidStaticKeys { .. }
+            | ProtocolError::Crypto { .. } => false,
         }
     }
 
     /// The close code to send the peer before dropping the connection because of this error.
+    ///
+    /// A handshake that does not authenticate closes with [`CloseCode::Unauthorized`]; a
+    /// suite this side has no key for is a mismatch of configuration, like a protocol
+    /// version, and closes with [`CloseCode::VersionMismatch`]. Errors on this side
+    /// (including using a [`crate::secure::SecureChannel`] that already failed) close with
+    /// [`CloseCode::InternalError`]; every other malformed input with
+    /// [`CloseCode::ProtocolError`].
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::VersionMismatch { .. } => CloseCode::VersionMismatch,
-            ProtocolError::MessageTooLarge { .. } | ProtocolError::Unsendable { .. } => {
-                CloseCode::InternalError
+            ProtocolError::VersionMismatch { .. } | ProtocolError::UnsupportedSuite { .. } => {
+                CloseCode::VersionMismatch
             }
+            ProtocolError::Unauthenticated { .. } => CloseCode::Unauthorized,
+            ProtocolError::MessageTooLarge { .. }
+            | ProtocolError::Unsendable { .. }
+            | ProtocolError::ChannelFailed
+            | ProtocolError::InvalidStaticKeys { .. }
+            | ProtocolError::Crypto { .. } => CloseCode::InternalError,
             _ => CloseCode::ProtocolError,
         }
     }

@@ -60,13 +60,17 @@
 //!
 //! How two nodes use these messages (`Hello`, then `Pull`, a stream of `Ops` with contiguous
 //! op-log ranges, `Ack`) is the session described in `docs/protocol.md`; this crate keeps no
-//! connection state, the sync engine does. Not here yet: the secure channel (Noise `XX`),
-//! which will seal payloads before framing.
+//! connection state, the sync engine does.
+//!
+//! [`secure`] is the secure channel: a Noise `XX` handshake that authenticates both nodes by
+//! their static keys, then a [`secure::SecureChannel`] that seals payloads before framing and
+//! opens them after. It is pure too; wiring it into the transports comes with remote sync.
 
 mod error;
 mod frame;
 pub mod fuzz;
 mod message;
+pub mod secure;
 
 pub use error::ProtocolError;
 pub use frame::{

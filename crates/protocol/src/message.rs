@@ -181,7 +181,7 @@ pub fn negotiate_version(theirs: u16) -> Result<u16, ProtocolError> {
     }
 }
 
-fn check_database(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_database(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         Err("database name is empty")
     } else if name.len() > MAX_DATABASE_NAME_LEN {
