@@ -207,6 +207,26 @@ impl UnixRelay {
 
 /// Waits for a relay thread to end, unless it is the current thread (a relay dropped by its
 /// own reader or writer), which then just ends on its own.
+/// Gives the writer a moment to send what is queued (a parting `Close`, usually); a peer that
+/// does not read gets cut off when the moment is over.
+fn linger(shared: &Shared) {
+    let mut state = shared.lock();
+    let deadline = Instant::now() + CLOSE_LINGER;
+    while !state.writer_done {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        state = shared
+            .writer_finished
+            .wait_timeout(state, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    state.unwritten = state.unwritten.saturating_sub(state.queue.len());
+    state.queue.clear();
+}
+
 fn join(handle: Option<JoinHandle<()>>) {
     if let Some(handle) = handle
         && handle.thread().id() != thread::current().id()
@@ -289,30 +309,32 @@ impl Relay for UnixRelay {
             state.closed_locally = true;
             state.closing = true;
             self.shared.work.notify_all();
-            // Give the writer a moment to send what is queued (a parting Close, usually);
-            // a peer that does not read gets cut off when the moment is over.
-            if self.writer.is_some() {
-                let deadline = Instant::now() + CLOSE_LINGER;
-                while !state.writer_done {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    state = self
-                        .shared
-                        .writer_finished
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-            }
-            state.unwritten = state.unwritten.saturating_sub(state.queue.len());
-            state.queue.clear();
         }
-        // Wakes a reader blocked in read (end of stream) and a writer blocked in write.
-        let _ = self.stream.shutdown(Shutdown::Both);
-        join(self.writer.take());
-        join(self.reader.take());
+        let (writer, reader) = (self.writer.take(), self.reader.take());
+        let finish = {
+            let shared = self.shared.clone();
+            let stream = self.stream.try_clone();
+            move || {
+                if writer.is_some() {
+                    linger(&shared);
+                }
+                // Wakes a reader blocked in read (end of stream) and a writer blocked in write.
+                if let Ok(stream) = &stream {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+                join(writer);
+                join(reader);
+            }
+        };
+        // The linger can take `CLOSE_LINGER`: the caller (an engine thread serving other
+        // connections) must not wait for it, so it runs on a thread of its own.
+        if thread::Builder::new()
+            .name("blazedb-unix-close".into())
+            .spawn(finish)
+            .is_err()
+        {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
     }
 
     fn kind(&self) -> &'static str {
@@ -972,6 +994,21 @@ mod tests {
             closed_reason(&rx),
             "the peer closed the connection in the middle of a frame"
         );
+    }
+
+    #[test]
+    fn closing_does_not_wait_for_a_writer_stuck_on_a_peer_that_does_not_read() {
+        let (_dir, raw, mut relay, _rx) = raw_peer();
+        let big = Message::close(CloseCode::Normal, "x".repeat(1000));
+        // Fill the socket buffer until the writer blocks in write.
+        for _ in 0..2000 {
+            relay.send(big.clone()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        relay.close();
+        // close() returned while the writer still waits: the linger runs elsewhere.
+        assert!(!relay.shared.lock().writer_done);
+        drop(raw);
     }
 
     #[test]
