@@ -107,8 +107,8 @@ impl Topology {
         for (from, to) in touching {
             self.disconnect(from, to)?;
         }
-        let removed = self.nodes.remove(index);
-        drop(removed);
+        // Dropping the node stops its engine.
+        self.nodes.remove(index);
         Ok(())
     }
 
