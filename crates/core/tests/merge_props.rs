@@ -4,19 +4,13 @@
 
 mod common;
 
+use common::all_ops;
+
 use blazedb_core::{Database, Error, Fields, Operation, Uuid, Value, fields};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-
-fn all_ops(db: &Database) -> Vec<Operation> {
-    db.oplog_since(0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, op)| op)
-        .collect()
-}
 
 fn random_fields(rng: &mut StdRng) -> Fields {
     let mut f = Fields::new();

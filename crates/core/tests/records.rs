@@ -1,6 +1,8 @@
 //! Records, transactions, the op log, change notifications and joins.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -500,14 +502,7 @@ fn on_commit_hears_a_commit_that_only_grows_the_op_log_and_subscribers_do_not() 
     let a = db();
     let b = db();
     let id = a.insert("t", fields! {"x" => 1}).unwrap();
-    let ops = |d: &Database, after: u64| -> Vec<blazedb_core::Operation> {
-        d.oplog_since(after, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|(_, op)| op)
-            .collect()
-    };
-    b.apply_remote(&ops(&a, 0)).unwrap();
+    b.apply_remote(&common::ops_after(&a, 0)).unwrap();
     b.delete("t", id).unwrap();
     let before = a.oplog_head().unwrap();
     a.update("t", id, fields! {"x" => 2}).unwrap();
@@ -518,7 +513,7 @@ fn on_commit_hears_a_commit_that_only_grows_the_op_log_and_subscribers_do_not() 
     };
     let watching = b.subscribe("t");
     // The update loses to b's delete: nothing visible changes, but b logs the op.
-    let report = b.apply_remote(&ops(&a, before)).unwrap();
+    let report = b.apply_remote(&common::ops_after(&a, before)).unwrap();
     assert_eq!(report.applied, 1);
     assert_eq!(*heard.lock().unwrap(), [(0, Some(b.oplog_head().unwrap()))]);
     assert!(watching.try_recv().is_none());

@@ -2,15 +2,11 @@
 //! vectors, and op counts per log position.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use blazedb_core::{Database, Error, NodeId, Operation, fields};
+use blazedb_core::{Database, Error, NodeId, fields};
 
-fn all_ops(db: &Database) -> Vec<Operation> {
-    db.oplog_since(0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, op)| op)
-        .collect()
-}
+mod common;
+
+use common::all_ops;
 
 #[test]
 fn a_peer_cursor_commits_with_the_operations_it_covers() {

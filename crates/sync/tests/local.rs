@@ -144,34 +144,29 @@ fn updates_and_deletes_sync_too() {
     assert_eq!(a.content_hash().unwrap(), b.content_hash().unwrap());
 }
 
+/// Connects `near` to `far` with a one-way `mode` (seen from `near`), writes one record on
+/// each side and returns how many records each side ends with: (near, far).
+fn one_way(mode: Mode) -> (u64, u64) {
+    let near = db();
+    let far = db();
+    let mut topology = Topology::new();
+    let n = topology.register(&near, "near").unwrap();
+    let f = topology.register(&far, "far").unwrap();
+    topology.connect_local(n, f, mode).unwrap();
+    near.insert("t", fields! {"from" => "near"}).unwrap();
+    far.insert("t", fields! {"from" => "far"}).unwrap();
+    assert!(topology.wait_idle(IDLE).unwrap());
+    (near.count("t").unwrap(), far.count("t").unwrap())
+}
+
 #[test]
 fn a_read_only_edge_pulls_and_never_pushes() {
-    let reader = db();
-    let source = db();
-    let mut topology = Topology::new();
-    let r = topology.register(&reader, "reader").unwrap();
-    let s = topology.register(&source, "source").unwrap();
-    topology.connect_local(r, s, Mode::ReadOnly).unwrap();
-    source.insert("t", fields! {"from" => "source"}).unwrap();
-    reader.insert("t", fields! {"from" => "reader"}).unwrap();
-    assert!(topology.wait_idle(IDLE).unwrap());
-    assert_eq!(reader.count("t").unwrap(), 2);
-    assert_eq!(source.count("t").unwrap(), 1);
+    assert_eq!(one_way(Mode::ReadOnly), (2, 1));
 }
 
 #[test]
 fn a_write_only_edge_pushes_and_never_pulls() {
-    let writer = db();
-    let sink = db();
-    let mut topology = Topology::new();
-    let w = topology.register(&writer, "writer").unwrap();
-    let s = topology.register(&sink, "sink").unwrap();
-    topology.connect_local(w, s, Mode::WriteOnly).unwrap();
-    writer.insert("t", fields! {"from" => "writer"}).unwrap();
-    sink.insert("t", fields! {"from" => "sink"}).unwrap();
-    assert!(topology.wait_idle(IDLE).unwrap());
-    assert_eq!(sink.count("t").unwrap(), 2);
-    assert_eq!(writer.count("t").unwrap(), 1);
+    assert_eq!(one_way(Mode::WriteOnly), (1, 2));
 }
 
 #[test]
