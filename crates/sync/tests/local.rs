@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use blazedb_core::{ChangeOrigin, Database, NodeId, Value, fields};
 use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION};
-use blazedb_sync::{ConnectOptions, Inbox, Mode, Relay, Result, SyncEngine, SyncError, Topology};
+use blazedb_sync::{
+    ConnectOptions, EngineOptions, Inbox, Mode, Relay, Result, SyncEngine, SyncError, Topology,
+};
 
 const IDLE: Duration = Duration::from_secs(20);
 
@@ -475,8 +477,13 @@ impl Probe {
 }
 
 fn probe_engine() -> (Database, SyncEngine, Probe) {
+    probe_engine_with(EngineOptions::default())
+}
+
+/// An engine for database "bugs" with one connection whose peer is the test (a [`Probe`]).
+fn probe_engine_with(options: EngineOptions) -> (Database, SyncEngine, Probe) {
     let db = db();
-    let engine = SyncEngine::start(db.clone(), "bugs").unwrap();
+    let engine = SyncEngine::start_with(db.clone(), "bugs", options).unwrap();
     let probe = Probe::default();
     engine
         .connect(probe.clone(), ConnectOptions::new("peer"))
@@ -677,16 +684,10 @@ fn under_load_many_operations_travel_in_one_message_and_alone_one_goes_at_once()
 
 #[test]
 fn a_silent_peer_is_pinged_and_then_disconnected() {
-    let db = db();
-    let options = blazedb_sync::EngineOptions {
+    let (_db, engine, probe) = probe_engine_with(EngineOptions {
         ping_after: Duration::from_millis(50),
         close_after: Duration::from_millis(200),
-    };
-    let engine = SyncEngine::start_with(db, "bugs", options).unwrap();
-    let probe = Probe::default();
-    engine
-        .connect(probe.clone(), ConnectOptions::new("peer"))
-        .unwrap();
+    });
     probe.say(hello("bugs", PROTOCOL_VERSION));
     probe.wait_for(|m| matches!(m, Message::Ping { .. }));
     let close = probe.wait_for(|m| matches!(m, Message::Close { .. }));
@@ -700,16 +701,10 @@ fn a_silent_peer_is_pinged_and_then_disconnected() {
 
 #[test]
 fn a_peer_that_answers_pings_stays_connected() {
-    let db = db();
-    let options = blazedb_sync::EngineOptions {
+    let (_db, engine, probe) = probe_engine_with(EngineOptions {
         ping_after: Duration::from_millis(30),
         close_after: Duration::from_millis(150),
-    };
-    let engine = SyncEngine::start_with(db, "bugs", options).unwrap();
-    let probe = Probe::default();
-    engine
-        .connect(probe.clone(), ConnectOptions::new("peer"))
-        .unwrap();
+    });
     probe.say(hello("bugs", PROTOCOL_VERSION));
     let deadline = std::time::Instant::now() + Duration::from_millis(600);
     let mut answered = 0;
