@@ -89,7 +89,11 @@ impl OpenOptions {
                 reason: "it is an SQLite database of another application".into(),
             });
         }
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == 2 {
+            schema::upgrade_from_2(&conn)?;
+            version = 3;
+        }
         if version != schema::SCHEMA_VERSION {
             return Err(Error::UnsupportedSchema {
                 path: path.into(),

@@ -263,6 +263,37 @@ impl Database {
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
+    /// A setting of this file that is never synced (sync keys, enrolment state), stored
+    /// encrypted with everything else. `None` when it was never set.
+    pub fn local_setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let core = self.read()?;
+        Ok(core
+            .conn
+            .prepare_cached("SELECT value FROM local_settings WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets (or, with `None`, removes) a local setting, durably, outside any transaction.
+    /// Local settings are not records: they have no op-log entry and never leave this file.
+    pub fn set_local_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let core = self.lock()?;
+        match value {
+            Some(value) => core
+                .conn
+                .prepare_cached(
+                    "INSERT INTO local_settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![name, value])?,
+            None => core
+                .conn
+                .prepare_cached("DELETE FROM local_settings WHERE name = ?1")?
+                .execute(params![name])?,
+        };
+        Ok(())
+    }
+
     /// SHA-256 over every visible record (collection name, id and fields, in a fixed order).
     /// Two replicas with the same contents have the same hash, whatever order their operations
     /// arrived in.

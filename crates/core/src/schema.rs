@@ -12,7 +12,7 @@ use blazedb_format::NodeId;
 /// `PRAGMA application_id` of every BlazeDB file ("BlzD").
 pub const APPLICATION_ID: i64 = 0x426C_7A44;
 /// `PRAGMA user_version`: the storage schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const DDL: &str = "
 CREATE TABLE node (
@@ -64,8 +64,26 @@ CREATE TABLE peers (
     node   BLOB PRIMARY KEY,
     cursor INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE local_settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 INSERT INTO counters (name, value) VALUES ('lamport', 0), ('seq', 0), ('oplog_ops', 0);
 ";
+
+/// Upgrades a version-2 file to version 3 in one transaction: adds `local_settings`.
+pub fn upgrade_from_2(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE local_settings (
+             name  TEXT PRIMARY KEY,
+             value BLOB NOT NULL
+         ) WITHOUT ROWID;
+         PRAGMA user_version = 3;
+         COMMIT;",
+    )?;
+    Ok(())
+}
 
 /// Creates the schema in an empty database.
 pub fn create(conn: &Connection, node: NodeId) -> Result<()> {

@@ -126,3 +126,47 @@ fn operations_merged_ahead_of_a_gap_count_once_the_gap_fills() {
     assert_eq!(b.count("t").unwrap(), 5);
     assert_eq!(b.oplog_ops_through(u64::MAX).unwrap(), 5);
 }
+
+#[test]
+fn local_settings_persist_encrypted_and_never_enter_the_op_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.blazedb");
+    let db = Database::create(&path, "pw").unwrap();
+    let head = db.oplog_head().unwrap();
+    assert_eq!(db.local_setting("sync/key").unwrap(), None);
+    db.set_local_setting("sync/key", Some(b"MARKER-SECRET-KEY")).unwrap();
+    db.set_local_setting("sync/key", Some(b"MARKER-SECRET-KEY-2")).unwrap();
+    assert_eq!(db.oplog_head().unwrap(), head);
+    drop(db);
+    let db = Database::open(&path, "pw").unwrap();
+    assert_eq!(
+        db.local_setting("sync/key").unwrap().as_deref(),
+        Some(&b"MARKER-SECRET-KEY-2"[..])
+    );
+    db.set_local_setting("sync/key", None).unwrap();
+    assert_eq!(db.local_setting("sync/key").unwrap(), None);
+    drop(db);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!bytes.windows(6).any(|w| w == b"MARKER"));
+}
+
+#[test]
+fn a_version_2_file_is_upgraded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.blazedb");
+    let db = Database::create(&path, "pw").unwrap();
+    db.insert("t", fields! {"x" => 1}).unwrap();
+    drop(db);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "key", "pw").unwrap();
+        conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
+            .unwrap();
+        conn.execute_batch("DROP TABLE local_settings; PRAGMA user_version = 2;")
+            .unwrap();
+    }
+    let db = Database::open(&path, "pw").unwrap();
+    assert_eq!(db.count("t").unwrap(), 1);
+    db.set_local_setting("a", Some(b"b")).unwrap();
+    assert_eq!(db.local_setting("a").unwrap().as_deref(), Some(&b"b"[..]));
+}

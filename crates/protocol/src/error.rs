@@ -63,6 +63,10 @@ pub enum ProtocolError {
          keys differ)"
     )]
     Decrypt,
+    /// A compressed payload does not expand to what it announces (corrupt zstd data, a
+    /// length over the frame limit, or compression nested in compression).
+    #[error("malformed compressed payload: {what}")]
+    Decompress { what: String },
 
     // -- not malformed input ------------------------------------------------------------
     /// The peer speaks another protocol version (see [`crate::negotiate_version`]).
@@ -107,7 +111,8 @@ impl ProtocolError {
             | ProtocolError::Handshake { .. }
             | ProtocolError::Unauthenticated { .. }
             | ProtocolError::MalformedSealed { .. }
-            | ProtocolError::Decrypt => true,
+            | ProtocolError::Decrypt
+            | ProtocolError::Decompress { .. } => true,
             ProtocolError::VersionMismatch { .. }
             | ProtocolError::MessageTooLarge { .. }
             | ProtocolError::Unsendable { .. }

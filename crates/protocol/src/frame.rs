@@ -267,6 +267,7 @@ mod tests {
             protocol_version: 1,
             node: NodeId(Uuid::from_bytes([9; 16])),
             database: "notes".to_owned(),
+            capabilities: crate::Capabilities::NONE,
         }
     }
 
@@ -299,6 +300,7 @@ mod tests {
                 protocol_version: 1,
                 node: NodeId(Uuid::from_bytes([0x11; 16])),
                 database: "bugs".to_owned(),
+                capabilities: crate::Capabilities::NONE,
             }),
             hello
         );
@@ -494,6 +496,7 @@ mod tests {
             protocol_version: 1,
             node: NodeId(Uuid::nil()),
             database: String::new(),
+            capabilities: crate::Capabilities::NONE,
         };
         assert_eq!(
             try_encode_frame(&nameless, DEFAULT_MAX_FRAME_LEN),

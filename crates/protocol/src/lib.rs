@@ -23,6 +23,7 @@
 //!     protocol_version: PROTOCOL_VERSION,
 //!     node,
 //!     database: "bugs".to_owned(),
+//!     capabilities: blazedb_protocol::Capabilities::SUPPORTED,
 //! };
 //! let insert = Operation {
 //!     id: OpId { origin: node, seq: 1 },
@@ -77,6 +78,7 @@ pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, encode_frame, try_encode_frame,
 };
 pub use message::{
-    CloseCode, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN, Message, PROTOCOL_VERSION,
+    Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, MAX_CLOSE_REASON_LEN,
+    MAX_DATABASE_NAME_LEN, MAX_DECOMPRESSED_LEN, MAX_TOKEN_LEN, Message, PROTOCOL_VERSION,
     negotiate_version,
 };

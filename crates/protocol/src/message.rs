@@ -16,6 +16,17 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_DATABASE_NAME_LEN: usize = 255;
 /// Longest reason a [`Message::Close`] may carry, in bytes of UTF-8.
 pub const MAX_CLOSE_REASON_LEN: usize = 1024;
+/// Longest enrolment token a [`Message::Enroll`] may carry, in bytes of UTF-8.
+pub const MAX_TOKEN_LEN: usize = 512;
+/// Largest message a compressed payload may expand to: the frame limit, so compression never
+/// lets a peer make this side hold more than an uncompressed frame could.
+pub const MAX_DECOMPRESSED_LEN: usize = crate::frame::DEFAULT_MAX_FRAME_LEN as usize;
+/// Messages whose encoding is at least this many bytes are compressed by
+/// [`Message::encode_for`] when the peer accepts [`Capabilities::ZSTD`].
+pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
+/// The zstd level used for compressed payloads: fast, since batches are compressed on the
+/// sync path of every write.
+const ZSTD_LEVEL: i32 = 1;
 
 // Message type codes (first body byte); see docs/protocol.md.
 const TYPE_HELLO: u8 = 0x01;
@@ -25,6 +36,9 @@ const TYPE_PING: u8 = 0x04;
 const TYPE_PONG: u8 = 0x05;
 const TYPE_CLOSE: u8 = 0x06;
 const TYPE_PULL: u8 = 0x07;
+const TYPE_ENROLL: u8 = 0x08;
+/// Not a message of its own: a zstd-compressed encoding of another message.
+const TYPE_COMPRESSED: u8 = 0x7f;
 
 /// The fewest bytes one encoded operation can take: node back-reference (1), seq (1),
 /// Lamport (1), wall clock (1), kind (1), collection back-reference (1), record id (16),
@@ -38,6 +52,49 @@ const MIN_VECTOR_ENTRY_LEN: usize = 2;
 /// Why an `Ops` range is refused, when decoding (`Invalid`) or sending (`Unsendable`).
 const EMPTY_OPS_RANGE: &str = "ops range is empty or reversed (from must be less than to)";
 
+/// Optional protocol features a node supports, sent in [`Message::Hello`]. A feature is used
+/// on a connection only when both sides announce it; unknown bits are kept and ignored, so a
+/// newer peer can announce features this version does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Capabilities(pub u64);
+
+impl Capabilities {
+    /// No optional features.
+    pub const NONE: Capabilities = Capabilities(0);
+    /// The node decodes zstd-compressed payloads ([`Message::encode_for`]).
+    pub const ZSTD: Capabilities = Capabilities(1);
+    /// Everything this version of the code supports.
+    pub const SUPPORTED: Capabilities = Capabilities::ZSTD;
+
+    /// True when every feature of `other` is in `self`.
+    pub fn contains(self, other: Capabilities) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The features both sides support.
+    pub fn intersection(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 & other.0)
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        if self.contains(Capabilities::ZSTD) {
+            names.push("zstd".to_owned());
+        }
+        let unknown = self.0 & !Capabilities::SUPPORTED.0;
+        if unknown != 0 {
+            names.push(format!("{unknown:#x}"));
+        }
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(", "))
+        }
+    }
+}
+
 /// One message of the sync protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -48,6 +105,8 @@ pub enum Message {
         node: NodeId,
         /// Name of the database on the receiving side; 1 to [`MAX_DATABASE_NAME_LEN`] bytes.
         database: String,
+        /// The optional features the sender supports.
+        capabilities: Capabilities,
     },
     /// The operations in the sender's op log at the positions in the half-open range
     /// `(from, to]` that the receiver may lack, in op-log order.
@@ -89,6 +148,14 @@ pub enum Message {
         /// The operations the receiver has: all of each origin's, up to the entry's sequence
         /// number.
         vector: VersionVector,
+    },
+    /// Sent by a device whose static key the server does not know yet, as its first message
+    /// after the secure-channel handshake: a one-time enrolment token an administrator
+    /// created. The server binds the device's static key to the token's user, or closes
+    /// the connection with [`CloseCode::Unauthorized`].
+    Enroll {
+        /// The token as the administrator handed it out; 1 to [`MAX_TOKEN_LEN`] bytes.
+        token: String,
     },
 }
 
@@ -199,6 +266,16 @@ fn check_reason(reason: &str) -> Result<(), &'static str> {
     }
 }
 
+fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        Err("enrolment token is empty")
+    } else if token.len() > MAX_TOKEN_LEN {
+        Err("enrolment token is longer than 512 bytes")
+    } else {
+        Ok(())
+    }
+}
+
 fn check_range(from: u64, to: u64) -> Result<(), &'static str> {
     if from < to {
         Ok(())
@@ -236,6 +313,7 @@ impl Message {
             Message::Pong { .. } => TYPE_PONG,
             Message::Close { .. } => TYPE_CLOSE,
             Message::Pull { .. } => TYPE_PULL,
+            Message::Enroll { .. } => TYPE_ENROLL,
         }
     }
 
@@ -249,6 +327,7 @@ impl Message {
             Message::Pong { .. } => "Pong",
             Message::Close { .. } => "Close",
             Message::Pull { .. } => "Pull",
+            Message::Enroll { .. } => "Enroll",
         }
     }
 
@@ -258,6 +337,7 @@ impl Message {
         let rule = match self {
             Message::Hello { database, .. } => check_database(database),
             Message::Close { reason, .. } => check_reason(reason),
+            Message::Enroll { token } => check_token(token),
             Message::Ops { from, to, .. } => check_range(*from, *to),
             // A VersionVector holds only entries with seq >= 1, in node order.
             Message::Pull { .. } => Ok(()),
@@ -283,10 +363,12 @@ impl Message {
                 protocol_version,
                 node,
                 database,
+                capabilities,
             } => {
                 e.varint(u64::from(*protocol_version));
                 e.node(*node);
                 e.key(database);
+                e.varint(capabilities.0);
             }
             Message::Ops { from, to, ops } => {
                 e.varint(*from);
@@ -310,13 +392,62 @@ impl Message {
                     e.varint(seq);
                 }
             }
+            Message::Enroll { token } => e.key(token),
         }
         e.finish()
+    }
+
+    /// The message as a payload for a peer that supports `peer`: compressed with zstd when
+    /// the peer accepts [`Capabilities::ZSTD`], the encoding is at least `threshold` bytes,
+    /// and compression makes it smaller; otherwise [`Message::encode`].
+    ///
+    /// A compressed payload is a message item with type `0x7f`: the length of the plain
+    /// encoding as a varint, then one zstd frame holding it. [`Message::decode`] reads both
+    /// forms.
+    pub fn encode_for(&self, peer: Capabilities, threshold: usize) -> Vec<u8> {
+        let plain = self.encode();
+        if !peer.contains(Capabilities::ZSTD) || plain.len() < threshold {
+            return plain;
+        }
+        let Ok(compressed) = zstd::bulk::compress(&plain, ZSTD_LEVEL) else {
+            return plain;
+        };
+        let mut e = Encoder::with_capacity(Kind::Message, compressed.len() + 16);
+        e.byte(TYPE_COMPRESSED);
+        e.varint(plain.len() as u64);
+        let mut out = e.finish();
+        out.extend_from_slice(&compressed);
+        if out.len() < plain.len() { out } else { plain }
     }
 
     /// Decodes one message from a frame's payload: the whole payload must be one valid
     /// message, with no trailing bytes.
     pub fn decode(payload: &[u8]) -> Result<Message, ProtocolError> {
+        if payload.get(2) == Some(&TYPE_COMPRESSED) {
+            let mut d = Decoder::new(payload, Kind::Message)?;
+            d.byte()?;
+            let len = d.varint()?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&len| len <= MAX_DECOMPRESSED_LEN)
+                .ok_or(ProtocolError::Decompress {
+                    what: "announced length exceeds the frame limit".to_owned(),
+                })?;
+            let frame = payload.get(d.offset()..).unwrap_or_default();
+            let plain = zstd::bulk::decompress(frame, len)
+                .map_err(|e| ProtocolError::Decompress { what: e.to_string() })?;
+            if plain.len() != len {
+                return Err(ProtocolError::Decompress {
+                    what: format!("expanded to {} bytes, {len} announced", plain.len()),
+                });
+            }
+            if plain.get(2) == Some(&TYPE_COMPRESSED) {
+                return Err(ProtocolError::Decompress {
+                    what: "a compressed payload holds another compressed payload".to_owned(),
+                });
+            }
+            return Message::decode(&plain);
+        }
         let mut d = Decoder::new(payload, Kind::Message)?;
         let message = match d.byte()? {
             TYPE_HELLO => {
@@ -325,10 +456,12 @@ impl Message {
                 let node = d.node()?;
                 let database = d.key()?;
                 check_database(database).map_err(invalid)?;
+                let capabilities = Capabilities(d.varint()?);
                 Message::Hello {
                     protocol_version,
                     node,
                     database: database.to_owned(),
+                    capabilities,
                 }
             }
             TYPE_OPS => {
@@ -378,6 +511,13 @@ impl Message {
                     previous = Some(node);
                 }
                 Message::Pull { from, vector }
+            }
+            TYPE_ENROLL => {
+                let token = d.key()?;
+                check_token(token).map_err(invalid)?;
+                Message::Enroll {
+                    token: token.to_owned(),
+                }
             }
             code => return Err(ProtocolError::UnknownMessageType { code }),
         };

@@ -160,13 +160,15 @@ fn message() -> impl Strategy<Value = Message> {
         1 => (0..=MAX_CLOSE_REASON_LEN).prop_map(|n| "r".repeat(n)),
     ];
     prop_oneof![
-        (any::<u16>(), node(), database).prop_map(|(protocol_version, node, database)| {
-            Message::Hello {
+        (any::<u16>(), node(), database, any::<u64>()).prop_map(
+            |(protocol_version, node, database, capabilities)| Message::Hello {
                 protocol_version,
                 node,
                 database,
+                capabilities: blazedb_protocol::Capabilities(capabilities),
             }
-        }),
+        ),
+        "[ -~]{1,64}".prop_map(|token| Message::Enroll { token }),
         (ops_range(), vec(operation(), 0..5)).prop_map(|((from, to), ops)| Message::Ops {
             from,
             to,
@@ -427,6 +429,7 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
             protocol_version: 1,
             node: NodeId(Uuid::from_bytes([1; 16])),
             database: "db".to_owned(),
+            capabilities: blazedb_protocol::Capabilities::SUPPORTED,
         },
         Message::Pull {
             from: 3,

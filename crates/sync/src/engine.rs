@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blazedb_core::{CommitListener, Database, NodeId, Operation, VersionVector};
-use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION, negotiate_version};
+use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION, negotiate_version};
 
 use crate::error::{Result, SyncError};
 use crate::relay::{ConnectionId, Inbox, Relay};
@@ -733,6 +733,7 @@ impl Worker {
             protocol_version: PROTOCOL_VERSION,
             node: self.node,
             database: conn.options.remote_database.clone(),
+            capabilities: Capabilities::SUPPORTED,
         }
     }
 
@@ -793,6 +794,7 @@ impl Worker {
                 protocol_version,
                 node,
                 database,
+                ..
             } => {
                 if let Err(e) = negotiate_version(protocol_version) {
                     conn.close_with(e.close_code(), e.to_string());
@@ -887,6 +889,12 @@ impl Worker {
             }
             // Queued above, before anything else was looked at.
             Message::Ops { .. } => {}
+            // Enrolment is between a device and a server's connection handler, before the
+            // engine sees the connection.
+            Message::Enroll { .. } => conn.close_with(
+                CloseCode::ProtocolError,
+                "Enroll is only sent to a server, before the session starts".into(),
+            ),
         }
     }
 

@@ -713,6 +713,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             node: NodeId(Uuid::from_bytes([7; 16])),
             database: "notes".to_owned(),
+            capabilities: blazedb_protocol::Capabilities::NONE,
         }
     }
 
@@ -1043,6 +1044,7 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 node: NodeId(Uuid::nil()),
                 database: String::new(),
+                capabilities: blazedb_protocol::Capabilities::NONE,
             })
             .unwrap();
         let reason = closed_reason(&client_rx);

@@ -496,6 +496,7 @@ fn hello(database: &str, version: u16) -> Message {
         protocol_version: version,
         node: blazedb_core::NodeId::random(),
         database: database.into(),
+        capabilities: blazedb_protocol::Capabilities::SUPPORTED,
     }
 }
 
@@ -557,6 +558,7 @@ fn a_lost_range_makes_the_receiver_pull_again_from_its_cursor() {
         protocol_version: PROTOCOL_VERSION,
         node: source.node_id(),
         database: "bugs".into(),
+        capabilities: blazedb_protocol::Capabilities::SUPPORTED,
     });
     probe.wait_for(|m| matches!(m, Message::Pull { from: 0, .. }));
     // The first entry "got lost": the second arrives alone.
