@@ -19,24 +19,48 @@ done
 ls corpus/decode | wc -l
 
 # Seeds fuzz/corpus/frames with the example frames of docs/protocol.md (crates/protocol/src/
-# frame.rs checks them byte for byte): each alone, and all of them as one stream. The first
-# byte is the target's selector: 3F = 64-byte chunks and the default frame limit, 00 = 1-byte
-# chunks.
+# frame.rs and message.rs check them byte for byte): each alone, and all of them as one
+# stream. The first byte is the target's selector: 3F = 64-byte chunks and the default frame
+# limit, 00 = 1-byte chunks. Plus compressed payloads (type 7F): the documented Ping in a
+# hand-written zstd frame, and, when the zstd command is installed, an Ops batch of 20
+# operations compressed by it (with and without a checksum).
 mkdir -p corpus/frames
 n11=$(printf '11%.0s' $(seq 16))
 n22=$(printf '22%.0s' $(seq 16))
 ping=00000004B716042A
 ack=00000005B71603AC02
-hello=0000001AB716010100${n11}0862756773
+hello=0000001DB716010100${n11}086275677301AC02
+enroll=0000000CB7160810627A74315F616263
+ping_zstd=00000011B7167F0428B52FFD2004210000B716042A
 close=00000008B716060006627965
 ops_empty=00000006B71602040500
 ops_delete=00000038B71602AC02AE020100${n11}030980A0ABFEF962030862756773${n22}00
 pull=0000002AB71607AC020200${n11}0700${n22}01
-for name in ping ack hello close ops_empty ops_delete pull; do
+for name in ping ack hello enroll close ops_empty ops_delete pull ping_zstd; do
     eval "frame=\$$name"
     echo "3F$frame" | xxd -r -p > "corpus/frames/doc-$name"
 done
-echo "00$hello$pull$ops_delete$ops_empty$ack$ping$close" | xxd -r -p > corpus/frames/doc-session
+echo "00$hello$pull$ops_delete$ops_empty$ack$ping$ping_zstd$close" | xxd -r -p \
+    > corpus/frames/doc-session
+if command -v zstd > /dev/null; then
+    # Ops { from: 0, to: 1 } with 20 deletes: the first names origin 1111…11 and "bugs", the
+    # others refer back to them.
+    ops=B716020001 # header, type, from 0, to 1
+    ops="${ops}1400${n11}030980A0ABFEF962030862756773${n22}00"
+    for seq in 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F 10 11 12 13 14 15 16; do
+        ops="${ops}01${seq}0980A0ABFEF9620301${n22}00"
+    done
+    len=$(( ${#ops} / 2 ))                                     # < 16384: a 2-byte varint
+    varint=$(printf '%02X%02X' $(( (len & 0x7F) | 0x80 )) $(( len >> 7 )))
+    for check in check no-check; do
+        compressed=$(echo "$ops" | xxd -r -p | zstd -q -1 --$check -c | xxd -p | tr -d '\n')
+        payload="B7167F$varint$compressed"
+        echo "3F$(printf '%08X' $(( ${#payload} / 2 )))$payload" | xxd -r -p \
+            > "corpus/frames/zstd-ops-$check"
+    done
+else
+    echo "zstd not installed: no compressed Ops seeds" >&2
+fi
 ls corpus/frames | wc -l
 
 # Seeds fuzz/corpus/handshake (blazedb_protocol::fuzz::handshake; selector bits 0-2 = step,
@@ -58,3 +82,20 @@ echo "05 000020 000000 FFFFFF" | xxd -r -p > corpus/handshake/sealed-short
 echo "85 01FFF0 000000 FFFFFF" | xxd -r -p > corpus/handshake/sealed-two-chunks-p256
 echo "05 020000 010000 FFFFFF 01" | xxd -r -p > corpus/handshake/sealed-flip-in-third-chunk
 ls corpus/handshake | wc -l
+
+# Seeds fuzz/corpus/token (blazedb_protocol::fuzz::token; the input is the text) with tokens
+# of both suites, for the P-256 generator and the X25519 base point as server keys, and a few
+# near misses.
+mkdir -p corpus/token
+id=$(printf '01%.0s' $(seq 16))
+secret=$(printf '02%.0s' $(seq 32))
+token() {
+    printf 'bzt1_%s' "$(echo "$id$secret$1" | xxd -r -p | basenc --base64url | tr -d '=\n')"
+}
+token "01$g" > corpus/token/p256
+token "02$u9" > corpus/token/x25519
+printf '  %s\n' "$(token "02$u9")" > corpus/token/x25519-whitespace
+token "03$u9" > corpus/token/unknown-suite
+token "01$u9" > corpus/token/wrong-key-length
+printf 'bzt1_' > corpus/token/prefix-only
+ls corpus/token | wc -l

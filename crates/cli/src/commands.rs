@@ -67,6 +67,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             format,
             timeout,
         } => topology::run(&ctx, &file, format, timeout),
+        Command::Sync(args) => crate::sync::run(&ctx, &args),
+        Command::Demo => crate::demo::run(),
     }
 }
 
@@ -89,7 +91,7 @@ fn password(ctx: &Ctx, db: &Path, confirm: bool) -> Result<String, Failure> {
 }
 
 /// Opens an existing database, asking for the password only once the file is known to exist.
-fn open(ctx: &Ctx, db: &Path) -> Result<Database, Failure> {
+pub(crate) fn open(ctx: &Ctx, db: &Path) -> Result<Database, Failure> {
     check_database_file(db)?;
     let password = if ctx.no_encryption {
         None

@@ -4,10 +4,12 @@
 //! (2 for a command line clap rejects). See docs/cli.md.
 
 mod commands;
+mod demo;
 mod error;
 mod filter;
 mod json;
 mod password;
+mod sync;
 mod topology;
 
 use std::io::Write as _;
@@ -168,6 +170,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         new_password_file: Option<PathBuf>,
     },
+
+    /// Start a sync server and two devices on loopback and show sync at work (leaves nothing
+    /// behind)
+    Demo,
+
+    /// Sync a database with a database on a blazedb-server (once, or --follow)
+    #[command(after_long_help = sync::HELP)]
+    Sync(sync::SyncArgs),
 
     /// Sync the databases a topology file lists, in this process, and print the graph
     #[command(after_long_help = topology::HELP)]

@@ -134,8 +134,10 @@ fn local_settings_persist_encrypted_and_never_enter_the_op_log() {
     let db = Database::create(&path, "pw").unwrap();
     let head = db.oplog_head().unwrap();
     assert_eq!(db.local_setting("sync/key").unwrap(), None);
-    db.set_local_setting("sync/key", Some(b"MARKER-SECRET-KEY")).unwrap();
-    db.set_local_setting("sync/key", Some(b"MARKER-SECRET-KEY-2")).unwrap();
+    db.set_local_setting("sync/key", Some(b"MARKER-SECRET-KEY"))
+        .unwrap();
+    db.set_local_setting("sync/key", Some(b"MARKER-SECRET-KEY-2"))
+        .unwrap();
     assert_eq!(db.oplog_head().unwrap(), head);
     drop(db);
     let db = Database::open(&path, "pw").unwrap();

@@ -63,8 +63,9 @@ pub enum ProtocolError {
          keys differ)"
     )]
     Decrypt,
-    /// A compressed payload does not expand to what it announces (corrupt zstd data, a
-    /// length over the frame limit, or compression nested in compression).
+    /// A compressed payload does not expand to what it announces (corrupt zstd data, not
+    /// exactly one zstd frame, a length over the frame limit, or compression nested in
+    /// compression).
     #[error("malformed compressed payload: {what}")]
     Decompress { what: String },
 
@@ -91,6 +92,9 @@ pub enum ProtocolError {
     /// not usable.
     #[error("invalid static keys: {what}")]
     InvalidStaticKeys { what: &'static str },
+    /// An enrolment token (typed or pasted by a person) is not one this version can read.
+    #[error("invalid enrolment token: {what}")]
+    InvalidToken { what: &'static str },
     /// The cryptography failed on this side (random number generator, exhausted nonces).
     #[error("secure channel failure on this side: {what}")]
     Crypto { what: String },
@@ -119,6 +123,7 @@ impl ProtocolError {
             | ProtocolError::UnsupportedSuite { .. }
             | ProtocolError::ChannelFailed
             | ProtocolError::InvalidStaticKeys { .. }
+            | ProtocolError::InvalidToken { .. }
             | ProtocolError::Crypto { .. } => false,
         }
     }
@@ -142,6 +147,7 @@ impl ProtocolError {
             | ProtocolError::ChannelFailed
             | ProtocolError::InvalidStaticKeys { .. }
             | ProtocolError::Crypto { .. } => CloseCode::InternalError,
+            ProtocolError::InvalidToken { .. } => CloseCode::Unauthorized,
             _ => CloseCode::ProtocolError,
         }
     }

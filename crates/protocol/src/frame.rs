@@ -268,6 +268,7 @@ mod tests {
             node: NodeId(Uuid::from_bytes([9; 16])),
             database: "notes".to_owned(),
             capabilities: crate::Capabilities::NONE,
+            head: 0,
         }
     }
 
@@ -292,17 +293,27 @@ mod tests {
             encode_frame(&Message::Ack { position: 300 }),
             [0, 0, 0, 5, 0xB7, 0x16, 0x03, 0xAC, 0x02]
         );
-        let mut hello = vec![0, 0, 0, 0x1A, 0xB7, 0x16, 0x01, 0x01, 0x00];
+        let mut hello = vec![0, 0, 0, 0x1D, 0xB7, 0x16, 0x01, 0x01, 0x00];
         hello.extend([0x11; 16]);
         hello.extend([0x08, b'b', b'u', b'g', b's']);
+        hello.extend([0x01, 0xAC, 0x02]); // capabilities: ZSTD; head: 300
         assert_eq!(
             encode_frame(&Message::Hello {
                 protocol_version: 1,
                 node: NodeId(Uuid::from_bytes([0x11; 16])),
                 database: "bugs".to_owned(),
-                capabilities: crate::Capabilities::NONE,
+                capabilities: crate::Capabilities::ZSTD,
+                head: 300,
             }),
             hello
+        );
+        let mut enroll = vec![0, 0, 0, 0x0C, 0xB7, 0x16, 0x08, 0x10];
+        enroll.extend(b"bzt1_abc");
+        assert_eq!(
+            encode_frame(&Message::Enroll {
+                token: "bzt1_abc".to_owned(),
+            }),
+            enroll
         );
         assert_eq!(
             encode_frame(&Message::close(CloseCode::Normal, "bye")),
@@ -422,8 +433,8 @@ mod tests {
     #[test]
     fn errors_are_final() {
         let mut decoder = FrameDecoder::default();
-        push_all(&mut decoder, &[0, 0, 0, 3, 0xB7, 0x16, 0x7F]);
-        let err = ProtocolError::UnknownMessageType { code: 0x7F };
+        push_all(&mut decoder, &[0, 0, 0, 3, 0xB7, 0x16, 0x7E]);
+        let err = ProtocolError::UnknownMessageType { code: 0x7E };
         assert_eq!(decoder.next_message(), Err(err.clone()));
         push_all(&mut decoder, &encode_frame(&hello()));
         assert_eq!(decoder.next_message(), Err(err.clone()));
@@ -497,6 +508,7 @@ mod tests {
             node: NodeId(Uuid::nil()),
             database: String::new(),
             capabilities: crate::Capabilities::NONE,
+            head: 0,
         };
         assert_eq!(
             try_encode_frame(&nameless, DEFAULT_MAX_FRAME_LEN),

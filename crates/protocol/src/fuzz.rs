@@ -4,9 +4,10 @@
 use std::num::NonZeroU64;
 use std::sync::OnceLock;
 
+use crate::enrol::EnrolmentToken;
 use crate::error::ProtocolError;
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, encode_frame};
-use crate::message::{Message, PROTOCOL_VERSION};
+use crate::message::{Capabilities, Message, PROTOCOL_VERSION};
 use crate::secure::{
     Initiator, InitiatorReadSecond, MAX_CHUNK_PLAINTEXT_LEN, REKEY_INTERVAL, Responder,
     ResponderAwaitingThird, SecureChannel, StaticKeys, Suite, parse_first,
@@ -16,13 +17,17 @@ use crate::secure::{
 ///
 /// The first byte chooses the chunk size (1 to 64 bytes, low six bits) and the frame limit
 /// (bit 6: 256 bytes, so partial pushes and oversized frames are reached quickly; otherwise
-/// [`DEFAULT_MAX_FRAME_LEN`]); the rest is the byte stream. Panics when:
+/// [`DEFAULT_MAX_FRAME_LEN`]); the rest is the byte stream, whose payloads may be plain or
+/// compressed (type `0x7f`). Panics when:
 ///
 /// * a decoded message breaks [`Message::validate`];
 /// * re-encoding a decoded message and decoding that again does not give the same bytes
 ///   back (the encoding is canonical, so this is a round trip; comparing bytes rather than
 ///   messages keeps NaN doubles comparable);
 /// * the frame of a decoded message does not decode to it through a fresh decoder;
+/// * the message sent to a peer that accepts zstd ([`Message::encode_for`] with
+///   [`Capabilities::ZSTD`] and a threshold of 0, so compressed whenever that is smaller)
+///   does not decode to the same bytes;
 /// * an error is not about malformed input, or is not repeated by the next call;
 /// * the decoder stalls: it takes no bytes although it returns no message.
 pub fn frames(data: &[u8]) {
@@ -83,6 +88,18 @@ fn check_round_trip(message: &Message) {
             message.type_name()
         );
     }
+    let compressed = message.encode_for(Capabilities::ZSTD, 0);
+    match Message::decode(&compressed) {
+        Ok(expanded) => assert!(
+            expanded.encode() == payload,
+            "{} does not round trip through compression",
+            message.type_name()
+        ),
+        Err(error) => panic!(
+            "{} sent to a zstd peer does not decode: {error}",
+            message.type_name()
+        ),
+    }
     // The re-encoding can be a little longer than the frame it came from (see the codec's
     // notes on string interning), so the check uses the largest limit.
     let frame = encode_frame(message);
@@ -92,6 +109,46 @@ fn check_round_trip(message: &Message) {
         Ok(Some(framed)) => assert!(framed.encode() == payload, "framing changed a message"),
         other => panic!("a frame of a valid message does not decode: {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enrolment tokens
+// ---------------------------------------------------------------------------------------------
+
+/// Feeds `data`, as text (invalid UTF-8 replaced), to [`EnrolmentToken::parse`]. Panics when
+/// parsing panics, when an error is not [`ProtocolError::InvalidToken`], or when a token that
+/// parses
+///
+/// * does not re-encode to the input without its surrounding whitespace (a token has one
+///   spelling: base64url without padding, and its lengths never leave unused bits);
+/// * re-encodes to text that does not parse to the same id, secret, suite and server key;
+/// * shows its secret in `Debug`.
+pub fn token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let token = match EnrolmentToken::parse(&text) {
+        Ok(token) => token,
+        Err(ProtocolError::InvalidToken { .. }) => return,
+        Err(error) => panic!("a token was refused with another error: {error}"),
+    };
+    let encoded = token.encode();
+    assert_eq!(encoded, text.trim(), "a token has another spelling");
+    let again = match EnrolmentToken::parse(&encoded) {
+        Ok(again) => again,
+        Err(error) => panic!("a re-encoded token does not parse: {error}"),
+    };
+    assert_eq!(again.id(), token.id());
+    assert_eq!(again.secret_hash(), token.secret_hash());
+    assert_eq!(again.server_suite(), token.server_suite());
+    assert_eq!(again.server_key(), token.server_key());
+    assert_eq!(
+        token.server_key().len(),
+        token.server_suite().public_key_len()
+    );
+    let shown = format!("{token:?}");
+    let body = encoded
+        .get(crate::enrol::TOKEN_PREFIX.len()..)
+        .unwrap_or_default();
+    assert!(!shown.contains(body), "Debug shows the token");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@
 //!     node,
 //!     database: "bugs".to_owned(),
 //!     capabilities: blazedb_protocol::Capabilities::SUPPORTED,
+//!     head: 0,
 //! };
 //! let insert = Operation {
 //!     id: OpId { origin: node, seq: 1 },
@@ -67,6 +68,7 @@
 //! their static keys, then a [`secure::SecureChannel`] that seals payloads before framing and
 //! opens them after. It is pure too; wiring it into the transports comes with remote sync.
 
+pub mod enrol;
 mod error;
 mod frame;
 pub mod fuzz;

@@ -39,6 +39,8 @@ const TYPE_PULL: u8 = 0x07;
 const TYPE_ENROLL: u8 = 0x08;
 /// Not a message of its own: a zstd-compressed encoding of another message.
 const TYPE_COMPRESSED: u8 = 0x7f;
+/// The first bytes of a zstd frame (its magic number, 0xFD2FB528 little-endian).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// The fewest bytes one encoded operation can take: node back-reference (1), seq (1),
 /// Lamport (1), wall clock (1), kind (1), collection back-reference (1), record id (16),
@@ -107,6 +109,9 @@ pub enum Message {
         database: String,
         /// The optional features the sender supports.
         capabilities: Capabilities,
+        /// The sender's op-log head (its newest position) when it said hello, so the peer
+        /// can report catch-up progress. Informational.
+        head: u64,
     },
     /// The operations in the sender's op log at the positions in the half-open range
     /// `(from, to]` that the receiver may lack, in op-log order.
@@ -364,11 +369,13 @@ impl Message {
                 node,
                 database,
                 capabilities,
+                head,
             } => {
                 e.varint(u64::from(*protocol_version));
                 e.node(*node);
                 e.key(database);
                 e.varint(capabilities.0);
+                e.varint(*head);
             }
             Message::Ops { from, to, ops } => {
                 e.varint(*from);
@@ -434,8 +441,19 @@ impl Message {
                     what: "announced length exceeds the frame limit".to_owned(),
                 })?;
             let frame = payload.get(d.offset()..).unwrap_or_default();
-            let plain = zstd::bulk::decompress(frame, len)
-                .map_err(|e| ProtocolError::Decompress { what: e.to_string() })?;
+            // Exactly one zstd frame: not a skippable frame, not several frames (which zstd
+            // would decompress one after the other), nothing after it.
+            let one_frame = frame.starts_with(&ZSTD_MAGIC)
+                && zstd::zstd_safe::find_frame_compressed_size(frame) == Ok(frame.len());
+            if !one_frame {
+                return Err(ProtocolError::Decompress {
+                    what: "the payload is not exactly one zstd frame".to_owned(),
+                });
+            }
+            let plain =
+                zstd::bulk::decompress(frame, len).map_err(|e| ProtocolError::Decompress {
+                    what: e.to_string(),
+                })?;
             if plain.len() != len {
                 return Err(ProtocolError::Decompress {
                     what: format!("expanded to {} bytes, {len} announced", plain.len()),
@@ -457,11 +475,13 @@ impl Message {
                 let database = d.key()?;
                 check_database(database).map_err(invalid)?;
                 let capabilities = Capabilities(d.varint()?);
+                let head = d.varint()?;
                 Message::Hello {
                     protocol_version,
                     node,
                     database: database.to_owned(),
                     capabilities,
+                    head,
                 }
             }
             TYPE_OPS => {
@@ -577,9 +597,13 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             node: node(7),
             database: "bugs.blazedb".to_owned(),
+            capabilities: Capabilities::NONE,
+            head: 0,
         });
-        // header, type, version, node (0 + 16 bytes), key (len << 1, 12 bytes)
-        assert_eq!(bytes.len(), 3 + 1 + 17 + 1 + 12);
+        // header, type, version, node (0 + 16 bytes), key (len << 1, 12 bytes),
+        // capabilities, head
+        assert_eq!(bytes.len(), 3 + 1 + 17 + 1 + 12 + 1 + 1);
+        assert_eq!(&bytes[bytes.len() - 2..], [0, 0]);
     }
 
     #[test]
@@ -588,6 +612,8 @@ mod tests {
             protocol_version: u16::MAX,
             node: node(0),
             database: "é".repeat(127) + "x",
+            capabilities: Capabilities::NONE,
+            head: 0,
         });
     }
 
@@ -732,7 +758,8 @@ mod tests {
 
     #[test]
     fn an_unknown_message_type_is_refused() {
-        for code in [0x00, 0x08, 0x80, 0xFF] {
+        // 0x7f is taken too (compressed payloads), but is not a message of its own.
+        for code in [0x00, 0x09, 0x7E, 0x80, 0xFF] {
             let mut bytes = header(code);
             bytes.push(0);
             assert_eq!(
@@ -770,6 +797,8 @@ mod tests {
             protocol_version: 1,
             node: node(1),
             database: "db".to_owned(),
+            capabilities: Capabilities::NONE,
+            head: 0,
         }
         .encode();
         for len in 0..bytes.len() {
@@ -785,6 +814,8 @@ mod tests {
                 protocol_version: 1,
                 node: node(1),
                 database,
+                capabilities: Capabilities::NONE,
+                head: 0,
             };
             assert!(matches!(
                 Message::decode(&message.encode()),
@@ -962,6 +993,8 @@ mod tests {
                 protocol_version: 1,
                 node: node(1),
                 database: "db".to_owned(),
+                capabilities: Capabilities::NONE,
+                head: 0,
             },
             Message::Ops {
                 from: 0,
@@ -975,6 +1008,9 @@ mod tests {
             Message::Pull {
                 from: 0,
                 vector: VersionVector::new(),
+            },
+            Message::Enroll {
+                token: "t".to_owned(),
             },
         ];
         for (i, message) in messages.iter().enumerate() {
@@ -1016,5 +1052,446 @@ mod tests {
             err.to_string(),
             "protocol version mismatch: we speak version 1, the peer speaks 2"
         );
+    }
+
+    // -- Hello: capabilities and head ------------------------------------------------------
+
+    #[test]
+    fn a_hello_carries_the_capabilities_and_the_head_after_the_database() {
+        let message = Message::Hello {
+            protocol_version: 1,
+            node: node(0x11),
+            database: "bugs".to_owned(),
+            capabilities: Capabilities::ZSTD,
+            head: 300,
+        };
+        let bytes = round_trip(&message);
+        let mut expected = header(TYPE_HELLO);
+        expected.extend([0x01, 0x00]);
+        expected.extend([0x11; 16]);
+        expected.extend([0x08, b'b', b'u', b'g', b's']);
+        expected.extend([0x01, 0xAC, 0x02]);
+        assert_eq!(bytes, expected);
+        for head in [0, 1, 127, 128, u64::MAX - 1, u64::MAX] {
+            round_trip(&Message::Hello {
+                protocol_version: 1,
+                node: node(3),
+                database: "db".to_owned(),
+                capabilities: Capabilities::SUPPORTED,
+                head,
+            });
+        }
+    }
+
+    #[test]
+    fn unknown_capability_bits_are_kept_through_a_round_trip_and_ignored() {
+        for bits in [1 << 1, 1 << 63, u64::MAX, u64::MAX - 1, (1 << 40) | 1] {
+            let capabilities = Capabilities(bits);
+            let message = Message::Hello {
+                protocol_version: 1,
+                node: node(1),
+                database: "db".to_owned(),
+                capabilities,
+                head: 9,
+            };
+            let decoded = Message::decode(&round_trip(&message)).unwrap();
+            let Message::Hello {
+                capabilities: got, ..
+            } = decoded
+            else {
+                panic!("not a hello");
+            };
+            assert_eq!(got, capabilities, "{bits:#x}");
+            // What a connection uses is what both sides know.
+            assert_eq!(
+                got.intersection(Capabilities::SUPPORTED)
+                    .contains(Capabilities::ZSTD),
+                bits & 1 == 1
+            );
+        }
+    }
+
+    #[test]
+    fn capabilities_show_their_names_and_unknown_bits() {
+        assert_eq!(Capabilities::NONE.to_string(), "none");
+        assert_eq!(Capabilities::ZSTD.to_string(), "zstd");
+        assert_eq!(Capabilities(0x101).to_string(), "zstd, 0x100");
+        assert_eq!(Capabilities(0x100).to_string(), "0x100");
+        assert!(Capabilities::SUPPORTED.contains(Capabilities::NONE));
+        assert!(!Capabilities::NONE.contains(Capabilities::ZSTD));
+    }
+
+    #[test]
+    fn a_hello_truncated_before_its_capabilities_or_head_is_refused() {
+        let bytes = Message::Hello {
+            protocol_version: 1,
+            node: node(1),
+            database: "db".to_owned(),
+            capabilities: Capabilities(1 << 20),
+            head: 1 << 40,
+        }
+        .encode();
+        // Without the head, or without both: the layout of protocol version 1 before
+        // capabilities existed is not accepted.
+        let end_of_database = 3 + 1 + 17 + 3;
+        for len in [end_of_database, end_of_database + 3, bytes.len() - 1] {
+            assert!(matches!(
+                Message::decode(&bytes[..len]),
+                Err(ProtocolError::Decode(DecodeError::UnexpectedEnd { .. }))
+            ));
+        }
+    }
+
+    // -- Enroll ---------------------------------------------------------------------------
+
+    #[test]
+    fn an_enroll_round_trips() {
+        let bytes = round_trip(&Message::Enroll {
+            token: "bzt1_abc".to_owned(),
+        });
+        let mut expected = header(TYPE_ENROLL);
+        expected.push(8 << 1);
+        expected.extend(b"bzt1_abc");
+        assert_eq!(bytes, expected);
+        round_trip(&Message::Enroll {
+            token: "t".repeat(MAX_TOKEN_LEN),
+        });
+        round_trip(&Message::Enroll {
+            token: "é".repeat(MAX_TOKEN_LEN / 2),
+        });
+    }
+
+    #[test]
+    fn a_real_enrolment_token_fits_in_an_enroll() {
+        for suite in crate::secure::Suite::ALL {
+            let server = crate::secure::StaticKeys::generate(suite).unwrap();
+            let token = crate::enrol::EnrolmentToken::generate(&server)
+                .unwrap()
+                .encode();
+            assert!(token.len() <= MAX_TOKEN_LEN, "{}", token.len());
+            round_trip(&Message::Enroll { token });
+        }
+    }
+
+    #[test]
+    fn an_enroll_with_an_empty_or_too_long_token_is_refused() {
+        for (token, what) in [
+            (String::new(), "enrolment token is empty"),
+            (
+                "t".repeat(MAX_TOKEN_LEN + 1),
+                "enrolment token is longer than 512 bytes",
+            ),
+            (
+                "é".repeat(MAX_TOKEN_LEN / 2) + "x",
+                "enrolment token is longer than 512 bytes",
+            ),
+        ] {
+            let message = Message::Enroll { token };
+            assert_eq!(
+                Message::decode(&message.encode()),
+                Err(ProtocolError::Invalid { what })
+            );
+            assert_eq!(message.validate(), Err(ProtocolError::Unsendable { what }));
+            assert!(matches!(
+                crate::try_encode_frame(&message, crate::DEFAULT_MAX_FRAME_LEN),
+                Err(ProtocolError::Unsendable { .. })
+            ));
+        }
+    }
+
+    // -- Compressed payloads --------------------------------------------------------------
+
+    /// An `Ops` batch of `count` similar operations: compresses well, like real batches.
+    fn big_batch(count: u64) -> Message {
+        Message::Ops {
+            from: 10,
+            to: 10 + count,
+            ops: (1..=count)
+                .map(|seq| {
+                    op(
+                        seq,
+                        OpKind::Insert,
+                        &[
+                            ("title", format!("Crash number {seq} on launch").into()),
+                            ("priority", Value::Int((seq % 3) as i64)),
+                            ("status", "open".into()),
+                        ],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// A compressed payload written by hand: header, 0x7f, `announced`, then `frame`.
+    fn compressed_payload(announced: u64, frame: &[u8]) -> Vec<u8> {
+        let mut e = Encoder::new(Kind::Message);
+        e.byte(TYPE_COMPRESSED);
+        e.varint(announced);
+        let mut out = e.finish();
+        out.extend_from_slice(frame);
+        out
+    }
+
+    fn is_decompress_error(result: &Result<Message, ProtocolError>) -> bool {
+        matches!(result, Err(ProtocolError::Decompress { .. }))
+    }
+
+    #[test]
+    fn a_big_ops_batch_is_compressed_for_a_peer_that_accepts_zstd_and_decodes_the_same() {
+        let message = big_batch(200);
+        let plain = message.encode();
+        let sent = message.encode_for(Capabilities::ZSTD, DEFAULT_COMPRESSION_THRESHOLD);
+        assert!(
+            sent.len() * 4 < plain.len(),
+            "{} of {} bytes",
+            sent.len(),
+            plain.len()
+        );
+        assert_eq!(Message::decode(&sent).unwrap(), message);
+        // The layout: header, 0x7f, the plain length, one zstd frame of the plain encoding.
+        assert_eq!(&sent[..3], [MAGIC, 0x16, TYPE_COMPRESSED]);
+        let mut d = Decoder::new(&sent, Kind::Message).unwrap();
+        d.byte().unwrap();
+        assert_eq!(d.varint().unwrap(), plain.len() as u64);
+        let frame = &sent[d.offset()..];
+        assert_eq!(&frame[..4], ZSTD_MAGIC, "zstd magic number");
+        assert_eq!(zstd::bulk::decompress(frame, plain.len()).unwrap(), plain);
+        // Unknown bits beside ZSTD change nothing.
+        assert_eq!(
+            message.encode_for(Capabilities(u64::MAX), DEFAULT_COMPRESSION_THRESHOLD),
+            sent
+        );
+    }
+
+    #[test]
+    fn nothing_is_compressed_for_a_peer_without_zstd() {
+        let message = big_batch(200);
+        for peer in [Capabilities::NONE, Capabilities(u64::MAX - 1)] {
+            assert_eq!(message.encode_for(peer, 0), message.encode());
+            assert_eq!(
+                message.encode_for(peer, DEFAULT_COMPRESSION_THRESHOLD),
+                message.encode()
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_below_the_threshold_is_not_compressed() {
+        let message = big_batch(2);
+        let plain = message.encode();
+        assert!(
+            plain.len() < DEFAULT_COMPRESSION_THRESHOLD,
+            "{}",
+            plain.len()
+        );
+        assert_eq!(
+            message.encode_for(Capabilities::ZSTD, DEFAULT_COMPRESSION_THRESHOLD),
+            plain
+        );
+        // At exactly the threshold it is (this batch compresses).
+        let big = big_batch(40);
+        let len = big.encode().len();
+        assert_eq!(big.encode_for(Capabilities::ZSTD, len)[2], TYPE_COMPRESSED);
+        assert_eq!(big.encode_for(Capabilities::ZSTD, len + 1), big.encode());
+    }
+
+    #[test]
+    fn a_message_that_compression_does_not_shrink_is_sent_plain() {
+        // Pseudo-random bytes do not compress; the zstd frame would only add its overhead.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let message = Message::Ops {
+            from: 0,
+            to: 1,
+            ops: vec![op(1, OpKind::Insert, &[("blob", Value::Bytes(noise))])],
+        };
+        assert_eq!(message.encode_for(Capabilities::ZSTD, 0), message.encode());
+        // Nor is a message so small that the frame overhead outweighs any gain.
+        let ping = Message::Ping { nonce: 1 };
+        assert_eq!(ping.encode_for(Capabilities::ZSTD, 0), ping.encode());
+    }
+
+    /// A zstd frame built by hand (one raw block, no compression), as any zstd encoder may
+    /// produce: magic, frame header (single segment, 1-byte content size), block header
+    /// (last block, raw, `len` bytes), the bytes. The example of docs/protocol.md.
+    fn raw_zstd_frame(content: &[u8]) -> Vec<u8> {
+        assert!(content.len() < 256);
+        let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0x20, content.len() as u8];
+        let block = 1 | (content.len() as u32) << 3;
+        frame.extend(&block.to_le_bytes()[..3]);
+        frame.extend(content);
+        frame
+    }
+
+    #[test]
+    fn the_documented_compressed_ping_decodes() {
+        let plain = Message::Ping { nonce: 42 }.encode();
+        let payload = compressed_payload(4, &raw_zstd_frame(&plain));
+        assert_eq!(
+            payload,
+            [
+                0xB7, 0x16, 0x7F, 0x04, 0x28, 0xB5, 0x2F, 0xFD, 0x20, 0x04, 0x21, 0x00, 0x00, 0xB7,
+                0x16, 0x04, 0x2A
+            ]
+        );
+        assert_eq!(Message::decode(&payload), Ok(Message::Ping { nonce: 42 }));
+    }
+
+    #[test]
+    fn a_compressed_payload_announcing_more_than_16_mib_is_refused_before_decompressing() {
+        let frame = zstd::bulk::compress(&big_batch(3).encode(), 1).unwrap();
+        // Lengths that would abort the test if anything were allocated for them.
+        for announced in [
+            MAX_DECOMPRESSED_LEN as u64 + 1,
+            1 << 40,
+            u64::MAX >> 1,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                Message::decode(&compressed_payload(announced, &frame)),
+                Err(ProtocolError::Decompress {
+                    what: "announced length exceeds the frame limit".to_owned()
+                }),
+                "{announced}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_zstd_frame_is_refused() {
+        let plain = big_batch(50).encode();
+        let sent = big_batch(50).encode_for(Capabilities::ZSTD, 0);
+        let start = sent.len() - zstd::bulk::compress(&plain, ZSTD_LEVEL).unwrap().len();
+        let mut bad_magic = sent.clone();
+        bad_magic[start] ^= 0xFF;
+        let mut trailing = sent.clone();
+        trailing.extend([0xDE, 0xAD, 0xBE, 0xEF, 0x00]);
+        for payload in [
+            bad_magic,
+            sent[..sent.len() - 1].to_vec(),
+            sent[..start + 6].to_vec(),
+            trailing,
+            // No frame at all, or garbage instead of one.
+            compressed_payload(plain.len() as u64, &[]),
+            compressed_payload(0, &[]),
+            compressed_payload(plain.len() as u64, b"not zstd"),
+        ] {
+            let result = Message::decode(&payload);
+            assert!(is_decompress_error(&result), "{result:?}");
+            let err = result.unwrap_err();
+            assert!(err.is_malformed_input());
+            assert_eq!(err.close_code(), CloseCode::ProtocolError);
+        }
+    }
+
+    #[test]
+    fn a_compressed_payload_must_hold_exactly_one_zstd_frame() {
+        let plain = Message::Ping { nonce: 42 }.encode();
+        let frame = raw_zstd_frame(&plain);
+        let empty = raw_zstd_frame(&[]);
+        // A skippable frame (magic 0x184D2A50): zstd would skip it.
+        let skippable = [0x50, 0x2A, 0x4D, 0x18, 3, 0, 0, 0, 1, 2, 3];
+        let cases = [
+            ([&frame[..], &empty[..]].concat(), 4),
+            ([&empty[..], &frame[..]].concat(), 4),
+            ([&frame[..], &frame[..]].concat(), 8),
+            ([&skippable[..], &frame[..]].concat(), 4),
+            ([&frame[..], &skippable[..]].concat(), 4),
+            (skippable.to_vec(), 0),
+        ];
+        for (frames, announced) in cases {
+            assert_eq!(
+                Message::decode(&compressed_payload(announced, &frames)),
+                Err(ProtocolError::Decompress {
+                    what: "the payload is not exactly one zstd frame".to_owned()
+                }),
+                "{frames:02x?}"
+            );
+        }
+        assert_eq!(
+            Message::decode(&compressed_payload(4, &frame)),
+            Ok(Message::Ping { nonce: 42 })
+        );
+    }
+
+    #[test]
+    fn a_compressed_payload_whose_length_does_not_match_is_refused() {
+        let plain = big_batch(50).encode();
+        let frame = zstd::bulk::compress(&plain, ZSTD_LEVEL).unwrap();
+        let len = plain.len() as u64;
+        // Longer than announced: zstd stops at the announced length.
+        for announced in [0, 1, len / 2, len - 1] {
+            let result = Message::decode(&compressed_payload(announced, &frame));
+            assert!(is_decompress_error(&result), "{announced}: {result:?}");
+        }
+        // Shorter than announced.
+        assert_eq!(
+            Message::decode(&compressed_payload(len + 1, &frame)),
+            Err(ProtocolError::Decompress {
+                what: format!("expanded to {len} bytes, {} announced", len + 1)
+            })
+        );
+        assert!(Message::decode(&compressed_payload(len, &frame)).is_ok());
+    }
+
+    #[test]
+    fn a_compressed_payload_inside_a_compressed_payload_is_refused() {
+        let inner = big_batch(50).encode_for(Capabilities::ZSTD, 0);
+        assert_eq!(inner[2], TYPE_COMPRESSED);
+        let frame = zstd::bulk::compress(&inner, ZSTD_LEVEL).unwrap();
+        assert_eq!(
+            Message::decode(&compressed_payload(inner.len() as u64, &frame)),
+            Err(ProtocolError::Decompress {
+                what: "a compressed payload holds another compressed payload".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn the_expanded_message_is_checked_like_any_other() {
+        // A reversed Ops range, a trailing byte, another kind of item: the same errors as
+        // without compression.
+        let reversed = Message::Ops {
+            from: 5,
+            to: 5,
+            ops: vec![],
+        }
+        .encode();
+        let mut trailing = Message::Ack { position: 1 }.encode();
+        trailing.push(0);
+        let value = encode_value(&Value::Int(1));
+        for plain in [reversed, trailing, value] {
+            let frame = zstd::bulk::compress(&plain, ZSTD_LEVEL).unwrap();
+            let expected = Message::decode(&plain).unwrap_err();
+            assert_eq!(
+                Message::decode(&compressed_payload(plain.len() as u64, &frame)),
+                Err(expected)
+            );
+        }
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_refused() {
+        // 100 MB of zeros compress to a few kilobytes.
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 19).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..100 {
+            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        // Claimed as small, as the largest allowed, or as what it really is: all refused,
+        // and never expanded past the announced length.
+        for announced in [100, 4096, MAX_DECOMPRESSED_LEN as u64, 100 << 20] {
+            let result = Message::decode(&compressed_payload(announced, &bomb));
+            assert!(is_decompress_error(&result), "{announced}: {result:?}");
+        }
     }
 }

@@ -11,8 +11,9 @@ use blazedb_format::{
     Date, Encoder, Fields, Kind, NodeId, OpId, OpKind, Operation, Uuid, Value, VersionVector,
 };
 use blazedb_protocol::{
-    CloseCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN,
-    MAX_DATABASE_NAME_LEN, Message, ProtocolError, encode_frame, fuzz, try_encode_frame,
+    Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_MAX_FRAME_LEN,
+    FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN, MAX_TOKEN_LEN,
+    Message, ProtocolError, encode_frame, fuzz, try_encode_frame,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -148,6 +149,36 @@ fn close_code() -> impl Strategy<Value = CloseCode> {
     select(CloseCode::ALL.to_vec())
 }
 
+/// Capability sets: none, the known ones, and unknown bits (which a receiver keeps).
+fn capabilities() -> impl Strategy<Value = Capabilities> + Clone {
+    prop_oneof![
+        Just(Capabilities::NONE),
+        Just(Capabilities::ZSTD),
+        any::<u64>().prop_map(Capabilities),
+    ]
+}
+
+/// Enrolment tokens: printable ASCII like a real token, any text, and the longest allowed.
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[ -~]{1,64}",
+        1 => text(40).prop_filter("a token is not empty", |s| !s.is_empty()),
+        1 => (1..=MAX_TOKEN_LEN).prop_map(|n| "t".repeat(n)),
+    ]
+}
+
+/// The frame of `message` as sent to a peer with `peer` capabilities.
+fn frame_for(message: &Message, peer: Capabilities, threshold: usize) -> Vec<u8> {
+    let payload = message.encode_for(peer, threshold);
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend(payload);
+    frame
+}
+
+fn threshold() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(0), Just(DEFAULT_COMPRESSION_THRESHOLD), 0usize..4096,]
+}
+
 /// Any valid message, including the extremes of each field's range.
 fn message() -> impl Strategy<Value = Message> {
     let database = prop_oneof![
@@ -160,16 +191,23 @@ fn message() -> impl Strategy<Value = Message> {
         1 => (0..=MAX_CLOSE_REASON_LEN).prop_map(|n| "r".repeat(n)),
     ];
     prop_oneof![
-        (any::<u16>(), node(), database, any::<u64>()).prop_map(
-            |(protocol_version, node, database, capabilities)| Message::Hello {
+        (any::<u16>(), node(), database, capabilities(), counter()).prop_map(
+            |(protocol_version, node, database, capabilities, head)| Message::Hello {
                 protocol_version,
                 node,
                 database,
-                capabilities: blazedb_protocol::Capabilities(capabilities),
+                capabilities,
+                head,
             }
         ),
-        "[ -~]{1,64}".prop_map(|token| Message::Enroll { token }),
+        token().prop_map(|token| Message::Enroll { token }),
         (ops_range(), vec(operation(), 0..5)).prop_map(|((from, to), ops)| Message::Ops {
+            from,
+            to,
+            ops
+        }),
+        // Batches large enough to be compressed at the default threshold.
+        (ops_range(), vec(operation(), 10..40)).prop_map(|((from, to), ops)| Message::Ops {
             from,
             to,
             ops
@@ -266,6 +304,73 @@ proptest! {
     }
 
     #[test]
+    fn any_message_round_trips_through_encode_for_with_and_without_zstd(
+        message in message(),
+        peer in capabilities(),
+        threshold in threshold(),
+    ) {
+        let plain = message.encode();
+        for peer in [Capabilities::NONE, Capabilities::ZSTD, peer] {
+            let sent = message.encode_for(peer, threshold);
+            if sent[2] == 0x7f {
+                prop_assert!(peer.contains(Capabilities::ZSTD));
+                prop_assert!(plain.len() >= threshold);
+                prop_assert!(sent.len() < plain.len());
+            } else {
+                prop_assert_eq!(&sent, &plain);
+            }
+            let decoded = Message::decode(&sent).unwrap();
+            prop_assert_eq!(decoded.encode(), plain.clone());
+        }
+        // Without ZSTD nothing is ever compressed, whatever the threshold.
+        prop_assert_eq!(message.encode_for(Capabilities(peer.0 & !1), threshold), plain);
+    }
+
+    #[test]
+    fn compressed_and_plain_frames_mix_in_one_stream(
+        messages in vec((message(), any::<bool>()), 0..8),
+        threshold in threshold(),
+        chunking in chunking(),
+    ) {
+        let stream: Vec<u8> = messages
+            .iter()
+            .flat_map(|(m, zstd)| {
+                let peer = if *zstd { Capabilities::ZSTD } else { Capabilities::NONE };
+                frame_for(m, peer, threshold)
+            })
+            .collect();
+        let mut decoder = FrameDecoder::default();
+        let received = receive(&mut decoder, &chunks(&stream, &chunking)).unwrap();
+        let sent: Vec<Message> = messages.into_iter().map(|(m, _)| m).collect();
+        prop_assert_eq!(encodings(&received), encodings(&sent));
+        prop_assert_eq!(decoder.buffered_len(), 0);
+    }
+
+    /// Whatever is done to the zstd frame of a compressed payload, the decoder never panics,
+    /// and what it returns is a message or an error blaming the peer.
+    #[test]
+    fn corrupted_compressed_payloads_never_panic_the_decoder(
+        message in message(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let sent = message.encode_for(Capabilities::ZSTD, 0);
+        let mut bytes = sent.clone();
+        for (at, xor) in flips {
+            let i = 3 + at.index(bytes.len() - 3);
+            bytes[i] ^= xor;
+        }
+        bytes.truncate(3 + cut.index(bytes.len() - 2));
+        match Message::decode(&bytes) {
+            Ok(decoded) => {
+                let again = decoded.encode();
+                prop_assert_eq!(Message::decode(&again).unwrap().encode(), again);
+            }
+            Err(error) => prop_assert!(error.is_malformed_input(), "{}", error),
+        }
+    }
+
+    #[test]
     fn messages_survive_framing_in_any_chunking_and_arrive_in_order(
         messages in vec(message(), 0..8),
         chunking in chunking(),
@@ -336,7 +441,7 @@ proptest! {
         payload in prop_oneof![
             vec(any::<u8>(), 0..200),
             // A valid header and type byte, then noise: reaches the body decoders.
-            (1u8..=8, vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
+            (prop_oneof![1u8..=8, Just(0x7f)], vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
                 let mut p = vec![blazedb_format::MAGIC, 0x16, t];
                 p.extend(body);
                 p
@@ -407,6 +512,26 @@ proptest! {
     }
 
     #[test]
+    fn the_fuzz_target_accepts_corrupted_compressed_streams(
+        first in any::<u8>(),
+        messages in vec(message(), 1..4),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut data = vec![first];
+        data.extend(messages.iter().flat_map(|m| frame_for(m, Capabilities::ZSTD, 0)));
+        for (at, xor) in flips {
+            let i = 1 + at.index(data.len() - 1);
+            data[i] ^= xor;
+        }
+        fuzz::frames(&data);
+    }
+
+    #[test]
+    fn the_token_fuzz_target_accepts_arbitrary_bytes(data in vec(any::<u8>(), 0..300)) {
+        fuzz::token(&data);
+    }
+
+    #[test]
     fn the_fuzz_target_accepts_corrupted_valid_streams(
         first in any::<u8>(),
         messages in vec(message(), 1..5),
@@ -430,6 +555,10 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
             node: NodeId(Uuid::from_bytes([1; 16])),
             database: "db".to_owned(),
             capabilities: blazedb_protocol::Capabilities::SUPPORTED,
+            head: 42,
+        },
+        Message::Enroll {
+            token: "bzt1_token".to_owned(),
         },
         Message::Pull {
             from: 3,
@@ -444,7 +573,13 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
         Message::Ping { nonce: 7 },
         Message::close(CloseCode::GoingAway, "restart"),
     ];
-    let stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+    let mut stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+    // The same messages again, each compressed when that is smaller.
+    stream.extend(
+        messages
+            .iter()
+            .flat_map(|m| frame_for(m, Capabilities::ZSTD, 0)),
+    );
     for first in 0..=u8::MAX {
         let mut data = vec![first];
         data.extend(&stream);

@@ -180,9 +180,21 @@ pub struct ConnectionStatus {
     pub messages_received: u64,
     /// True while the peer has pulled and this side streams its op log to it.
     pub streaming: bool,
+    /// Our durable cursor into the peer's op log: how far its operations are applied here.
+    pub cursor: u64,
+    /// The cursor when this connection's session started.
+    pub cursor_at_start: u64,
+    /// The furthest op-log position the peer has announced (its head when the session
+    /// started, or a later range's end). `cursor` reaching it means caught up.
+    pub peer_head: u64,
+    /// The highest [`SyncEngine::barrier`] the peer has answered.
+    pub barrier: u64,
     /// Why the connection ended, if it did.
     pub closed_reason: Option<String>,
 }
+
+/// The bit that marks a `Ping` nonce as a barrier (keepalive pings never set it).
+const BARRIER_NONCE: u64 = 1 << 63;
 
 /// What wakes the engine thread.
 pub(crate) enum Event {
@@ -223,6 +235,10 @@ pub(crate) enum Command {
     },
     Status {
         reply: Sender<Result<Vec<ConnectionStatus>>>,
+    },
+    Barrier {
+        id: ConnectionId,
+        reply: Sender<Result<u64>>,
     },
     WaitIdle {
         deadline: Instant,
@@ -377,6 +393,14 @@ impl SyncEngine {
         self.ask(|reply| Command::SetMode { id, mode, reply })?
     }
 
+    /// Sends the peer a barrier: a `Ping` that the peer answers after everything it sent
+    /// before. Returns the barrier's number; [`ConnectionStatus::barrier`] reaches it when
+    /// the `Pong` arrived, and by then everything the peer had sent us before is applied.
+    /// (Used to tell "in sync with the server" from "nothing arrived yet".)
+    pub fn barrier(&self, id: ConnectionId) -> Result<u64> {
+        self.ask(|reply| Command::Barrier { id, reply })?
+    }
+
     /// The state of every connection, in connection order.
     pub fn status(&self) -> Result<Vec<ConnectionStatus>> {
         self.ask(|reply| Command::Status { reply })?
@@ -457,6 +481,10 @@ struct Conn {
     peer: Option<NodeId>,
     /// Our durable cursor into the peer's op log (cached; the truth is in the database).
     cursor: u64,
+    /// The cursor when the peer's `Hello` arrived, and the highest op-log position the peer
+    /// has announced (its `Hello`'s head, or an `Ops` range's end): initial-sync progress.
+    cursor_at_hello: u64,
+    peer_head: u64,
     /// We asked the peer to stream again from `cursor` and ignore what does not continue it.
     repull_pending: bool,
     /// `cursor` moved past ranges with nothing to apply and is not saved yet.
@@ -478,6 +506,22 @@ struct Conn {
     /// When the peer last said anything, and whether we pinged it since.
     last_heard: Instant,
     pinged: bool,
+    /// Barriers sent, and the highest one answered.
+    barriers_sent: u64,
+    barrier: u64,
+}
+
+impl ConnectionStatus {
+    /// How much of what the peer had when the session started is applied here, from 0.0 to
+    /// 1.0 (1.0 when there was nothing to catch up): initial-sync progress.
+    pub fn catch_up_progress(&self) -> f64 {
+        let total = self.peer_head.saturating_sub(self.cursor_at_start);
+        if total == 0 {
+            return 1.0;
+        }
+        let done = self.cursor.saturating_sub(self.cursor_at_start).min(total);
+        done as f64 / total as f64
+    }
 }
 
 impl Conn {
@@ -657,6 +701,20 @@ impl Worker {
                 };
                 let _ = reply.send(result);
             }
+            Command::Barrier { id, reply } => {
+                self.apply_inbound(id);
+                let result = match self.connections.get_mut(&id) {
+                    Some(conn) if conn.open() => {
+                        conn.barriers_sent += 1;
+                        let nonce = BARRIER_NONCE | conn.barriers_sent;
+                        conn.send(Message::Ping { nonce });
+                        Ok(conn.barriers_sent)
+                    }
+                    Some(_) => Err(SyncError::RelayClosed),
+                    None => Err(SyncError::UnknownConnection(id.0)),
+                };
+                let _ = reply.send(result);
+            }
             Command::SetMode { id, mode, reply } => {
                 let _ = reply.send(self.set_mode(id, mode));
             }
@@ -682,6 +740,8 @@ impl Worker {
             transport,
             peer: None,
             cursor: 0,
+            cursor_at_hello: 0,
+            peer_head: 0,
             repull_pending: false,
             cursor_unsaved: false,
             inbound: Vec::new(),
@@ -697,6 +757,8 @@ impl Worker {
             messages_received: 0,
             last_heard: Instant::now(),
             pinged: false,
+            barriers_sent: 0,
+            barrier: 0,
         };
         match started {
             Ok(()) => {
@@ -734,6 +796,7 @@ impl Worker {
             node: self.node,
             database: conn.options.remote_database.clone(),
             capabilities: Capabilities::SUPPORTED,
+            head: self.head,
         }
     }
 
@@ -778,6 +841,7 @@ impl Worker {
                 return;
             }
             if conn.options.mode.receives() {
+                conn.peer_head = conn.peer_head.max(to);
                 conn.inbound.push((from, to, ops));
             }
             // Otherwise (write-only, or the mode just changed): not applied and not
@@ -794,6 +858,7 @@ impl Worker {
                 protocol_version,
                 node,
                 database,
+                head,
                 ..
             } => {
                 if let Err(e) = negotiate_version(protocol_version) {
@@ -829,6 +894,8 @@ impl Worker {
                     Ok(cursor) => {
                         if let Some(conn) = self.connections.get_mut(&id) {
                             conn.cursor = cursor;
+                            conn.cursor_at_hello = cursor;
+                            conn.peer_head = conn.peer_head.max(head);
                         }
                         self.pull(id);
                     }
@@ -883,7 +950,11 @@ impl Worker {
             Message::Ping { nonce } => {
                 conn.send(Message::Pong { nonce });
             }
-            Message::Pong { .. } => {}
+            Message::Pong { nonce } => {
+                if nonce & BARRIER_NONCE != 0 {
+                    conn.barrier = conn.barrier.max(nonce & !BARRIER_NONCE);
+                }
+            }
             Message::Close { code, reason } => {
                 conn.end(format!("the peer closed the connection ({code}): {reason}"));
             }
@@ -1159,6 +1230,10 @@ impl Worker {
                 messages_sent: c.messages_sent,
                 messages_received: c.messages_received,
                 streaming: c.open() && c.outbound.is_some(),
+                cursor: c.cursor,
+                cursor_at_start: c.cursor_at_hello,
+                peer_head: c.peer_head,
+                barrier: c.barrier,
                 closed_reason: c.closed_reason.clone(),
             });
         }

@@ -43,6 +43,7 @@
 mod engine;
 mod error;
 mod relay;
+pub mod remote;
 mod topology;
 mod unix;
 

@@ -714,6 +714,7 @@ mod tests {
             node: NodeId(Uuid::from_bytes([7; 16])),
             database: "notes".to_owned(),
             capabilities: blazedb_protocol::Capabilities::NONE,
+            head: 0,
         }
     }
 
@@ -1045,6 +1046,7 @@ mod tests {
                 node: NodeId(Uuid::nil()),
                 database: String::new(),
                 capabilities: blazedb_protocol::Capabilities::NONE,
+                head: 0,
             })
             .unwrap();
         let reason = closed_reason(&client_rx);

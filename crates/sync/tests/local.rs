@@ -497,6 +497,7 @@ fn hello(database: &str, version: u16) -> Message {
         node: blazedb_core::NodeId::random(),
         database: database.into(),
         capabilities: blazedb_protocol::Capabilities::SUPPORTED,
+        head: 0,
     }
 }
 
@@ -559,6 +560,7 @@ fn a_lost_range_makes_the_receiver_pull_again_from_its_cursor() {
         node: source.node_id(),
         database: "bugs".into(),
         capabilities: blazedb_protocol::Capabilities::SUPPORTED,
+        head: 0,
     });
     probe.wait_for(|m| matches!(m, Message::Pull { from: 0, .. }));
     // The first entry "got lost": the second arrives alone.

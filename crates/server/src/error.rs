@@ -1,0 +1,135 @@
+//! Errors of the server, one enum per area: configuration ([`ConfigError`]), the meta store
+//! and administration ([`MetaError`]) and the running server ([`ServerError`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A configuration the operator gave (file, flags, environment) that cannot be used. Always
+/// the operator's mistake or an unreadable file; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML, has an unknown key or a value of the wrong
+    /// type.
+    #[error("configuration file {path}: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    /// A setting has a value that cannot work.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+    /// A TLS certificate or key file cannot be used.
+    #[error("TLS {what} {path}: {reason}")]
+    Tls {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The master key (environment variable or key file) cannot be used.
+    #[error("master key: {0}")]
+    MasterKey(String),
+}
+
+/// Problems with the meta store (`server.blazedb`) and the hosted database files: the
+/// administrator's mistakes (`UserExists`, `InvalidName`, …), a device's failed enrolment
+/// (`Token*`), a wrong master key or damaged file, and storage failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// The master key is not the one the file was created with.
+    #[error(
+        "the master key does not open {path} (it was created with another key, or it is not a \
+         BlazeDB file); give the key it was created with in BLAZEDB_MASTER_KEY or \
+         --master-key-file"
+    )]
+    WrongMasterKey { path: PathBuf },
+    /// A name (user, team, role, database) the administrator gave is not acceptable.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    /// An argument (a duration, a key) the administrator gave is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("a user named {0:?} already exists")]
+    UserExists(String),
+    #[error("no user named {0:?}; add it with `blazedb-server admin user add`")]
+    UnknownUser(String),
+    #[error("a database named {0:?} already exists")]
+    DatabaseExists(String),
+    #[error("no database named {0:?}; create it with `blazedb-server admin database create`")]
+    UnknownDatabase(String),
+    #[error("no enrolled device matches {0:?} (give a fingerprint or a public key in hex)")]
+    UnknownDevice(String),
+    #[error("{0:?} matches more than one device; give the whole public key in hex")]
+    AmbiguousDevice(String),
+    /// The enrolment token does not parse.
+    #[error("the enrolment token is malformed: {0}")]
+    TokenMalformed(String),
+    /// The token was made by another server (its server key is not ours).
+    #[error("the enrolment token was made for another server")]
+    TokenForeign,
+    /// No such token (never created, or the secret does not match).
+    #[error("the enrolment token is not known to this server")]
+    TokenUnknown,
+    #[error("the enrolment token has already been used; create a new one")]
+    TokenUsed,
+    #[error("the enrolment token expired; create a new one")]
+    TokenExpired,
+    /// The device's key is already enrolled (it needs no token).
+    #[error("device {0} is already enrolled")]
+    DeviceAlreadyEnrolled(String),
+    /// The device's key was revoked; it cannot enrol again with the same key.
+    #[error("device {0} was revoked; it must make a new key pair to enrol again")]
+    DeviceRevoked(String),
+    /// A stored record does not have the shape this server writes.
+    #[error("the meta store is damaged: {0}")]
+    Corrupt(String),
+    /// The storage layer failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] blazedb_core::Error),
+    /// Creating the data directory or a file in it failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The server's own keys could not be made or loaded.
+    #[error("server keys: {0}")]
+    Keys(String),
+}
+
+/// Why the server could not start, or failed while running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A hosted database's sync engine failed to start.
+    #[error("cannot start syncing database {name:?}: {source}")]
+    Engine {
+        name: String,
+        source: blazedb_sync::SyncError,
+    },
+    /// The async runtime could not be built, or a server task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,335 @@
+//! `blazedb-server`: serve (the default) and administer a BlazeDB sync server.
+//!
+//! ```text
+//! blazedb-server                                  # serve with defaults (127.0.0.1:7420)
+//! blazedb-server serve --listen 0.0.0.0:7420 --tls-self-signed
+//! blazedb-server admin user add ada --team core --role admin
+//! blazedb-server admin token create ada --expires-in 3600   # prints only the token
+//! blazedb-server admin database create bugs
+//! ```
+//!
+//! The master key comes from `BLAZEDB_MASTER_KEY` or `--master-key-file`, never from a flag
+//! holding the key itself.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use blazedb_server::{
+    ConfigOverrides, MasterKey, MetaStore, Server, ServerConfig, ServerError, format_date,
+};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "blazedb-server",
+    version,
+    about = "Hosts BlazeDB databases and syncs devices with them",
+    long_about = "Hosts BlazeDB databases and syncs devices with them. Without a subcommand it \
+                  serves. The master key comes from the BLAZEDB_MASTER_KEY environment variable \
+                  (64 hex characters) or --master-key-file; without either, a development key \
+                  is generated inside the data folder (with a warning)."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder of the server's files [default: ./blazedb-server-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// File holding the master key (64 hex characters), outside the data folder.
+    #[arg(long, global = true, value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// Address to listen on, IP:PORT (port 0 picks a free port) [default: 127.0.0.1:7420].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Most simultaneous sync connections [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Messages queued for one connection before it counts as too slow [default: 1024].
+    #[arg(long, value_name = "N")]
+    send_queue: Option<usize>,
+    /// Seconds a client has for the TLS and Noise handshakes [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout_secs: Option<u64>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// TLS with a self-signed certificate for localhost, written to <data-dir>/tls/cert.pem.
+    #[arg(long)]
+    tls_self_signed: bool,
+}
+
+impl ServeArgs {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none()
+            && self.max_connections.is_none()
+            && self.send_queue.is_none()
+            && self.handshake_timeout_secs.is_none()
+            && self.tls_cert.is_none()
+            && self.tls_key.is_none()
+            && !self.tls_self_signed
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve(ServeArgs),
+    /// Manage users, enrolment tokens, devices and databases (works while the server runs).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// One-time enrolment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Hosted databases.
+    #[command(subcommand)]
+    Database(DatabaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Adds a user.
+    Add {
+        name: String,
+        /// A team the user belongs to (repeat for several).
+        #[arg(long = "team", value_name = "TEAM")]
+        teams: Vec<String>,
+        /// The user's role [default: member].
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Lists users: name, role, teams (tab-separated).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates a one-time enrolment token for USER and prints it (only it) on stdout.
+    Create {
+        user: String,
+        /// Seconds until the token expires.
+        #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+        expires_in: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Lists devices: fingerprint, user, enrolled at, status, suite (tab-separated).
+    List,
+    /// Revokes a device: its next connection is refused.
+    Revoke {
+        /// The device's fingerprint (16 hex characters) or whole public key in hex.
+        #[arg(value_name = "FINGERPRINT_OR_KEYHEX")]
+        device: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatabaseCommand {
+    /// Creates a hosted database (1 to 255 characters of A-Z a-z 0-9 . _ -).
+    Create { name: String },
+    /// Lists hosted databases.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("blazedb-server: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        None => serve(&cli.common, cli.serve),
+        Some(Command::Serve(args)) => {
+            if !cli.serve.is_empty() {
+                return Err("give the serve options after `serve`".to_owned());
+            }
+            serve(&cli.common, args)
+        }
+        Some(Command::Admin(command)) => {
+            if !cli.serve.is_empty() {
+                return Err("serve options (--listen, --tls-…) do not apply to admin".to_owned());
+            }
+            admin(&cli.common, command)
+        }
+    }
+}
+
+fn load_config(common: &CommonArgs, serve: ServeArgs) -> Result<ServerConfig, String> {
+    let overrides = ConfigOverrides {
+        data_dir: common.data_dir.clone(),
+        listen: serve.listen,
+        max_connections: serve.max_connections,
+        send_queue: serve.send_queue,
+        handshake_timeout_secs: serve.handshake_timeout_secs,
+        tls_cert: serve.tls_cert,
+        tls_key: serve.tls_key,
+        tls_self_signed: serve.tls_self_signed,
+        master_key_file: common.master_key_file.clone(),
+    };
+    ServerConfig::load(common.config.as_deref(), &overrides).map_err(|e| e.to_string())
+}
+
+fn master_key(config: &ServerConfig) -> Result<MasterKey, String> {
+    let resolved = MasterKey::resolve_from_environment(config).map_err(|e| e.to_string())?;
+    for warning in &resolved.warnings {
+        eprintln!("blazedb-server: {warning}");
+    }
+    Ok(resolved.key)
+}
+
+fn serve(common: &CommonArgs, args: ServeArgs) -> Result<(), String> {
+    let config = load_config(common, args)?;
+    let key = master_key(&config)?;
+    let server = Server::start_with_key(config, key).map_err(|e: ServerError| e.to_string())?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {}", server.url());
+        let _ = out.flush();
+    }
+    wait_for_signal()?;
+    eprintln!("blazedb-server: shutting down");
+    server.shutdown();
+    Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+fn wait_for_signal() -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot wait for signals: {e}"))?;
+    runtime.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut terminate = signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot wait for SIGTERM: {e}"))?;
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => {
+                    result.map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+                }
+                _ = terminate.recv() => Ok(()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c()
+                .await
+                .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+        }
+    })
+}
+
+fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
+    let config = load_config(common, ServeArgs::default())?;
+    let key = master_key(&config)?;
+    let meta = MetaStore::open_or_create(&config.data_dir, &key).map_err(|e| e.to_string())?;
+    drop(key);
+    let mut out = std::io::stdout().lock();
+    let mut print = |line: String| writeln!(out, "{line}").map_err(|e| e.to_string());
+    match command {
+        AdminCommand::User(UserCommand::Add { name, teams, role }) => {
+            let user = meta
+                .add_user(&name, &teams, role.as_deref())
+                .map_err(|e| e.to_string())?;
+            print(format!(
+                "added user {} (role {}, teams: {})",
+                user.name,
+                user.role,
+                if user.teams.is_empty() {
+                    "none".to_owned()
+                } else {
+                    user.teams.join(", ")
+                }
+            ))?;
+        }
+        AdminCommand::User(UserCommand::List) => {
+            for user in meta.list_users().map_err(|e| e.to_string())? {
+                print(format!(
+                    "{}\t{}\t{}",
+                    user.name,
+                    user.role,
+                    user.teams.join(",")
+                ))?;
+            }
+        }
+        AdminCommand::Token(TokenCommand::Create { user, expires_in }) => {
+            let token = meta
+                .create_token(&user, Duration::from_secs(expires_in))
+                .map_err(|e| e.to_string())?;
+            print(token.to_string())?;
+            let expires = blazedb_core::Date::from_unix_millis(
+                blazedb_core::Date::now().unix_millis().saturating_add(
+                    i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX),
+                ),
+            );
+            eprintln!(
+                "blazedb-server: one-time enrolment token for user {user:?}, valid until {} \
+                 (server key {})",
+                format_date(expires),
+                meta.server_keys().fingerprint()
+            );
+        }
+        AdminCommand::Device(DeviceCommand::List) => {
+            for device in meta.list_devices().map_err(|e| e.to_string())? {
+                print(device.to_string())?;
+            }
+        }
+        AdminCommand::Device(DeviceCommand::Revoke { device }) => {
+            let device = meta.revoke_device(&device).map_err(|e| e.to_string())?;
+            print(format!(
+                "revoked device {} of user {}; its next connection is refused",
+                device.fingerprint(),
+                device.user
+            ))?;
+        }
+        AdminCommand::Database(DatabaseCommand::Create { name }) => {
+            meta.create_database(&name).map_err(|e| e.to_string())?;
+            print(format!("created database {name}"))?;
+        }
+        AdminCommand::Database(DatabaseCommand::List) => {
+            for name in meta.list_databases().map_err(|e| e.to_string())? {
+                print(name)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,892 @@
+//! The meta store: `server.blazedb`, a BlazeDB database (encrypted with the master key like
+//! every server file) holding the server's users, enrolled devices, enrolment tokens, the list
+//! of hosted databases, and (as a local setting) the server's own Noise static key pair.
+//!
+//! Collections and fields:
+//!
+//! | collection  | fields |
+//! |-------------|--------|
+//! | `users`     | `name`, `teams` (array of strings), `role`, `created_at` |
+//! | `devices`   | `key` (hex of the Noise static public key), `fingerprint`, `suite`, `user`, `enrolled_at`, `revoked`, `token_id` |
+//! | `tokens`    | `token_id` (hex), `secret_hash` (SHA-256 of the secret, bytes), `user`, `created_at`, `expires_at`, `used`, `used_by` |
+//! | `databases` | `name`, `created_at` |
+//!
+//! Record ids are derived from the natural key (user name, device key, token id, database
+//! name), so uniqueness and "look it up inside a transaction" come from the record id itself.
+//! The store may be opened by several processes at once (`admin` commands while the server
+//! runs): SQLite WAL and `BEGIN IMMEDIATE` transactions keep them consistent, and the server
+//! reads devices per connection, so administrative changes take effect at the next
+//! connection.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use blazedb_core::{Database, Date, Error as CoreError, Record, Uuid, Value, fields};
+use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::MetaError;
+use crate::master_key::MasterKey;
+use crate::util::{format_date, from_hex, to_hex};
+
+/// The meta store's file name, in the data folder.
+pub const META_FILE: &str = "server.blazedb";
+/// The folder of hosted databases, in the data folder.
+pub const DATABASES_DIR: &str = "databases";
+/// The local setting holding the server's static key pair: `[suite id][private key]`.
+pub const STATIC_KEY_SETTING: &str = blazedb_sync::remote::STATIC_KEY_SETTING;
+/// The role of a user added without one.
+pub const DEFAULT_ROLE: &str = "member";
+/// Longest lifetime of an enrolment token.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+/// Longest user, team or role name, in bytes.
+pub const MAX_USER_NAME_LEN: usize = 128;
+
+const USERS: &str = "users";
+const DEVICES: &str = "devices";
+const TOKENS: &str = "tokens";
+const DATABASES: &str = "databases";
+
+/// Database names longer than this are stored under a hashed file name, so that the file
+/// name and SQLite's `-wal`/`-shm` companions stay within 255 bytes.
+const MAX_PLAIN_FILE_STEM: usize = 200;
+
+/// A user of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub teams: Vec<String>,
+    pub role: String,
+}
+
+/// An enrolled device: a Noise static public key that belongs to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The static public key.
+    pub key: Vec<u8>,
+    pub suite: Suite,
+    pub user: String,
+    pub enrolled_at: Date,
+    /// A revoked device is refused at its next connection.
+    pub revoked: bool,
+}
+
+impl Device {
+    /// The key's short name (first 8 bytes of its SHA-256, in hex).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.key)
+    }
+
+    /// The public key in hex.
+    pub fn key_hex(&self) -> String {
+        to_hex(&self.key)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}\t{}\t{}\t{}\t{}",
+            self.fingerprint(),
+            self.user,
+            format_date(self.enrolled_at),
+            if self.revoked { "revoked" } else { "active" },
+            self.suite
+        )
+    }
+}
+
+/// The server's meta store. Cheap to share (`Arc`); every method is a short SQLite
+/// transaction, so call it off the async threads (`spawn_blocking`) on a busy server.
+pub struct MetaStore {
+    db: Database,
+    data_dir: PathBuf,
+    password: Zeroizing<String>,
+    keys: StaticKeys,
+}
+
+impl fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetaStore")
+            .field("data_dir", &self.data_dir)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `path` (and its parents) readable only by this user.
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// Maps the storage layer's "wrong password" to the server's "wrong master key".
+fn open_error(e: CoreError) -> MetaError {
+    match e {
+        CoreError::WrongPassword { path } => MetaError::WrongMasterKey { path },
+        other => MetaError::Storage(other),
+    }
+}
+
+/// A record id derived from a natural key: the first 16 bytes of SHA-256(kind, 0, key), as
+/// a version-8 UUID.
+fn record_id(kind: &str, key: &[u8]) -> Uuid {
+    let hash = Sha256::new()
+        .chain_update(kind.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key)
+        .finalize();
+    let mut bytes = [0u8; 16];
+    for (slot, b) in bytes.iter_mut().zip(hash.iter()) {
+        *slot = *b;
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+fn corrupt(collection: &str, field: &str) -> MetaError {
+    MetaError::Corrupt(format!(
+        "a record in {collection:?} has no valid {field:?} field"
+    ))
+}
+
+fn field_str(record: &Record, collection: &str, field: &str) -> Result<String, MetaError> {
+    match record.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(corrupt(collection, field)),
+    }
+}
+
+fn field_bool(record: &Record, collection: &str, field: &str) -> Result<bool, MetaError> {
+    match record.get(field) {
+        Some(Value::Bool(b)) => Ok(*b),
+        _ => Err(corrupt(collection, field)),
+    }
+}
+
+fn field_date(record: &Record, collection: &str, field: &str) -> Result<Date, MetaError> {
+    match record.get(field) {
+        Some(Value::Date(d)) => Ok(*d),
+        _ => Err(corrupt(collection, field)),
+    }
+}
+
+fn user_from(record: &Record) -> Result<User, MetaError> {
+    let teams = match record.get("teams") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(corrupt(USERS, "teams")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(corrupt(USERS, "teams")),
+    };
+    Ok(User {
+        name: field_str(record, USERS, "name")?,
+        teams,
+        role: field_str(record, USERS, "role")?,
+    })
+}
+
+fn suite_from_name(name: &str) -> Option<Suite> {
+    Suite::ALL.into_iter().find(|s| s.noise_name() == name)
+}
+
+fn device_from(record: &Record) -> Result<Device, MetaError> {
+    let key = from_hex(&field_str(record, DEVICES, "key")?).ok_or(corrupt(DEVICES, "key"))?;
+    let suite =
+        suite_from_name(&field_str(record, DEVICES, "suite")?).ok_or(corrupt(DEVICES, "suite"))?;
+    Ok(Device {
+        key,
+        suite,
+        user: field_str(record, DEVICES, "user")?,
+        enrolled_at: field_date(record, DEVICES, "enrolled_at")?,
+        revoked: field_bool(record, DEVICES, "revoked")?,
+    })
+}
+
+/// Checks a user, team or role name: 1 to 128 bytes, no control characters, no surrounding
+/// spaces.
+fn check_label(what: &'static str, name: &str) -> Result<(), MetaError> {
+    let bad = |reason| {
+        Err(MetaError::InvalidName {
+            what,
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_USER_NAME_LEN {
+        return bad("it is longer than 128 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("it contains control characters");
+    }
+    if name.trim() != name {
+        return bad("it starts or ends with a space");
+    }
+    Ok(())
+}
+
+/// Checks a hosted database's name: 1 to 255 bytes of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
+pub fn check_database_name(name: &str) -> Result<(), MetaError> {
+    let bad = |reason| {
+        Err(MetaError::InvalidName {
+            what: "database name",
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > blazedb_protocol::MAX_DATABASE_NAME_LEN {
+        return bad("it is longer than 255 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("only letters A-Z and a-z, digits, '.', '_' and '-' are allowed");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not database names");
+    }
+    Ok(())
+}
+
+/// The file name of a hosted database (the name is checked already).
+fn database_file_name(name: &str) -> String {
+    if name.len() <= MAX_PLAIN_FILE_STEM {
+        format!("{name}.blazedb")
+    } else {
+        let hash = Sha256::digest(name.as_bytes());
+        let prefix: String = name.chars().take(64).collect();
+        format!("{prefix}-{}.blazedb", to_hex(hash.get(..16).unwrap_or(&[])))
+    }
+}
+
+fn now_plus(ttl: Duration) -> Date {
+    let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    Date::from_unix_millis(Date::now().unix_millis().saturating_add(ms))
+}
+
+/// Loads the server's static key pair from the meta store, or makes and stores one (the
+/// same local setting every BlazeDB node keeps its key in).
+fn load_or_create_keys(db: &Database) -> Result<StaticKeys, MetaError> {
+    blazedb_sync::remote::node_keys(db).map_err(|e| MetaError::Keys(e.to_string()))
+}
+
+impl MetaStore {
+    /// Opens `<data_dir>/server.blazedb` with the master key, creating the data folder and
+    /// the store (with a new server key pair) on first use.
+    pub fn open_or_create(data_dir: &Path, key: &MasterKey) -> Result<MetaStore, MetaError> {
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| MetaError::Io { what, path, source }
+        };
+        create_private_dir(data_dir).map_err(io("cannot create the data folder", data_dir))?;
+        let databases = data_dir.join(DATABASES_DIR);
+        create_private_dir(&databases)
+            .map_err(io("cannot create the databases folder", &databases))?;
+        let path = data_dir.join(META_FILE);
+        let password = key.password();
+        let db = match Database::open(&path, &password) {
+            Ok(db) => db,
+            Err(CoreError::DatabaseMissing { .. }) => match Database::create(&path, &password) {
+                Ok(db) => db,
+                // Another process created it a moment ago.
+                Err(CoreError::AlreadyExists { .. }) => {
+                    Database::open(&path, &password).map_err(open_error)?
+                }
+                Err(e) => return Err(open_error(e)),
+            },
+            Err(e) => return Err(open_error(e)),
+        };
+        let keys = load_or_create_keys(&db)?;
+        Ok(MetaStore {
+            db,
+            data_dir: data_dir.to_owned(),
+            password,
+            keys,
+        })
+    }
+
+    /// The underlying database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's Noise static key pair.
+    pub fn server_keys(&self) -> &StaticKeys {
+        &self.keys
+    }
+
+    // --- users -------------------------------------------------------------------------
+
+    /// Adds a user. `role` defaults to [`DEFAULT_ROLE`]; duplicate teams are dropped.
+    pub fn add_user(
+        &self,
+        name: &str,
+        teams: &[String],
+        role: Option<&str>,
+    ) -> Result<User, MetaError> {
+        check_label("user name", name)?;
+        let role = role.unwrap_or(DEFAULT_ROLE);
+        check_label("role", role)?;
+        let mut unique: Vec<String> = Vec::new();
+        for team in teams {
+            check_label("team name", team)?;
+            if !unique.contains(team) {
+                unique.push(team.clone());
+            }
+        }
+        let values: Vec<Value> = unique.iter().map(|t| Value::from(t.as_str())).collect();
+        let record = fields! {
+            "name" => name,
+            "teams" => values,
+            "role" => role,
+            "created_at" => Date::now(),
+        };
+        match self
+            .db
+            .insert_with_id(USERS, record_id(USERS, name.as_bytes()), record)
+        {
+            Ok(()) => Ok(User {
+                name: name.to_owned(),
+                teams: unique,
+                role: role.to_owned(),
+            }),
+            Err(CoreError::RecordExists { .. }) => Err(MetaError::UserExists(name.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user named `name`, if any.
+    pub fn user(&self, name: &str) -> Result<Option<User>, MetaError> {
+        self.db
+            .get(USERS, record_id(USERS, name.as_bytes()))?
+            .map(|r| user_from(&r))
+            .transpose()
+    }
+
+    /// Every user, by name.
+    pub fn list_users(&self) -> Result<Vec<User>, MetaError> {
+        let mut users = self
+            .db
+            .fetch_all(USERS)?
+            .iter()
+            .map(user_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(users)
+    }
+
+    // --- tokens ------------------------------------------------------------------------
+
+    /// Creates a one-time enrolment token for `user`, valid for `ttl`, and returns its text.
+    /// Only the token's id and the hash of its secret are stored.
+    pub fn create_token(&self, user: &str, ttl: Duration) -> Result<Zeroizing<String>, MetaError> {
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(MetaError::InvalidArgument(format!(
+                "a token's lifetime must be between 1 second and {} days",
+                MAX_TOKEN_TTL.as_secs() / 86_400
+            )));
+        }
+        if self.user(user)?.is_none() {
+            return Err(MetaError::UnknownUser(user.to_owned()));
+        }
+        let token =
+            EnrolmentToken::generate(&self.keys).map_err(|e| MetaError::Keys(e.to_string()))?;
+        let now = Date::now();
+        self.db.insert_with_id(
+            TOKENS,
+            record_id(TOKENS, &token.id()),
+            fields! {
+                "token_id" => token.id_hex(),
+                "secret_hash" => token.secret_hash().to_vec(),
+                "user" => user,
+                "created_at" => now,
+                "expires_at" => now_plus(ttl),
+                "used" => false,
+            },
+        )?;
+        Ok(Zeroizing::new(token.encode()))
+    }
+
+    /// Enrols the device with static public key `device_key` (for `suite`) with the token
+    /// `token_text`, and returns the user it now belongs to. The token is marked used in
+    /// the same transaction that enrols the device, so it works exactly once, even with
+    /// several server processes racing.
+    pub fn enrol_device(
+        &self,
+        token_text: &str,
+        device_key: &[u8],
+        suite: Suite,
+    ) -> Result<User, MetaError> {
+        let token = EnrolmentToken::parse(token_text)
+            .map_err(|e| MetaError::TokenMalformed(e.to_string()))?;
+        if token.server_key() != self.keys.public() || token.server_suite() != self.keys.suite() {
+            return Err(MetaError::TokenForeign);
+        }
+        if device_key.len() != suite.public_key_len() {
+            return Err(MetaError::InvalidArgument(format!(
+                "a {suite} public key has {} bytes, not {}",
+                suite.public_key_len(),
+                device_key.len()
+            )));
+        }
+        let token_record = record_id(TOKENS, &token.id());
+        let device_record = record_id(DEVICES, device_key);
+        let device_fingerprint = fingerprint(device_key);
+        self.db.transaction(|tx| {
+            let Some(stored) = tx.get(TOKENS, token_record)? else {
+                return Ok(Err(MetaError::TokenUnknown));
+            };
+            let hash = match stored.get("secret_hash") {
+                Some(Value::Bytes(b)) => b.clone(),
+                _ => return Ok(Err(corrupt(TOKENS, "secret_hash"))),
+            };
+            if !token.secret_matches(&hash) {
+                return Ok(Err(MetaError::TokenUnknown));
+            }
+            match field_bool(&stored, TOKENS, "used") {
+                Ok(true) => return Ok(Err(MetaError::TokenUsed)),
+                Ok(false) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            match field_date(&stored, TOKENS, "expires_at") {
+                Ok(expires) if expires <= Date::now() => return Ok(Err(MetaError::TokenExpired)),
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            let user_name = match field_str(&stored, TOKENS, "user") {
+                Ok(u) => u,
+                Err(e) => return Ok(Err(e)),
+            };
+            let Some(user) = tx.get(USERS, record_id(USERS, user_name.as_bytes()))? else {
+                return Ok(Err(MetaError::UnknownUser(user_name)));
+            };
+            let user = match user_from(&user) {
+                Ok(u) => u,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(existing) = tx.get(DEVICES, device_record)? {
+                return Ok(Err(match field_bool(&existing, DEVICES, "revoked") {
+                    Ok(true) => MetaError::DeviceRevoked(device_fingerprint.clone()),
+                    Ok(false) => MetaError::DeviceAlreadyEnrolled(device_fingerprint.clone()),
+                    Err(e) => e,
+                }));
+            }
+            tx.update(
+                TOKENS,
+                token_record,
+                fields! { "used" => true, "used_by" => device_fingerprint.as_str() },
+            )?;
+            tx.insert_with_id(
+                DEVICES,
+                device_record,
+                fields! {
+                    "key" => to_hex(device_key),
+                    "fingerprint" => device_fingerprint.as_str(),
+                    "suite" => suite.noise_name(),
+                    "user" => user.name.as_str(),
+                    "enrolled_at" => Date::now(),
+                    "revoked" => false,
+                    "token_id" => token.id_hex(),
+                },
+            )?;
+            Ok(Ok(user))
+        })?
+    }
+
+    // --- devices -----------------------------------------------------------------------
+
+    /// The device with this static public key, revoked or not; `None` when never enrolled.
+    pub fn device(&self, key: &[u8]) -> Result<Option<Device>, MetaError> {
+        self.db
+            .get(DEVICES, record_id(DEVICES, key))?
+            .map(|r| device_from(&r))
+            .transpose()
+    }
+
+    /// Every device, by user and enrolment time.
+    pub fn list_devices(&self) -> Result<Vec<Device>, MetaError> {
+        let mut devices = self
+            .db
+            .fetch_all(DEVICES)?
+            .iter()
+            .map(device_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        devices.sort_by(|a, b| (&a.user, a.enrolled_at).cmp(&(&b.user, b.enrolled_at)));
+        Ok(devices)
+    }
+
+    /// The static keys of every revoked device.
+    pub fn revoked_keys(&self) -> Result<HashSet<Vec<u8>>, MetaError> {
+        Ok(self
+            .list_devices()?
+            .into_iter()
+            .filter(|d| d.revoked)
+            .map(|d| d.key)
+            .collect())
+    }
+
+    /// A number that changes whenever the store changes, in this process or another: the
+    /// head of its op log.
+    pub fn version(&self) -> Result<u64, MetaError> {
+        Ok(self.db.oplog_head()?)
+    }
+
+    /// Revokes the device named by its fingerprint or its public key in hex (either case).
+    /// Its next connection is refused; revoking twice is harmless.
+    pub fn revoke_device(&self, fingerprint_or_key: &str) -> Result<Device, MetaError> {
+        let wanted = fingerprint_or_key.trim().to_ascii_lowercase();
+        let unknown = || MetaError::UnknownDevice(fingerprint_or_key.to_owned());
+        let matches: Vec<Device> = self
+            .list_devices()?
+            .into_iter()
+            .filter(|d| d.fingerprint() == wanted || d.key_hex() == wanted)
+            .collect();
+        let device = match matches.as_slice() {
+            [] => return Err(unknown()),
+            [one] => one.clone(),
+            _ => return Err(MetaError::AmbiguousDevice(fingerprint_or_key.to_owned())),
+        };
+        if !device.revoked {
+            self.db.update(
+                DEVICES,
+                record_id(DEVICES, &device.key),
+                fields! { "revoked" => true, "revoked_at" => Date::now() },
+            )?;
+        }
+        Ok(Device {
+            revoked: true,
+            ..device
+        })
+    }
+
+    // --- hosted databases -----------------------------------------------------------------
+
+    /// The file of the hosted database `name`.
+    pub fn database_path(&self, name: &str) -> Result<PathBuf, MetaError> {
+        check_database_name(name)?;
+        Ok(self
+            .data_dir
+            .join(DATABASES_DIR)
+            .join(database_file_name(name)))
+    }
+
+    /// Creates the hosted database `name`: its file (encrypted with the master key) and its
+    /// entry in the meta store.
+    pub fn create_database(&self, name: &str) -> Result<PathBuf, MetaError> {
+        let path = self.database_path(name)?;
+        if self.has_database(name)? {
+            return Err(MetaError::DatabaseExists(name.to_owned()));
+        }
+        match Database::create(&path, &self.password) {
+            Ok(db) => drop(db),
+            // Left over from an interrupted create: it must open with our key.
+            Err(CoreError::AlreadyExists { .. }) => {
+                drop(Database::open(&path, &self.password).map_err(open_error)?)
+            }
+            Err(e) => return Err(open_error(e)),
+        }
+        let record = fields! { "name" => name, "created_at" => Date::now() };
+        match self
+            .db
+            .insert_with_id(DATABASES, record_id(DATABASES, name.as_bytes()), record)
+        {
+            Ok(()) => Ok(path),
+            Err(CoreError::RecordExists { .. }) => Err(MetaError::DatabaseExists(name.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True when a hosted database of this name exists.
+    pub fn has_database(&self, name: &str) -> Result<bool, MetaError> {
+        if check_database_name(name).is_err() {
+            return Ok(false);
+        }
+        Ok(self
+            .db
+            .get(DATABASES, record_id(DATABASES, name.as_bytes()))?
+            .is_some())
+    }
+
+    /// The names of every hosted database, sorted.
+    pub fn list_databases(&self) -> Result<Vec<String>, MetaError> {
+        let mut names = self
+            .db
+            .fetch_all(DATABASES)?
+            .iter()
+            .map(|r| field_str(r, DATABASES, "name"))
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens the hosted database `name` (which must exist).
+    pub fn open_database(&self, name: &str) -> Result<Database, MetaError> {
+        if !self.has_database(name)? {
+            return Err(MetaError::UnknownDatabase(name.to_owned()));
+        }
+        let path = self.database_path(name)?;
+        Database::open(&path, &self.password).map_err(open_error)
+    }
+}
+
+/// Fields of a record, for tests that look at what is stored.
+#[cfg(test)]
+fn stored(store: &MetaStore, collection: &str) -> Vec<blazedb_core::Fields> {
+    store
+        .db
+        .fetch_all(collection)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.fields)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, MetaStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate().unwrap();
+        let store = MetaStore::open_or_create(&dir.path().join("data"), &key).unwrap();
+        (dir, store)
+    }
+
+    fn device_key(suite: Suite) -> Vec<u8> {
+        StaticKeys::generate(suite).unwrap().public().to_vec()
+    }
+
+    #[test]
+    fn users_are_added_listed_and_unique() {
+        let (_dir, store) = store();
+        let ada = store
+            .add_user("ada", &["core".into(), "ops".into(), "core".into()], None)
+            .unwrap();
+        assert_eq!(ada.teams, ["core", "ops"]);
+        assert_eq!(ada.role, DEFAULT_ROLE);
+        store.add_user("bob", &[], Some("admin")).unwrap();
+        let names: Vec<_> = store
+            .list_users()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["ada", "bob"]);
+        assert!(matches!(
+            store.add_user("ada", &[], None),
+            Err(MetaError::UserExists(_))
+        ));
+        assert!(matches!(
+            store.add_user("", &[], None),
+            Err(MetaError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            store.add_user("x", &["bad\nteam".into()], None),
+            Err(MetaError::InvalidName { .. })
+        ));
+        assert_eq!(store.user("bob").unwrap().unwrap().role, "admin");
+        assert_eq!(store.user("carol").unwrap(), None);
+    }
+
+    #[test]
+    fn the_server_key_pair_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate().unwrap();
+        let data = dir.path().join("data");
+        let first = MetaStore::open_or_create(&data, &key).unwrap();
+        let public = first.server_keys().public().to_vec();
+        drop(first);
+        let again = MetaStore::open_or_create(&data, &key).unwrap();
+        assert_eq!(again.server_keys().public(), public);
+    }
+
+    #[test]
+    fn a_wrong_master_key_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        drop(MetaStore::open_or_create(&data, &MasterKey::generate().unwrap()).unwrap());
+        let err = MetaStore::open_or_create(&data, &MasterKey::generate().unwrap()).unwrap_err();
+        assert!(matches!(err, MetaError::WrongMasterKey { .. }), "{err}");
+        assert!(
+            err.to_string().contains("the master key does not open"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("server.blazedb"), "{err}");
+    }
+
+    #[test]
+    fn a_token_enrols_exactly_one_device() {
+        let (_dir, store) = store();
+        store.add_user("ada", &["core".into()], None).unwrap();
+        let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        assert!(token.starts_with("bzt1_"));
+        let suite = store.server_keys().suite();
+        let first = device_key(suite);
+        let user = store.enrol_device(&token, &first, suite).unwrap();
+        assert_eq!(user.name, "ada");
+        let device = store.device(&first).unwrap().unwrap();
+        assert_eq!(device.user, "ada");
+        assert!(!device.revoked);
+
+        let second = device_key(suite);
+        assert!(matches!(
+            store.enrol_device(&token, &second, suite),
+            Err(MetaError::TokenUsed)
+        ));
+        assert_eq!(store.device(&second).unwrap(), None);
+        assert_eq!(store.list_devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_secret_of_a_token_is_not_stored() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        let text = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        let token = EnrolmentToken::parse(&text).unwrap();
+        let rows = stored(&store, TOKENS);
+        assert_eq!(rows.len(), 1);
+        let shown = format!("{rows:?}");
+        assert!(!shown.contains(&text[5..]));
+        assert_eq!(
+            rows[0].get("secret_hash"),
+            Some(&Value::Bytes(token.secret_hash().to_vec()))
+        );
+    }
+
+    #[test]
+    fn expired_unknown_foreign_and_malformed_tokens_are_distinct_errors() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        let suite = store.server_keys().suite();
+        let key = device_key(suite);
+
+        let token = store.create_token("ada", Duration::from_millis(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(
+            store.enrol_device(&token, &key, suite),
+            Err(MetaError::TokenExpired)
+        ));
+
+        let unknown = EnrolmentToken::generate(store.server_keys())
+            .unwrap()
+            .encode();
+        assert!(matches!(
+            store.enrol_device(&unknown, &key, suite),
+            Err(MetaError::TokenUnknown)
+        ));
+
+        let other = StaticKeys::generate(suite).unwrap();
+        let foreign = EnrolmentToken::generate(&other).unwrap().encode();
+        assert!(matches!(
+            store.enrol_device(&foreign, &key, suite),
+            Err(MetaError::TokenForeign)
+        ));
+
+        assert!(matches!(
+            store.enrol_device("bzt1_nonsense", &key, suite),
+            Err(MetaError::TokenMalformed(_))
+        ));
+        assert!(matches!(
+            store.create_token("nobody", Duration::from_secs(5)),
+            Err(MetaError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            store.create_token("ada", Duration::ZERO),
+            Err(MetaError::InvalidArgument(_))
+        ));
+        assert!(store.list_devices().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_revoked_device_stays_known_as_revoked_and_cannot_enrol_again() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        let suite = store.server_keys().suite();
+        let key = device_key(suite);
+        let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        store.enrol_device(&token, &key, suite).unwrap();
+        let fp = fingerprint(&key);
+        let revoked = store.revoke_device(&fp.to_uppercase()).unwrap();
+        assert!(revoked.revoked);
+        assert!(store.device(&key).unwrap().unwrap().revoked);
+        // By key too, and a second time.
+        assert!(store.revoke_device(&to_hex(&key)).unwrap().revoked);
+        assert!(matches!(
+            store.revoke_device("0000000000000000"),
+            Err(MetaError::UnknownDevice(_))
+        ));
+        let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            store.enrol_device(&token, &key, suite),
+            Err(MetaError::DeviceRevoked(_))
+        ));
+        // The refused attempt did not use the token up.
+        let other = device_key(suite);
+        store.enrol_device(&token, &other, suite).unwrap();
+    }
+
+    #[test]
+    fn databases_are_created_once_with_valid_names() {
+        let (_dir, store) = store();
+        let path = store.create_database("bugs").unwrap();
+        assert!(path.ends_with("databases/bugs.blazedb"));
+        assert!(path.exists());
+        store.create_database("a.b_c-D9").unwrap();
+        assert_eq!(store.list_databases().unwrap(), ["a.b_c-D9", "bugs"]);
+        assert!(store.has_database("bugs").unwrap());
+        assert!(!store.has_database("nope").unwrap());
+        assert!(!store.has_database("../x").unwrap());
+        assert!(matches!(
+            store.create_database("bugs"),
+            Err(MetaError::DatabaseExists(_))
+        ));
+        for bad in ["", "..", "a/b", "a b", "é", &"x".repeat(256)] {
+            assert!(
+                matches!(
+                    store.create_database(bad),
+                    Err(MetaError::InvalidName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let long = "y".repeat(255);
+        let path = store.create_database(&long).unwrap();
+        assert!(path.file_name().unwrap().len() < 200);
+        store.open_database(&long).unwrap();
+        assert!(matches!(
+            store.open_database("nope"),
+            Err(MetaError::UnknownDatabase(_))
+        ));
+        let db = store.open_database("bugs").unwrap();
+        db.insert("bugs", fields! { "title" => "x" }).unwrap();
+    }
+}

@@ -1,0 +1,281 @@
+//! One sync connection after the WebSocket upgrade: the Noise handshake, the device check
+//! (or its enrolment with a one-time token), then the hosted database's sync engine takes
+//! the connection over until it ends.
+//!
+//! The device is looked up in the meta store on every connection, so an administrator's
+//! changes (a revoked device, a new enrolment) apply to the next connection; a device
+//! revoked while connected is disconnected within a few seconds (see [`watch_revocations`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb_protocol::{CloseCode, Message};
+use blazedb_sync::ConnectOptions;
+use blazedb_sync::remote::{RelayOptions, RemoteError, Transport, accept_handshake};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::hosted::HostedDatabase;
+use crate::log;
+use crate::meta::MetaStore;
+
+/// How long a connection may take to end after the server told it to.
+const CLOSE_GRACE: Duration = Duration::from_secs(6);
+/// How often the meta store is checked for devices revoked while connected.
+pub(crate) const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+/// The static keys of revoked devices, as last read from the meta store.
+pub(crate) type Revoked = Arc<HashSet<Vec<u8>>>;
+
+/// What every connection needs from the server.
+pub(crate) struct SessionContext {
+    pub meta: Arc<MetaStore>,
+    pub handshake_timeout: Duration,
+    pub send_queue: usize,
+    /// Updated by [`watch_revocations`].
+    pub revoked: watch::Receiver<Revoked>,
+}
+
+/// Keeps `revoked` up to date until `shutdown`: every [`REVOCATION_CHECK`], one cheap read
+/// of the meta store's version, and the list of revoked keys only when it changed (an
+/// `admin device revoke` in another process changes it).
+pub(crate) async fn watch_revocations(
+    meta: Arc<MetaStore>,
+    revoked: watch::Sender<Revoked>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut seen = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(REVOCATION_CHECK) => {}
+            () = crate::stopped(&mut shutdown) => return,
+        }
+        let meta = meta.clone();
+        let last = seen;
+        let read = tokio::task::spawn_blocking(move || {
+            let version = meta.version()?;
+            if Some(version) == last {
+                return Ok((version, None));
+            }
+            Ok::<_, crate::error::MetaError>((version, Some(meta.revoked_keys()?)))
+        })
+        .await;
+        match read {
+            Ok(Ok((version, keys))) => {
+                seen = Some(version);
+                if let Some(keys) = keys {
+                    revoked.send_if_modified(|current| {
+                        let changed = **current != keys;
+                        if changed {
+                            *current = Arc::new(keys);
+                        }
+                        changed
+                    });
+                }
+            }
+            Ok(Err(e)) => log::error(format_args!("reading revoked devices failed: {e}")),
+            Err(_) => {}
+        }
+    }
+}
+
+/// What the device is, once its first message is read.
+enum Admission {
+    /// An enrolled device of `user`; `first` is a message the engine must still see.
+    Known {
+        user: String,
+        first: Option<Message>,
+    },
+    /// Refused, with the reason the device is told.
+    Refused(CloseCode, String),
+}
+
+/// Runs one connection to its end. `_permit` is the connection's slot under the server's
+/// connection limit, given back when this returns.
+pub(crate) async fn run<S: Transport>(
+    ws: WebSocketStream<S>,
+    context: Arc<SessionContext>,
+    database: Arc<HostedDatabase>,
+    mut shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let keys = context.meta.server_keys();
+    let handshake = accept_handshake(ws, keys, &database.name, context.handshake_timeout);
+    let mut session = tokio::select! {
+        accepted = handshake => match accepted {
+            Ok(session) => session,
+            // The device gets the reason in the close frame; nothing to do here.
+            Err(_) => return,
+        },
+        () = crate::stopped(&mut shutdown) => return,
+    };
+    let fingerprint = session.peer_fingerprint();
+
+    // The device speaks first: `Enroll` when it is new, its `Hello` otherwise.
+    let first = tokio::select! {
+        first = tokio::time::timeout(context.handshake_timeout, session.recv()) => first,
+        () = crate::stopped(&mut shutdown) => {
+            session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
+            return;
+        }
+    };
+    let first = match first {
+        Ok(Ok(message)) => message,
+        Ok(Err(RemoteError::Refused { .. })) | Ok(Err(_)) => return,
+        Err(_) => {
+            session
+                .refuse(
+                    CloseCode::ProtocolError,
+                    "no message arrived in time after the handshake",
+                )
+                .await;
+            return;
+        }
+    };
+
+    let meta = context.meta.clone();
+    let key = session.peer_key().to_vec();
+    let suite = session.suite();
+    let name = database.name.clone();
+    let lookup_key = key.clone();
+    let admission =
+        tokio::task::spawn_blocking(move || admit(&meta, &lookup_key, suite, first, &name))
+            .await
+            .unwrap_or_else(|_| {
+                Admission::Refused(
+                    CloseCode::InternalError,
+                    "the server failed while checking the device".to_owned(),
+                )
+            });
+    let (user, first) = match admission {
+        Admission::Known { user, first } => (user, first),
+        Admission::Refused(code, reason) => {
+            session.refuse(code, &reason).await;
+            return;
+        }
+    };
+
+    let relay = session.into_relay(
+        first,
+        RelayOptions {
+            queue_limit: context.send_queue,
+            ..RelayOptions::default()
+        },
+    );
+    let mut finished = relay.finished();
+    let options =
+        ConnectOptions::new(database.name.clone()).name(format!("device {fingerprint} ({user})"));
+    let mut revoked = context.revoked.clone();
+    let id = match database.engine.connect(relay, options) {
+        Ok(id) => id,
+        Err(e) => {
+            // The engine stopped (the server is shutting down); dropping the relay closes the
+            // connection.
+            log::warn(format_args!(
+                "database {:?}: cannot sync with device {fingerprint}: {e}",
+                database.name
+            ));
+            return;
+        }
+    };
+    let told_to_stop = loop {
+        tokio::select! {
+            () = crate::stopped(&mut finished) => break false,
+            () = crate::stopped(&mut shutdown) => break true,
+            changed = revoked.changed() => {
+                if changed.is_err() {
+                    // The watcher is gone (shutting down); only `finished` matters now.
+                    crate::stopped(&mut finished).await;
+                    break false;
+                }
+                let is_revoked = revoked.borrow_and_update().contains(&key);
+                if is_revoked {
+                    log::info(format_args!(
+                        "disconnecting device {fingerprint} ({user}): it was revoked"
+                    ));
+                    let _ = database.engine.disconnect(id);
+                    break true;
+                }
+            }
+        }
+    };
+    if told_to_stop {
+        // The engine's shutdown closes the connection (Close { GoingAway }); give it the
+        // time to do so before the slot is given back.
+        let _ = tokio::time::timeout(CLOSE_GRACE, crate::stopped(&mut finished)).await;
+    }
+}
+
+/// Decides whether the device with static key `key` may sync `database` (blocking: reads
+/// and maybe writes the meta store).
+fn admit(
+    meta: &MetaStore,
+    key: &[u8],
+    suite: blazedb_protocol::secure::Suite,
+    first: Message,
+    database: &str,
+) -> Admission {
+    let fingerprint = blazedb_protocol::secure::fingerprint(key);
+    let device = match meta.device(key) {
+        Ok(device) => device,
+        Err(e) => {
+            log::error(format_args!("looking up device {fingerprint} failed: {e}"));
+            return Admission::Refused(
+                CloseCode::InternalError,
+                "the server failed to look the device up".to_owned(),
+            );
+        }
+    };
+    match device {
+        Some(device) if device.revoked => {
+            log::info(format_args!(
+                "refused revoked device {fingerprint} ({}) for database {database:?}",
+                device.user
+            ));
+            Admission::Refused(
+                CloseCode::Unauthorized,
+                format!("device key {fingerprint} was revoked by the server's administrator"),
+            )
+        }
+        Some(device) => Admission::Known {
+            user: device.user,
+            // A device that enrolled but did not hear back may send its token again.
+            first: match first {
+                Message::Enroll { .. } => None,
+                other => Some(other),
+            },
+        },
+        None => match first {
+            Message::Enroll { token } => match meta.enrol_device(&token, key, suite) {
+                Ok(user) => {
+                    log::info(format_args!(
+                        "enrolled device {fingerprint} for user {:?} (database {database:?})",
+                        user.name
+                    ));
+                    Admission::Known {
+                        user: user.name,
+                        first: None,
+                    }
+                }
+                Err(e) => {
+                    log::info(format_args!(
+                        "refused enrolment of device {fingerprint}: {e}"
+                    ));
+                    let code = match e {
+                        crate::error::MetaError::Storage(_) => CloseCode::InternalError,
+                        _ => CloseCode::Unauthorized,
+                    };
+                    Admission::Refused(code, format!("enrolment refused: {e}"))
+                }
+            },
+            _ => Admission::Refused(
+                CloseCode::Unauthorized,
+                format!(
+                    "device key {fingerprint} is not enrolled; enrol it with a token from \
+                     `blazedb-server admin token create`"
+                ),
+            ),
+        },
+    }
+}

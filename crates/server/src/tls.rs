@@ -1,0 +1,228 @@
+//! TLS 1.3 (rustls with the ring provider): loading PEM files, the self-signed development
+//! certificate, and the listener that hands axum finished TLS connections.
+//!
+//! Each TCP connection does its TLS handshake in a task of its own, bounded by the handshake
+//! timeout, so a slow or silent client never holds up the accept loop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::error::ConfigError;
+
+/// The folder of the self-signed certificate, in the data folder.
+pub const TLS_DIR: &str = "tls";
+/// The self-signed certificate (PEM), which clients add to their trusted roots.
+pub const SELF_SIGNED_CERT: &str = "cert.pem";
+/// The self-signed certificate's private key (PEM, mode 0600).
+pub const SELF_SIGNED_KEY: &str = "key.pem";
+
+fn tls_error(what: &'static str, path: &Path, reason: impl ToString) -> ConfigError {
+    ConfigError::Tls {
+        what,
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a certificate chain and its private key (PEM) and builds a TLS 1.3 acceptor.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ConfigError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_error("certificate file", cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error("certificate file", cert, e))?;
+    if chain.is_empty() {
+        return Err(tls_error(
+            "certificate file",
+            cert,
+            "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error("key file", key, e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error("configuration for", cert, e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| tls_error("certificate and key", cert, e))?;
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The self-signed certificate for `localhost` and `127.0.0.1` in `<data_dir>/tls/`: reused
+/// when both files are there (so clients that trust it keep working), made otherwise.
+/// Returns the certificate and key paths and whether they were made now.
+pub fn self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf, bool), ConfigError> {
+    let dir = data_dir.join(TLS_DIR);
+    let cert_path = dir.join(SELF_SIGNED_CERT);
+    let key_path = dir.join(SELF_SIGNED_KEY);
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path, false));
+    }
+    crate::meta::create_private_dir(&dir)
+        .map_err(|e| tls_error("folder", &dir, format!("cannot create it: {e}")))?;
+    let certified = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .map_err(|e| tls_error("self-signed certificate", &cert_path, e))?;
+    let key_pem = zeroize::Zeroizing::new(certified.signing_key.serialize_pem());
+    write_file(&key_path, key_pem.as_bytes(), true)
+        .map_err(|e| tls_error("key file", &key_path, format!("cannot write it: {e}")))?;
+    write_file(&cert_path, certified.cert.pem().as_bytes(), false).map_err(|e| {
+        tls_error(
+            "certificate file",
+            &cert_path,
+            format!("cannot write it: {e}"),
+        )
+    })?;
+    Ok((cert_path, key_path, true))
+}
+
+fn write_file(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Finished TLS connections, as axum's listener.
+pub struct TlsListener {
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended (shutdown): no more connections, ever.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Accepts TCP connections on `listener` until `shutdown` turns true, does each TLS
+/// handshake in its own task (at most `timeout`, at most `max_handshakes` at once: more
+/// connections are dropped), and hands finished connections to the returned listener.
+pub fn listen(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    max_handshakes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<TlsListener> {
+    let local = listener.local_addr()?;
+    let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = crate::stopped(&mut shutdown) => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    crate::log::warn(format_args!("accepting a connection failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                // Too many handshakes in progress (a flood of slow clients): drop this one.
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+                drop(slot);
+                if let Ok(Ok(tls)) = handshake {
+                    let _ = tx.send((tls, peer)).await;
+                }
+            });
+        }
+    });
+    Ok(TlsListener {
+        connections: rx,
+        local,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_self_signed_certificate_is_made_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, made) = self_signed(dir.path()).unwrap();
+        assert!(made);
+        assert!(
+            std::fs::read_to_string(&cert)
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        acceptor(&cert, &key).unwrap();
+        let before = std::fs::read(&cert).unwrap();
+        let (_, _, made) = self_signed(dir.path()).unwrap();
+        assert!(!made);
+        assert_eq!(std::fs::read(&cert).unwrap(), before);
+    }
+
+    #[test]
+    fn missing_or_garbage_tls_files_are_refused_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = acceptor(&missing, &missing).err().expect("refused");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        assert!(err.to_string().contains("certificate file"), "{err}");
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let err = acceptor(&garbage, &garbage).err().expect("refused");
+        assert!(err.to_string().contains("garbage.pem"), "{err}");
+
+        let (cert, _, _) = self_signed(dir.path()).unwrap();
+        let err = acceptor(&cert, &garbage).err().expect("refused");
+        assert!(err.to_string().contains("key file"), "{err}");
+    }
+}

@@ -1,0 +1,265 @@
+//! `blazedb-server admin …` through the real binary, on real files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::secure::StaticKeys;
+use blazedb_server::{MasterKey, MetaStore};
+use common::{KEY, binary, ok, run};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn users_added_with_teams_and_a_role_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let added = ok(
+        &data,
+        &[
+            "admin", "user", "add", "ada", "--team", "core", "--team", "ops", "--role", "admin",
+        ],
+    );
+    assert!(added.contains("added user ada"), "{added}");
+    ok(&data, &["admin", "user", "add", "bob"]);
+    let listed = ok(&data, &["admin", "user", "list"]);
+    assert_eq!(listed, "ada\tadmin\tcore,ops\nbob\tmember\t\n");
+}
+
+#[test]
+fn adding_a_user_twice_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    let out = run(&data, &["admin", "user", "add", "ada"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+#[test]
+fn token_create_prints_only_the_token_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    let out = run(
+        &data,
+        &["admin", "token", "create", "ada", "--expires-in", "600"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    let token = EnrolmentToken::parse(&stdout).unwrap();
+    // The token carries this server's key.
+    let meta =
+        MetaStore::open_or_create(&data, &MasterKey::from_hex(KEY, "test").unwrap()).unwrap();
+    assert_eq!(token.server_key(), meta.server_keys().public());
+    // The explanation goes to stderr, without the token.
+    let err = stderr(&out);
+    assert!(err.contains("one-time enrolment token"), "{err}");
+    assert!(!err.contains(stdout.trim()), "{err}");
+}
+
+#[test]
+fn a_token_for_an_unknown_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(&data, &["admin", "token", "create", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("no user named \"nobody\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn databases_are_created_and_listed_and_bad_names_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    ok(&data, &["admin", "database", "create", "notes.v2"]);
+    assert_eq!(
+        ok(&data, &["admin", "database", "list"]),
+        "bugs\nnotes.v2\n"
+    );
+    assert!(data.join("databases/bugs.blazedb").exists());
+    let out = run(&data, &["admin", "database", "create", "bugs"]);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = run(&data, &["admin", "database", "create", "../escape"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid database name"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("escape.blazedb").exists());
+}
+
+#[test]
+fn enrolled_devices_are_listed_and_can_be_revoked_by_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    assert_eq!(ok(&data, &["admin", "device", "list"]), "");
+    let token = ok(&data, &["admin", "token", "create", "ada"]);
+
+    let meta =
+        MetaStore::open_or_create(&data, &MasterKey::from_hex(KEY, "test").unwrap()).unwrap();
+    let suite = meta.server_keys().suite();
+    let device = StaticKeys::generate(suite).unwrap();
+    meta.enrol_device(&token, device.public(), suite).unwrap();
+
+    let listed = ok(&data, &["admin", "device", "list"]);
+    let fingerprint = device.fingerprint();
+    assert!(
+        listed.starts_with(&format!("{fingerprint}\tada\t")),
+        "{listed}"
+    );
+    assert!(listed.contains("\tactive\t"), "{listed}");
+
+    let revoked = ok(&data, &["admin", "device", "revoke", &fingerprint]);
+    assert!(revoked.contains("revoked device"), "{revoked}");
+    assert!(ok(&data, &["admin", "device", "list"]).contains("\trevoked\t"));
+    // The server (here: this process's open store) sees the change at once.
+    assert!(meta.device(device.public()).unwrap().unwrap().revoked);
+
+    let out = run(&data, &["admin", "device", "revoke", "0123456789abcdef"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no enrolled device"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_wrong_master_key_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    let out = Command::new(binary())
+        .args(["admin", "user", "list", "--data-dir"])
+        .arg(&data)
+        .env("BLAZEDB_MASTER_KEY", "ff".repeat(32))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("the master key does not open"), "{err}");
+    assert!(err.contains("server.blazedb"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn without_a_key_a_development_key_is_generated_with_a_loud_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(binary())
+        .args(["admin", "user", "add", "ada", "--data-dir"])
+        .arg(&data)
+        .env_remove("BLAZEDB_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("DEVELOPMENT MODE"), "{err}");
+    assert!(err.contains("BLAZEDB_MASTER_KEY"), "{err}");
+    let key = std::fs::read_to_string(data.join("dev-master.key")).unwrap();
+    assert!(!err.contains(key.trim()));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(key.trim()));
+    // The next run reuses it (the user is still there).
+    let out = Command::new(binary())
+        .args(["admin", "user", "list", "--data-dir"])
+        .arg(&data)
+        .env_remove("BLAZEDB_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ada\tmember\t\n");
+}
+
+#[test]
+fn a_key_file_is_used_and_one_inside_the_data_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let outside = dir.path().join("master.key");
+    std::fs::write(&outside, format!("{KEY}\n")).unwrap();
+    let inside = data.join("master.key");
+    std::fs::write(&inside, KEY).unwrap();
+    let with_file = |file: &std::path::Path| {
+        Command::new(binary())
+            .args(["admin", "user", "list", "--data-dir"])
+            .arg(&data)
+            .arg("--master-key-file")
+            .arg(file)
+            .env_remove("BLAZEDB_MASTER_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = with_file(&outside);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = with_file(&inside);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("inside the data folder"),
+        "{}",
+        stderr(&out)
+    );
+    // The file and the environment variable give the same key.
+    ok(&data, &["admin", "user", "add", "ada"]);
+    assert_eq!(
+        String::from_utf8_lossy(&with_file(&outside).stdout),
+        "ada\tmember\t\n"
+    );
+}
+
+#[test]
+fn a_configuration_file_sets_the_data_folder_and_unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "data_dir = \"from-config\"\n").unwrap();
+    let out = Command::new(binary())
+        .args(["admin", "database", "create", "bugs", "--config"])
+        .arg(&config)
+        .env("BLAZEDB_MASTER_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        dir.path()
+            .join("from-config/databases/bugs.blazedb")
+            .exists()
+    );
+
+    std::fs::write(&config, "data_dir = \"d\"\nlisten_on = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(binary())
+        .args(["admin", "user", "list", "--config"])
+        .arg(&config)
+        .env("BLAZEDB_MASTER_KEY", KEY)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("listen_on"), "{}", stderr(&out));
+}
+
+#[test]
+fn serve_options_are_refused_with_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &dir.path().join("d"),
+        &["--listen", "127.0.0.1:0", "admin", "user", "list"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("do not apply to admin"),
+        "{}",
+        stderr(&out)
+    );
+}

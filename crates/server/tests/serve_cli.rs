@@ -1,0 +1,226 @@
+//! `blazedb-server serve` as a real process on 127.0.0.1: its address line, `/health`,
+//! `/sync/{database}` answers, the connection limit, TLS, and SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{KEY, ServeProcess, get, ok, run, upgrade};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[test]
+fn serve_prints_its_address_and_health_answers_with_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    let server = ServeProcess::start(&data, &[]);
+    assert!(server.url.starts_with("ws://127.0.0.1:"), "{}", server.url);
+    assert_ne!(server.addr.port(), 0);
+    let response = get(server.addr, "/health");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["databases"], 1);
+    assert_eq!(json["connections"], 0);
+}
+
+#[test]
+fn an_unknown_database_gets_404_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(&dir.path().join("data"), &[]);
+    let (response, _socket) = upgrade(server.addr, "/sync/nosuch");
+    assert_eq!(response.status, 404);
+    assert_eq!(response.body, "unknown database \"nosuch\"");
+    assert_eq!(get(server.addr, "/sync/nosuch").status, 404);
+}
+
+#[test]
+fn a_sync_request_without_a_websocket_upgrade_gets_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    let server = ServeProcess::start(&data, &[]);
+    let response = get(server.addr, "/sync/bugs");
+    assert_eq!(response.status, 400);
+    assert!(response.body.contains("WebSocket"), "{}", response.body);
+}
+
+#[test]
+fn a_database_created_while_the_server_runs_is_served_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServeProcess::start(&data, &[]);
+    assert_eq!(upgrade(server.addr, "/sync/late").0.status, 404);
+    ok(&data, &["admin", "database", "create", "late"]);
+    let (response, _socket) = upgrade(server.addr, "/sync/late");
+    assert_eq!(response.status, 101);
+    assert_eq!(response.header("upgrade"), Some("websocket"));
+    assert_eq!(
+        response.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    let json: serde_json::Value = serde_json::from_str(&get(server.addr, "/health").body).unwrap();
+    assert_eq!(json["databases"], 1);
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503_and_a_freed_slot_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    let server = ServeProcess::start(
+        &data,
+        &["--max-connections", "1", "--handshake-timeout-secs", "60"],
+    );
+    let (first, socket) = upgrade(server.addr, "/sync/bugs");
+    assert_eq!(first.status, 101);
+    let json: serde_json::Value = serde_json::from_str(&get(server.addr, "/health").body).unwrap();
+    assert_eq!(json["connections"], 1);
+
+    let (second, _) = upgrade(server.addr, "/sync/bugs");
+    assert_eq!(second.status, 503);
+    assert!(
+        second.body.contains("limit of 1 connections"),
+        "{}",
+        second.body
+    );
+
+    // Closing the first connection gives its slot back.
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (third, _socket) = upgrade(server.addr, "/sync/bugs");
+        if third.status == 101 {
+            break;
+        }
+        assert_eq!(third.status, 503);
+        assert!(Instant::now() < deadline, "the slot was never given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_stops_the_server_with_exit_status_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    let mut server = ServeProcess::start(&data, &["--handshake-timeout-secs", "60"]);
+    // An open connection (mid-handshake) does not hold the shutdown up.
+    let (response, _socket) = upgrade(server.addr, "/sync/bugs");
+    assert_eq!(response.status, 101);
+    let started = Instant::now();
+    let status = server.terminate(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn a_bad_listen_address_or_missing_certificate_stops_serve_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(&data, &["serve", "--listen", "localhost"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid setting listen"), "{err}");
+
+    let missing = dir.path().join("missing-cert.pem");
+    let missing = missing.to_str().unwrap();
+    let out = run(
+        &data,
+        &["serve", "--tls-cert", missing, "--tls-key", missing],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing-cert.pem"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&data, &["serve", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+#[test]
+fn serving_with_a_wrong_master_key_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    let out = std::process::Command::new(common::binary())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("BLAZEDB_MASTER_KEY", KEY.replace('6', "7"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the master key does not open"), "{err}");
+}
+
+#[test]
+fn with_a_self_signed_certificate_a_tls_client_that_trusts_it_gets_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServeProcess::start(&data, &["--tls-self-signed"]);
+    assert!(server.url.starts_with("wss://127.0.0.1:"), "{}", server.url);
+    let cert = data.join("tls/cert.pem");
+    assert!(cert.exists());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = runtime.block_on(async {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        common::parse_response(&raw)
+    });
+    assert_eq!(body.status, 200);
+    assert!(body.body.contains("\"status\":\"ok\""), "{}", body.body);
+
+    // A plain-text client gets nothing useful from the TLS port.
+    let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut stream = stream;
+    use std::io::{Read, Write};
+    let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    assert!(!String::from_utf8_lossy(&raw).contains("200 OK"));
+}

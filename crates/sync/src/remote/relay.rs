@@ -1,0 +1,399 @@
+//! [`WsRelay`]: a [`Relay`] over a secure WebSocket session, for the thread-based engine.
+//!
+//! Two tokio tasks carry a connection: a **reader** that opens each sealed message, decodes
+//! it and hands it to the engine's inbox, and a **writer** that takes what [`Relay::send`]
+//! queued, encodes (compressing large batches when the peer accepts zstd), seals and writes
+//! it, flushing when the queue runs empty. `send` never waits: the queue is bounded, and a
+//! peer that stops reading has its connection closed instead (it catches up from its cursor
+//! when it reconnects), so a stalled device cannot slow the others or grow memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use blazedb_protocol::secure::SecureChannel;
+use blazedb_protocol::{Capabilities, DEFAULT_COMPRESSION_THRESHOLD, Message};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+
+use super::session::{Session, Transport};
+use crate::error::{Result, SyncError};
+use crate::relay::{Inbox, Relay};
+
+/// How a [`WsRelay`] behaves.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Most messages queued for a peer that does not read them; one more closes the
+    /// connection.
+    pub queue_limit: usize,
+    /// Encoded messages of at least this many bytes are compressed when the peer accepts
+    /// zstd.
+    pub compression_threshold: usize,
+    /// How long [`Relay::close`] lets the writer send what is queued before it gives up.
+    pub close_timeout: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            queue_limit: 1024,
+            compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Bytes and messages a relay moved, as sealed WebSocket payloads.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    pub payload_bytes_sent: AtomicU64,
+    pub payload_bytes_received: AtomicU64,
+    pub compressed_messages: AtomicU64,
+}
+
+/// How the tasks of a relay are told to stop.
+#[derive(Debug, Clone, PartialEq)]
+enum Stop {
+    Running,
+    /// Stop now, telling the peer why with a WebSocket close frame (or not at all).
+    Abort(Option<(WsCloseCode, String)>),
+}
+
+struct Pending<S> {
+    session: Session<S>,
+    first: Option<Message>,
+}
+
+/// A connection to a remote node over a secure WebSocket [`Session`]. Made with
+/// [`Session::into_relay`]; hand it to [`crate::SyncEngine::connect`].
+pub struct WsRelay<S> {
+    pending: Option<Pending<S>>,
+    options: RelayOptions,
+    queue: Option<mpsc::Sender<Message>>,
+    closed: Arc<AtomicBool>,
+    stop: Arc<watch::Sender<Stop>>,
+    finished_tx: Arc<watch::Sender<bool>>,
+    finished: watch::Receiver<bool>,
+    counters: Arc<RelayCounters>,
+    inbox: Option<Inbox>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<S: Transport> WsRelay<S> {
+    pub(crate) fn new(session: Session<S>, first: Option<Message>, options: RelayOptions) -> Self {
+        let (stop, _) = watch::channel(Stop::Running);
+        let (finished_tx, finished) = watch::channel(false);
+        WsRelay {
+            pending: Some(Pending { session, first }),
+            options,
+            queue: None,
+            closed: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(stop),
+            finished_tx: Arc::new(finished_tx),
+            finished,
+            counters: Arc::new(RelayCounters::default()),
+            inbox: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Becomes true once the connection is over (both tasks ended). Take it before handing
+    /// the relay to the engine, to know when to reconnect or clean up.
+    pub fn finished(&self) -> watch::Receiver<bool> {
+        self.finished.clone()
+    }
+
+    /// The relay's byte counters.
+    pub fn counters(&self) -> Arc<RelayCounters> {
+        self.counters.clone()
+    }
+
+    fn abort(&self, frame: Option<(WsCloseCode, String)>) {
+        self.closed.store(true, Ordering::Release);
+        self.stop.send_replace(Stop::Abort(frame));
+    }
+}
+
+impl<S: Transport> Relay for WsRelay<S> {
+    fn start(&mut self, inbox: Inbox) -> Result<()> {
+        let Some(Pending { session, first }) = self.pending.take() else {
+            return Err(SyncError::InvalidArgument(
+                "the relay was already started".into(),
+            ));
+        };
+        let Some(runtime) = self.runtime.clone() else {
+            return Err(SyncError::InvalidArgument(
+                "a WebSocket relay must be made inside a tokio runtime".into(),
+            ));
+        };
+        let (queue, queued) = mpsc::channel(self.options.queue_limit.max(1));
+        self.queue = Some(queue);
+        self.inbox = Some(inbox.clone());
+        let (sink, stream) = session.ws.split();
+        let channel = Arc::new(Mutex::new(session.channel));
+        let peer = Arc::new(AtomicU64::new(0));
+        if let Some(first) = first {
+            if let Message::Hello { capabilities, .. } = &first {
+                peer.store(capabilities.0, Ordering::Release);
+            }
+            inbox.deliver(first);
+        }
+        let reader = read(
+            stream,
+            channel.clone(),
+            peer.clone(),
+            inbox,
+            self.counters.clone(),
+        );
+        let stop = self.stop.clone();
+        let closed = self.closed.clone();
+        let mut stop_reading = self.stop.subscribe();
+        let finished = self.finished_tx.clone();
+        runtime.spawn(async move {
+            tokio::select! {
+                frame = reader => {
+                    closed.store(true, Ordering::Release);
+                    stop.send_replace(Stop::Abort(frame));
+                }
+                () = stopped(&mut stop_reading) => {}
+            }
+        });
+        let writer = Writer {
+            sink,
+            channel,
+            peer,
+            counters: self.counters.clone(),
+            threshold: self.options.compression_threshold,
+        };
+        let stop_writing = self.stop.subscribe();
+        let stop = self.stop.clone();
+        let writer_inbox = self.inbox.clone();
+        runtime.spawn(async move {
+            if !writer.run(queued, stop_writing).await
+                && let Some(inbox) = writer_inbox
+            {
+                inbox.closed("writing to the peer failed");
+            }
+            // The reader stops too (if it has not already).
+            stop.send_replace(Stop::Abort(None));
+            finished.send_replace(true);
+        });
+        Ok(())
+    }
+
+    fn send(&mut self, message: Message) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SyncError::RelayClosed);
+        }
+        let Some(queue) = &self.queue else {
+            return Err(SyncError::RelayClosed);
+        };
+        match queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let reason = format!(
+                    "the peer stopped reading: {} messages were waiting to be sent",
+                    self.options.queue_limit
+                );
+                if let Some(inbox) = &self.inbox {
+                    inbox.closed(reason.clone());
+                }
+                self.abort(Some((
+                    WsCloseCode::Policy,
+                    "too slow: send queue full".into(),
+                )));
+                Err(SyncError::RelayClosed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SyncError::RelayClosed),
+        }
+    }
+
+    fn close(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Dropping the queue lets the writer send what is queued, then close normally.
+        self.queue = None;
+        if self.pending.take().is_some() {
+            self.finished_tx.send_replace(true);
+            return;
+        }
+        if let Some(runtime) = &self.runtime {
+            let stop = self.stop.clone();
+            let timeout = self.options.close_timeout;
+            runtime.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                stop.send_replace(Stop::Abort(None));
+            });
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+}
+
+impl<S> Drop for WsRelay<S> {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.queue = None;
+        if self.pending.take().is_some() {
+            self.finished_tx.send_replace(true);
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<Stop>) {
+    let _ = stop.wait_for(|s| *s != Stop::Running).await;
+}
+
+/// Reads until the connection ends; returns the close frame to send the peer, if any.
+async fn read<S: Transport>(
+    mut stream: SplitStream<WebSocketStream<S>>,
+    channel: Arc<Mutex<SecureChannel>>,
+    peer: Arc<AtomicU64>,
+    inbox: Inbox,
+    counters: Arc<RelayCounters>,
+) -> Option<(WsCloseCode, String)> {
+    loop {
+        let data = match stream.next().await {
+            None => {
+                inbox.closed("the connection ended");
+                return None;
+            }
+            Some(Err(e)) => {
+                inbox.closed(format!("WebSocket error: {e}"));
+                return None;
+            }
+            Some(Ok(WsMessage::Binary(data))) => data,
+            Some(Ok(WsMessage::Text(_))) => {
+                inbox.closed("the peer sent a text message");
+                return Some((WsCloseCode::Protocol, "binary messages only".into()));
+            }
+            Some(Ok(WsMessage::Close(frame))) => {
+                inbox.closed(match frame {
+                    Some(f) if !f.reason.is_empty() => {
+                        format!("the peer closed the WebSocket: {}", f.reason)
+                    }
+                    _ => "the peer closed the WebSocket".into(),
+                });
+                return None;
+            }
+            Some(Ok(_)) => continue,
+        };
+        counters
+            .payload_bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let opened = channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open(&data);
+        match opened.and_then(|plain| Message::decode(&plain)) {
+            Ok(message) => {
+                if let Message::Hello { capabilities, .. } = &message {
+                    peer.store(capabilities.0, Ordering::Release);
+                }
+                if !inbox.deliver(message) {
+                    return Some((WsCloseCode::Away, "going away".into()));
+                }
+            }
+            Err(e) => {
+                // Decrypt failures (tampering, replay, reordering) and malformed messages
+                // end the connection; nothing more from this peer is trusted.
+                inbox.closed(format!("closing the connection: {e}"));
+                return Some((WsCloseCode::Protocol, "protocol error".into()));
+            }
+        }
+    }
+}
+
+struct Writer<S> {
+    sink: SplitSink<WebSocketStream<S>, WsMessage>,
+    channel: Arc<Mutex<SecureChannel>>,
+    peer: Arc<AtomicU64>,
+    counters: Arc<RelayCounters>,
+    threshold: usize,
+}
+
+impl<S: Transport> Writer<S> {
+    /// Writes until the queue closes or the relay stops; false when writing failed.
+    async fn run(
+        mut self,
+        mut queued: mpsc::Receiver<Message>,
+        mut stop: watch::Receiver<Stop>,
+    ) -> bool {
+        let outcome = tokio::select! {
+            outcome = self.write_all(&mut queued) => outcome,
+            () = stopped(&mut stop) => None,
+        };
+        let frame = match outcome {
+            // The engine closed the relay and everything queued was written.
+            Some(true) => Some((WsCloseCode::Normal, String::new())),
+            Some(false) => None,
+            None => match stop.borrow().clone() {
+                Stop::Abort(frame) => frame,
+                Stop::Running => None,
+            },
+        };
+        if let Some((code, reason)) = frame {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.sink.send(WsMessage::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
+        outcome != Some(false)
+    }
+
+    /// Writes until the queue is closed (true) or writing fails (false).
+    async fn write_all(&mut self, queued: &mut mpsc::Receiver<Message>) -> Option<bool> {
+        while let Some(message) = queued.recv().await {
+            if !self.feed(&message).await {
+                return Some(false);
+            }
+            while let Ok(message) = queued.try_recv() {
+                if !self.feed(&message).await {
+                    return Some(false);
+                }
+            }
+            if self.sink.flush().await.is_err() {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
+    async fn feed(&mut self, message: &Message) -> bool {
+        let peer = Capabilities(self.peer.load(Ordering::Acquire));
+        let plain = message.encode_for(peer, self.threshold);
+        if plain.get(2) == Some(&0x7f) {
+            self.counters
+                .compressed_messages
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let sealed = self
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seal(&plain);
+        let Ok(sealed) = sealed else {
+            return false;
+        };
+        self.counters
+            .payload_bytes_sent
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        self.sink
+            .feed(WsMessage::Binary(sealed.into()))
+            .await
+            .is_ok()
+    }
+}
