@@ -70,15 +70,13 @@ pub fn run() -> Result<(), Failure> {
     let meta = server.meta();
     meta.create_database(DATABASE)
         .map_err(|e| fail("database")(e.to_string()))?;
-    let mut tokens = Vec::new();
-    for user in ["alice", "bob"] {
+    let token = |user: &str| {
         meta.add_user(user, &["demo".to_owned()], None)
             .map_err(|e| fail("user")(e.to_string()))?;
-        tokens.push(
-            meta.create_token(user, Duration::from_secs(600))
-                .map_err(|e| fail("token")(e.to_string()))?,
-        );
-    }
+        meta.create_token(user, Duration::from_secs(600))
+            .map_err(|e| fail("token")(e.to_string()))
+    };
+    let (alice_token, bob_token) = (token("alice")?, token("bob")?);
 
     let alice = Database::create(dir.path().join("alice.blazedb"), "alice's password")?;
     let bob_path = dir.path().join("bob.blazedb");
@@ -88,8 +86,8 @@ pub fn run() -> Result<(), Failure> {
         db.enable_sync(remote.clone(), RemoteOptions::default().enroll(token))
             .map_err(|e| fail("enable sync")(e.to_string()))
     };
-    let alice_sync = enrol(&alice, &tokens[0])?;
-    let bob_sync = enrol(&bob, &tokens[1])?;
+    let alice_sync = enrol(&alice, &alice_token)?;
+    let bob_sync = enrol(&bob, &bob_token)?;
     synced(&alice_sync)?;
     synced(&bob_sync)?;
     println!(

@@ -1009,3 +1009,157 @@ fn a_topology_that_does_not_finish_in_time_prints_the_graph_and_fails() {
     let graph: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(graph["edges"].as_array().unwrap().len(), 1, "{graph}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Remote sync and the demo
+
+/// A sync server in this process with database "bugs" and user "alice".
+fn sync_server(sandbox: &Sandbox) -> blazedb_server::ServerHandle {
+    let config = blazedb_server::ServerConfig {
+        data_dir: sandbox.path("server"),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..blazedb_server::ServerConfig::default()
+    };
+    let server = blazedb_server::Server::start_with_key(
+        config,
+        blazedb_server::MasterKey::generate().unwrap(),
+    )
+    .unwrap();
+    server.meta().create_database("bugs").unwrap();
+    server.meta().add_user("alice", &[], None).unwrap();
+    server
+}
+
+fn sync_token(server: &blazedb_server::ServerHandle) -> String {
+    server
+        .meta()
+        .create_token("alice", std::time::Duration::from_secs(600))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn sync_once_enrols_with_a_token_from_stdin_and_brings_two_files_in_step() {
+    let s = Sandbox::new();
+    let server = sync_server(&s);
+    let url = server.url();
+    s.init("a.blazedb");
+    s.init("b.blazedb");
+    let id = s
+        .run(&[
+            "insert",
+            "@a.blazedb",
+            "bugs",
+            r#"{"title":"Crash on launch"}"#,
+        ])
+        .ok();
+    let sync = |db: &str| {
+        vec![
+            "sync".to_owned(),
+            format!("@{db}"),
+            "--server".to_owned(),
+            url.clone(),
+            "--database".to_owned(),
+            "bugs".to_owned(),
+        ]
+    };
+    for db in ["a.blazedb", "b.blazedb"] {
+        let mut args = sync(db);
+        args.extend(["--enroll".to_owned(), "-".to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = s.run(&args).stdin(&sync_token(&server)).ok();
+        assert!(out.contains("is in sync"), "{out}");
+    }
+    let got = s.run(&["get", "@b.blazedb", "bugs", id.trim()]).ok();
+    assert!(got.contains("Crash on launch"), "{got}");
+    // Enrolled now: later runs need no token.
+    s.run(&[
+        "update",
+        "@b.blazedb",
+        "bugs",
+        id.trim(),
+        r#"{"status":"fixed"}"#,
+    ])
+    .ok();
+    for db in ["b.blazedb", "a.blazedb"] {
+        let args = sync(db);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.run(&args).ok();
+    }
+    let got = s.run(&["get", "@a.blazedb", "bugs", id.trim()]).ok();
+    assert!(got.contains("fixed"), "{got}");
+    server.shutdown();
+}
+
+#[test]
+fn sync_without_enrolment_or_with_a_bad_token_fails_with_one_clear_line() {
+    let s = Sandbox::new();
+    let server = sync_server(&s);
+    let url = server.url();
+    s.init("a.blazedb");
+    let err = s
+        .run(&["sync", "@a.blazedb", "--server", &url, "--database", "bugs"])
+        .fails();
+    assert!(err.contains("not enrolled"), "{err}");
+    let err = s
+        .run(&[
+            "sync",
+            "@a.blazedb",
+            "--server",
+            &url,
+            "--database",
+            "bugs",
+            "--enroll",
+            "bzt1_nope",
+        ])
+        .fails();
+    assert!(err.contains("invalid enrolment token"), "{err}");
+    let err = s
+        .run(&[
+            "sync",
+            "@a.blazedb",
+            "--server",
+            "http://x",
+            "--database",
+            "bugs",
+        ])
+        .fails();
+    assert!(err.contains("ws://"), "{err}");
+    let err = s
+        .run(&[
+            "sync",
+            "@a.blazedb",
+            "--server",
+            &url,
+            "--database",
+            "nope",
+            "--enroll",
+            "-",
+        ])
+        .stdin(&sync_token(&server))
+        .fails();
+    assert!(err.contains("unknown database"), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn the_demo_runs_in_seconds_and_leaves_nothing_behind() {
+    let s = Sandbox::new();
+    let tmp = s.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = s.bare(&["demo"]).env("TMPDIR", tmp.to_str().unwrap()).ok();
+    for step in [
+        "1. Server",
+        "3. Alice inserted",
+        "Bob reconnected",
+        "5. Concurrent",
+        "6. Stopped",
+    ] {
+        assert!(out.contains(step), "{out}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "left behind in {tmp:?}"
+    );
+}

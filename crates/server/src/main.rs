@@ -218,44 +218,81 @@ fn master_key(config: &ServerConfig) -> Result<MasterKey, String> {
 fn serve(common: &CommonArgs, args: ServeArgs) -> Result<(), String> {
     let config = load_config(common, args)?;
     let key = master_key(&config)?;
+    // Catch the signals before the address is printed: a script that reads it may signal at
+    // once.
+    let signals = Signals::install()?;
     let server = Server::start_with_key(config, key).map_err(|e: ServerError| e.to_string())?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {}", server.url());
         let _ = out.flush();
     }
-    wait_for_signal()?;
+    signals.wait()?;
     eprintln!("blazedb-server: shutting down");
     server.shutdown();
     Ok(())
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-fn wait_for_signal() -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot wait for signals: {e}"))?;
-    runtime.block_on(async {
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot wait for signals: {e}"))?;
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let mut terminate = signal(SignalKind::terminate())
-                .map_err(|e| format!("cannot wait for SIGTERM: {e}"))?;
-            tokio::select! {
-                result = tokio::signal::ctrl_c() => {
-                    result.map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+            let guard = runtime.enter();
+            let interrupt =
+                signal(SignalKind::interrupt()).map_err(|e| format!("cannot catch SIGINT: {e}"))?;
+            let terminate = signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot catch SIGTERM: {e}"))?;
+            drop(guard);
+            Ok(Signals {
+                runtime,
+                interrupt,
+                terminate,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals { runtime })
+    }
+
+    /// Waits for the first signal.
+    fn wait(self) -> Result<(), String> {
+        #[cfg(unix)]
+        {
+            let Signals {
+                runtime,
+                mut interrupt,
+                mut terminate,
+            } = self;
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
-                _ = terminate.recv() => Ok(()),
-            }
+            });
+            Ok(())
         }
         #[cfg(not(unix))]
         {
-            tokio::signal::ctrl_c()
-                .await
-                .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+            self.runtime.block_on(async {
+                tokio::signal::ctrl_c()
+                    .await
+                    .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+            })
         }
-    })
+    }
 }
 
 fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {

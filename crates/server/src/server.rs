@@ -236,6 +236,25 @@ impl ServerHandle {
         self.state.connections()
     }
 
+    /// The sync engine's view of database `name`'s connections (`None` for an unknown
+    /// database): one entry per device connected now. Blocking.
+    pub fn engine_connections(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<blazedb_sync::ConnectionStatus>>, ServerError> {
+        let Some(hosted) = self.state.hosted.get(name)? else {
+            return Ok(None);
+        };
+        hosted
+            .engine
+            .status()
+            .map(Some)
+            .map_err(|source| ServerError::Engine {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
     /// Hosted databases open now.
     pub fn databases(&self) -> usize {
         self.state.hosted.count()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use blazedb_protocol::{CloseCode, Message};
 use blazedb_sync::ConnectOptions;
-use blazedb_sync::remote::{RelayOptions, RemoteError, Transport, accept_handshake};
+use blazedb_sync::remote::{RelayOptions, Transport, accept_handshake};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_tungstenite::WebSocketStream;
 
@@ -122,7 +122,9 @@ pub(crate) async fn run<S: Transport>(
     };
     let first = match first {
         Ok(Ok(message)) => message,
-        Ok(Err(RemoteError::Refused { .. })) | Ok(Err(_)) => return,
+        // The device closed, or sent something that does not open or decode: the
+        // connection is over.
+        Ok(Err(_)) => return,
         Err(_) => {
             session
                 .refuse(
@@ -205,6 +207,11 @@ pub(crate) async fn run<S: Transport>(
         // time to do so before the slot is given back.
         let _ = tokio::time::timeout(CLOSE_GRACE, crate::stopped(&mut finished)).await;
     }
+    // The engine keeps an ended connection (for its status) until told to forget it; a
+    // server whose devices come and go must tell it, or the engine grows without bound.
+    // `disconnect` waits for the engine thread, so not on a runtime worker.
+    let engine = database.clone();
+    let _ = tokio::task::spawn_blocking(move || engine.engine.disconnect(id)).await;
 }
 
 /// Decides whether the device with static key `key` may sync `database` (blocking: reads

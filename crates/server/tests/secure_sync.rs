@@ -121,6 +121,17 @@ fn three_devices_converge_through_the_server() {
         assert_eq!(total_ops(db), 150 + 15);
         assert_eq!(sync.engine().ops_duplicate(), 0);
     }
+    assert_eq!(server.engine_connections(DB).unwrap().unwrap().len(), 3);
+    // Devices that leave are forgotten by the server's engine (no growth with churn).
+    drop(devices);
+    let deadline = Instant::now() + WAIT;
+    while !server.engine_connections(DB).unwrap().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept ended connections"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     server.shutdown();
 }
 
@@ -320,7 +331,7 @@ fn devices_behind_a_proxy_that_cuts_and_delays_traffic_converge() {
         .enable_all()
         .build()
         .unwrap();
-    let proxy = fault_proxy::start(&rt, server.local_addr(), 11, 8_000, 2);
+    let proxy = fault_proxy::start(&rt, server.local_addr(), 11, 4_000, 2);
     let url = format!("ws://{}", proxy.address);
     let devices: Vec<_> = (0..2).map(|_| device(&url, &token(&server))).collect();
     for round in 0..15 {

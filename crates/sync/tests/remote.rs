@@ -226,7 +226,7 @@ mod fault_proxy;
 #[test]
 fn devices_behind_a_proxy_that_cuts_connections_at_random_bytes_converge() {
     let server = TestServer::start();
-    let proxy = fault_proxy::start(&server.runtime, server.address, 7, 30_000, 3);
+    let proxy = fault_proxy::start(&server.runtime, server.address, 7, 6_000, 3);
     let url = format!("ws://{}", proxy.address);
     let devices: Vec<Database> = (0..3).map(|_| Database::in_memory().unwrap()).collect();
     // Enrol directly (the proxy may cut the enrolment itself; that is tested below too).

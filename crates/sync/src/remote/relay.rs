@@ -331,11 +331,15 @@ impl<S: Transport> Writer<S> {
             outcome = self.write_all(&mut queued) => outcome,
             () = stopped(&mut stop) => None,
         };
+        if outcome == Some(false) {
+            // Sealing fails once the reader found a bad payload (the channel is shared and
+            // failed for good); the reader is about to say which close frame to send.
+            let _ = tokio::time::timeout(Duration::from_millis(200), stopped(&mut stop)).await;
+        }
         let frame = match outcome {
             // The engine closed the relay and everything queued was written.
             Some(true) => Some((WsCloseCode::Normal, String::new())),
-            Some(false) => None,
-            None => match stop.borrow().clone() {
+            Some(false) | None => match stop.borrow().clone() {
                 Stop::Abort(frame) => frame,
                 Stop::Running => None,
             },
