@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use blazedb_protocol::secure::{
-    Initiator, Responder, SecureChannel, StaticKeys, Suite, fingerprint,
+    Established, Initiator, Responder, SecureChannel, StaticKeys, Suite, fingerprint,
 };
 use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION, secure};
 use futures_util::{SinkExt, StreamExt};
@@ -157,6 +157,30 @@ async fn close_failed<S: Transport>(ws: &mut WebSocketStream<S>, error: &RemoteE
     .await;
 }
 
+/// The session once the handshake (run under `timeout`) ended; on failure the WebSocket is
+/// closed with the reason.
+async fn finish<S: Transport>(
+    mut ws: WebSocketStream<S>,
+    result: Result<Result<Established, RemoteError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> Result<Session<S>, RemoteError> {
+    match result.unwrap_or(Err(RemoteError::Timeout(
+        timeout,
+        "waiting for the handshake",
+    ))) {
+        Ok(established) => Ok(Session {
+            suite: established.suite(),
+            peer_key: established.remote_static().to_vec(),
+            channel: established.into_channel(),
+            ws,
+        }),
+        Err(e) => {
+            close_failed(&mut ws, &e).await;
+            Err(e)
+        }
+    }
+}
+
 /// The responder's side of the handshake, on a server: reads message 1, answers with
 /// message 2 (this side's static key), reads message 3 (the device's). `database` is the
 /// one the device asked for in the URL; it goes into the prologue, so a device that meant
@@ -180,23 +204,8 @@ pub async fn accept_handshake<S: Transport>(
         let third = next_binary(&mut ws, "the handshake").await?;
         Ok::<_, RemoteError>(responder.read_third(&third)?)
     })
-    .await
-    .unwrap_or(Err(RemoteError::Timeout(
-        timeout,
-        "waiting for the handshake",
-    )));
-    match result {
-        Ok(established) => Ok(Session {
-            suite: established.suite(),
-            peer_key: established.remote_static().to_vec(),
-            channel: established.into_channel(),
-            ws,
-        }),
-        Err(e) => {
-            close_failed(&mut ws, &e).await;
-            Err(e)
-        }
-    }
+    .await;
+    finish(ws, result, timeout).await
 }
 
 /// The initiator's side of the handshake, on a device: writes message 1, reads message 2
@@ -224,21 +233,6 @@ pub async fn connect_handshake<S: Transport>(
         ws.send(WsMessage::Binary(third.into())).await?;
         Ok(established)
     })
-    .await
-    .unwrap_or(Err(RemoteError::Timeout(
-        timeout,
-        "waiting for the handshake",
-    )));
-    match result {
-        Ok(established) => Ok(Session {
-            suite: established.suite(),
-            peer_key: established.remote_static().to_vec(),
-            channel: established.into_channel(),
-            ws,
-        }),
-        Err(e) => {
-            close_failed(&mut ws, &e).await;
-            Err(e)
-        }
-    }
+    .await;
+    finish(ws, result, timeout).await
 }
