@@ -697,3 +697,54 @@ fn a_wrong_database_name_and_an_unenrolled_key_get_clear_errors() {
     assert_serves(&server);
     server.shutdown();
 }
+
+#[test]
+fn a_stalled_device_does_not_slow_the_others_and_holds_a_bounded_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let rt = runtime();
+    // A device that enrols, pulls, and then never reads again.
+    let keys = StaticKeys::generate(Suite::default()).unwrap();
+    let stalled = rt.block_on(enrolled_session(&server, &keys));
+    let (writer, writer_sync) = device(&server.url(), &token(&server));
+    let (reader, reader_sync) = device(&server.url(), &token(&server));
+    let started = Instant::now();
+    for batch in 0..40 {
+        writer
+            .transaction(|tx| {
+                for i in 0..100 {
+                    tx.insert(
+                        "bugs",
+                        fields! {"batch" => batch, "i" => i, "pad" => "x".repeat(200)},
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    writer_sync.wait_synced(WAIT, |_| {}).unwrap();
+    reader_sync.wait_synced(WAIT, |_| {}).unwrap();
+    assert_eq!(reader.count("bugs").unwrap(), 4000);
+    let elapsed = started.elapsed();
+    // The stalled device's connection is still open, its backlog waiting in the server's log
+    // (not in memory): at most a window of unacknowledged batches went out to it.
+    let connections = server.engine_connections(DB).unwrap().unwrap();
+    let stuck = connections
+        .iter()
+        .find(|c| {
+            c.name
+                .contains(&blazedb_protocol::secure::fingerprint(keys.public()))
+        })
+        .expect("the stalled device is still connected");
+    assert!(stuck.ops_pending > 0, "{stuck:?}");
+    assert!(
+        stuck.messages_sent <= 2 + blazedb_sync::WINDOW as u64 + 1,
+        "the server kept sending to a device that does not acknowledge: {stuck:?}"
+    );
+    eprintln!(
+        "4,000 records reached the other device in {elapsed:?} with a stalled device connected"
+    );
+    drop(stalled);
+    drop((writer_sync, reader_sync));
+    server.shutdown();
+}
