@@ -275,3 +275,43 @@ fn devices_behind_a_proxy_that_cuts_connections_at_random_bytes_converge() {
     let cuts = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);
     assert!(cuts >= 3, "the proxy cut only {cuts} connections");
 }
+
+#[test]
+fn a_new_device_reports_catch_up_progress_against_the_servers_head() {
+    let server = TestServer::start();
+    for t in 0..300 {
+        server
+            .db
+            .transaction(|tx| {
+                for i in 0..10 {
+                    tx.insert("bugs", fields! {"t" => t, "i" => i})?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let head = server.db.oplog_head().unwrap();
+    let db = Database::in_memory().unwrap();
+    let sync = db
+        .enable_sync(
+            RemoteNode::new(server.url(), DB),
+            fast().enroll(server.token()),
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    let status = sync
+        .wait_synced(Duration::from_secs(20), |s| {
+            if let Some(c) = &s.connection {
+                seen.push(c.catch_up_progress());
+            }
+        })
+        .unwrap();
+    let c = status.connection.unwrap();
+    assert_eq!((c.cursor_at_start, c.peer_head, c.cursor), (0, head, head));
+    assert_eq!(c.catch_up_progress(), 1.0);
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {seen:?}"
+    );
+    assert_eq!(db.count("bugs").unwrap(), 3000);
+}
