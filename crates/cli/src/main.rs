@@ -30,7 +30,7 @@ BlazeDB command line tool: create, inspect, query, import, export and sync encry
 databases.
 
 The database path is the first argument of every command but topology, which takes a JSON file
-listing databases and the connections between them. The password never goes on the command line;
+listing databases and the connections between them, and demo, which makes its own. The password never goes on the command line;
 it comes from --password-file PATH (first line of the file), else from the BLAZEDB_PASSWORD
 environment variable, else from a prompt when standard input is a terminal. Use --no-encryption
 for unencrypted databases.

@@ -138,7 +138,13 @@ fn once(
             bar.set_position(c.cursor.saturating_sub(c.cursor_at_start));
             bar.set_message(format!("syncing, {} of ours pending", c.ops_pending));
         } else {
-            bar.set_message(format!("{:?}", status.state));
+            bar.set_message(match &status.state {
+                RemoteState::Connecting { attempt } => format!("connecting (attempt {attempt})"),
+                RemoteState::Waiting { retry_in, .. } => {
+                    format!("retrying in {} ms", retry_in.as_millis())
+                }
+                _ => "waiting".to_owned(),
+            });
         }
         bar.tick();
     });

@@ -182,6 +182,14 @@ impl MasterKey {
             (None, None) => {
                 let created = if dev_path.exists() {
                     false
+                } else if config.meta_path().exists() {
+                    // A data folder made with a real key: a development key would not open it,
+                    // and must not be left behind in it.
+                    return Err(ConfigError::MasterKey(format!(
+                        "{} was created with a master key that is not given here; set \
+                         {MASTER_KEY_ENV} or --master-key-file",
+                        config.data_dir.display()
+                    )));
                 } else {
                     create_dev_key(&config.data_dir, &dev_path)?;
                     true

@@ -157,6 +157,26 @@ fn a_wrong_master_key_is_refused_with_a_clear_error() {
 }
 
 #[test]
+fn a_forgotten_master_key_is_refused_and_leaves_no_development_key_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    let out = Command::new(binary())
+        .args(["admin", "user", "list", "--data-dir"])
+        .arg(&data)
+        .env_remove("BLAZEDB_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("created with a master key that is not given"),
+        "{err}"
+    );
+    assert!(!data.join("dev-master.key").exists());
+}
+
+#[test]
 fn without_a_key_a_development_key_is_generated_with_a_loud_warning() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

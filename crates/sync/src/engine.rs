@@ -193,6 +193,11 @@ pub struct ConnectionStatus {
     pub closed_reason: Option<String>,
 }
 
+/// How long a range with nothing the peer lacks may wait for a batch to ride with (its own
+/// operations coming back, on a two-way connection): one message instead of two per write,
+/// and the peer's cursor lags by at most this much.
+pub const ECHO_FLUSH_AFTER: Duration = Duration::from_millis(200);
+
 /// The bit that marks a `Ping` nonce as a barrier (keepalive pings never set it).
 const BARRIER_NONCE: u64 = 1 << 63;
 
@@ -464,8 +469,14 @@ impl Drop for SyncEngine {
 /// The sending half of a session: where the peer asked us to stream from, and what we think
 /// it has.
 struct Outbound {
-    /// Position in our op log up to which we have sent (the `to` of the last `Ops`).
+    /// Position in our op log up to which we have sent, or passed over because the peer
+    /// has every operation there.
     sent_to: u64,
+    /// The `to` of the last `Ops` actually sent: the next one starts there. Behind `sent_to`
+    /// while ranges with nothing for the peer wait (see [`ECHO_FLUSH_AFTER`]).
+    wire_to: u64,
+    /// Since when a range with nothing for the peer waits to be sent.
+    deferred_since: Option<Instant>,
     /// The peer's version vector as its `Pull` gave it, plus every operation sent to it or
     /// received from it since: operations it certainly has.
     peer_has: VersionVector,
@@ -509,6 +520,9 @@ struct Conn {
     /// Barriers sent, and the highest one answered.
     barriers_sent: u64,
     barrier: u64,
+    /// Everything in our log up to here is acknowledged or was passed over because the
+    /// peer has it (so it is not pending).
+    skipped_to: u64,
 }
 
 impl ConnectionStatus {
@@ -525,6 +539,34 @@ impl ConnectionStatus {
 }
 
 impl Conn {
+    /// Sends the ranges passed over because the peer had everything in them, as one empty
+    /// `Ops`, so that the peer's cursor catches up.
+    fn flush_deferred(&mut self) {
+        let Some(out) = &mut self.outbound else {
+            return;
+        };
+        if out.wire_to >= out.sent_to || !self.options.mode.sends() {
+            return;
+        }
+        let (from, to) = (out.wire_to, out.sent_to);
+        out.wire_to = to;
+        out.deferred_since = None;
+        out.in_flight.push_back((to, Instant::now()));
+        self.send(Message::Ops {
+            from,
+            to,
+            ops: Vec::new(),
+        });
+    }
+
+    /// When the ranges passed over must go out at the latest.
+    fn flush_due(&self) -> Option<Instant> {
+        self.outbound
+            .as_ref()
+            .and_then(|o| o.deferred_since)
+            .map(|since| since + ECHO_FLUSH_AFTER)
+    }
+
     fn open(&self) -> bool {
         self.closed_reason.is_none()
     }
@@ -604,7 +646,14 @@ impl Worker {
                 .values()
                 .any(Conn::open)
                 .then(|| self.last_check + self.options.check_interval());
-            let deadline = self.waiters.iter().map(|(d, _)| *d).chain(next_check).min();
+            let flush = self.connections.values().filter_map(Conn::flush_due).min();
+            let deadline = self
+                .waiters
+                .iter()
+                .map(|(d, _)| *d)
+                .chain(next_check)
+                .chain(flush)
+                .min();
             let first = match deadline {
                 None => match rx.recv() {
                     Ok(e) => e,
@@ -616,6 +665,7 @@ impl Worker {
                         Ok(e) => e,
                         Err(RecvTimeoutError::Timeout) => {
                             self.check_liveness();
+                            self.flush_due();
                             self.answer_waiters();
                             continue;
                         }
@@ -639,6 +689,7 @@ impl Worker {
             }
             self.apply_all();
             self.pump_all();
+            self.flush_due();
             self.answer_waiters();
             if stop {
                 break;
@@ -759,6 +810,7 @@ impl Worker {
             pinged: false,
             barriers_sent: 0,
             barrier: 0,
+            skipped_to: 0,
         };
         match started {
             Ok(()) => {
@@ -814,6 +866,8 @@ impl Worker {
             // peer skips what it has).
             conn.outbound = conn.pulled.as_ref().map(|(from, vector)| Outbound {
                 sent_to: conn.acked.max(*from),
+                wire_to: conn.acked.max(*from),
+                deferred_since: None,
                 peer_has: vector.clone(),
                 in_flight: VecDeque::new(),
             });
@@ -933,6 +987,8 @@ impl Worker {
                 if conn.options.mode.sends() {
                     conn.outbound = Some(Outbound {
                         sent_to: from,
+                        wire_to: from,
+                        deferred_since: None,
                         peer_has: vector,
                         in_flight: VecDeque::new(),
                     });
@@ -945,9 +1001,16 @@ impl Worker {
                     while out.in_flight.front().is_some_and(|(to, _)| *to <= position) {
                         out.in_flight.pop_front();
                     }
+                    if out.in_flight.is_empty() {
+                        // Everything after the last batch was passed over: the peer has it.
+                        conn.skipped_to = conn.skipped_to.max(out.sent_to);
+                    }
                 }
             }
             Message::Ping { nonce } => {
+                // The Pong must follow everything sent before it, passed-over ranges too: a
+                // barrier means "you have all I had".
+                conn.flush_deferred();
                 conn.send(Message::Pong { nonce });
             }
             Message::Pong { nonce } => {
@@ -1117,6 +1180,16 @@ impl Worker {
         }
     }
 
+    /// Sends the passed-over ranges that have waited long enough.
+    fn flush_due(&mut self) {
+        let now = Instant::now();
+        for conn in self.connections.values_mut() {
+            if conn.open() && conn.flush_due().is_some_and(|due| due <= now) {
+                conn.flush_deferred();
+            }
+        }
+    }
+
     fn pump_all(&mut self) {
         let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
         for id in ids {
@@ -1170,6 +1243,18 @@ impl Worker {
                 ops.push(op);
             }
             out.sent_to = to;
+            if ops.is_empty() {
+                // Nothing the peer lacks (usually its own operations coming back): no message
+                // now. The range goes out with the next batch, before a Pong, or after
+                // ECHO_FLUSH_AFTER, so the peer's cursor still moves past it.
+                out.deferred_since.get_or_insert_with(Instant::now);
+                if out.in_flight.is_empty() {
+                    conn.skipped_to = conn.skipped_to.max(to);
+                }
+                continue;
+            }
+            let from = std::mem::replace(&mut out.wire_to, to);
+            out.deferred_since = None;
             out.in_flight.push_back((to, Instant::now()));
             let n = ops.len() as u64;
             if conn.send(Message::Ops { from, to, ops }) {
@@ -1203,7 +1288,7 @@ impl Worker {
         let now = Instant::now();
         for c in conns {
             let ops_pending = if c.options.mode.sends() {
-                total.saturating_sub(self.db.oplog_ops_through(c.acked)?)
+                total.saturating_sub(self.db.oplog_ops_through(c.acked.max(c.skipped_to))?)
             } else {
                 0
             };

@@ -48,7 +48,8 @@ mod topology;
 mod unix;
 
 pub use engine::{
-    ConnectOptions, ConnectionStatus, EngineOptions, MAX_BATCH_OPS, Mode, SyncEngine, WINDOW,
+    ConnectOptions, ConnectionStatus, ECHO_FLUSH_AFTER, EngineOptions, MAX_BATCH_OPS, Mode,
+    SyncEngine, WINDOW,
 };
 pub use error::{Result, SyncError};
 pub use relay::{ConnectionId, InMemoryRelay, Inbox, Relay};

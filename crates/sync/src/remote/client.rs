@@ -146,12 +146,23 @@ pub struct RemoteStatus {
 
 impl RemoteStatus {
     /// True when connected, everything we wrote is acknowledged and everything the server
-    /// had when the session started (and announced since) is applied here.
+    /// has announced is applied here. (The server may hold back ranges holding only our own
+    /// operations for a moment; [`RemoteSync::wait_synced`] asks for them with a barrier.)
     pub fn is_synced(&self) -> bool {
         self.state == RemoteState::Connected
             && self.connection.as_ref().is_some_and(|c| {
                 c.connected && c.ops_pending == 0 && c.cursor >= c.peer_head && c.lag.is_zero()
             })
+    }
+
+    /// Like [`RemoteStatus::is_synced`], but not yet caught up with the server's head: the
+    /// moment to send a barrier.
+    fn is_quiet(&self) -> bool {
+        self.state == RemoteState::Connected
+            && self
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.connected && c.ops_pending == 0 && c.lag.is_zero())
     }
 }
 
@@ -307,16 +318,17 @@ impl RemoteSync {
                     status.last_error.unwrap_or_default(),
                 ));
             }
-            if let Some(c) = status.connection.as_ref().filter(|_| status.is_synced()) {
+            if let Some(c) = status.connection.as_ref().filter(|_| status.is_quiet()) {
                 match barrier {
-                    Some((id, n)) if id == c.id => {
-                        if c.barrier >= n {
+                    Some((id, n)) if id == c.id && c.barrier >= n => {
+                        if status.is_synced() {
                             return Ok(status);
                         }
-                    }
-                    _ => {
+                        // More arrived meanwhile: another round.
                         barrier = self.engine.barrier(c.id).ok().map(|n| (c.id, n));
                     }
+                    Some((id, _)) if id == c.id => {}
+                    _ => barrier = self.engine.barrier(c.id).ok().map(|n| (c.id, n)),
                 }
             }
             if Instant::now() >= deadline {
@@ -390,7 +402,7 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
         let mut roots = rustls::RootCertStore::empty();
         let Some(ca_file) = &options.ca_file else {
             return Err(RemoteError::InvalidOption(
-                "wss:// needs a CA file to trust (RemoteOptions::ca_file, --ca-file)".into(),
+                "wss:// needs the certificate of the authority to trust (a CA file)".into(),
             ));
         };
         let certs = CertificateDer::pem_file_iter(ca_file)
@@ -426,7 +438,8 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
         .enroll_token
         .as_deref()
         .map(EnrolmentToken::parse)
-        .transpose()?;
+        .transpose()
+        .map_err(|e| RemoteError::InvalidOption(e.to_string()))?;
     let server = format!("{}://{authority}", if secure { "wss" } else { "ws" });
     if token.is_none() && pinned_server_key(db, &server)?.is_none() {
         return Err(RemoteError::NotEnrolled { server });
