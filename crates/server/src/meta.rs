@@ -131,6 +131,28 @@ pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
     builder.create(path)
 }
 
+/// Makes a database file and its WAL and shared-memory files readable only by this user
+/// (SQLite gives the latter two the main file's mode when it makes them).
+pub(crate) fn restrict_database_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        for file in [path.as_os_str().to_owned(), wal, shm] {
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Maps the storage layer's "wrong password" to the server's "wrong master key".
 fn open_error(e: CoreError) -> MetaError {
     match e {
@@ -318,6 +340,7 @@ impl MetaStore {
             },
             Err(e) => return Err(open_error(e)),
         };
+        restrict_database_files(&path).map_err(io("cannot restrict the permissions of", &path))?;
         let keys = load_or_create_keys(&db)?;
         Ok(MetaStore {
             db,
@@ -612,6 +635,11 @@ impl MetaStore {
             }
             Err(e) => return Err(open_error(e)),
         }
+        restrict_database_files(&path).map_err(|source| MetaError::Io {
+            what: "cannot restrict the permissions of",
+            path: path.clone(),
+            source,
+        })?;
         let record = fields! { "name" => name, "created_at" => Date::now() };
         match self
             .db

@@ -366,6 +366,12 @@ fn nothing_the_server_stores_is_readable_on_disk() {
             .any(|p| p.ends_with("databases/bugs.blazedb"))
     );
     for path in scanned {
+        #[cfg(unix)]
+        if path.to_string_lossy().contains(".blazedb") {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is mode {mode:o}", path.display());
+        }
         let bytes = std::fs::read(&path).unwrap();
         for marker in [
             "MARKER-USER-XYZ",
