@@ -165,6 +165,9 @@ fn once(
 fn follow(sync: &blazedb_sync::remote::RemoteSync) -> Result<(), Failure> {
     let mut last: Option<String> = None;
     loop {
+        // Other programs may write to the file meanwhile: their commits do not wake this
+        // process's engine, so it looks for new op-log entries at every round.
+        let _ = sync.engine().rescan();
         let status = sync.status();
         let line = match &status.state {
             RemoteState::Connected => format!("connected ({})", summary(&status)),

@@ -1163,3 +1163,80 @@ fn the_demo_runs_in_seconds_and_leaves_nothing_behind() {
         "left behind in {tmp:?}"
     );
 }
+
+#[test]
+fn sync_follow_pulls_changes_and_pushes_writes_other_processes_make_to_the_file() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let s = Sandbox::new();
+    let server = sync_server(&s);
+    s.init("a.blazedb");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blazedb"))
+        .args([
+            "sync",
+            s.path("a.blazedb").to_str().unwrap(),
+            "--server",
+            &server.url(),
+        ])
+        .args(["--database", "bugs", "--follow", "--enroll", "-"])
+        .env("BLAZEDB_PASSWORD", PASSWORD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sync_token(&server).as_bytes())
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().unwrap().unwrap();
+        if line.starts_with("blazedb: connected") {
+            break;
+        }
+    }
+    // Another device writes through the server...
+    use blazedb_sync::remote::{RemoteNode, RemoteOptions, SyncExt};
+    let other = blazedb_core::Database::in_memory().unwrap();
+    let other_sync = other
+        .enable_sync(
+            RemoteNode::new(server.url(), "bugs"),
+            RemoteOptions::default().enroll(sync_token(&server)),
+        )
+        .unwrap();
+    other
+        .insert(
+            "bugs",
+            blazedb_core::fields! {"title" => "from the other device"},
+        )
+        .unwrap();
+    // ...and another process writes to the followed file.
+    s.run(&[
+        "insert",
+        "@a.blazedb",
+        "bugs",
+        r#"{"title":"from another process"}"#,
+    ])
+    .ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let here = s.run(&["query", "@a.blazedb", "bugs"]).ok();
+        let there = other.count("bugs").unwrap();
+        if here.contains("from the other device") && there == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a.blazedb: {here}; other device: {there} records"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(other_sync);
+    server.shutdown();
+}

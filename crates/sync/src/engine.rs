@@ -245,6 +245,7 @@ pub(crate) enum Command {
         id: ConnectionId,
         reply: Sender<Result<u64>>,
     },
+    Rescan,
     WaitIdle {
         deadline: Instant,
         reply: Sender<bool>,
@@ -404,6 +405,14 @@ impl SyncEngine {
     /// (Used to tell "in sync with the server" from "nothing arrived yet".)
     pub fn barrier(&self, id: ConnectionId) -> Result<u64> {
         self.ask(|reply| Command::Barrier { id, reply })?
+    }
+
+    /// Looks for op-log entries this engine was not told about: writes made through
+    /// another handle to the same file (another process). The engine hears of commits made
+    /// through its own [`Database`] handle by itself; a program that shares the file with
+    /// other writers calls this now and then (`blazedb sync --follow` does, every 200 ms).
+    pub fn rescan(&self) -> Result<()> {
+        self.command(Command::Rescan)
     }
 
     /// The state of every connection, in connection order.
@@ -751,6 +760,13 @@ impl Worker {
                     None => Err(SyncError::UnknownConnection(id.0)),
                 };
                 let _ = reply.send(result);
+            }
+            Command::Rescan => {
+                // `pump_all` at the end of this round sends what is new. A failing read is
+                // left for that pump, which reports storage errors per connection.
+                if let Ok(head) = self.db.oplog_head() {
+                    self.head = self.head.max(head);
+                }
             }
             Command::Barrier { id, reply } => {
                 self.apply_inbound(id);
