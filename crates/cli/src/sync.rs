@@ -24,7 +24,8 @@ from standard input) or the BLAZEDB_ENROLL_TOKEN environment variable to `--enro
 
 With --once (the default) the command returns when everything written here has reached the
 server and everything the server had is here (at most --timeout seconds). With --follow it keeps
-syncing, reconnecting after failures, until interrupted; every change of connection state is
+syncing, reconnecting after failures, until interrupted; writes other programs make to the file
+are sent within 200 ms, and every change of connection state is
 reported on stderr.
 
 EXAMPLES:
