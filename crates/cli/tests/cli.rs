@@ -1097,45 +1097,26 @@ fn sync_without_enrolment_or_with_a_bad_token_fails_with_one_clear_line() {
     let server = sync_server(&s);
     let url = server.url();
     s.init("a.blazedb");
-    let err = s
-        .run(&["sync", "@a.blazedb", "--server", &url, "--database", "bugs"])
-        .fails();
+    // `sync @a.blazedb --server URL --database DB EXTRA…`
+    let sync = |url: &str, database: &str, extra: &[&str]| {
+        let mut args = vec![
+            "sync",
+            "@a.blazedb",
+            "--server",
+            url,
+            "--database",
+            database,
+        ];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+    let err = sync(&url, "bugs", &[]).fails();
     assert!(err.contains("not enrolled"), "{err}");
-    let err = s
-        .run(&[
-            "sync",
-            "@a.blazedb",
-            "--server",
-            &url,
-            "--database",
-            "bugs",
-            "--enroll",
-            "bzt1_nope",
-        ])
-        .fails();
+    let err = sync(&url, "bugs", &["--enroll", "bzt1_nope"]).fails();
     assert!(err.contains("invalid enrolment token"), "{err}");
-    let err = s
-        .run(&[
-            "sync",
-            "@a.blazedb",
-            "--server",
-            "http://x",
-            "--database",
-            "bugs",
-        ])
-        .fails();
+    let err = sync("http://x", "bugs", &[]).fails();
     assert!(err.contains("ws://"), "{err}");
-    let err = s
-        .run(&[
-            "sync",
-            "@a.blazedb",
-            "--server",
-            &url,
-            "--database",
-            "nope",
-            "--enroll",
-            "-",
-        ])
+    let err = sync(&url, "nope", &["--enroll", "-"])
         .stdin(&sync_token(&server))
         .fails();
     assert!(err.contains("unknown database"), "{err}");
