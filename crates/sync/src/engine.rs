@@ -191,6 +191,8 @@ pub struct ConnectionStatus {
     pub barrier: u64,
     /// Why the connection ended, if it did.
     pub closed_reason: Option<String>,
+    /// The code of the peer's `Close`, when the peer ended the connection with one.
+    pub peer_close_code: Option<CloseCode>,
 }
 
 /// How long a range with nothing the peer lacks may wait for a batch to ride with (its own
@@ -518,6 +520,7 @@ struct Conn {
     acked: u64,
     last_ack: Option<(u64, Instant)>,
     closed_reason: Option<String>,
+    peer_close_code: Option<CloseCode>,
     ops_sent: u64,
     ops_applied: u64,
     ops_duplicate: u64,
@@ -817,6 +820,7 @@ impl Worker {
             acked: 0,
             last_ack: None,
             closed_reason: None,
+            peer_close_code: None,
             ops_sent: 0,
             ops_applied: 0,
             ops_duplicate: 0,
@@ -1035,6 +1039,7 @@ impl Worker {
                 }
             }
             Message::Close { code, reason } => {
+                conn.peer_close_code = Some(code);
                 conn.end(format!("the peer closed the connection ({code}): {reason}"));
             }
             // Queued above, before anything else was looked at.
@@ -1336,6 +1341,7 @@ impl Worker {
                 peer_head: c.peer_head,
                 barrier: c.barrier,
                 closed_reason: c.closed_reason.clone(),
+                peer_close_code: c.peer_close_code,
             });
         }
         Ok(out)

@@ -14,9 +14,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blazedb_core::Database;
-use blazedb_protocol::Message;
 use blazedb_protocol::enrol::EnrolmentToken;
 use blazedb_protocol::secure::{StaticKeys, fingerprint};
+use blazedb_protocol::{CloseCode, Message};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -660,17 +660,27 @@ async fn run(
                     }
                 }
                 // Keep the final status (close reason) before the engine forgets it.
-                let reason = engine
+                let last = engine
                     .status()
                     .ok()
-                    .and_then(|all| all.into_iter().find(|c| c.id == id))
-                    .and_then(|c| c.closed_reason);
+                    .and_then(|all| all.into_iter().find(|c| c.id == id));
                 let _ = engine.disconnect(id);
                 if *stopped.borrow() {
                     break;
                 }
-                let reason = reason.unwrap_or_else(|| "the connection ended".into());
-                if reason.contains("(unauthorized)") || reason.contains("(unknown database)") {
+                let reason = last
+                    .as_ref()
+                    .and_then(|c| c.closed_reason.clone())
+                    .unwrap_or_else(|| "the connection ended".into());
+                let refused = last.and_then(|c| c.peer_close_code).is_some_and(|code| {
+                    matches!(
+                        code,
+                        CloseCode::Unauthorized
+                            | CloseCode::UnknownDatabase
+                            | CloseCode::VersionMismatch
+                    )
+                });
+                if refused {
                     shared.set(RemoteState::Failed, None, Some(reason));
                     return;
                 }

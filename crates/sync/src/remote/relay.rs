@@ -143,6 +143,7 @@ impl<S: Transport> Relay for WsRelay<S> {
             }
             inbox.deliver(first);
         }
+        let reader_inbox = inbox.clone();
         let reader = read(
             stream,
             channel.clone(),
@@ -156,9 +157,14 @@ impl<S: Transport> Relay for WsRelay<S> {
         let finished = self.finished_tx.clone();
         runtime.spawn(async move {
             tokio::select! {
-                frame = reader => {
+                (frame, reason) = reader => {
+                    // The writer learns the close frame before the engine hears of the end
+                    // (and closes the relay), so the peer gets this frame, not a normal close.
                     closed.store(true, Ordering::Release);
                     stop.send_replace(Stop::Abort(frame));
+                    if let Some(reason) = reason {
+                        reader_inbox.closed(reason);
+                    }
                 }
                 () = stopped(&mut stop_reading) => {}
             }
@@ -252,37 +258,37 @@ async fn stopped(stop: &mut watch::Receiver<Stop>) {
     let _ = stop.wait_for(|s| *s != Stop::Running).await;
 }
 
-/// Reads until the connection ends; returns the close frame to send the peer, if any.
+/// How reading ended: the close frame to send the peer, and what to tell the engine (nothing
+/// when the engine itself is gone).
+type ReadEnd = (Option<(WsCloseCode, String)>, Option<String>);
+
+/// Reads until the connection ends.
 async fn read<S: Transport>(
     mut stream: SplitStream<WebSocketStream<S>>,
     channel: Arc<Mutex<SecureChannel>>,
     peer: Arc<AtomicU64>,
     inbox: Inbox,
     counters: Arc<RelayCounters>,
-) -> Option<(WsCloseCode, String)> {
+) -> ReadEnd {
     loop {
         let data = match stream.next().await {
-            None => {
-                inbox.closed("the connection ended");
-                return None;
-            }
-            Some(Err(e)) => {
-                inbox.closed(format!("WebSocket error: {e}"));
-                return None;
-            }
+            None => return (None, Some("the connection ended".into())),
+            Some(Err(e)) => return (None, Some(format!("WebSocket error: {e}"))),
             Some(Ok(WsMessage::Binary(data))) => data,
             Some(Ok(WsMessage::Text(_))) => {
-                inbox.closed("the peer sent a text message");
-                return Some((WsCloseCode::Protocol, "binary messages only".into()));
+                return (
+                    Some((WsCloseCode::Protocol, "binary messages only".into())),
+                    Some("the peer sent a text message".into()),
+                );
             }
             Some(Ok(WsMessage::Close(frame))) => {
-                inbox.closed(match frame {
+                let reason = match frame {
                     Some(f) if !f.reason.is_empty() => {
                         format!("the peer closed the WebSocket: {}", f.reason)
                     }
                     _ => "the peer closed the WebSocket".into(),
-                });
-                return None;
+                };
+                return (None, Some(reason));
             }
             Some(Ok(_)) => continue,
         };
@@ -299,14 +305,16 @@ async fn read<S: Transport>(
                     peer.store(capabilities.0, Ordering::Release);
                 }
                 if !inbox.deliver(message) {
-                    return Some((WsCloseCode::Away, "going away".into()));
+                    return (Some((WsCloseCode::Away, "going away".into())), None);
                 }
             }
             Err(e) => {
                 // Decrypt failures (tampering, replay, reordering) and malformed messages
                 // end the connection; nothing more from this peer is trusted.
-                inbox.closed(format!("closing the connection: {e}"));
-                return Some((WsCloseCode::Protocol, "protocol error".into()));
+                return (
+                    Some((WsCloseCode::Protocol, "protocol error".into())),
+                    Some(format!("closing the connection: {e}")),
+                );
             }
         }
     }
@@ -336,13 +344,12 @@ impl<S: Transport> Writer<S> {
             // failed for good); the reader is about to say which close frame to send.
             let _ = tokio::time::timeout(Duration::from_millis(200), stopped(&mut stop)).await;
         }
-        let frame = match outcome {
+        let frame = match (outcome, stop.borrow().clone()) {
+            // The reader (or a full queue) asked for a close frame: it says why.
+            (_, Stop::Abort(Some(frame))) => Some(frame),
             // The engine closed the relay and everything queued was written.
-            Some(true) => Some((WsCloseCode::Normal, String::new())),
-            Some(false) | None => match stop.borrow().clone() {
-                Stop::Abort(frame) => frame,
-                Stop::Running => None,
-            },
+            (Some(true), _) => Some((WsCloseCode::Normal, String::new())),
+            _ => None,
         };
         if let Some((code, reason)) = frame {
             let _ = tokio::time::timeout(
