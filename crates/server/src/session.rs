@@ -196,7 +196,13 @@ pub(crate) async fn run<S: Transport>(
                     log::info(format_args!(
                         "disconnecting device {fingerprint} ({user}): it was revoked"
                     ));
-                    let _ = database.engine.disconnect(id);
+                    let _ = database.engine.disconnect_with(
+                        id,
+                        CloseCode::Unauthorized,
+                        format!(
+                            "device key {fingerprint} was revoked by the server's administrator"
+                        ),
+                    );
                     break true;
                 }
             }

@@ -241,12 +241,13 @@ fn a_device_revoked_by_the_admin_command_while_connected_is_disconnected() {
     wait_until("the server drops the connection", || {
         server.connections() == 0
     });
-    // The device then learns why, and gives up.
+    // The device learns why from the server's Close and gives up without trying again.
     wait_until("the device gives up", || {
         s.status().state == RemoteState::Failed
     });
     let error = s.status().last_error.unwrap_or_default();
     assert!(error.contains("revoked"), "{error}");
+    assert_eq!(s.status().sessions, 1, "no second session after the revocation");
 }
 
 #[test]

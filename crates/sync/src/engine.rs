@@ -233,6 +233,8 @@ pub(crate) enum Command {
     },
     Disconnect {
         id: ConnectionId,
+        /// What the peer is told (`Normal`, "disconnected" by default).
+        close: Option<(CloseCode, String)>,
         reply: Sender<Result<()>>,
     },
     SetMode {
@@ -391,7 +393,23 @@ impl SyncEngine {
 
     /// Closes a connection (with `Close { Normal }`) and forgets it.
     pub fn disconnect(&self, id: ConnectionId) -> Result<()> {
-        self.ask(|reply| Command::Disconnect { id, reply })?
+        self.ask(|reply| Command::Disconnect {
+            id,
+            close: None,
+            reply,
+        })?
+    }
+
+    /// Like [`SyncEngine::disconnect`], telling the peer why with `code` and `reason` (a
+    /// server that revokes a device says `Unauthorized`, so the device stops retrying).
+    pub fn disconnect_with(
+        &self,
+        id: ConnectionId,
+        code: CloseCode,
+        reason: impl Into<String>,
+    ) -> Result<()> {
+        let close = Some((code, reason.into()));
+        self.ask(|reply| Command::Disconnect { id, close, reply })?
     }
 
     /// Changes a connection's mode while running, without losing or repeating anything: a
@@ -752,12 +770,14 @@ impl Worker {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Connect { id, relay, options } => self.on_connect(id, relay, options),
-            Command::Disconnect { id, reply } => {
+            Command::Disconnect { id, close, reply } => {
                 self.apply_inbound(id);
                 self.save_cursor(id);
                 let result = match self.connections.remove(&id) {
                     Some(mut conn) => {
-                        conn.close_with(CloseCode::Normal, "disconnected".into());
+                        let (code, reason) =
+                            close.unwrap_or((CloseCode::Normal, "disconnected".into()));
+                        conn.close_with(code, reason);
                         Ok(())
                     }
                     None => Err(SyncError::UnknownConnection(id.0)),
