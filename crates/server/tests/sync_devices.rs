@@ -247,7 +247,11 @@ fn a_device_revoked_by_the_admin_command_while_connected_is_disconnected() {
     });
     let error = s.status().last_error.unwrap_or_default();
     assert!(error.contains("revoked"), "{error}");
-    assert_eq!(s.status().sessions, 1, "no second session after the revocation");
+    assert_eq!(
+        s.status().sessions,
+        1,
+        "no second session after the revocation"
+    );
 }
 
 #[test]
