@@ -557,8 +557,12 @@ struct Conn {
 
 impl ConnectionStatus {
     /// How much of what the peer had when the session started is applied here, from 0.0 to
-    /// 1.0 (1.0 when there was nothing to catch up): initial-sync progress.
+    /// 1.0 (0.0 until the peer's `Hello` told its head; 1.0 when there was nothing to catch
+    /// up): initial-sync progress.
     pub fn catch_up_progress(&self) -> f64 {
+        if self.peer.is_none() {
+            return 0.0;
+        }
         let total = self.peer_head.saturating_sub(self.cursor_at_start);
         if total == 0 {
             return 1.0;
