@@ -178,6 +178,61 @@ fn per_op(before: [(u64, u64); 2], after: [(u64, u64); 2], n: usize) -> [f64; 4]
     ]
 }
 
+/// Writes `n` records through `insert_one` (one commit each) or, with `batch`, through
+/// `insert_many` in transactions of that size, waiting each time until Bob's subscription
+/// `sub` to `bob` has them.
+fn write_and_wait(
+    n: usize,
+    batch: Option<usize>,
+    bob: &Database,
+    sub: &blazedb_core::Subscription,
+    mut insert_one: impl FnMut(&Bug) -> Uuid,
+    mut insert_many: impl FnMut(&[Bug]),
+) {
+    match batch {
+        None => {
+            for bug in bugs(0, n) {
+                let id = insert_one(&bug);
+                wait_for_record(sub, id);
+            }
+        }
+        Some(b) => {
+            let mut sent = 0;
+            while sent < n {
+                let k = b.min(n - sent);
+                insert_many(&bugs(sent as u64, k));
+                sent += k;
+                wait_count(bob, sub, sent as u64);
+            }
+        }
+    }
+}
+
+impl Measured {
+    /// The traffic between the two settled proxy readings `before` and `after` (and what
+    /// came before), with the message counts of both devices at those moments.
+    fn between(
+        before: Vec<Bytes>,
+        after: Vec<Bytes>,
+        messages: ([(u64, u64); 2], [(u64, u64); 2]),
+        n: usize,
+        first_op: Option<(u64, Operation)>,
+    ) -> Measured {
+        Measured {
+            legs: Legs {
+                alice: after[0].since(before[0]),
+                bob: after[1].since(before[1]),
+            },
+            setup: Legs {
+                alice: before[0],
+                bob: before[1],
+            },
+            messages: per_op(messages.0, messages.1, n),
+            first_op,
+        }
+    }
+}
+
 /// Alice writes `n` records (one commit each, or in transactions of `batch`), waiting each
 /// time until Bob has them; both devices go through counting proxies. `modes` are Alice's and
 /// Bob's sync modes.
@@ -190,50 +245,39 @@ fn bytes_blazedb(ctx: &Ctx, n: usize, batch: Option<usize>, modes: (Mode, Mode))
     let before = settle(&[&pa, &pb], QUIET);
     let messages_before = [alice.messages(), bob.messages()];
     let sub = bob.db.subscribe(COLLECTION);
-    match batch {
-        None => {
-            for bug in bugs(0, n) {
-                let id = alice.db.insert(COLLECTION, bug.fields()).expect("insert");
-                wait_for_record(&sub, id);
-            }
-        }
-        Some(b) => {
-            let mut sent = 0;
-            while sent < n {
-                let k = b.min(n - sent);
-                let fields: Vec<_> = bugs(sent as u64, k).iter().map(Bug::fields).collect();
-                alice
-                    .db
-                    .insert_many(COLLECTION, fields)
-                    .expect("insert_many");
-                sent += k;
-                wait_count(&bob.db, &sub, sent as u64);
-            }
-        }
-    }
+    write_and_wait(
+        n,
+        batch,
+        &bob.db,
+        &sub,
+        |bug| alice.db.insert(COLLECTION, bug.fields()).expect("insert"),
+        |bugs| {
+            let fields: Vec<_> = bugs.iter().map(Bug::fields).collect();
+            alice
+                .db
+                .insert_many(COLLECTION, fields)
+                .expect("insert_many");
+        },
+    );
     poll_until("acknowledged", Duration::from_millis(1), || {
         alice.idle() && bob.idle()
     });
     let after = settle(&[&pa, &pb], QUIET);
     let messages_after = [alice.messages(), bob.messages()];
     assert_eq!(bob.db.count(COLLECTION).unwrap(), n as u64);
-    Measured {
-        legs: Legs {
-            alice: after[0].since(before[0]),
-            bob: after[1].since(before[1]),
-        },
-        setup: Legs {
-            alice: before[0],
-            bob: before[1],
-        },
-        messages: per_op(messages_before, messages_after, n),
-        first_op: alice
-            .db
-            .oplog_since(0, 1)
-            .expect("op log")
-            .into_iter()
-            .next(),
-    }
+    let first_op = alice
+        .db
+        .oplog_since(0, 1)
+        .expect("op log")
+        .into_iter()
+        .next();
+    Measured::between(
+        before,
+        after,
+        (messages_before, messages_after),
+        n,
+        first_op,
+    )
 }
 
 /// The same through the gRPC relay (the variant that stores).
@@ -246,41 +290,23 @@ fn bytes_grpc(ctx: &Ctx, n: usize, batch: Option<usize>, zstd: bool) -> Measured
     let before = settle(&[&pa, &pb], QUIET);
     let messages_before = [alice.messages(), bob.messages()];
     let sub = bob.db.subscribe(COLLECTION);
-    match batch {
-        None => {
-            for bug in bugs(0, n) {
-                let id = alice.insert_and_send(&bug);
-                wait_for_record(&sub, id);
-            }
-        }
-        Some(b) => {
-            let mut sent = 0;
-            while sent < n {
-                let k = b.min(n - sent);
-                alice.insert_many_and_send(&bugs(sent as u64, k));
-                sent += k;
-                wait_count(&bob.db, &sub, sent as u64);
-            }
-        }
-    }
+    write_and_wait(
+        n,
+        batch,
+        &bob.db,
+        &sub,
+        |bug| alice.insert_and_send(bug),
+        |bugs| {
+            alice.insert_many_and_send(bugs);
+        },
+    );
     poll_until("acknowledged", Duration::from_millis(1), || {
         alice.all_acked()
     });
     let after = settle(&[&pa, &pb], QUIET);
     let messages_after = [alice.messages(), bob.messages()];
     assert_eq!(bob.db.count(COLLECTION).unwrap(), n as u64);
-    Measured {
-        legs: Legs {
-            alice: after[0].since(before[0]),
-            bob: after[1].since(before[1]),
-        },
-        setup: Legs {
-            alice: before[0],
-            bob: before[1],
-        },
-        messages: per_op(messages_before, messages_after, n),
-        first_op: None,
-    }
+    Measured::between(before, after, (messages_before, messages_after), n, None)
 }
 
 /// Bytes of a WebSocket frame header for a payload of `len` bytes.

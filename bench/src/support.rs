@@ -5,6 +5,14 @@ use std::time::{Duration, Instant};
 
 use blazedb_core::{Database, Fields, Uuid, fields};
 
+// The helpers the core and sync benches share (percentiles, number formatting, the machine):
+// one copy for every benchmark.
+#[path = "../../crates/core/benches/support/mod.rs"]
+#[allow(dead_code)]
+mod shared;
+
+pub use shared::{machine, micros, percentile, progress, thousands};
+
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const COLLECTION: &str = "bugs";
 
@@ -95,30 +103,6 @@ pub fn poll_until(what: &str, every: Duration, mut done: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and formatting.
-
-/// Nearest-rank percentile of an ascending slice.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    assert!(!sorted.is_empty(), "no samples");
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-pub fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// `x` rounded to a whole number, with thousands separated by commas.
-pub fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
-}
 
 /// How a figure is shown in a table.
 #[derive(Clone, Copy)]
@@ -296,29 +280,8 @@ pub fn table(out: &mut String, grpc_columns: &[&str], ratio_header: &str, rows: 
     writeln!(out).unwrap();
 }
 
-pub fn progress(msg: &str) {
-    eprintln!("[bench] {msg}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // The machine.
-
-/// "N CPUs, model".
-pub fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    format!(
-        "{} CPUs, {model}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
-}
 
 /// CPU seconds (user + system) used so far by this process's threads, grouped by thread name
 /// up to the first space (`blazedb-sync bugs` counts as `blazedb-sync`), from
