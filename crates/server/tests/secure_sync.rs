@@ -84,6 +84,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A runtime whose tasks run on their own thread, while the test thread blocks elsewhere.
+fn threaded_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A healthy device can still sync through `server`.
 fn assert_serves(server: &ServerHandle) {
     let (db, sync) = device(&server.url(), &token(server));
@@ -326,11 +335,7 @@ fn a_device_killed_mid_push_replays_on_restart() {
 fn devices_behind_a_proxy_that_cuts_and_delays_traffic_converge() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = threaded_runtime();
     let proxy = fault_proxy::start(&rt, server.local_addr(), 11, 4_000, 2);
     let url = format!("ws://{}", proxy.address);
     let devices: Vec<_> = (0..2).map(|_| device(&url, &token(&server))).collect();
@@ -377,11 +382,7 @@ fn devices_behind_a_proxy_that_cuts_and_delays_traffic_converge() {
 fn a_man_in_the_middle_with_its_own_keys_fails_on_both_sides_and_reads_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = threaded_runtime();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let mitm_address = listener.local_addr().unwrap();
     let mitm_keys = StaticKeys::generate(Suite::default()).unwrap();
