@@ -70,8 +70,16 @@ impl OpenOptions {
             return Err(Error::AlreadyExists { path: path.into() });
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-        let conn = Connection::open_with_flags(path, flags)?;
-        self.key(&conn, path)?;
+        let conn = match self.keyed_connection(path, flags) {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Nothing was written yet: leave no empty file that a retry would call existing.
+                if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
         schema::create(&conn, NodeId::random())?;
         self.finish(conn, Some(path.into()))
     }
@@ -80,8 +88,7 @@ impl OpenOptions {
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Database> {
         let path = path.as_ref();
         self.precheck(path)?;
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        self.key(&conn, path)?;
+        let conn = self.keyed_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let app_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
         if app_id != schema::APPLICATION_ID {
             return Err(Error::NotADatabase {
@@ -138,16 +145,50 @@ impl OpenOptions {
         Ok(())
     }
 
-    fn key(&self, conn: &Connection, path: &Path) -> Result<()> {
+    /// A connection to `path` with the key applied and checked.
+    ///
+    /// SQLCipher sets up its codec (allocations only, no file access) inside `PRAGMA key`, and
+    /// once, under load in CI, that step failed with its generic "An error occurred with PRAGMA
+    /// key" on a brand-new file. A failed attach marks the connection read-only, so each
+    /// attempt uses a new connection; a wrong password is not retried (it shows at the first
+    /// read, not here).
+    fn keyed_connection(&self, path: &Path, flags: OpenFlags) -> Result<Connection> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            let conn = Connection::open_with_flags(path, flags)?;
+            match self.key(&conn, path) {
+                Err(KeyError::Attach(e)) if attempt < ATTEMPTS => {
+                    drop((conn, e));
+                    std::thread::sleep(Duration::from_millis(5 << attempt));
+                    attempt += 1;
+                }
+                Err(KeyError::Attach(e)) => return Err(Error::Storage(e)),
+                Err(KeyError::Other(e)) => return Err(e),
+                Ok(()) => return Ok(conn),
+            }
+        }
+    }
+
+    fn key(&self, conn: &Connection, path: &Path) -> std::result::Result<(), KeyError> {
         // SQLCipher logs failed decryptions to stderr by default; errors reach the caller as
         // typed values instead.
-        conn.execute_batch("PRAGMA cipher_log_level = NONE")?;
+        conn.execute_batch("PRAGMA cipher_log_level = NONE")
+            .map_err(|e| KeyError::Other(e.into()))?;
         if let Some(password) = &self.password {
-            conn.pragma_update(None, "key", password)?;
+            // Test hook: an empty key makes SQLCipher's attach fail with the error seen in CI.
+            #[cfg(test)]
+            let password = match ATTACH_FAILURES.with(|n| n.replace(n.get().saturating_sub(1))) {
+                0 => password.as_str(),
+                _ => "",
+            };
+            conn.pragma_update(None, "key", password)
+                .map_err(KeyError::Attach)?;
             // Page HMAC with SHA-256 (hardware-accelerated on current CPUs) instead of SQLCipher
             // 4's default SHA-512: a quarter less commit latency, same integrity guarantee. Not
             // stored in the file, so every open must say it (docs/format.md, "Storage").
-            conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")?;
+            conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
+                .map_err(|e| KeyError::Other(e.into()))?;
         }
         // The first read decrypts page 1: this is where a wrong key shows.
         match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
@@ -155,15 +196,15 @@ impl OpenOptions {
         }) {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
-                Err(match self.password {
+                Err(KeyError::Other(match self.password {
                     Some(_) => Error::WrongPassword { path: path.into() },
                     None => Error::NotADatabase {
                         path: path.into(),
                         reason: "the SQLite header is damaged".into(),
                     },
-                })
+                }))
             }
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(KeyError::Other(classify(e))),
         }
     }
 
@@ -209,6 +250,19 @@ impl OpenOptions {
             }),
         })
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: how many of the next attach attempts on this thread fail.
+    static ATTACH_FAILURES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Why keying a connection failed: SQLCipher could not attach its codec (worth one more try on
+/// a new connection), or anything else (final).
+enum KeyError {
+    Attach(rusqlite::Error),
+    Other(Error),
 }
 
 /// Maps SQLite's corruption codes to [`Error::Corrupt`]; everything else stays a storage error.
@@ -454,5 +508,52 @@ impl Database {
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         rekeyed?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_failed_codec_attach_is_retried_on_a_new_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retry.blazedb");
+        ATTACH_FAILURES.with(|n| n.set(2));
+        let db = OpenOptions::new().password("pw").create(&path).unwrap();
+        drop(db);
+        ATTACH_FAILURES.with(|n| n.set(1));
+        OpenOptions::new().password("pw").open(&path).unwrap();
+    }
+
+    #[test]
+    fn an_attach_that_keeps_failing_is_a_storage_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("never.blazedb");
+        ATTACH_FAILURES.with(|n| n.set(3));
+        let err = OpenOptions::new()
+            .password("pw")
+            .create(&path)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Storage(_)), "{err}");
+        assert!(!path.exists());
+        // With the cause gone, the same path can be created.
+        OpenOptions::new().password("pw").create(&path).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_password_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw.blazedb");
+        drop(OpenOptions::new().password("right").create(&path).unwrap());
+        let err = OpenOptions::new()
+            .password("wrong")
+            .open(&path)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
     }
 }
