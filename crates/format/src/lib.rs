@@ -30,7 +30,7 @@ pub use codec::{
     encode_record_state, encode_value,
 };
 pub use ids::{NodeId, OpId, Stamp};
-pub use merge::{Effect, FieldState, RecordState};
+pub use merge::{Effect, FieldState, RecordState, SnapshotRecord};
 pub use operation::{OpKind, Operation};
 pub use sort_key::{class_prefix, sort_key, write_sort_key};
 pub use uuid::Uuid;

@@ -151,6 +151,14 @@ impl RecordState {
         });
     }
 
+    /// Joins another replica's state of the same record into this one: the result is the
+    /// state after the union of both histories (what applying every operation either side has
+    /// seen would give). Returns the effect on the visible record, as [`RecordState::apply`].
+    pub fn join(&mut self, other: &RecordState) -> Effect {
+        let _ = other;
+        todo!("RecordState::join")
+    }
+
     /// The greatest stamp in this state (for advancing a Lamport clock).
     pub fn max_stamp(&self) -> Option<Stamp> {
         let fields = self.fields.values().map(|f| f.stamp);
@@ -160,6 +168,15 @@ impl RecordState {
             .chain(fields)
             .max()
     }
+}
+
+/// One record of a snapshot: its collection, its id and its full replicated state (tombstones
+/// included), so that a receiver can [`RecordState::join`] it into its own copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub collection: String,
+    pub id: uuid::Uuid,
+    pub state: RecordState,
 }
 
 #[cfg(test)]
