@@ -36,11 +36,13 @@ close=00000008B716060006627965
 ops_empty=00000006B71602040500
 ops_delete=00000038B71602AC02AE020100${n11}030980A0ABFEF962030862756773${n22}00
 pull=0000002AB71607AC020200${n11}0700${n22}01
-for name in ping ack hello enroll close ops_empty ops_delete pull ping_zstd; do
+snapshot=00000043B71609AC020101010862756773${n22}010900${n11}010A7469746C65454372617368090101010103
+snapshot_ack=00000004B7160A01
+for name in ping ack hello enroll close ops_empty ops_delete pull snapshot snapshot_ack ping_zstd; do
     eval "frame=\$$name"
     echo "3F$frame" | xxd -r -p > "corpus/frames/doc-$name"
 done
-echo "00$hello$pull$ops_delete$ops_empty$ack$ping$ping_zstd$close" | xxd -r -p \
+echo "00$hello$pull$snapshot$snapshot_ack$ack$ops_delete$ops_empty$ack$ping$ping_zstd$close" | xxd -r -p \
     > corpus/frames/doc-session
 if command -v zstd > /dev/null; then
     # Ops { from: 0, to: 1 } with 20 deletes: the first names origin 1111…11 and "bugs", the

@@ -87,7 +87,10 @@ impl BlazeServer {
 
     /// Creates database `name` holding `n` bug records, written straight into the server's
     /// file (inserts in transactions of `batch`) before any device connects to it.
-    pub fn bulk_load(&self, name: &str, n: usize, batch: usize) {
+    /// Writes `n` bug records into hosted database `name` (created here) in transactions of
+    /// `batch`; with `compact`, then drops its whole op log, so that a new device gets a
+    /// snapshot instead.
+    pub fn bulk_load(&self, name: &str, n: usize, batch: usize, compact: bool) {
         self.create_database(name);
         let db = self
             .handle()
@@ -104,6 +107,10 @@ impl BlazeServer {
             done += k;
         }
         assert_eq!(db.count(COLLECTION).expect("count"), n as u64);
+        if compact {
+            let head = db.oplog_head().expect("op-log head");
+            assert_eq!(db.compact_oplog(head).expect("compact"), head);
+        }
     }
 
     pub fn connections(&self) -> usize {

@@ -127,7 +127,7 @@ fn once(
     let bar = ProgressBar::new(0);
     if std::io::stderr().is_terminal() {
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} log entries")
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {percent}%")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
     } else {
@@ -135,9 +135,18 @@ fn once(
     }
     let result = sync.wait_synced(timeout, |status| {
         if let Some(c) = &status.connection {
-            bar.set_length(c.peer_head.saturating_sub(c.cursor_at_start));
-            bar.set_position(c.cursor.saturating_sub(c.cursor_at_start));
-            bar.set_message(format!("syncing, {} of ours pending", c.ops_pending));
+            bar.set_length(1000);
+            bar.set_position((c.catch_up_progress() * 1000.0) as u64);
+            bar.set_message(match c.snapshot_in {
+                // The server's log no longer reaches back to our cursor: record states come.
+                Some((done, total)) => format!("receiving a snapshot, {done}/{total} records"),
+                None => format!(
+                    "syncing, {}/{} log entries, {} of ours pending",
+                    c.cursor.saturating_sub(c.cursor_at_start),
+                    c.peer_head.saturating_sub(c.cursor_at_start),
+                    c.ops_pending
+                ),
+            });
         } else {
             bar.set_message(match &status.state {
                 RemoteState::Connecting { attempt } => format!("connecting (attempt {attempt})"),

@@ -7,8 +7,9 @@ use uuid::Uuid;
 /// Everything that can go wrong in `blazedb-core`.
 ///
 /// The variants separate the caller's mistakes (`RecordNotFound`, `InvalidName`, …), a bad or
-/// foreign file (`WrongPassword`, `NotADatabase`, `Corrupt`), invalid operations from another
-/// replica (`InvalidOperation`) and internal failures (`Storage`, `Io`).
+/// foreign file (`WrongPassword`, `NotADatabase`, `Corrupt`), invalid operations or snapshots
+/// from another replica (`InvalidOperation`, `InvalidSnapshot`), a reader that fell behind a
+/// compacted op log (`OplogCompacted`) and internal failures (`Storage`, `Io`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -50,6 +51,12 @@ pub enum Error {
     InvalidQuery(String),
     #[error("invalid operation {op} from another replica: {reason}")]
     InvalidOperation { op: String, reason: String },
+    #[error("invalid snapshot record {record} from another replica: {reason}")]
+    InvalidSnapshot { record: String, reason: String },
+    #[error(
+        "the op log before position {start} was compacted away; position {after} needs a snapshot"
+    )]
+    OplogCompacted { after: u64, start: u64 },
     #[error(
         "a transaction of this database is open on this thread: use its handle (`tx`) inside the \
          closure, not the database"

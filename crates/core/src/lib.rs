@@ -33,20 +33,22 @@ mod join;
 mod query;
 mod read;
 mod schema;
+mod snapshot;
 mod txn;
 mod validate;
 mod watch;
 
 pub use blazedb_format::{
-    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, Stamp, Value,
-    VersionVector, fields,
+    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState,
+    SnapshotRecord, Stamp, Value, VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
 pub use error::{Error, Result};
 pub use join::{Join, JoinKind, Joined};
 pub use query::{Direction, Filter, KeyRange, Plan, Query};
 pub use read::{CollectionStats, Stats};
-pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, Transaction};
+pub use snapshot::{SnapshotInfo, SnapshotKey};
+pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, SnapshotReport, Transaction};
 pub use uuid::Uuid;
 pub use validate::MAX_NAME_BYTES;
 pub use watch::{Change, ChangeKind, ChangeOrigin, Commit, CommitListener, Subscription};

@@ -39,17 +39,56 @@ pub(crate) fn uuid_from(bytes: &[u8]) -> Result<Uuid> {
 }
 
 impl Core {
-    pub fn load_state(&self, coll: i64, id: Uuid) -> Result<Option<RecordState>> {
+    /// A counter of the `counters` table (0 when it was never set).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT value FROM counters WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// See [`Database::oplog_head`].
+    pub fn oplog_head(&self) -> Result<u64> {
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM oplog")?
+            .query_row([], |r| r.get(0))?;
+        Ok((n.unwrap_or(0).max(0) as u64).max(self.counter("oplog_start")?))
+    }
+
+    /// See [`Database::version_vector`]; `own_seq` is our own node's entry.
+    pub fn version_vector(&self, own_seq: u64) -> Result<VersionVector> {
+        let mut vector = VersionVector::new();
+        vector.observe(self.node, own_seq);
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT state FROM records WHERE coll = ?1 AND id = ?2")?;
-        let bytes: Option<Vec<u8>> = stmt
-            .query_row(params![coll, id.as_bytes().as_slice()], |r| r.get(0))
-            .optional()?;
-        Ok(match bytes {
+            .prepare_cached("SELECT origin, max_seq FROM origins")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let origin = Uuid::from_slice(row.get_ref(0)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("origin node id is not 16 bytes".into()))?;
+            let seq: i64 = row.get(1)?;
+            vector.observe(NodeId(origin), seq.max(0) as u64);
+        }
+        Ok(vector)
+    }
+
+    pub fn load_state(&self, coll: i64, id: Uuid) -> Result<Option<RecordState>> {
+        Ok(match self.load_state_bytes(coll, id)? {
             Some(b) => Some(decode_record_state(&b)?),
             None => None,
         })
+    }
+
+    /// A record's stored state, still encoded.
+    pub fn load_state_bytes(&self, coll: i64, id: Uuid) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT state FROM records WHERE coll = ?1 AND id = ?2")?
+            .query_row(params![coll, id.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn get(&mut self, collection: &str, id: Uuid) -> Result<Option<Record>> {
@@ -122,7 +161,7 @@ impl Core {
 pub struct Stats {
     pub node_id: blazedb_format::NodeId,
     pub lamport: u64,
-    /// Operations in the op log (local and merged).
+    /// Operations in the op log (local and merged), without those compacted away.
     pub oplog_len: u64,
     pub collections: Vec<CollectionStats>,
     /// Size of the database in bytes (pages in use × page size).
@@ -192,8 +231,17 @@ impl Database {
     /// stores the last position it delivered never splits an entry. Stops after the entry that
     /// reaches `limit` operations (an entry is never cut, so up to `OPLOG_ENTRY_MAX_OPS - 1` more
     /// may come back).
+    ///
+    /// Fails with [`Error::OplogCompacted`] when `after` is before [`Database::oplog_start`]:
+    /// entries the reader needs are gone, and it needs a snapshot instead
+    /// ([`Database::snapshot_info`]).
     pub fn oplog_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Operation)>> {
         let core = self.read()?;
+        let start = core.counter("oplog_start")?;
+        if after < start {
+            // Skipping the compacted entries silently would lose their operations for the reader.
+            return Err(Error::OplogCompacted { after, start });
+        }
         let mut stmt = core
             .conn
             .prepare_cached("SELECT seq, ops FROM oplog WHERE seq > ?1 ORDER BY seq")?;
@@ -209,18 +257,17 @@ impl Database {
         Ok(out)
     }
 
-    /// Position of the newest op-log entry (0 when empty).
+    /// Position of the newest op-log entry (0 when empty). After [`Database::compact_oplog`]
+    /// removed every entry, the compacted position: positions are never reused.
     pub fn oplog_head(&self) -> Result<u64> {
-        let core = self.read()?;
-        let n: Option<i64> = core
-            .conn
-            .query_row("SELECT max(seq) FROM oplog", [], |r| r.get(0))?;
-        Ok(n.unwrap_or(0) as u64)
+        self.read()?.oplog_head()
     }
 
     /// How many operations the op log holds up to and including `position` (all of them for
     /// a position at or past the head, 0 for position 0). Operations after position `p` are
-    /// `oplog_ops_through(u64::MAX) - oplog_ops_through(p)`.
+    /// `oplog_ops_through(u64::MAX) - oplog_ops_through(p)`. Compacted operations still count;
+    /// for a position at or before [`Database::oplog_start`] the count at the start is returned
+    /// (the exact count there is gone, and it is never more than that).
     pub fn oplog_ops_through(&self, position: u64) -> Result<u64> {
         let core = self.read()?;
         let n: Option<i64> = core
@@ -228,7 +275,8 @@ impl Database {
             .prepare_cached("SELECT total FROM oplog WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
             .query_row(params![position.min(i64::MAX as u64) as i64], |r| r.get(0))
             .optional()?;
-        Ok(n.unwrap_or(0).max(0) as u64)
+        let at_start = core.counter("oplog_start_total")?;
+        Ok((n.unwrap_or(0).max(0) as u64).max(at_start))
     }
 
     /// Which operations this database has: for each origin node, the sequence number up to
@@ -236,19 +284,7 @@ impl Database {
     /// saw). Operations merged ahead of a gap are not counted until the gap fills.
     pub fn version_vector(&self) -> Result<VersionVector> {
         let core = self.read()?;
-        let mut vector = VersionVector::new();
-        vector.observe(core.node, core.seq);
-        let mut stmt = core
-            .conn
-            .prepare_cached("SELECT origin, max_seq FROM origins")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let origin = Uuid::from_slice(row.get_ref(0)?.as_blob()?)
-                .map_err(|_| Error::Corrupt("origin node id is not 16 bytes".into()))?;
-            let seq: i64 = row.get(1)?;
-            vector.observe(NodeId(origin), seq.max(0) as u64);
-        }
-        Ok(vector)
+        core.version_vector(core.seq)
     }
 
     /// Position in `peer`'s op log up to which its operations are applied here (0 when none),
@@ -323,11 +359,9 @@ impl Database {
     /// Counters and sizes.
     pub fn stats(&self) -> Result<Stats> {
         let core = self.read()?;
-        let oplog_len: i64 = core.conn.query_row(
-            "SELECT coalesce((SELECT value FROM counters WHERE name = 'oplog_ops'), 0)",
-            [],
-            |r| r.get(0),
-        )?;
+        let oplog_len = core
+            .counter("oplog_ops")?
+            .saturating_sub(core.counter("oplog_start_total")?);
         let page_count: i64 = core.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         // SQLCipher answers `PRAGMA page_size` on a keyed database as text.
         let page_size: rusqlite::types::Value =
@@ -358,7 +392,7 @@ impl Database {
         Ok(Stats {
             node_id: core.node,
             lamport: core.lamport,
-            oplog_len: oplog_len as u64,
+            oplog_len,
             collections,
             size_bytes: (page_count * page_size) as u64,
         })

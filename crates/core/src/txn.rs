@@ -1,14 +1,17 @@
 //! Writes: explicit transactions, local inserts/updates/deletes and merging remote operations.
 //!
-//! Every write goes through [`Transaction::write`], which stores the new record state, keeps the
-//! secondary indexes in step, appends the operation to the op log and records the change for
-//! watchers, all inside the caller's SQLite transaction.
+//! Every operation goes through [`Transaction::write`], which stores the new record state, keeps
+//! the secondary indexes in step, appends the operation to the op log and records the change for
+//! watchers, all inside the caller's SQLite transaction. A snapshot record (a state joined in,
+//! no operation) goes through [`Transaction::join`]; both store through
+//! [`Transaction::persist`].
 
 use std::sync::{Arc, MutexGuard};
 
 use blazedb_format::{
-    Date, Effect, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState, Value,
-    encode_inserted_record_state, encode_operations, encode_record_state, sort_key,
+    Date, Effect, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState, SnapshotRecord,
+    Value, VersionVector, decode_record_state, encode_inserted_record_state, encode_operations,
+    encode_record_state, sort_key,
 };
 use rusqlite::{ErrorCode, OptionalExtension, params};
 use uuid::Uuid;
@@ -33,6 +36,15 @@ pub struct ApplyReport {
     pub applied: usize,
     /// Operations already in the op log, skipped.
     pub duplicates: usize,
+}
+
+/// What [`Transaction::apply_snapshot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotReport {
+    /// Records whose stored state changed.
+    pub applied: usize,
+    /// Records whose state was here already (joining them changed nothing).
+    pub unchanged: usize,
 }
 
 /// An open write transaction. Commits when the closure given to [`Database::transaction`]
@@ -364,41 +376,165 @@ impl Transaction<'_> {
     /// absorbs the `merged_ops` rows the prefix now reaches), or waits in `merged_ops`.
     fn record_merged(&mut self, id: OpId) -> Result<()> {
         let state = *self.origin(id.origin)?;
-        let key = id.origin.as_bytes().to_vec();
-        let mut next = state;
         if id.seq == state.prefix + 1 {
-            next.prefix = id.seq;
-            if state.beyond {
-                while self.in_merged_ops(OpId {
-                    origin: id.origin,
-                    seq: next.prefix + 1,
-                })? {
-                    next.prefix += 1;
-                    self.core
-                        .conn
-                        .prepare_cached(
-                            "DELETE FROM merged_ops WHERE origin = ?1 AND origin_seq = ?2",
-                        )?
-                        .execute(params![key, next.prefix as i64])?;
-                }
-                next.beyond = self
-                    .core
+            return self.raise_prefix(id.origin, id.seq);
+        }
+        self.core
+            .conn
+            .prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
+            .execute(params![id.origin.as_bytes().as_slice(), id.seq as i64])?;
+        self.origin(id.origin)?.beyond = true;
+        Ok(())
+    }
+
+    /// Every operation of `origin` up to `seq` is here now: raises its prefix, drops the
+    /// `merged_ops` rows the prefix covers and absorbs those that become contiguous with it.
+    fn raise_prefix(&mut self, origin: NodeId, seq: u64) -> Result<()> {
+        let state = *self.origin(origin)?;
+        if seq <= state.prefix {
+            return Ok(());
+        }
+        let mut next = state;
+        next.prefix = seq;
+        if state.beyond {
+            let key = origin.as_bytes().to_vec();
+            let conn = &self.core.conn;
+            conn.prepare_cached("DELETE FROM merged_ops WHERE origin = ?1 AND origin_seq <= ?2")?
+                .execute(params![key, seq as i64])?;
+            while self.in_merged_ops(OpId {
+                origin,
+                seq: next.prefix + 1,
+            })? {
+                next.prefix += 1;
+                self.core
                     .conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM merged_ops \
-                         WHERE origin = ?1 AND origin_seq > ?2)",
-                    )?
-                    .query_row(params![key, next.prefix as i64], |r| r.get(0))?;
+                    .prepare_cached("DELETE FROM merged_ops WHERE origin = ?1 AND origin_seq = ?2")?
+                    .execute(params![key, next.prefix as i64])?;
             }
-        } else {
+            next.beyond = self
+                .core
+                .conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM merged_ops \
+                     WHERE origin = ?1 AND origin_seq > ?2)",
+                )?
+                .query_row(params![key, next.prefix as i64], |r| r.get(0))?;
+        }
+        *self.origin(origin)? = next;
+        Ok(())
+    }
+
+    /// Records that this database now holds every operation `vector` covers, after a complete
+    /// snapshot ([`Transaction::apply_snapshot`]) of a replica whose
+    /// [`SnapshotInfo::vector`](crate::SnapshotInfo::vector) it is. Operations it covers then
+    /// count as duplicates in [`Transaction::apply_remote`]. Only raises: entries below what is
+    /// here already change nothing.
+    pub fn merge_version_vector(&mut self, vector: &VersionVector) -> Result<()> {
+        for (origin, seq) in vector.iter() {
+            if origin == self.core.node {
+                self.cover_own(seq)?;
+            } else {
+                self.raise_prefix(origin, seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Our own operations up to `seq` are here (in a snapshot's states). More than we issued
+    /// means this file was restored from a backup and the others have our later operations:
+    /// never reuse their sequence numbers.
+    fn cover_own(&mut self, seq: u64) -> Result<()> {
+        if seq <= self.core.seq {
+            return Ok(());
+        }
+        self.core.seq = seq;
+        if let Some(prefix) = self.core.gap_prefix {
+            // Our operations beyond the prefix are tracked in `merged_ops`; those up to `seq`
+            // are all here now.
+            self.core.gap_prefix = Some(prefix.max(seq));
             self.core
                 .conn
-                .prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
-                .execute(params![key, id.seq as i64])?;
-            next.beyond = true;
+                .prepare_cached("DELETE FROM merged_ops WHERE origin = ?1 AND origin_seq <= ?2")?
+                .execute(params![self.core.node.as_bytes().as_slice(), seq as i64])?;
         }
-        *self.origin(id.origin)? = next;
         Ok(())
+    }
+
+    /// Joins the records of a snapshot from `peer` into this database (see
+    /// [`Database::snapshot_page`]): each record's state is joined into the stored one, so a
+    /// record edited here concurrently merges field by field, as if the operations had been
+    /// applied. Indexes, counts and watchers follow (the changes come from `peer`), and the
+    /// Lamport clock advances past every stamp seen. Nothing goes to the op log: a snapshot is
+    /// not operations. After the last page, call [`Transaction::merge_version_vector`] (and
+    /// usually [`Transaction::set_peer_cursor`] with the snapshot's position).
+    ///
+    /// Invalid names or values refuse the whole batch before anything is written.
+    pub fn apply_snapshot(
+        &mut self,
+        peer: NodeId,
+        records: &[SnapshotRecord],
+    ) -> Result<SnapshotReport> {
+        for record in records {
+            let invalid = |e: Error| Error::InvalidSnapshot {
+                record: format!("{}/{}", record.collection, record.id),
+                reason: e.to_string(),
+            };
+            validate::collection_name(&record.collection).map_err(invalid)?;
+            for (name, field) in &record.state.fields {
+                validate::field(name, &field.value).map_err(invalid)?;
+            }
+        }
+        let mut report = SnapshotReport::default();
+        for record in records {
+            if let Some(stamp) = record.state.max_stamp() {
+                self.core.lamport = self.core.lamport.max(stamp.lamport);
+            }
+            let coll = self.collection(&record.collection, true)?;
+            if self.join(&coll, record, ChangeOrigin::Remote(peer))? {
+                report.applied += 1;
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Joins one snapshot record into its stored state; false when that changed nothing.
+    fn join(
+        &mut self,
+        coll: &CollInfo,
+        record: &SnapshotRecord,
+        origin: ChangeOrigin,
+    ) -> Result<bool> {
+        let stored = self.core.load_state_bytes(coll.id, record.id)?;
+        let mut state = match &stored {
+            Some(bytes) => decode_record_state(bytes)?,
+            None => RecordState::default(),
+        };
+        let old_keys = index_keys(&state, &record.id, &coll.indexes);
+        let effect = state.join(&record.state);
+        if stored.is_none() && state == RecordState::default() {
+            return Ok(false);
+        }
+        // Equal states encode to equal bytes, so this is exact (and NaN-proof, unlike `==`).
+        let bytes = encode_record_state(&state);
+        if stored.as_deref() == Some(bytes.as_slice()) {
+            return Ok(false);
+        }
+        let written = Written {
+            bytes,
+            existed: stored.is_some(),
+            visible: state.is_visible(),
+            old_keys,
+            new_keys: index_keys(&state, &record.id, &coll.indexes),
+            effect,
+        };
+        let persisted = self.persist(coll, &record.collection, record.id, written, origin);
+        if let Err(e) = &persisted {
+            self.aborted = Some(e.to_string());
+        }
+        persisted?;
+        Ok(true)
     }
 
     fn collection(&mut self, name: &str, create: bool) -> Result<Arc<CollInfo>> {
@@ -494,7 +630,9 @@ impl Transaction<'_> {
             });
         }
         let effect = written.effect;
-        let persisted = self.persist(coll, &op, written, origin);
+        let persisted = self
+            .persist(coll, &op.collection, op.record, written, origin)
+            .and_then(|()| self.record_op(op.id));
         if let Err(e) = &persisted {
             // Part of this write may be in SQLite already: the transaction must not commit, or a
             // change could exist without its op-log entry.
@@ -506,10 +644,27 @@ impl Transaction<'_> {
         Ok(effect)
     }
 
+    /// Records that an operation is here, for `has_op` and the version vector.
+    fn record_op(&mut self, id: OpId) -> Result<()> {
+        let own = id.origin == self.core.node;
+        if own && self.core.gap_prefix.is_some() {
+            self.core
+                .conn
+                .prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
+                .execute(params![id.origin.as_bytes().as_slice(), id.seq as i64])?;
+        } else if !own {
+            self.record_merged(id)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a record's new state with what follows from it: the index entries, the visible
+    /// count and the change for watchers.
     fn persist(
         &mut self,
         coll: &CollInfo,
-        op: &Operation,
+        collection: &str,
+        record: Uuid,
         written: Written,
         origin: ChangeOrigin,
     ) -> Result<()> {
@@ -522,7 +677,7 @@ impl Transaction<'_> {
             effect,
         } = written;
         let conn = &self.core.conn;
-        let id = op.record.as_bytes().as_slice();
+        let id = record.as_bytes().as_slice();
         if existed {
             conn.prepare_cached(
                 "UPDATE records SET live = ?3, state = ?4 WHERE coll = ?1 AND id = ?2",
@@ -538,8 +693,8 @@ impl Transaction<'_> {
                 && f.code == ErrorCode::ConstraintViolation
             {
                 return Err(Error::RecordExists {
-                    collection: op.collection.clone(),
-                    id: op.record,
+                    collection: collection.to_owned(),
+                    id: record,
                 });
             }
             inserted?;
@@ -565,16 +720,6 @@ impl Transaction<'_> {
                 }
             }
         }
-        let own = op.id.origin == self.core.node;
-        if own && self.core.gap_prefix.is_some() {
-            conn.prepare_cached("INSERT INTO merged_ops (origin, origin_seq) VALUES (?1, ?2)")?
-                .execute(params![
-                    op.id.origin.as_bytes().as_slice(),
-                    op.id.seq as i64
-                ])?;
-        } else if !own {
-            self.record_merged(op.id)?;
-        }
         let kind = match effect {
             Effect::Created => Some((ChangeKind::Inserted, 1)),
             Effect::Updated => Some((ChangeKind::Updated, 0)),
@@ -589,8 +734,8 @@ impl Transaction<'_> {
                 }
             }
             self.changes.push(Change {
-                collection: op.collection.clone(),
-                id: op.record,
+                collection: collection.to_owned(),
+                id: record,
                 kind,
                 origin,
             });
@@ -634,15 +779,21 @@ impl Transaction<'_> {
         if !self.ops.is_empty() {
             // Each entry records how many operations the log holds up to and including it, so
             // "operations after position p" is a subtraction (sync status: ops pending).
-            let mut total: i64 = conn
-                .prepare_cached("SELECT value FROM counters WHERE name = 'oplog_ops'")?
-                .query_row([], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
+            let (mut total, start): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT coalesce((SELECT value FROM counters WHERE name = 'oplog_ops'), 0), \
+                     coalesce((SELECT value FROM counters WHERE name = 'oplog_start'), 0)",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             for chunk in self.ops.chunks(OPLOG_ENTRY_MAX_OPS) {
                 total += chunk.len() as i64;
-                conn.prepare_cached("INSERT INTO oplog (ops, total) VALUES (?1, ?2)")?
-                    .execute(params![encode_operations(chunk), total])?;
+                // After the whole log was compacted, SQLite would number the next row 1: the
+                // position continues after the compacted start instead.
+                conn.prepare_cached(
+                    "INSERT INTO oplog (seq, ops, total) \
+                     VALUES ((SELECT coalesce(max(seq), ?3) + 1 FROM oplog), ?1, ?2)",
+                )?
+                .execute(params![encode_operations(chunk), total, start])?;
                 let position = conn.last_insert_rowid() as u64;
                 self.first_op_seq.get_or_insert(position);
                 self.last_op_seq = Some(position);
@@ -666,7 +817,9 @@ impl Transaction<'_> {
         if self.core.seq != seq {
             set("seq", self.core.seq as i64, false)?;
         }
-        if let (Some(p), None) = (self.core.gap_prefix, gap_prefix) {
+        if let Some(p) = self.core.gap_prefix
+            && self.core.gap_prefix != gap_prefix
+        {
             set("gap_prefix", p as i64, false)?;
         }
         for (coll, delta) in &self.count_deltas {

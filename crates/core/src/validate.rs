@@ -58,13 +58,19 @@ fn depth(v: &Value) -> usize {
 
 pub fn fields(fields: &Fields) -> Result<()> {
     for (k, v) in fields {
-        field_name(k)?;
-        if depth(v) > MAX_DEPTH {
-            return Err(Error::InvalidValue {
-                field: k.clone(),
-                reason: format!("arrays and maps nest deeper than {MAX_DEPTH} levels"),
-            });
-        }
+        field(k, v)?;
+    }
+    Ok(())
+}
+
+/// One field's name and value (for field storage other than [`Fields`], e.g. record states).
+pub fn field(name: &str, value: &Value) -> Result<()> {
+    field_name(name)?;
+    if depth(value) > MAX_DEPTH {
+        return Err(Error::InvalidValue {
+            field: name.to_owned(),
+            reason: format!("arrays and maps nest deeper than {MAX_DEPTH} levels"),
+        });
     }
     Ok(())
 }

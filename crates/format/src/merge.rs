@@ -92,11 +92,15 @@ impl RecordState {
     pub fn apply(&mut self, op: &Operation) -> Effect {
         let before = self.visible_fields();
         self.apply_parts(op.kind, &op.fields, op.stamp());
-        let after = self.visible_fields();
-        match (before, after) {
+        self.effect_since(before)
+    }
+
+    /// What changed on the visible record since it showed `before`.
+    fn effect_since(&self, before: Option<Fields>) -> Effect {
+        match (before, self.visible_fields()) {
             (None, Some(_)) => Effect::Created,
             (Some(_), None) => Effect::Deleted,
-            (Some(a), Some(b)) if a != b => Effect::Updated,
+            (Some(a), Some(b)) if !same_fields(&a, &b) => Effect::Updated,
             _ => Effect::None,
         }
     }
@@ -154,9 +158,29 @@ impl RecordState {
     /// Joins another replica's state of the same record into this one: the result is the
     /// state after the union of both histories (what applying every operation either side has
     /// seen would give). Returns the effect on the visible record, as [`RecordState::apply`].
+    ///
+    /// Each part is a `max` (`created`, `deleted`, and per field the register with the greater
+    /// stamp), then the registers that can never be visible again are pruned as in `apply`.
+    /// Pruning commutes with the union: a register one side pruned is older than that side's
+    /// `created` or not newer than its `deleted`, so it would be pruned from the union too. So
+    /// `join` is commutative, associative and idempotent, and joining the states of two
+    /// histories gives the state of both histories applied.
     pub fn join(&mut self, other: &RecordState) -> Effect {
-        let _ = other;
-        todo!("RecordState::join")
+        let before = self.visible_fields();
+        self.created = self.created.max(other.created);
+        self.deleted = self.deleted.max(other.deleted);
+        for (name, theirs) in &other.fields {
+            match self.fields.get_mut(name) {
+                // Equal stamps are the same write, so keeping ours is enough.
+                Some(ours) if ours.stamp >= theirs.stamp => {}
+                Some(ours) => *ours = theirs.clone(),
+                None => {
+                    self.fields.insert(name.clone(), theirs.clone());
+                }
+            }
+        }
+        self.prune();
+        self.effect_since(before)
     }
 
     /// The greatest stamp in this state (for advancing a Lamport clock).
@@ -167,6 +191,26 @@ impl RecordState {
             .chain(self.deleted)
             .chain(fields)
             .max()
+    }
+}
+
+/// Are two field maps the same, bit for bit? `==` would call a NaN changed when nothing
+/// happened (and `0.0` unchanged when it became `-0.0`), so doubles compare by their bits.
+fn same_fields(a: &Fields, b: &Fields) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && same_value(va, vb))
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Double(x), Value::Double(y)) => x.to_bits() == y.to_bits(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q))
+        }
+        (Value::Map(x), Value::Map(y)) => same_fields(x, y),
+        _ => a == b,
     }
 }
 
@@ -275,6 +319,92 @@ mod tests {
             Effect::None
         );
         assert!(s.fields.is_empty());
+    }
+
+    fn state_of(ops: &[Operation]) -> RecordState {
+        let mut s = RecordState::default();
+        for o in ops {
+            s.apply(o);
+        }
+        s
+    }
+
+    #[test]
+    fn joining_concurrent_field_writes_keeps_the_newest_per_field() {
+        let base = op(
+            OpKind::Insert,
+            1,
+            1,
+            fields! {"title" => "a", "status" => "open"},
+        );
+        let x = op(OpKind::Update, 2, 1, fields! {"status" => "closed"});
+        let y = op(OpKind::Update, 2, 2, fields! {"status" => "wontfix"});
+        let z = op(OpKind::Update, 3, 2, fields! {"title" => "b"});
+        let mut a = state_of(&[base.clone(), x.clone()]);
+        let b = state_of(&[base.clone(), y.clone(), z.clone()]);
+        assert_eq!(a.join(&b), Effect::Updated);
+        assert_eq!(a, state_of(&[base, x, y, z]));
+        assert_eq!(
+            a.visible_fields(),
+            Some(fields! {"title" => "b", "status" => "wontfix"})
+        );
+    }
+
+    #[test]
+    fn joining_a_newer_delete_hides_the_record() {
+        let insert = op(OpKind::Insert, 1, 1, fields! {"a" => 1});
+        let mut a = state_of(std::slice::from_ref(&insert));
+        let b = state_of(&[insert, op(OpKind::Delete, 2, 2, fields! {})]);
+        assert_eq!(a.join(&b), Effect::Deleted);
+        assert!(!a.is_visible());
+        assert!(a.fields.is_empty(), "registers the delete hides are pruned");
+    }
+
+    #[test]
+    fn joining_a_resurrecting_insert_shows_only_its_fields() {
+        let mut a = state_of(&[
+            op(OpKind::Insert, 1, 1, fields! {"a" => 1, "b" => 1}),
+            op(OpKind::Delete, 2, 1, fields! {}),
+        ]);
+        let b = state_of(&[op(OpKind::Insert, 4, 2, fields! {"c" => 4})]);
+        assert_eq!(a.join(&b), Effect::Created);
+        assert_eq!(a.visible_fields(), Some(fields! {"c" => 4}));
+        assert_eq!(a.deleted.map(|d| d.lamport), Some(2));
+    }
+
+    #[test]
+    fn joining_an_older_or_equal_state_changes_nothing() {
+        let insert = op(OpKind::Insert, 1, 1, fields! {"a" => 1});
+        let older = state_of(std::slice::from_ref(&insert));
+        let mut newer = state_of(&[insert, op(OpKind::Update, 2, 1, fields! {"a" => 2})]);
+        let before = newer.clone();
+        assert_eq!(newer.join(&older), Effect::None);
+        assert_eq!(newer.join(&before), Effect::None);
+        assert_eq!(newer, before);
+        assert_eq!(newer.join(&RecordState::default()), Effect::None);
+        assert_eq!(newer, before);
+    }
+
+    #[test]
+    fn joining_into_an_empty_state_copies_it() {
+        let b = state_of(&[op(OpKind::Update, 2, 1, fields! {"a" => 2})]);
+        let mut a = RecordState::default();
+        assert_eq!(a.join(&b), Effect::None, "an update alone is not visible");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rewriting_a_nan_field_with_itself_is_no_visible_change() {
+        let mut s = RecordState::default();
+        s.apply(&op(OpKind::Insert, 1, 1, fields! {"a" => f64::NAN}));
+        let effect = s.apply(&op(OpKind::Update, 2, 1, fields! {"a" => f64::NAN}));
+        assert_eq!(effect, Effect::None);
+        let effect = s.apply(&op(OpKind::Update, 3, 1, fields! {"a" => -f64::NAN}));
+        assert_eq!(
+            effect,
+            Effect::Updated,
+            "a NaN with another sign bit is another value"
+        );
     }
 
     #[test]

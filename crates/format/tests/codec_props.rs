@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use blazedb_format::{
-    Date, DecodeError, Fields, MAGIC, MAX_DEPTH, NodeId, OpId, OpKind, Operation, Record,
+    Date, DecodeError, Effect, Fields, MAGIC, MAX_DEPTH, NodeId, OpId, OpKind, Operation, Record,
     RecordState, Stamp, Uuid, VERSION, Value, decode_operation, decode_operations, decode_record,
     decode_record_state, decode_value, encode_inserted_record_state, encode_operation,
     encode_operations, encode_record, encode_record_state, encode_value, sort_key,
@@ -1076,6 +1076,33 @@ fn merge_all(ops: &[Operation]) -> RecordState {
     state
 }
 
+/// Three overlapping parts of one history (each operation goes to any of them, or none), as
+/// three replicas may have seen it. Stamps stay unique across the parts.
+fn history_parts() -> impl Strategy<Value = [Vec<Operation>; 3]> {
+    merge_history()
+        .prop_flat_map(|history| {
+            let n = history.len();
+            (Just(history), vec(0u8..8, n))
+        })
+        .prop_map(|(history, masks)| {
+            let part = |bit: u8| -> Vec<Operation> {
+                history
+                    .iter()
+                    .zip(&masks)
+                    .filter(|(_, m)| *m & (1 << bit) != 0)
+                    .map(|(op, _)| op.clone())
+                    .collect()
+            };
+            [part(0), part(1), part(2)]
+        })
+}
+
+fn joined(a: &RecordState, b: &RecordState) -> RecordState {
+    let mut out = a.clone();
+    out.join(b);
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties
 // ---------------------------------------------------------------------------------------------
@@ -1247,6 +1274,58 @@ proptest! {
             replayed.apply(op);
         }
         prop_assert_eq!(encode_record_state(&replayed), encode_record_state(&a));
+    }
+
+    #[test]
+    fn joining_states_is_the_same_as_applying_both_histories(
+        [first, second, _] in history_parts(),
+    ) {
+        let mut state = merge_all(&first);
+        let before = state.visible_fields();
+        let effect = state.join(&merge_all(&second));
+        let both: Vec<Operation> = first.iter().chain(&second).cloned().collect();
+        let expected = merge_all(&both);
+        prop_assert!(record_state_eq(&state, &expected), "{:?} vs {:?}", state, expected);
+        // The effect describes the visible change, as `apply` does (values compared bit for bit).
+        let after = state.visible_fields();
+        let changed = match (&before, &after) {
+            (Some(a), Some(b)) => !fields_eq(a, b),
+            _ => false,
+        };
+        let expected_effect = match (before.is_some(), after.is_some()) {
+            (false, true) => Effect::Created,
+            (true, false) => Effect::Deleted,
+            (true, true) if changed => Effect::Updated,
+            _ => Effect::None,
+        };
+        prop_assert_eq!(effect, expected_effect);
+    }
+
+    #[test]
+    fn join_is_commutative(parts in history_parts()) {
+        let [a, b, _] = parts.map(|p| merge_all(&p));
+        prop_assert!(record_state_eq(&joined(&a, &b), &joined(&b, &a)));
+    }
+
+    #[test]
+    fn join_is_associative(parts in history_parts()) {
+        let [a, b, c] = parts.map(|p| merge_all(&p));
+        let left = joined(&joined(&a, &b), &c);
+        let right = joined(&a, &joined(&b, &c));
+        prop_assert!(record_state_eq(&left, &right), "{:?} vs {:?}", left, right);
+    }
+
+    #[test]
+    fn join_is_idempotent(parts in history_parts()) {
+        let [a, b, _] = parts.map(|p| merge_all(&p));
+        let mut again = a.clone();
+        prop_assert_eq!(again.join(&a), Effect::None);
+        prop_assert!(record_state_eq(&again, &a));
+        // Joining what is already joined in changes nothing either.
+        let mut ab = joined(&a, &b);
+        let once = ab.clone();
+        prop_assert_eq!(ab.join(&b), Effect::None);
+        prop_assert!(record_state_eq(&ab, &once));
     }
 
     #[test]

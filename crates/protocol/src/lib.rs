@@ -61,8 +61,9 @@
 //! ```
 //!
 //! How two nodes use these messages (`Hello`, then `Pull`, a stream of `Ops` with contiguous
-//! op-log ranges, `Ack`) is the session described in `docs/protocol.md`; this crate keeps no
-//! connection state, the sync engine does.
+//! op-log ranges, `Ack`; a `Snapshot` in parts, each answered by `SnapshotAck`, when the
+//! `Pull` starts before a compacted op log) is the session described in `docs/protocol.md`;
+//! this crate keeps no connection state, the sync engine does.
 //!
 //! [`secure`] is the secure channel: a Noise `XX` handshake that authenticates both nodes by
 //! their static keys, then a [`secure::SecureChannel`] that seals payloads before framing and

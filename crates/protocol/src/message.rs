@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use blazedb_format::{Decoder, Encoder, Kind, NodeId, Operation, VersionVector};
+use blazedb_format::{Decoder, Encoder, Kind, NodeId, Operation, SnapshotRecord, VersionVector};
 
 use crate::error::ProtocolError;
 
@@ -37,6 +37,8 @@ const TYPE_PONG: u8 = 0x05;
 const TYPE_CLOSE: u8 = 0x06;
 const TYPE_PULL: u8 = 0x07;
 const TYPE_ENROLL: u8 = 0x08;
+const TYPE_SNAPSHOT: u8 = 0x09;
+const TYPE_SNAPSHOT_ACK: u8 = 0x0a;
 /// Not a message of its own: a zstd-compressed encoding of another message.
 const TYPE_COMPRESSED: u8 = 0x7f;
 /// The first bytes of a zstd frame (its magic number, 0xFD2FB528 little-endian).
@@ -50,6 +52,16 @@ const MIN_OPERATION_LEN: usize = 23;
 /// The fewest bytes one version vector entry of a [`Message::Pull`] can take: node reference
 /// (1) and sequence number (1). Bounds the entry count by the bytes actually present.
 const MIN_VECTOR_ENTRY_LEN: usize = 2;
+
+/// The fewest bytes one record of a [`Message::Snapshot`] can take: collection back-reference
+/// (1), record id (16), record state flags (1) and register count (1). Bounds the record count
+/// by the bytes actually present.
+const MIN_SNAPSHOT_RECORD_LEN: usize = 19;
+
+/// Why a snapshot part number is refused: parts are numbered from 1.
+const SNAPSHOT_PART_ZERO: &str = "snapshot part number is 0 (parts are numbered from 1)";
+/// Why a snapshot part is refused whose records outnumber the whole snapshot.
+const SNAPSHOT_OVER_TOTAL: &str = "snapshot part holds more records than its total";
 
 /// Why an `Ops` range is refused, when decoding (`Invalid`) or sending (`Unsendable`).
 const EMPTY_OPS_RANGE: &str = "ops range is empty or reversed (from must be less than to)";
@@ -127,8 +139,9 @@ pub enum Message {
         to: u64,
         ops: Vec<Operation>,
     },
-    /// Acknowledges the `to` of an [`Message::Ops`] received: the receiver has durably applied
-    /// the sender's op log up to and including `position` (its cursor into the sender's log,
+    /// Acknowledges the `to` of an [`Message::Ops`] received, or the `position` of a snapshot
+    /// whose last [`Message::Snapshot`] part was applied: the receiver has durably applied the
+    /// sender's op log up to and including `position` (its cursor into the sender's log,
     /// stored with the operations). Informational for the sender (status, lag); correctness
     /// never depends on it.
     Ack { position: u64 },
@@ -162,6 +175,30 @@ pub enum Message {
         /// The token as the administrator handed it out; 1 to [`MAX_TOKEN_LEN`] bytes.
         token: String,
     },
+    /// Part of a snapshot: the sender's records as full replicated states, sent instead of
+    /// `Ops` when the receiver's `Pull.from` is before the start of the sender's (compacted)
+    /// op log.
+    ///
+    /// A decoder checks each part alone (part number, `records.len() <= total`), never
+    /// against the other parts of the snapshot; the session rules are in `docs/protocol.md`.
+    Snapshot {
+        /// The sender's op-log position the snapshot stands for: the receiver's cursor once
+        /// it has applied the last part, and the `from` of the `Ops` that follow.
+        position: u64,
+        /// 1, 2, 3, ... in order within one snapshot.
+        part: u32,
+        /// Records in the whole snapshot (for progress); the same in every part, except that
+        /// a sender that finds more records while reading them may raise it in a later part.
+        /// At least `records.len()`.
+        total: u64,
+        records: Vec<SnapshotRecord>,
+        /// In the last part only: the operations the snapshot includes (per origin, all up
+        /// to the sequence number), which the receiver then counts as merged.
+        vector: Option<VersionVector>,
+    },
+    /// The receiver has durably applied snapshot part `part` (flow control: the sender keeps
+    /// at most a window of unacknowledged parts in flight). `part >= 1`.
+    SnapshotAck { part: u32 },
 }
 
 /// Why a connection is closed, carried by [`Message::Close`].
@@ -289,8 +326,66 @@ fn check_range(from: u64, to: u64) -> Result<(), &'static str> {
     }
 }
 
+fn check_part(part: u32) -> Result<(), &'static str> {
+    if part == 0 {
+        Err(SNAPSHOT_PART_ZERO)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_snapshot(part: u32, total: u64, records: usize) -> Result<(), &'static str> {
+    check_part(part)?;
+    if records as u64 > total {
+        Err(SNAPSHOT_OVER_TOTAL)
+    } else {
+        Ok(())
+    }
+}
+
 fn invalid(what: &'static str) -> ProtocolError {
     ProtocolError::Invalid { what }
+}
+
+/// A version vector as `Pull` and `Snapshot` carry it: entry count, then node and sequence
+/// number per entry, in node order (the order of [`VersionVector::iter`]).
+fn write_vector<'a>(e: &mut Encoder<'a>, vector: &VersionVector) {
+    e.varint(vector.len() as u64);
+    for (node, seq) in vector.iter() {
+        e.node(node);
+        e.varint(seq);
+    }
+}
+
+/// Reads what [`write_vector`] writes, refusing a non-canonical vector: entries out of node
+/// order or repeated, or with sequence number 0 (which a `VersionVector` cannot hold).
+fn read_vector(d: &mut Decoder<'_>) -> Result<VersionVector, ProtocolError> {
+    let count = d.length(MIN_VECTOR_ENTRY_LEN)?;
+    let mut vector = VersionVector::new();
+    let mut previous: Option<NodeId> = None;
+    for _ in 0..count {
+        let node = d.node()?;
+        let seq = d.varint()?;
+        if previous.is_some_and(|p| p >= node) {
+            return Err(invalid(
+                "version vector entries are not in strictly increasing node order",
+            ));
+        }
+        if seq == 0 {
+            return Err(invalid("version vector entry has sequence number 0"));
+        }
+        vector.observe(node, seq);
+        previous = Some(node);
+    }
+    Ok(vector)
+}
+
+/// A snapshot part number: a varint in `1..=u32::MAX`.
+fn read_part(d: &mut Decoder<'_>) -> Result<u32, ProtocolError> {
+    let part = u32::try_from(d.varint()?)
+        .map_err(|_| invalid("snapshot part number does not fit in 32 bits"))?;
+    check_part(part).map_err(invalid)?;
+    Ok(part)
 }
 
 impl Message {
@@ -319,6 +414,8 @@ impl Message {
             Message::Close { .. } => TYPE_CLOSE,
             Message::Pull { .. } => TYPE_PULL,
             Message::Enroll { .. } => TYPE_ENROLL,
+            Message::Snapshot { .. } => TYPE_SNAPSHOT,
+            Message::SnapshotAck { .. } => TYPE_SNAPSHOT_ACK,
         }
     }
 
@@ -333,17 +430,27 @@ impl Message {
             Message::Close { .. } => "Close",
             Message::Pull { .. } => "Pull",
             Message::Enroll { .. } => "Enroll",
+            Message::Snapshot { .. } => "Snapshot",
+            Message::SnapshotAck { .. } => "SnapshotAck",
         }
     }
 
     /// Checks the rules a decoder enforces beyond the byte layout (database name and close
-    /// reason lengths, `Ops` range), so a message can be checked before it is sent.
+    /// reason lengths, `Ops` range, snapshot part numbers and counts), so a message can be
+    /// checked before it is sent.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let rule = match self {
             Message::Hello { database, .. } => check_database(database),
             Message::Close { reason, .. } => check_reason(reason),
             Message::Enroll { token } => check_token(token),
             Message::Ops { from, to, .. } => check_range(*from, *to),
+            Message::Snapshot {
+                part,
+                total,
+                records,
+                ..
+            } => check_snapshot(*part, *total, records.len()),
+            Message::SnapshotAck { part } => check_part(*part),
             // A VersionVector holds only entries with seq >= 1, in node order.
             Message::Pull { .. } => Ok(()),
             Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => Ok(()),
@@ -359,6 +466,12 @@ impl Message {
             Message::Ops { ops, .. } => Encoder::with_capacity(Kind::Message, 64 * ops.len() + 24),
             Message::Pull { vector, .. } => {
                 Encoder::with_capacity(Kind::Message, 18 * vector.len() + 24)
+            }
+            Message::Snapshot {
+                records, vector, ..
+            } => {
+                let entries = vector.as_ref().map_or(0, VersionVector::len);
+                Encoder::with_capacity(Kind::Message, 64 * records.len() + 18 * entries + 40)
             }
             _ => Encoder::new(Kind::Message),
         };
@@ -393,13 +506,34 @@ impl Message {
             }
             Message::Pull { from, vector } => {
                 e.varint(*from);
-                e.varint(vector.len() as u64);
-                for (node, seq) in vector.iter() {
-                    e.node(node);
-                    e.varint(seq);
-                }
+                write_vector(&mut e, vector);
             }
             Message::Enroll { token } => e.key(token),
+            Message::Snapshot {
+                position,
+                part,
+                total,
+                records,
+                vector,
+            } => {
+                e.varint(*position);
+                e.varint(u64::from(*part));
+                e.varint(*total);
+                e.varint(records.len() as u64);
+                for record in records {
+                    e.key(&record.collection);
+                    e.uuid(&record.id);
+                    e.record_state(&record.state);
+                }
+                match vector {
+                    None => e.byte(0),
+                    Some(vector) => {
+                        e.byte(1);
+                        write_vector(&mut e, vector);
+                    }
+                }
+            }
+            Message::SnapshotAck { part } => e.varint(u64::from(*part)),
         }
         e.finish()
     }
@@ -513,23 +647,7 @@ impl Message {
             }
             TYPE_PULL => {
                 let from = d.varint()?;
-                let count = d.length(MIN_VECTOR_ENTRY_LEN)?;
-                let mut vector = VersionVector::new();
-                let mut previous: Option<NodeId> = None;
-                for _ in 0..count {
-                    let node = d.node()?;
-                    let seq = d.varint()?;
-                    if previous.is_some_and(|p| p >= node) {
-                        return Err(invalid(
-                            "version vector entries are not in strictly increasing node order",
-                        ));
-                    }
-                    if seq == 0 {
-                        return Err(invalid("version vector entry has sequence number 0"));
-                    }
-                    vector.observe(node, seq);
-                    previous = Some(node);
-                }
+                let vector = read_vector(&mut d)?;
                 Message::Pull { from, vector }
             }
             TYPE_ENROLL => {
@@ -539,6 +657,41 @@ impl Message {
                     token: token.to_owned(),
                 }
             }
+            TYPE_SNAPSHOT => {
+                let position = d.varint()?;
+                let part = read_part(&mut d)?;
+                let total = d.varint()?;
+                let count = d.length(MIN_SNAPSHOT_RECORD_LEN)?;
+                // Checked before reading the records, so a part cannot make this side decode
+                // more records than it claims to be part of.
+                check_snapshot(part, total, count).map_err(invalid)?;
+                let mut records = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    let collection = d.key()?.to_owned();
+                    let id = d.uuid()?;
+                    let state = d.record_state()?;
+                    records.push(SnapshotRecord {
+                        collection,
+                        id,
+                        state,
+                    });
+                }
+                let vector = match d.byte()? {
+                    0 => None,
+                    1 => Some(read_vector(&mut d)?),
+                    _ => return Err(invalid("snapshot vector flag is neither 0 nor 1")),
+                };
+                Message::Snapshot {
+                    position,
+                    part,
+                    total,
+                    records,
+                    vector,
+                }
+            }
+            TYPE_SNAPSHOT_ACK => Message::SnapshotAck {
+                part: read_part(&mut d)?,
+            },
             code => return Err(ProtocolError::UnknownMessageType { code }),
         };
         d.finish()?;
@@ -551,7 +704,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use blazedb_format::{
-        Date, DecodeError, Fields, MAGIC, OpId, OpKind, Uuid, VERSION, Value, encode_value,
+        Date, DecodeError, FieldState, Fields, MAGIC, OpId, OpKind, RecordState, Stamp, Uuid,
+        VERSION, Value, encode_value,
     };
 
     use super::*;
@@ -759,7 +913,7 @@ mod tests {
     #[test]
     fn an_unknown_message_type_is_refused() {
         // 0x7f is taken too (compressed payloads), but is not a message of its own.
-        for code in [0x00, 0x09, 0x7E, 0x80, 0xFF] {
+        for code in [0x00, 0x0B, 0x7E, 0x80, 0xFF] {
             let mut bytes = header(code);
             bytes.push(0);
             assert_eq!(
@@ -1012,6 +1166,14 @@ mod tests {
             Message::Enroll {
                 token: "t".to_owned(),
             },
+            Message::Snapshot {
+                position: 0,
+                part: 1,
+                total: 0,
+                records: vec![],
+                vector: None,
+            },
+            Message::SnapshotAck { part: 1 },
         ];
         for (i, message) in messages.iter().enumerate() {
             assert_eq!(usize::from(message.type_code()), i + 1);
@@ -1199,6 +1361,369 @@ mod tests {
         }
     }
 
+    // -- Snapshot and SnapshotAck -----------------------------------------------------------
+
+    fn stamp(lamport: u64, n: u8) -> Stamp {
+        Stamp {
+            lamport,
+            node: node(n),
+        }
+    }
+
+    /// A record of collection "bugs" with id `[n; 16]` and the given state parts.
+    fn snapshot_record(
+        n: u8,
+        created: Option<Stamp>,
+        deleted: Option<Stamp>,
+        fields: &[(&str, Value, Stamp)],
+    ) -> SnapshotRecord {
+        SnapshotRecord {
+            collection: "bugs".to_owned(),
+            id: Uuid::from_bytes([n; 16]),
+            state: RecordState {
+                created,
+                deleted,
+                fields: fields
+                    .iter()
+                    .map(|(k, value, stamp)| {
+                        (
+                            (*k).to_owned(),
+                            FieldState {
+                                value: value.clone(),
+                                stamp: *stamp,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// The snapshot of docs/protocol.md: one visible record and the vector (last part).
+    fn documented_snapshot() -> Message {
+        Message::Snapshot {
+            position: 300,
+            part: 1,
+            total: 1,
+            records: vec![snapshot_record(
+                0x22,
+                Some(stamp(9, 0x11)),
+                None,
+                &[("title", "Crash".into(), stamp(9, 0x11))],
+            )],
+            vector: Some(vector(&[(0x11, 3)])),
+        }
+    }
+
+    /// A snapshot part written by hand up to its record count: position 5, then `part`,
+    /// `total` and `count` as varints.
+    fn snapshot_bytes(part: u64, total: u64, count: u64) -> Vec<u8> {
+        let mut e = Encoder::new(Kind::Message);
+        e.byte(TYPE_SNAPSHOT);
+        e.varint(5);
+        e.varint(part);
+        e.varint(total);
+        e.varint(count);
+        e.finish()
+    }
+
+    #[test]
+    fn a_snapshot_round_trips() {
+        round_trip(&documented_snapshot());
+        let bytes = round_trip(&Message::Snapshot {
+            position: 0,
+            part: 1,
+            total: 0,
+            records: vec![],
+            vector: None,
+        });
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_SNAPSHOT, 0, 1, 0, 0, 0]);
+        let bytes = round_trip(&Message::Snapshot {
+            position: 7,
+            part: 2,
+            total: 9,
+            records: vec![],
+            vector: Some(VersionVector::new()),
+        });
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_SNAPSHOT, 7, 2, 9, 0, 1, 0]);
+        // Tombstones, resurrected records, registers of several nodes, and the extremes.
+        round_trip(&Message::Snapshot {
+            position: u64::MAX,
+            part: u32::MAX,
+            total: u64::MAX,
+            records: vec![
+                snapshot_record(1, Some(stamp(1, 1)), Some(stamp(2, 2)), &[]),
+                snapshot_record(2, None, Some(stamp(u64::MAX, 3)), &[]),
+                snapshot_record(3, None, None, &[("a", Value::Null, stamp(0, 0))]),
+                snapshot_record(
+                    4,
+                    Some(stamp(5, 2)),
+                    Some(stamp(4, 1)),
+                    &[
+                        ("priority", Value::Int(-1), stamp(6, 3)),
+                        ("title", "Crash on launch".into(), stamp(5, 2)),
+                    ],
+                ),
+            ],
+            vector: Some(vector(&[(1, 2), (2, 5), (3, u64::MAX), (4, 1)])),
+        });
+    }
+
+    #[test]
+    fn records_and_the_vector_of_a_snapshot_share_the_string_and_node_tables() {
+        let bytes = documented_snapshot().encode();
+        // The register's stamp and the vector refer back to node 1111…11 of `created`.
+        assert_eq!(
+            bytes.windows(16).filter(|w| *w == [0x11; 16]).count(),
+            1,
+            "{bytes:02x?}"
+        );
+        let Message::Snapshot { records, .. } = documented_snapshot() else {
+            panic!("not a snapshot");
+        };
+        let two = Message::Snapshot {
+            position: 300,
+            part: 1,
+            total: 2,
+            records: vec![records[0].clone(), records[0].clone()],
+            vector: None,
+        }
+        .encode();
+        // The second copy writes "bugs", "title", "Crash" and the node as references.
+        let one = Message::Snapshot {
+            position: 300,
+            part: 1,
+            total: 2,
+            records,
+            vector: None,
+        }
+        .encode();
+        let second_len = two.len() - one.len();
+        assert!(second_len <= 16 + 11, "{second_len}");
+    }
+
+    #[test]
+    fn a_snapshot_ack_round_trips() {
+        let bytes = round_trip(&Message::SnapshotAck { part: 1 });
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_SNAPSHOT_ACK, 1]);
+        round_trip(&Message::SnapshotAck { part: 300 });
+        round_trip(&Message::SnapshotAck { part: u32::MAX });
+    }
+
+    /// The examples in docs/protocol.md, byte for byte.
+    #[test]
+    fn the_documented_snapshot_frames_are_exact() {
+        let mut snapshot = vec![0, 0, 0, 0x43, 0xB7, 0x16, 0x09];
+        snapshot.extend([0xAC, 0x02, 0x01, 0x01, 0x01]); // position 300, part 1, total 1, 1 record
+        snapshot.extend([0x08, b'b', b'u', b'g', b's']);
+        snapshot.extend([0x22; 16]);
+        snapshot.extend([0x01, 0x09, 0x00]); // flags: created; created: Lamport 9, node (new)
+        snapshot.extend([0x11; 16]);
+        snapshot.extend([0x01, 0x0A, b't', b'i', b't', b'l', b'e']); // 1 register, "title"
+        snapshot.extend([0x45, b'C', b'r', b'a', b's', b'h', 0x09, 0x01]); // "Crash", stamp 9@#0
+        snapshot.extend([0x01, 0x01, 0x01, 0x03]); // vector: 1 entry, node #0, seq 3
+        assert_eq!(crate::encode_frame(&documented_snapshot()), snapshot);
+        assert_eq!(
+            crate::encode_frame(&Message::SnapshotAck { part: 1 }),
+            [0, 0, 0, 4, 0xB7, 0x16, 0x0A, 0x01]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_or_snapshot_ack_numbered_0_is_refused() {
+        for message in [
+            Message::SnapshotAck { part: 0 },
+            Message::Snapshot {
+                position: 1,
+                part: 0,
+                total: 0,
+                records: vec![],
+                vector: None,
+            },
+        ] {
+            assert_eq!(
+                Message::decode(&message.encode()),
+                Err(ProtocolError::Invalid {
+                    what: SNAPSHOT_PART_ZERO
+                })
+            );
+            assert_eq!(
+                message.validate(),
+                Err(ProtocolError::Unsendable {
+                    what: SNAPSHOT_PART_ZERO
+                })
+            );
+            assert!(matches!(
+                crate::try_encode_frame(&message, crate::DEFAULT_MAX_FRAME_LEN),
+                Err(ProtocolError::Unsendable { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_part_number_above_32_bits_is_refused() {
+        let too_big = "snapshot part number does not fit in 32 bits";
+        for part in [u64::from(u32::MAX) + 1, 1 << 40, u64::MAX] {
+            let mut snapshot = snapshot_bytes(part, 0, 0);
+            snapshot.push(0);
+            let mut e = Encoder::new(Kind::Message);
+            e.byte(TYPE_SNAPSHOT_ACK);
+            e.varint(part);
+            for bytes in [snapshot, e.finish()] {
+                assert_eq!(
+                    Message::decode(&bytes),
+                    Err(ProtocolError::Invalid { what: too_big }),
+                    "{part}"
+                );
+            }
+        }
+        let mut largest = snapshot_bytes(u64::from(u32::MAX), 0, 0);
+        largest.push(0);
+        assert!(Message::decode(&largest).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_vector_flag_other_than_0_or_1_is_refused() {
+        for flag in [2, 3, 0x80, 0xFF] {
+            let mut bytes = snapshot_bytes(1, 0, 0);
+            bytes.extend([flag, 0]);
+            assert_eq!(
+                Message::decode(&bytes),
+                Err(ProtocolError::Invalid {
+                    what: "snapshot vector flag is neither 0 nor 1"
+                }),
+                "{flag}"
+            );
+        }
+        // Without a flag at all the part is truncated.
+        assert!(matches!(
+            Message::decode(&snapshot_bytes(1, 0, 0)),
+            Err(ProtocolError::Decode(DecodeError::UnexpectedEnd { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_claiming_more_records_than_it_holds_is_refused() {
+        // A count that would abort the test if anything were allocated for it.
+        let mut bytes = snapshot_bytes(1, u64::MAX, u64::MAX >> 1);
+        bytes.push(0);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+        ));
+        // One more record than the bytes hold, even at the smallest record size.
+        let mut smallest = snapshot_bytes(1, 2, 1);
+        smallest.extend([0x00]); // collection ""
+        smallest.extend([0x33; 16]);
+        smallest.extend([0x00, 0x00]); // no stamps, no registers
+        smallest.push(0);
+        // After the count (header, type, position, part, total, count): one record, the flag.
+        assert_eq!(smallest.len() - 7, MIN_SNAPSHOT_RECORD_LEN + 1);
+        assert!(Message::decode(&smallest).is_ok());
+        let mut two = smallest.clone();
+        two[6] = 2;
+        assert!(matches!(
+            Message::decode(&two),
+            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_part_with_more_records_than_its_total_is_refused() {
+        let message = Message::Snapshot {
+            position: 3,
+            part: 1,
+            total: 1,
+            records: vec![
+                snapshot_record(1, None, Some(stamp(1, 1)), &[]),
+                snapshot_record(2, None, Some(stamp(1, 1)), &[]),
+            ],
+            vector: None,
+        };
+        assert_eq!(
+            Message::decode(&message.encode()),
+            Err(ProtocolError::Invalid {
+                what: SNAPSHOT_OVER_TOTAL
+            })
+        );
+        assert_eq!(
+            message.validate(),
+            Err(ProtocolError::Unsendable {
+                what: SNAPSHOT_OVER_TOTAL
+            })
+        );
+        // As many records as the total, or fewer (a later part holds the rest), are fine.
+        for total in [2, 3, u64::MAX] {
+            let Message::Snapshot { records, .. } = &message else {
+                panic!("not a snapshot");
+            };
+            round_trip(&Message::Snapshot {
+                position: 3,
+                part: 1,
+                total,
+                records: records.clone(),
+                vector: None,
+            });
+        }
+    }
+
+    #[test]
+    fn a_snapshot_vector_is_checked_like_a_pull_vector() {
+        let Message::Snapshot { records, .. } = documented_snapshot() else {
+            panic!("not a snapshot");
+        };
+        let with = |vector: VersionVector| Message::Snapshot {
+            position: 300,
+            part: 2,
+            total: 9,
+            records: records.clone(),
+            vector: Some(vector),
+        };
+        let good = with(vector(&[(0x11, 3), (0x22, 1)])).encode();
+        assert!(Message::decode(&good).is_ok());
+        // The entries swapped: 2222…22 (written in full) before 1111…11 (a reference).
+        let mut swapped = with(vector(&[(0x11, 3)])).encode();
+        let entries = swapped.len() - 3;
+        swapped.truncate(entries);
+        swapped.push(2);
+        swapped.push(0);
+        swapped.extend([0x22; 16]);
+        swapped.extend([1, 1, 3]);
+        assert_eq!(
+            Message::decode(&swapped),
+            Err(ProtocolError::Invalid {
+                what: "version vector entries are not in strictly increasing node order"
+            })
+        );
+        let mut zero = with(vector(&[(0x11, 3)])).encode();
+        *zero.last_mut().unwrap() = 0;
+        assert_eq!(
+            Message::decode(&zero),
+            Err(ProtocolError::Invalid {
+                what: "version vector entry has sequence number 0"
+            })
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_overlong_snapshot_or_snapshot_ack_is_refused() {
+        for message in [documented_snapshot(), Message::SnapshotAck { part: 300 }] {
+            let bytes = message.encode();
+            for len in 0..bytes.len() {
+                let err = Message::decode(&bytes[..len]).unwrap_err();
+                assert!(err.is_malformed_input(), "{err}");
+            }
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            assert_eq!(
+                Message::decode(&trailing),
+                Err(ProtocolError::Decode(DecodeError::TrailingBytes {
+                    count: 1
+                }))
+            );
+        }
+    }
+
     // -- Compressed payloads --------------------------------------------------------------
 
     /// An `Ops` batch of `count` similar operations: compresses well, like real batches.
@@ -1261,6 +1786,46 @@ mod tests {
             message.encode_for(Capabilities(u64::MAX), DEFAULT_COMPRESSION_THRESHOLD),
             sent
         );
+    }
+
+    #[test]
+    fn a_big_snapshot_part_is_compressed_for_a_peer_that_accepts_zstd_and_decodes_the_same() {
+        let records = (1..=200u64)
+            .map(|n| {
+                let written = stamp(n + 10, 1);
+                snapshot_record(
+                    n as u8,
+                    Some(written),
+                    (n % 5 == 0).then(|| stamp(n + 11, 2)),
+                    &[
+                        (
+                            "title",
+                            format!("Crash number {n} on launch").into(),
+                            written,
+                        ),
+                        ("status", "open".into(), written),
+                    ],
+                )
+            })
+            .collect::<Vec<_>>();
+        let message = Message::Snapshot {
+            position: 1520,
+            part: 3,
+            total: 2000,
+            records,
+            vector: Some(vector(&[(1, 210), (2, 40)])),
+        };
+        let plain = message.encode();
+        let sent = message.encode_for(Capabilities::ZSTD, DEFAULT_COMPRESSION_THRESHOLD);
+        assert_eq!(sent[2], TYPE_COMPRESSED);
+        assert!(
+            sent.len() * 2 < plain.len(),
+            "{} of {} bytes",
+            sent.len(),
+            plain.len()
+        );
+        assert_eq!(Message::decode(&sent).unwrap(), message);
+        assert_eq!(message.encode_for(Capabilities::NONE, 0), plain);
     }
 
     #[test]

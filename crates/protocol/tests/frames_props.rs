@@ -8,7 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use blazedb_format::{
-    Date, Encoder, Fields, Kind, NodeId, OpId, OpKind, Operation, Uuid, Value, VersionVector,
+    Date, Encoder, FieldState, Fields, Kind, NodeId, OpId, OpKind, Operation, RecordState,
+    SnapshotRecord, Stamp, Uuid, Value, VersionVector,
 };
 use blazedb_protocol::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_MAX_FRAME_LEN,
@@ -145,6 +146,62 @@ fn version_vector() -> impl Strategy<Value = VersionVector> {
     ]
 }
 
+fn stamp() -> impl Strategy<Value = Stamp> + Clone {
+    (counter(), node()).prop_map(|(lamport, node)| Stamp { lamport, node })
+}
+
+/// Record states built directly, not by merging: any stamps, tombstones, registers of any
+/// age. The protocol carries whatever state the sender has.
+fn record_state() -> impl Strategy<Value = RecordState> {
+    (
+        proptest::option::of(stamp()),
+        proptest::option::of(stamp()),
+        btree_map(
+            string(),
+            (value(), stamp()).prop_map(|(value, stamp)| FieldState { value, stamp }),
+            0..4,
+        ),
+    )
+        .prop_map(|(created, deleted, fields)| RecordState {
+            created,
+            deleted,
+            fields,
+        })
+}
+
+fn snapshot_record() -> impl Strategy<Value = SnapshotRecord> {
+    (string(), uuid(), record_state()).prop_map(|(collection, id, state)| SnapshotRecord {
+        collection,
+        id,
+        state,
+    })
+}
+
+/// Snapshot part numbers: mostly the first few, and the extremes.
+fn part() -> impl Strategy<Value = u32> + Clone {
+    prop_oneof![3 => 1u32..5, 1 => 1..=u32::MAX, 1 => Just(u32::MAX)]
+}
+
+/// A valid snapshot part holding `records`: `total` is at least the number of records.
+fn snapshot(records: impl Strategy<Value = Vec<SnapshotRecord>>) -> impl Strategy<Value = Message> {
+    (
+        counter(),
+        part(),
+        prop_oneof![3 => 0u64..10, 1 => any::<u64>()],
+        records,
+        proptest::option::of(version_vector()),
+    )
+        .prop_map(
+            |(position, part, extra, records, vector)| Message::Snapshot {
+                position,
+                part,
+                total: (records.len() as u64).saturating_add(extra),
+                records,
+                vector,
+            },
+        )
+}
+
 fn close_code() -> impl Strategy<Value = CloseCode> {
     select(CloseCode::ALL.to_vec())
 }
@@ -217,6 +274,10 @@ fn message() -> impl Strategy<Value = Message> {
         counter().prop_map(|nonce| Message::Ping { nonce }),
         counter().prop_map(|nonce| Message::Pong { nonce }),
         (close_code(), reason).prop_map(|(code, reason)| Message::Close { code, reason }),
+        snapshot(vec(snapshot_record(), 0..4)),
+        // Parts large enough to be compressed at the default threshold.
+        snapshot(vec(snapshot_record(), 10..40)),
+        part().prop_map(|part| Message::SnapshotAck { part }),
     ]
 }
 
@@ -441,7 +502,7 @@ proptest! {
         payload in prop_oneof![
             vec(any::<u8>(), 0..200),
             // A valid header and type byte, then noise: reaches the body decoders.
-            (prop_oneof![1u8..=8, Just(0x7f)], vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
+            (prop_oneof![1u8..=0x0a, Just(0x7f)], vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
                 let mut p = vec![blazedb_format::MAGIC, 0x16, t];
                 p.extend(body);
                 p
@@ -506,6 +567,60 @@ proptest! {
         }
     }
 
+    /// A snapshot part written field by field decodes exactly when its part number is in
+    /// `1..=u32::MAX`, it holds no more records than its total and its vector flag is 0 or 1.
+    #[test]
+    fn a_snapshot_part_decodes_only_with_a_valid_part_total_and_flag(
+        position in counter(),
+        part in prop_oneof![Just(0u64), 1u64..5, Just(u64::from(u32::MAX)), Just(u64::from(u32::MAX) + 1), any::<u64>()],
+        total in prop_oneof![0u64..4, any::<u64>()],
+        records in vec(snapshot_record(), 0..3),
+        flag in prop_oneof![3 => 0u8..=1, 1 => any::<u8>()],
+        vector in version_vector(),
+    ) {
+        let mut e = Encoder::new(Kind::Message);
+        e.byte(0x09);
+        e.varint(position);
+        e.varint(part);
+        e.varint(total);
+        e.varint(records.len() as u64);
+        for record in &records {
+            e.key(&record.collection);
+            e.uuid(&record.id);
+            e.record_state(&record.state);
+        }
+        e.byte(flag);
+        if flag == 1 {
+            e.varint(vector.len() as u64);
+            for (node, seq) in vector.iter() {
+                e.node(node);
+                e.varint(seq);
+            }
+        }
+        let bytes = e.finish();
+        let valid = (1..=u64::from(u32::MAX)).contains(&part)
+            && records.len() as u64 <= total
+            && flag <= 1;
+        match Message::decode(&bytes) {
+            Ok(message) => {
+                prop_assert!(valid, "accepted part {} of {} with flag {}", part, total, flag);
+                let expected = Message::Snapshot {
+                    position,
+                    part: part as u32,
+                    total,
+                    records,
+                    vector: (flag == 1).then_some(vector),
+                };
+                prop_assert_eq!(message.encode(), expected.encode());
+                prop_assert_eq!(expected.encode(), bytes);
+            }
+            Err(error) => {
+                prop_assert!(!valid, "refused: {}", error);
+                prop_assert!(matches!(error, ProtocolError::Invalid { .. }), "{}", error);
+            }
+        }
+    }
+
     #[test]
     fn the_fuzz_target_accepts_arbitrary_bytes(data in vec(any::<u8>(), 0..600)) {
         fuzz::frames(&data);
@@ -564,8 +679,41 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
             from: 3,
             vector: VersionVector::from_iter([(NodeId(Uuid::from_bytes([2; 16])), 5)]),
         },
+        // The sender's log starts after 3: a snapshot, then the log from its position.
+        Message::Snapshot {
+            position: 6,
+            part: 1,
+            total: 1,
+            records: vec![SnapshotRecord {
+                collection: "bugs".to_owned(),
+                id: Uuid::from_bytes([3; 16]),
+                state: RecordState {
+                    created: Some(Stamp {
+                        lamport: 4,
+                        node: NodeId(Uuid::from_bytes([1; 16])),
+                    }),
+                    deleted: None,
+                    fields: [(
+                        "title".to_owned(),
+                        FieldState {
+                            value: "Crash".into(),
+                            stamp: Stamp {
+                                lamport: 4,
+                                node: NodeId(Uuid::from_bytes([1; 16])),
+                            },
+                        },
+                    )]
+                    .into(),
+                },
+            }],
+            vector: Some(VersionVector::from_iter([(
+                NodeId(Uuid::from_bytes([1; 16])),
+                4,
+            )])),
+        },
+        Message::SnapshotAck { part: 1 },
         Message::Ops {
-            from: 3,
+            from: 6,
             to: 9,
             ops: vec![],
         },

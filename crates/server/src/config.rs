@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_SEND_QUEUE: usize = 1024;
 /// Default time a client has to finish the TLS and Noise handshakes.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default number of newest op-log entries each hosted database keeps; a device whose cursor
+/// is older gets a snapshot instead.
+pub const DEFAULT_OPLOG_KEEP: u64 = 100_000;
+/// Default seconds between two compactions of every hosted database's op log.
+pub const DEFAULT_COMPACT_INTERVAL_SECS: u64 = 60;
+const MAX_COMPACT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 const MAX_SEND_QUEUE: usize = 1_000_000;
@@ -71,6 +77,11 @@ pub struct ServerConfig {
     /// A file holding the master key (64 hex characters); `None` means the
     /// `BLAZEDB_MASTER_KEY` environment variable, or development mode.
     pub master_key_file: Option<PathBuf>,
+    /// Newest op-log entries each hosted database keeps when it compacts (0: only what the
+    /// connected devices still stream from).
+    pub oplog_keep: u64,
+    /// Time between two compactions.
+    pub compact_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +94,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             tls: TlsConfig::Off,
             master_key_file: None,
+            oplog_keep: DEFAULT_OPLOG_KEEP,
+            compact_interval: Duration::from_secs(DEFAULT_COMPACT_INTERVAL_SECS),
         }
     }
 }
@@ -100,6 +113,8 @@ pub struct ConfigOverrides {
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: bool,
     pub master_key_file: Option<PathBuf>,
+    pub oplog_keep: Option<u64>,
+    pub compact_interval_secs: Option<u64>,
 }
 
 /// The configuration file as written.
@@ -114,6 +129,8 @@ struct FileConfig {
     tls: Option<FileTls>,
     tls_self_signed: Option<bool>,
     master_key_file: Option<PathBuf>,
+    oplog_keep: Option<u64>,
+    compact_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +261,20 @@ impl ServerConfig {
             .master_key_file
             .clone()
             .or_else(|| file.master_key_file.map(from_file));
+        let oplog_keep = flags
+            .oplog_keep
+            .or(file.oplog_keep)
+            .unwrap_or(defaults.oplog_keep);
+        let compact_every = flags
+            .compact_interval_secs
+            .or(file.compact_interval_secs)
+            .unwrap_or(DEFAULT_COMPACT_INTERVAL_SECS);
+        if !(1..=MAX_COMPACT_INTERVAL_SECS).contains(&compact_every) {
+            return Err(invalid(
+                "compact_interval_secs",
+                format!("{compact_every} is not between 1 and {MAX_COMPACT_INTERVAL_SECS} seconds"),
+            ));
+        }
 
         Ok(ServerConfig {
             data_dir,
@@ -253,6 +284,8 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(timeout),
             tls,
             master_key_file,
+            oplog_keep,
+            compact_interval: Duration::from_secs(compact_every),
         })
     }
 

@@ -66,6 +66,31 @@ impl Hosted {
         Ok(Some(hosted))
     }
 
+    /// The databases open now.
+    pub fn all(&self) -> Vec<Arc<HostedDatabase>> {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.iter().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    /// Compacts every open database's op log down to its newest `keep` entries (see
+    /// [`SyncEngine::compact_oplog`]). Returns each database's new op-log start. Blocking.
+    pub fn compact_all(&self, keep: u64) -> Result<Vec<(String, u64)>, ServerError> {
+        self.all()
+            .iter()
+            .map(|hosted| {
+                let start =
+                    hosted
+                        .engine
+                        .compact_oplog(keep)
+                        .map_err(|source| ServerError::Engine {
+                            name: hosted.name.clone(),
+                            source,
+                        })?;
+                Ok((hosted.name.clone(), start))
+            })
+            .collect()
+    }
+
     /// How many databases are open.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)

@@ -77,6 +77,12 @@ struct ServeArgs {
     /// TLS with a self-signed certificate for localhost, written to <data-dir>/tls/cert.pem.
     #[arg(long)]
     tls_self_signed: bool,
+    /// Newest op-log entries each database keeps; older devices get a snapshot [default: 100000].
+    #[arg(long, value_name = "N")]
+    oplog_keep: Option<u64>,
+    /// Seconds between op-log compactions [default: 60].
+    #[arg(long, value_name = "SECS")]
+    compact_interval_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -88,6 +94,8 @@ impl ServeArgs {
             && self.tls_cert.is_none()
             && self.tls_key.is_none()
             && !self.tls_self_signed
+            && self.oplog_keep.is_none()
+            && self.compact_interval_secs.is_none()
     }
 }
 
@@ -202,6 +210,8 @@ fn load_config(common: &CommonArgs, serve: ServeArgs) -> Result<ServerConfig, St
         tls_cert: serve.tls_cert,
         tls_key: serve.tls_key,
         tls_self_signed: serve.tls_self_signed,
+        oplog_keep: serve.oplog_keep,
+        compact_interval_secs: serve.compact_interval_secs,
         master_key_file: common.master_key_file.clone(),
     };
     ServerConfig::load(common.config.as_deref(), &overrides).map_err(|e| e.to_string())

@@ -129,6 +129,12 @@ impl Server {
             .route("/sync/{database}", get(sync))
             .with_state(state.clone());
 
+        runtime.spawn(compact_periodically(
+            state.clone(),
+            config.oplog_keep,
+            config.compact_interval,
+            shutdown_rx.clone(),
+        ));
         let (served_tx, served) = std_mpsc::channel();
         runtime.spawn(session::watch_revocations(
             meta.clone(),
@@ -175,6 +181,7 @@ impl Server {
         }
 
         Ok(ServerHandle {
+            oplog_keep: config.oplog_keep,
             local_addr,
             tls: !matches!(config.tls, TlsConfig::Off),
             meta,
@@ -188,6 +195,7 @@ impl Server {
 
 /// A running server. [`ServerHandle::shutdown`] (or dropping the handle) stops it.
 pub struct ServerHandle {
+    oplog_keep: u64,
     local_addr: SocketAddr,
     tls: bool,
     meta: Arc<MetaStore>,
@@ -255,6 +263,14 @@ impl ServerHandle {
             })
     }
 
+    /// Compacts every open database's op log now, as the server does every
+    /// `compact_interval`: each keeps its newest `oplog_keep` entries and whatever a
+    /// connected device still streams from. Returns each database's new op-log start.
+    /// Blocking.
+    pub fn compact_oplogs(&self) -> Result<Vec<(String, u64)>, ServerError> {
+        self.state.hosted.compact_all(self.oplog_keep)
+    }
+
     /// Hosted databases open now.
     pub fn databases(&self) -> usize {
         self.state.hosted.count()
@@ -288,6 +304,28 @@ impl ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Compacts every hosted database's op log every `interval` until shutdown. A failure is
+/// logged and retried at the next round: the log only grows meanwhile.
+async fn compact_periodically(
+    state: Arc<AppState>,
+    keep: u64,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = crate::stopped(&mut shutdown) => return,
+        }
+        let state = state.clone();
+        match tokio::task::spawn_blocking(move || state.hosted.compact_all(keep)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::error(format_args!("op-log compaction failed: {e}")),
+            Err(e) => log::error(format_args!("op-log compaction stopped: {e}")),
+        }
     }
 }
 

@@ -392,3 +392,67 @@ fn nothing_the_server_stores_is_readable_on_disk() {
         }
     }
 }
+
+#[test]
+fn a_new_device_behind_the_servers_compacted_log_gets_a_snapshot_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(ServerConfig {
+        oplog_keep: 10,
+        ..config(&dir.path().join("data"))
+    });
+    server.meta().add_user("ada", &[], None).unwrap();
+    server.meta().create_database("bugs").unwrap();
+    let alice = device(dir.path(), "alice");
+    let a = sync(&alice, &server, fast().enroll(token(&server)));
+    // Thirty rounds, each synced before the next: at least thirty entries on the server.
+    for round in 0..30 {
+        let ids: Vec<_> = (0..10)
+            .map(|i| {
+                alice
+                    .insert("bugs", fields! { "n" => round * 10 + i })
+                    .unwrap()
+            })
+            .collect();
+        alice.delete("bugs", ids[0]).unwrap();
+        a.wait_synced(WAIT, |_| {}).unwrap();
+    }
+    let compacted = server.compact_oplogs().unwrap();
+    assert_eq!(compacted.len(), 1);
+    let (name, start) = &compacted[0];
+    assert_eq!(name, "bugs");
+    assert!(
+        *start >= 20,
+        "the server kept only its newest 10 entries: {start}"
+    );
+
+    let bob = device(dir.path(), "bob");
+    let b = sync(&bob, &server, fast().enroll(token(&server)));
+    let mut progress = Vec::new();
+    b.wait_synced(WAIT, |s| {
+        if let Some(c) = &s.connection {
+            progress.push(c.catch_up_progress());
+        }
+    })
+    .unwrap();
+    assert_eq!(bob.content_hash().unwrap(), alice.content_hash().unwrap());
+    assert_eq!(bob.count("bugs").unwrap(), 270);
+    assert_eq!(
+        bob.oplog_ops_through(u64::MAX).unwrap(),
+        0,
+        "bob got record states, not the compacted operations"
+    );
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&1.0));
+
+    // Live operations follow the snapshot, both ways.
+    let late = alice.insert("bugs", fields! { "n" => 1000 }).unwrap();
+    wait_until("bob sees alice's new bug", || {
+        bob.get("bugs", late).unwrap().is_some()
+    });
+    bob.update("bugs", late, fields! { "n" => 1001 }).unwrap();
+    wait_until("alice sees bob's update", || {
+        alice.get("bugs", late).unwrap().unwrap().get("n") == Some(&1001.into())
+    });
+    a.stop();
+    b.stop();
+}

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blazedb_core::{CommitListener, Database, NodeId, Operation, VersionVector};
+use blazedb_core::{CommitListener, Database, NodeId, Operation, SnapshotKey, VersionVector};
+use blazedb_format::SnapshotRecord;
 use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION, negotiate_version};
 
 use crate::error::{Result, SyncError};
@@ -35,6 +36,13 @@ pub const MAX_BATCH_OPS: usize = 4096;
 /// Most `Ops` messages in flight (sent, not yet acknowledged) per connection. A slow peer
 /// therefore holds at most this many batches of our memory and its relay's.
 pub const WINDOW: usize = 8;
+
+/// Most records in one `Snapshot` part: many records per transaction on the receiving side.
+pub const SNAPSHOT_PART_RECORDS: usize = 1000;
+
+/// About the most bytes of record states in one `Snapshot` part (a part ends after the record
+/// that crosses it), so that each message stays far below the frame limit.
+pub const SNAPSHOT_PART_BYTES: usize = 1 << 20;
 
 /// Most events handled before the engine applies what it collected; bounds the size of one
 /// apply transaction while still merging bursts.
@@ -193,6 +201,10 @@ pub struct ConnectionStatus {
     pub closed_reason: Option<String>,
     /// The code of the peer's `Close`, when the peer ended the connection with one.
     pub peer_close_code: Option<CloseCode>,
+    /// A snapshot being received from the peer: (records applied so far, records in all).
+    pub snapshot_in: Option<(u64, u64)>,
+    /// A snapshot being sent to the peer: (records sent so far, records in all).
+    pub snapshot_out: Option<(u64, u64)>,
 }
 
 /// How long a range with nothing the peer lacks may wait for a batch to ride with (its own
@@ -250,6 +262,10 @@ pub(crate) enum Command {
         reply: Sender<Result<u64>>,
     },
     Rescan,
+    CompactOplog {
+        keep: u64,
+        reply: Sender<Result<u64>>,
+    },
     WaitIdle {
         deadline: Instant,
         reply: Sender<bool>,
@@ -329,6 +345,7 @@ impl SyncEngine {
         }
         let (events, rx) = mpsc::channel();
         let head = db.oplog_head()?;
+        let oplog_start = db.oplog_start()?;
         let commits = {
             let events = events.clone();
             db.on_commit(move |commit| {
@@ -348,6 +365,7 @@ impl SyncEngine {
             name: name.to_owned(),
             node,
             head,
+            oplog_start,
             events: events.clone(),
             connections: HashMap::new(),
             waiters: Vec::new(),
@@ -435,6 +453,14 @@ impl SyncEngine {
         self.command(Command::Rescan)
     }
 
+    /// Drops op-log entries so that about the newest `keep` remain, but none that a connected
+    /// peer still streams from (it would need a snapshot mid-stream). A peer whose cursor is
+    /// older gets a snapshot when it next pulls (docs/protocol.md, "Snapshots"). Returns the
+    /// new start of the log: the newest position dropped.
+    pub fn compact_oplog(&self, keep: u64) -> Result<u64> {
+        self.ask(|reply| Command::CompactOplog { keep, reply })?
+    }
+
     /// The state of every connection, in connection order.
     pub fn status(&self) -> Result<Vec<ConnectionStatus>> {
         self.ask(|reply| Command::Status { reply })?
@@ -497,7 +523,30 @@ impl Drop for SyncEngine {
 
 /// The sending half of a session: where the peer asked us to stream from, and what we think
 /// it has.
+/// A snapshot being sent on one connection (it replaces `Ops` until its last part).
+struct SnapshotOut {
+    /// Our op-log head when it started: where `Ops` continue after it.
+    position: u64,
+    vector: VersionVector,
+    total: u64,
+    records_sent: u64,
+    /// Where the next part continues; `None` before the first part.
+    after: Option<SnapshotKey>,
+    parts_sent: u32,
+    parts_acked: u32,
+}
+
+/// A snapshot being received on one connection.
+struct SnapshotIn {
+    position: u64,
+    total: u64,
+    records: u64,
+    next_part: u32,
+}
+
 struct Outbound {
+    /// Set while a snapshot is sent instead of the op log.
+    snapshot: Option<SnapshotOut>,
     /// Position in our op log up to which we have sent, or passed over because the peer
     /// has every operation there.
     sent_to: u64,
@@ -553,6 +602,7 @@ struct Conn {
     /// Everything in our log up to here is acknowledged or was passed over because the
     /// peer has it (so it is not pending).
     skipped_to: u64,
+    snapshot_in: Option<SnapshotIn>,
 }
 
 impl ConnectionStatus {
@@ -562,6 +612,14 @@ impl ConnectionStatus {
     pub fn catch_up_progress(&self) -> f64 {
         if self.peer.is_none() {
             return 0.0;
+        }
+        if let Some((done, total)) = self.snapshot_in {
+            // The cursor moves only with the last part: count records until then.
+            return if total == 0 {
+                0.0
+            } else {
+                (done.min(total) as f64 / total as f64).min(0.999)
+            };
         }
         let total = self.peer_head.saturating_sub(self.cursor_at_start);
         if total == 0 {
@@ -636,6 +694,7 @@ impl Conn {
         self.relay.close();
         self.outbound = None;
         self.inbound.clear();
+        self.snapshot_in = None;
     }
 
     fn idle(&self, head: u64) -> bool {
@@ -648,8 +707,11 @@ impl Conn {
         if self.peer.is_none() {
             return false;
         }
+        if self.snapshot_in.is_some() {
+            return false;
+        }
         match &self.outbound {
-            Some(out) => out.sent_to >= head && out.in_flight.is_empty(),
+            Some(out) => out.snapshot.is_none() && out.sent_to >= head && out.in_flight.is_empty(),
             None => true,
         }
     }
@@ -661,6 +723,8 @@ struct Worker {
     node: NodeId,
     /// Position of the newest op-log entry we know of.
     head: u64,
+    /// The newest position dropped from our op log (0: none); a peer behind it gets a snapshot.
+    oplog_start: u64,
     events: Sender<Event>,
     connections: HashMap<ConnectionId, Conn>,
     waiters: Vec<(Instant, Sender<bool>)>,
@@ -795,6 +859,9 @@ impl Worker {
                     self.head = self.head.max(head);
                 }
             }
+            Command::CompactOplog { keep, reply } => {
+                let _ = reply.send(self.compact_oplog(keep));
+            }
             Command::Barrier { id, reply } => {
                 self.apply_inbound(id);
                 let result = match self.connections.get_mut(&id) {
@@ -855,6 +922,7 @@ impl Worker {
             barriers_sent: 0,
             barrier: 0,
             skipped_to: 0,
+            snapshot_in: None,
         };
         match started {
             Ok(()) => {
@@ -909,6 +977,7 @@ impl Worker {
             // batches sent before the pause may have been ignored, so they go again (the
             // peer skips what it has).
             conn.outbound = conn.pulled.as_ref().map(|(from, vector)| Outbound {
+                snapshot: None,
                 sent_to: conn.acked.max(*from),
                 wire_to: conn.acked.max(*from),
                 deferred_since: None,
@@ -1030,6 +1099,7 @@ impl Worker {
                 conn.pulled = Some((from, vector.clone()));
                 if conn.options.mode.sends() {
                     conn.outbound = Some(Outbound {
+                        snapshot: None,
                         sent_to: from,
                         wire_to: from,
                         deferred_since: None,
@@ -1051,6 +1121,18 @@ impl Worker {
                     }
                 }
             }
+            Message::SnapshotAck { part } => {
+                if let Some(snapshot) = conn.outbound.as_mut().and_then(|o| o.snapshot.as_mut()) {
+                    snapshot.parts_acked = snapshot.parts_acked.max(part.min(snapshot.parts_sent));
+                }
+            }
+            Message::Snapshot {
+                position,
+                part,
+                total,
+                records,
+                vector,
+            } => self.on_snapshot_part(id, position, part, total, records, vector),
             Message::Ping { nonce } => {
                 // The Pong must follow everything sent before it, passed-over ranges too: a
                 // barrier means "you have all I had".
@@ -1253,17 +1335,35 @@ impl Worker {
             let Some(out) = &conn.outbound else {
                 return Ok(());
             };
-            if !conn.open()
-                || !conn.options.mode.sends()
-                || out.in_flight.len() >= WINDOW
-                || out.sent_to >= self.head
-            {
+            if !conn.open() || !conn.options.mode.sends() {
+                return Ok(());
+            }
+            if out.snapshot.is_some() || out.sent_to < self.oplog_start {
+                if !self.pump_snapshot(id)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            if out.in_flight.len() >= WINDOW || out.sent_to >= self.head {
                 return Ok(());
             }
             let from = out.sent_to;
             let entries = match self.recent_after(from) {
                 Some(entries) => entries,
-                None => self.db.oplog_since(from, MAX_BATCH_OPS)?,
+                None => match self.db.oplog_since(from, MAX_BATCH_OPS) {
+                    Ok(entries) => entries,
+                    Err(e @ blazedb_core::Error::OplogCompacted { .. }) => {
+                        // Another handle compacted the log under this stream: a snapshot
+                        // continues it.
+                        let start = self.db.oplog_start()?;
+                        if start <= self.oplog_start {
+                            return Err(e.into());
+                        }
+                        self.oplog_start = start;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             };
             let Some(conn) = self.connections.get_mut(&id) else {
                 return Ok(());
@@ -1307,6 +1407,195 @@ impl Worker {
                 self.counters.sent.fetch_add(n, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Sends the next part of the snapshot this connection gets, starting one if needed.
+    /// Returns whether a part went out (`false`: the window is full).
+    fn pump_snapshot(&mut self, id: ConnectionId) -> Result<bool> {
+        let Some(out) = self.connections.get(&id).and_then(|c| c.outbound.as_ref()) else {
+            return Ok(false);
+        };
+        let (started, after) = match &out.snapshot {
+            Some(s) if s.parts_sent.saturating_sub(s.parts_acked) as usize >= WINDOW => {
+                return Ok(false);
+            }
+            Some(s) => (None, s.after.clone()),
+            None => (Some(self.db.snapshot_info()?), None),
+        };
+        let mut records: Vec<SnapshotRecord> = Vec::new();
+        let mut bytes = 0;
+        let mut next = after;
+        loop {
+            let want = SNAPSHOT_PART_RECORDS - records.len();
+            let (page, key) = self.db.snapshot_page(next.as_ref(), want)?;
+            bytes += page
+                .iter()
+                .map(|r| {
+                    blazedb_format::encode_record_state(&r.state).len() + r.collection.len() + 18
+                })
+                .sum::<usize>();
+            records.extend(page);
+            next = key;
+            if next.is_none()
+                || records.len() >= SNAPSHOT_PART_RECORDS
+                || bytes >= SNAPSHOT_PART_BYTES
+            {
+                break;
+            }
+        }
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return Ok(false);
+        };
+        let Some(out) = conn.outbound.as_mut() else {
+            return Ok(false);
+        };
+        if let Some(info) = started {
+            self.head = self.head.max(info.position);
+            out.snapshot = Some(SnapshotOut {
+                position: info.position,
+                vector: info.vector,
+                total: info.records,
+                records_sent: 0,
+                after: None,
+                parts_sent: 0,
+                parts_acked: 0,
+            });
+        }
+        let Some(snapshot) = out.snapshot.as_mut() else {
+            return Ok(false);
+        };
+        snapshot.parts_sent += 1;
+        snapshot.records_sent += records.len() as u64;
+        // Records written while the snapshot is read may be in it too: never report fewer.
+        snapshot.total = snapshot.total.max(snapshot.records_sent);
+        let (part, position, total) = (snapshot.parts_sent, snapshot.position, snapshot.total);
+        let last = next.is_none();
+        snapshot.after = next;
+        let vector = last.then(|| snapshot.vector.clone());
+        if let Some(vector) = &vector {
+            // From here the stream is our op log after the snapshot's position, and the peer
+            // has everything the snapshot included. The peer's `Ack { position }` closes it.
+            out.snapshot = None;
+            out.sent_to = position;
+            out.wire_to = position;
+            out.deferred_since = None;
+            out.peer_has.merge(vector);
+            out.in_flight.push_back((position, Instant::now()));
+        }
+        conn.send(Message::Snapshot {
+            position,
+            part,
+            total,
+            records,
+            vector,
+        });
+        Ok(true)
+    }
+
+    /// Applies one received snapshot part in its own transaction; the last part also counts
+    /// the snapshot's operations as merged and moves the cursor to its position, in the same
+    /// transaction. A part applied before a crash stays (joining is idempotent) while the
+    /// cursor stays behind, so the next `Pull` gets a whole new snapshot.
+    fn on_snapshot_part(
+        &mut self,
+        id: ConnectionId,
+        position: u64,
+        part: u32,
+        total: u64,
+        records: Vec<SnapshotRecord>,
+        vector: Option<VersionVector>,
+    ) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let Some(peer) = conn.peer else {
+            conn.close_with(CloseCode::ProtocolError, "Snapshot before Hello".into());
+            return;
+        };
+        if !conn.options.mode.receives() {
+            // Not applied: the peer sends it again after our next Pull.
+            return;
+        }
+        let expected = conn.snapshot_in.as_ref().map_or(1, |s| s.next_part);
+        if part == 1 {
+            // A new snapshot (the peer answers a newer Pull) replaces one under way.
+            conn.snapshot_in = Some(SnapshotIn {
+                position,
+                total,
+                records: 0,
+                next_part: 1,
+            });
+        } else if part != expected
+            || conn
+                .snapshot_in
+                .as_ref()
+                .is_some_and(|s| s.position != position)
+        {
+            conn.close_with(
+                CloseCode::ProtocolError,
+                format!("snapshot part {part} arrived where part {expected} was due"),
+            );
+            return;
+        }
+        let n = records.len() as u64;
+        let result = self.db.transaction(|tx| {
+            let report = tx.apply_snapshot(peer, &records)?;
+            if let Some(vector) = &vector {
+                tx.merge_version_vector(vector)?;
+                tx.set_peer_cursor(peer, position)?;
+            }
+            Ok(report)
+        });
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        match result {
+            Ok(report) => {
+                conn.ops_applied += report.applied as u64;
+                if let Some(s) = conn.snapshot_in.as_mut() {
+                    s.records += n;
+                    s.total = s.total.max(total).max(s.records);
+                    s.next_part = part.saturating_add(1);
+                }
+                conn.send(Message::SnapshotAck { part });
+                if let Some(vector) = vector {
+                    conn.snapshot_in = None;
+                    conn.cursor = position;
+                    conn.cursor_unsaved = false;
+                    conn.repull_pending = false;
+                    conn.peer_head = conn.peer_head.max(position);
+                    if let Some(out) = &mut conn.outbound {
+                        out.peer_has.merge(&vector);
+                    }
+                    conn.send(Message::Ack { position });
+                }
+            }
+            Err(e @ blazedb_core::Error::InvalidSnapshot { .. }) => conn.close_with(
+                CloseCode::ProtocolError,
+                format!("the peer sent an invalid snapshot: {e}"),
+            ),
+            Err(e) => conn.close_with(
+                CloseCode::InternalError,
+                format!("applying a snapshot failed: {e}"),
+            ),
+        }
+    }
+
+    /// See [`SyncEngine::compact_oplog`].
+    fn compact_oplog(&mut self, keep: u64) -> Result<u64> {
+        self.head = self.head.max(self.db.oplog_head()?);
+        let mut through = self.head.saturating_sub(keep);
+        for conn in self.connections.values().filter(|c| c.open()) {
+            if let Some(out) = &conn.outbound {
+                let streams_from = match &out.snapshot {
+                    Some(s) => s.position,
+                    None => conn.acked.min(out.sent_to),
+                };
+                through = through.min(streams_from);
+            }
+        }
+        self.oplog_start = self.db.compact_oplog(through)?;
+        Ok(self.oplog_start)
     }
 
     /// The entries right after position `from`, if the commit events kept them: positions
@@ -1366,6 +1655,12 @@ impl Worker {
                 barrier: c.barrier,
                 closed_reason: c.closed_reason.clone(),
                 peer_close_code: c.peer_close_code,
+                snapshot_in: c.snapshot_in.as_ref().map(|s| (s.records, s.total)),
+                snapshot_out: c
+                    .outbound
+                    .as_ref()
+                    .and_then(|o| o.snapshot.as_ref())
+                    .map(|s| (s.records_sent, s.total)),
             });
         }
         Ok(out)

@@ -2,14 +2,11 @@
 //! in-process topology).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blazedb_core::{ChangeOrigin, Database, NodeId, Value, fields};
 use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION};
-use blazedb_sync::{
-    ConnectOptions, EngineOptions, Inbox, Mode, Relay, Result, SyncEngine, SyncError, Topology,
-};
+use blazedb_sync::{ConnectOptions, EngineOptions, Mode, SyncEngine, SyncError, Topology};
 
 const IDLE: Duration = Duration::from_secs(20);
 
@@ -431,50 +428,9 @@ fn the_graph_lists_nodes_and_edges_and_renders_as_dot() {
     assert_eq!(dbs[2].count("t").unwrap(), 1);
 }
 
-/// A relay whose far end is the test itself: it records what the engine sends and lets the
-/// test speak as the peer.
-#[derive(Clone, Default)]
-struct Probe {
-    sent: Arc<Mutex<Vec<Message>>>,
-    inbox: Arc<Mutex<Option<Inbox>>>,
-}
-
-impl Relay for Probe {
-    fn start(&mut self, inbox: Inbox) -> Result<()> {
-        *self.inbox.lock().unwrap() = Some(inbox);
-        Ok(())
-    }
-    fn send(&mut self, message: Message) -> Result<()> {
-        self.sent.lock().unwrap().push(message);
-        Ok(())
-    }
-    fn close(&mut self) {}
-    fn kind(&self) -> &'static str {
-        "probe"
-    }
-}
-
-impl Probe {
-    fn say(&self, m: Message) {
-        let inbox = loop {
-            if let Some(i) = self.inbox.lock().unwrap().clone() {
-                break i;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        assert!(inbox.deliver(m));
-    }
-
-    fn wait_for(&self, what: impl Fn(&Message) -> bool) -> Message {
-        for _ in 0..5000 {
-            if let Some(m) = self.sent.lock().unwrap().iter().find(|m| what(m)) {
-                return m.clone();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        panic!("the engine never sent the expected message");
-    }
-}
+#[path = "support/probe.rs"]
+mod probe;
+use probe::Probe;
 
 fn probe_engine() -> (Database, SyncEngine, Probe) {
     probe_engine_with(EngineOptions::default())
