@@ -279,6 +279,8 @@ impl Transaction<'_> {
             };
             validate::collection_name(&op.collection).map_err(invalid)?;
             validate::fields(&op.fields).map_err(invalid)?;
+            validate::remote_clock("lamport", op.lamport).map_err(invalid)?;
+            validate::remote_clock("sequence number", op.id.seq).map_err(invalid)?;
             if op.kind == OpKind::Delete && !op.fields.is_empty() {
                 return Err(invalid(Error::InvalidQuery(
                     "a delete carries no fields".into(),
@@ -431,6 +433,12 @@ impl Transaction<'_> {
     /// here already change nothing.
     pub fn merge_version_vector(&mut self, vector: &VersionVector) -> Result<()> {
         for (origin, seq) in vector.iter() {
+            validate::remote_clock("sequence number", seq).map_err(|e| Error::InvalidSnapshot {
+                record: format!("version vector entry {origin}"),
+                reason: e.to_string(),
+            })?;
+        }
+        for (origin, seq) in vector.iter() {
             if origin == self.core.node {
                 self.cover_own(seq)?;
             } else {
@@ -480,6 +488,9 @@ impl Transaction<'_> {
                 reason: e.to_string(),
             };
             validate::collection_name(&record.collection).map_err(invalid)?;
+            if let Some(stamp) = record.state.max_stamp() {
+                validate::remote_clock("lamport", stamp.lamport).map_err(invalid)?;
+            }
             for (name, field) in &record.state.fields {
                 validate::field(name, &field.value).map_err(invalid)?;
             }

@@ -32,6 +32,23 @@ fn name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Largest Lamport time or sequence number accepted from another replica. Clocks are stored
+/// as SQLite integers (`i64`) and go on counting here, so an absurd value from a peer (no
+/// replica reaches 2^62 writes) is refused rather than stored as a negative number, which
+/// would leave the file unopenable.
+pub const MAX_REMOTE_CLOCK: u64 = 1 << 62;
+
+/// A Lamport time or sequence number from another replica.
+pub fn remote_clock(what: &str, value: u64) -> Result<()> {
+    if value > MAX_REMOTE_CLOCK {
+        return Err(Error::InvalidValue {
+            field: what.to_owned(),
+            reason: format!("{value} is above the largest accepted clock value 2^62"),
+        });
+    }
+    Ok(())
+}
+
 pub fn collection_name(n: &str) -> Result<()> {
     name("collection name", n)
 }

@@ -524,3 +524,41 @@ proptest! {
         snapshot_then_operations(seed, steps);
     }
 }
+
+#[test]
+fn absurd_clocks_from_a_peer_are_refused_and_the_file_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.blazedb");
+    let a = Database::in_memory().unwrap();
+    a.insert("t", fields! {"x" => 1}).unwrap();
+    let b = Database::create(&path, "pw").unwrap();
+
+    let mut op = all_ops(&a).remove(0);
+    op.lamport = u64::MAX;
+    let err = b.apply_remote(std::slice::from_ref(&op)).unwrap_err();
+    assert!(matches!(err, Error::InvalidOperation { .. }), "{err}");
+    assert!(err.to_string().contains("2^62"), "{err}");
+    op.lamport = 5;
+    op.id.seq = 1 << 63;
+    assert!(b.apply_remote(&[op]).is_err());
+
+    let mut records = snapshot_pages(&a, 10).concat();
+    for field in records[0].state.fields.values_mut() {
+        field.stamp.lamport = u64::MAX - 1;
+    }
+    let err = b
+        .transaction(|tx| tx.apply_snapshot(a.node_id(), &records))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err}");
+    let mut vector = a.version_vector().unwrap();
+    vector.observe(a.node_id(), u64::MAX);
+    let err = b
+        .transaction(|tx| tx.merge_version_vector(&vector))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err}");
+
+    drop(b);
+    let b = Database::open(&path, "pw").unwrap();
+    assert_eq!(b.count("t").unwrap(), 0);
+    assert!(b.lamport() < 1 << 62);
+}
