@@ -1,5 +1,5 @@
 //! Devices syncing through a real server on 127.0.0.1: convergence, a server SIGKILLed and
-//! restarted, a device SIGKILLed mid-push, a proxy that cuts connections, a man in the
+//! restarted, a device SIGKILLed mid-push or mid-snapshot, a proxy that cuts connections, a man in the
 //! middle, and peers that send replayed, tampered, garbage or oversized bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -276,51 +276,67 @@ fn device_child_process() {
     println!("done");
 }
 
+/// Runs child test `name` of this binary as a device of `server` with file `path`, reading
+/// the lines it prints. `kill_when` sees each line (and the time since the start) and says
+/// whether to SIGKILL the child there. Returns whether the child printed "done".
+fn run_device_child(
+    name: &str,
+    path: &Path,
+    server: &ServerHandle,
+    token: &str,
+    mut kill_when: impl FnMut(&str, Duration) -> bool,
+) -> bool {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BLAZEDB_TEST_DEVICE", path)
+        .env("BLAZEDB_TEST_URL", server.url())
+        .env("BLAZEDB_TEST_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let started = Instant::now();
+    let mut line = String::new();
+    let mut done = false;
+    while out.read_line(&mut line).unwrap() > 0 {
+        done |= line.trim() == "done";
+        if !done && kill_when(line.trim(), started.elapsed()) {
+            child.kill().unwrap(); // SIGKILL
+            break;
+        }
+        line.clear();
+    }
+    child.wait().unwrap();
+    done
+}
+
 #[test]
 fn a_device_killed_mid_push_replays_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(&dir.path().join("server"));
     let path = dir.path().join("device.blazedb");
     let token = token(&server);
-    let run = |kill_after: Option<Duration>| -> bool {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "device_child_process",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("BLAZEDB_TEST_DEVICE", &path)
-            .env("BLAZEDB_TEST_URL", server.url())
-            .env("BLAZEDB_TEST_TOKEN", &token)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let started = Instant::now();
-        let mut line = String::new();
-        let mut done = false;
-        while out.read_line(&mut line).unwrap() > 0 {
-            done |= line.trim() == "done";
-            if kill_after.is_some_and(|after| started.elapsed() >= after) && !done {
-                child.kill().unwrap(); // SIGKILL, mid-push
-                break;
-            }
-            line.clear();
-        }
-        child.wait().unwrap();
-        done
-    };
     let mut runs = 0;
     for after in [60, 150, 40] {
         runs += 1;
-        if run(Some(Duration::from_millis(after))) {
+        let after = Duration::from_millis(after);
+        if run_device_child("device_child_process", &path, &server, &token, |_, t| {
+            t >= after
+        }) {
             break;
         }
     }
-    assert!(run(None), "the last run finishes");
+    assert!(
+        run_device_child("device_child_process", &path, &server, &token, |_, _| false),
+        "the last run finishes"
+    );
     assert!(runs >= 1);
     // An observer sees exactly the 400 records, each operation once.
     let (observer, sync) = device(&server.url(), &self::token(&server));
@@ -328,6 +344,86 @@ fn a_device_killed_mid_push_replays_on_restart() {
     assert_eq!(observer.count("bugs").unwrap(), 400);
     assert_eq!(total_ops(&observer), 400);
     drop(sync);
+    server.shutdown();
+}
+
+/// The child of [`a_device_killed_mid_snapshot_gets_a_whole_new_one_on_restart`]: syncs its
+/// file, printing how many records it holds every few milliseconds, then "done".
+#[test]
+#[ignore = "run as a child process by a_device_killed_mid_snapshot_gets_a_whole_new_one_on_restart"]
+fn snapshot_child_process() {
+    let path = std::env::var("BLAZEDB_TEST_DEVICE").unwrap();
+    let url = std::env::var("BLAZEDB_TEST_URL").unwrap();
+    let db = if Path::new(&path).exists() {
+        Database::open(&path, "pw").unwrap()
+    } else {
+        Database::create(&path, "pw").unwrap()
+    };
+    let mut options = fast();
+    options.enroll_token = std::env::var("BLAZEDB_TEST_TOKEN").ok();
+    let sync = db.enable_sync(RemoteNode::new(url, DB), options).unwrap();
+    sync.wait_synced(WAIT, |_| {
+        println!("{}", db.count("bugs").unwrap());
+        std::thread::sleep(Duration::from_millis(2));
+    })
+    .unwrap();
+    println!("done");
+}
+
+#[test]
+fn a_device_killed_mid_snapshot_gets_a_whole_new_one_on_restart() {
+    const RECORDS: i64 = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("server"));
+    // Written into the server's file beside its engine, then the whole op log is dropped:
+    // a new device can only get these records as a snapshot.
+    let hosted = server.meta().open_database(DB).unwrap();
+    for chunk in 0..RECORDS / 1000 {
+        hosted
+            .insert_many(
+                "bugs",
+                (0..1000).map(|i| fields! {"i" => chunk * 1000 + i, "title" => "a bug"}),
+            )
+            .unwrap();
+    }
+    let head = hosted.oplog_head().unwrap();
+    assert_eq!(hosted.compact_oplog(head).unwrap(), head);
+
+    let path = dir.path().join("device.blazedb");
+    let token = token(&server);
+    let mut seen_at_kill = None;
+    let finished = run_device_child("snapshot_child_process", &path, &server, &token, |l, _| {
+        let count: i64 = l.parse().unwrap_or(0);
+        let kill = count > 0;
+        if kill {
+            seen_at_kill = Some(count);
+        }
+        kill
+    });
+    assert!(!finished);
+    let seen = seen_at_kill.unwrap();
+    assert!(
+        seen < RECORDS,
+        "killed mid-snapshot, with {seen} records applied"
+    );
+
+    assert!(
+        run_device_child("snapshot_child_process", &path, &server, &token, |_, _| {
+            false
+        }),
+        "the second run finishes"
+    );
+    let device = Database::open(&path, "pw").unwrap();
+    assert_eq!(device.count("bugs").unwrap(), RECORDS as u64);
+    assert_eq!(
+        device.content_hash().unwrap(),
+        hosted.content_hash().unwrap()
+    );
+    assert_eq!(
+        device.version_vector().unwrap(),
+        hosted.version_vector().unwrap()
+    );
+    assert_eq!(total_ops(&device), 0, "record states came, not operations");
     server.shutdown();
 }
 
