@@ -252,11 +252,9 @@ fn a_server_killed_mid_stream_and_restarted_loses_nothing_and_applies_nothing_tw
     assert!(server.wait().unwrap().success());
 }
 
-/// The child of [`a_device_killed_mid_push_replays_on_restart`]: writes up to 400 records
-/// into its file (continuing where an earlier run stopped), then waits to be in sync.
-#[test]
-#[ignore = "run as a child process by a_device_killed_mid_push_replays_on_restart"]
-fn device_child_process() {
+/// In a child process: the device file and server that [`run_device_child`] named, opened
+/// (or created) and syncing.
+fn child_device() -> (Database, RemoteSync) {
     let path = std::env::var("BLAZEDB_TEST_DEVICE").unwrap();
     let url = std::env::var("BLAZEDB_TEST_URL").unwrap();
     let db = if Path::new(&path).exists() {
@@ -267,6 +265,15 @@ fn device_child_process() {
     let mut options = fast();
     options.enroll_token = std::env::var("BLAZEDB_TEST_TOKEN").ok();
     let sync = db.enable_sync(RemoteNode::new(url, DB), options).unwrap();
+    (db, sync)
+}
+
+/// The child of [`a_device_killed_mid_push_replays_on_restart`]: writes up to 400 records
+/// into its file (continuing where an earlier run stopped), then waits to be in sync.
+#[test]
+#[ignore = "run as a child process by a_device_killed_mid_push_replays_on_restart"]
+fn device_child_process() {
+    let (db, sync) = child_device();
     let start = db.count("bugs").unwrap() as i64;
     for i in start..400 {
         db.insert("bugs", fields! {"i" => i}).unwrap();
@@ -352,16 +359,7 @@ fn a_device_killed_mid_push_replays_on_restart() {
 #[test]
 #[ignore = "run as a child process by a_device_killed_mid_snapshot_gets_a_whole_new_one_on_restart"]
 fn snapshot_child_process() {
-    let path = std::env::var("BLAZEDB_TEST_DEVICE").unwrap();
-    let url = std::env::var("BLAZEDB_TEST_URL").unwrap();
-    let db = if Path::new(&path).exists() {
-        Database::open(&path, "pw").unwrap()
-    } else {
-        Database::create(&path, "pw").unwrap()
-    };
-    let mut options = fast();
-    options.enroll_token = std::env::var("BLAZEDB_TEST_TOKEN").ok();
-    let sync = db.enable_sync(RemoteNode::new(url, DB), options).unwrap();
+    let (db, sync) = child_device();
     sync.wait_synced(WAIT, |_| {
         println!("{}", db.count("bugs").unwrap());
         std::thread::sleep(Duration::from_millis(2));
