@@ -30,7 +30,8 @@ reported on stderr.
 
 EXAMPLES:
   BLAZEDB_ENROLL_TOKEN=bzt1_... blazedb sync bugs.blazedb --server ws://127.0.0.1:7420 --database bugs
-  blazedb sync bugs.blazedb --server wss://sync.example.com --database bugs --ca-file ca.pem --follow";
+  blazedb sync bugs.blazedb --server wss://sync.example.com --database bugs --follow
+  blazedb sync bugs.blazedb --server wss://localhost:7420 --database bugs --ca-file cert.pem --once";
 
 /// Where the enrolment token comes from when `--enroll` is not given.
 const TOKEN_ENV: &str = "BLAZEDB_ENROLL_TOKEN";
@@ -58,8 +59,8 @@ pub struct SyncArgs {
     /// Which way operations flow: bidirectional, read-only (only pull) or write-only (only push)
     #[arg(long, default_value = "bidirectional", value_parser = parse_mode)]
     pub mode: Mode,
-    /// PEM file of the certificate authority to trust for wss:// (a development server's
-    /// self-signed certificate)
+    /// PEM file of the certificate authorities to trust for wss:// instead of the public ones
+    /// (a private CA, or a development server's self-signed certificate)
     #[arg(long, value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
     /// With --once: give up after this many seconds

@@ -314,8 +314,27 @@ fn devices_sync_over_tls_with_the_self_signed_certificate() {
     assert!(server.url().starts_with("wss://"));
     server.meta().add_user("ada", &[], None).unwrap();
     server.meta().create_database("bugs").unwrap();
-    let db = device(dir.path(), "tls");
     let url = format!("wss://localhost:{}", server.local_addr().port());
+
+    // Without a CA file only public authorities are trusted: the self-signed certificate is
+    // refused, with the reason in the status.
+    let stranger = device(dir.path(), "stranger");
+    let refused = stranger
+        .enable_sync(
+            RemoteNode::new(url.clone(), "bugs"),
+            fast().enroll(token(&server)),
+        )
+        .unwrap();
+    wait_until("the certificate is refused", || {
+        refused
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("certificate"))
+    });
+    assert!(!refused.status().is_synced());
+    refused.stop();
+
+    let db = device(dir.path(), "tls");
     let s = db
         .enable_sync(
             RemoteNode::new(url, "bugs"),

@@ -56,8 +56,9 @@ pub struct RemoteOptions {
     pub enroll_token: Option<String>,
     /// Which way operations flow (default: both).
     pub mode: Mode,
-    /// PEM file of the certificate authorities to trust for `wss://` (for a self-signed
-    /// development server: its certificate).
+    /// PEM file of the certificate authorities to trust for `wss://` instead of the public
+    /// ones (Mozilla's roots, compiled in): for a private CA, or a self-signed development
+    /// server's certificate.
     pub ca_file: Option<PathBuf>,
     /// Limit for the TCP (and TLS) connection and the WebSocket upgrade.
     pub connect_timeout: Duration,
@@ -399,28 +400,13 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
         )));
     }
     let tls = if secure {
-        let mut roots = rustls::RootCertStore::empty();
-        let Some(ca_file) = &options.ca_file else {
-            return Err(RemoteError::InvalidOption(
-                "wss:// needs the certificate of the authority to trust (a CA file)".into(),
-            ));
+        let roots = match &options.ca_file {
+            Some(ca_file) => roots_from_file(ca_file)?,
+            // Without a CA file, the public roots browsers trust (Mozilla's), compiled in.
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
         };
-        let certs = CertificateDer::pem_file_iter(ca_file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                RemoteError::InvalidOption(format!("cannot read {}: {e}", ca_file.display()))
-            })?;
-        if certs.is_empty() {
-            return Err(RemoteError::InvalidOption(format!(
-                "{} holds no certificate",
-                ca_file.display()
-            )));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| RemoteError::InvalidOption(format!("{}: {e}", ca_file.display())))?;
-        }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -730,4 +716,26 @@ async fn run(
         backoff = (backoff * 2).min(options.backoff_max);
     }
     shared.set(RemoteState::Stopped, None, None);
+}
+
+/// The certificate authorities in a PEM file: the only ones trusted then.
+fn roots_from_file(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, RemoteError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            RemoteError::InvalidOption(format!("cannot read {}: {e}", ca_file.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(RemoteError::InvalidOption(format!(
+            "{} holds no certificate",
+            ca_file.display()
+        )));
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| RemoteError::InvalidOption(format!("{}: {e}", ca_file.display())))?;
+    }
+    Ok(roots)
 }
