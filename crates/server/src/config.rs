@@ -71,7 +71,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Messages queued for one connection before it counts as too slow and is closed.
     pub send_queue: usize,
-    /// Time a client has for the TLS and Noise handshakes.
+    /// Time a client has for each HTTP request's headers, and for the TLS and Noise handshakes.
     pub handshake_timeout: Duration,
     pub tls: TlsConfig,
     /// A file holding the master key (64 hex characters); `None` means the

@@ -65,7 +65,7 @@ struct ServeArgs {
     /// Messages queued for one connection before it counts as too slow [default: 1024].
     #[arg(long, value_name = "N")]
     send_queue: Option<usize>,
-    /// Seconds a client has for the TLS and Noise handshakes [default: 10].
+    /// Seconds a client has for its HTTP request headers, the TLS and Noise handshakes [default: 10].
     #[arg(long, value_name = "SECS")]
     handshake_timeout_secs: Option<u64>,
     /// TLS certificate chain (PEM); needs --tls-key.

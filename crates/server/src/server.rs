@@ -144,19 +144,16 @@ impl Server {
         {
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)?;
-            let mut stop = shutdown_rx.clone();
-            let graceful = async move { crate::stopped(&mut stop).await };
+            let header_timeout = config.handshake_timeout;
+            let stop = shutdown_rx.clone();
             match acceptor {
                 None => {
                     use axum::serve::ListenerExt;
                     let listener = listener.tap_io(|tcp| {
                         let _ = tcp.set_nodelay(true);
                     });
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
                     runtime.spawn(async move {
-                        if let Err(e) = serve.await {
-                            log::error(format_args!("the HTTP server failed: {e}"));
-                        }
+                        serve_http(listener, app, header_timeout, stop).await;
                         let _ = served_tx.send(());
                     });
                 }
@@ -169,11 +166,8 @@ impl Server {
                         shutdown_rx.clone(),
                     )
                     .map_err(bind_error)?;
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
                     runtime.spawn(async move {
-                        if let Err(e) = serve.await {
-                            log::error(format_args!("the HTTP server failed: {e}"));
-                        }
+                        serve_http(listener, app, header_timeout, stop).await;
                         let _ = served_tx.send(());
                     });
                 }
@@ -305,6 +299,50 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Serves HTTP/1.1 on the connections `listener` accepts until `shutdown`, then lets the
+/// requests under way finish. This is `axum::serve` plus a limit on reading each request's
+/// headers (`header_timeout`): a client that connects and sends nothing, or trickles a request
+/// byte by byte, loses its socket instead of holding it forever. Returns once every
+/// connection has ended (an upgraded WebSocket is handed off and ends its HTTP connection).
+async fn serve_http<L>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener,
+{
+    // Every connection task holds a receiver; `closed()` says when the last one is gone.
+    let (all_done, done) = watch::channel(());
+    loop {
+        let (io, _peer) = tokio::select! {
+            () = crate::stopped(&mut shutdown) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = crate::stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(done);
+        });
+    }
+    drop(done);
+    all_done.closed().await;
 }
 
 /// Compacts every hosted database's op log every `interval` until shutdown. A failure is

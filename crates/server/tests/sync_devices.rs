@@ -475,3 +475,45 @@ fn a_new_device_behind_the_servers_compacted_log_gets_a_snapshot_with_progress()
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_client_that_never_finishes_its_request_loses_its_socket_after_the_handshake_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(ServerConfig {
+        handshake_timeout: Duration::from_secs(1),
+        ..config(&dir.path().join("data"))
+    });
+    let closed_within = |stream: &mut std::net::TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    // Silent after connecting.
+    let mut silent = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    // Headers sent up to the last line, never finished.
+    let mut partial = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    partial
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    for stream in [&mut silent, &mut partial] {
+        let waited = closed_within(stream);
+        assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    }
+    // A whole request is answered as before.
+    let mut client = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    client
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
