@@ -85,6 +85,18 @@ pub enum MetaError {
     TokenUsed,
     #[error("the enrolment token expired; create a new one")]
     TokenExpired,
+    /// An administrator revoked the token before it was used.
+    #[error("the enrolment token was revoked; create a new one")]
+    TokenRevoked,
+    /// No enrolment token has this id (`admin token revoke`).
+    #[error("no enrolment token has the id {0:?}; `blazedb-server admin token list` shows them")]
+    UnknownToken(String),
+    /// A used token cannot be revoked: the device it enrolled is what must go.
+    #[error(
+        "enrolment token {id} was already used by device {device}; revoke the device instead \
+         with `blazedb-server admin device revoke {device}`"
+    )]
+    TokenAlreadyUsed { id: String, device: String },
     /// The device's key is already enrolled (it needs no token).
     #[error("device {0} is already enrolled")]
     DeviceAlreadyEnrolled(String),

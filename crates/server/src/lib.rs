@@ -43,7 +43,7 @@ pub use error::{ConfigError, MetaError, ServerError};
 pub use master_key::{DEV_KEY_FILE, KeySource, MASTER_KEY_ENV, MasterKey, ResolvedKey};
 pub use meta::{
     DATABASES_DIR, DEFAULT_ROLE, Device, MAX_TOKEN_TTL, META_FILE, MetaStore, STATIC_KEY_SETTING,
-    User, check_database_name,
+    TokenInfo, TokenState, User, check_database_name,
 };
 pub use server::{Server, ServerHandle};
 pub use util::format_date;

@@ -5,6 +5,8 @@
 //! blazedb-server serve --listen 0.0.0.0:7420 --tls-self-signed
 //! blazedb-server admin user add ada --team core --role admin
 //! blazedb-server admin token create ada --expires-in 3600   # prints only the token
+//! blazedb-server admin token list
+//! blazedb-server admin token revoke ID                      # ID from `token list`
 //! blazedb-server admin database create bugs
 //! ```
 //!
@@ -148,6 +150,13 @@ enum TokenCommand {
         /// Seconds until the token expires.
         #[arg(long, value_name = "SECS", default_value_t = 86_400)]
         expires_in: u64,
+    },
+    /// Lists tokens: id, user, expires at, state (tab-separated); never the secret.
+    List,
+    /// Revokes an unused token: enrolling with it is refused.
+    Revoke {
+        /// The token's id (32 hex characters), as `token list` shows it.
+        id: String,
     },
 }
 
@@ -354,6 +363,18 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
                 format_date(expires),
                 meta.server_keys().fingerprint()
             );
+        }
+        AdminCommand::Token(TokenCommand::List) => {
+            for token in meta.list_tokens().map_err(|e| e.to_string())? {
+                print(token.to_string())?;
+            }
+        }
+        AdminCommand::Token(TokenCommand::Revoke { id }) => {
+            let token = meta.revoke_token(&id).map_err(|e| e.to_string())?;
+            print(format!(
+                "revoked token {} of user {}; enrolling with it is refused",
+                token.id, token.user
+            ))?;
         }
         AdminCommand::Device(DeviceCommand::List) => {
             for device in meta.list_devices().map_err(|e| e.to_string())? {

@@ -8,7 +8,7 @@
 //! |-------------|--------|
 //! | `users`     | `name`, `teams` (array of strings), `role`, `created_at` |
 //! | `devices`   | `key` (hex of the Noise static public key), `fingerprint`, `suite`, `user`, `enrolled_at`, `revoked`, `token_id` |
-//! | `tokens`    | `token_id` (hex), `secret_hash` (SHA-256 of the secret, bytes), `user`, `created_at`, `expires_at`, `used`, `used_by` |
+//! | `tokens`    | `token_id` (hex), `secret_hash` (SHA-256 of the secret, bytes), `user`, `created_at`, `expires_at`, `used`, `used_by`, `revoked` (absent: false), `revoked_at` |
 //! | `databases` | `name`, `created_at` |
 //!
 //! Record ids are derived from the natural key (user name, device key, token id, database
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blazedb_core::{Database, Date, Error as CoreError, Record, Uuid, Value, fields};
-use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::enrol::{EnrolmentToken, TOKEN_ID_LEN};
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -97,6 +97,56 @@ impl fmt::Display for Device {
             format_date(self.enrolled_at),
             if self.revoked { "revoked" } else { "active" },
             self.suite
+        )
+    }
+}
+
+/// Where an enrolment token stands, as [`MetaStore::list_tokens`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// Not used, not revoked, not expired: it can still enrol a device.
+    Unused,
+    /// It enrolled the device with this fingerprint.
+    Used { device: String },
+    /// Never used, and past its expiry.
+    Expired,
+    /// Revoked by an administrator before it was used.
+    Revoked,
+}
+
+impl fmt::Display for TokenState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenState::Unused => f.write_str("unused"),
+            TokenState::Used { device } => write!(f, "used by {device}"),
+            TokenState::Expired => f.write_str("expired"),
+            TokenState::Revoked => f.write_str("revoked"),
+        }
+    }
+}
+
+/// An enrolment token as an administrator sees it. It has neither the secret (never stored)
+/// nor its hash, so a listing cannot help anyone forge a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The token's id in hex (32 characters), as [`MetaStore::revoke_token`] takes it.
+    pub id: String,
+    pub user: String,
+    pub created: Date,
+    pub expires: Date,
+    pub state: TokenState,
+}
+
+impl fmt::Display for TokenInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}\t{}\t{}\t{}",
+            self.id,
+            self.user,
+            format_date(self.expires),
+            self.state
         )
     }
 }
@@ -198,6 +248,15 @@ fn field_bool(record: &Record, collection: &str, field: &str) -> Result<bool, Me
     }
 }
 
+/// A flag added after the first stores were made: absent reads as false.
+fn field_flag(record: &Record, collection: &str, field: &str) -> Result<bool, MetaError> {
+    match record.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        _ => Err(corrupt(collection, field)),
+    }
+}
+
 fn field_date(record: &Record, collection: &str, field: &str) -> Result<Date, MetaError> {
     match record.get(field) {
         Some(Value::Date(d)) => Ok(*d),
@@ -220,6 +279,31 @@ fn user_from(record: &Record) -> Result<User, MetaError> {
         name: field_str(record, USERS, "name")?,
         teams,
         role: field_str(record, USERS, "role")?,
+    })
+}
+
+/// A token's public view at time `now`. A used token shows as used even if revoked or expired
+/// since, because the device it enrolled is what matters then; a revoked one shows as revoked
+/// even once past its expiry, because that was the administrator's decision.
+fn token_from(record: &Record, now: Date) -> Result<TokenInfo, MetaError> {
+    let expires = field_date(record, TOKENS, "expires_at")?;
+    let state = if field_bool(record, TOKENS, "used")? {
+        TokenState::Used {
+            device: field_str(record, TOKENS, "used_by")?,
+        }
+    } else if field_flag(record, TOKENS, "revoked")? {
+        TokenState::Revoked
+    } else if expires <= now {
+        TokenState::Expired
+    } else {
+        TokenState::Unused
+    };
+    Ok(TokenInfo {
+        id: field_str(record, TOKENS, "token_id")?,
+        user: field_str(record, TOKENS, "user")?,
+        created: field_date(record, TOKENS, "created_at")?,
+        expires,
+        state,
     })
 }
 
@@ -498,6 +582,11 @@ impl MetaStore {
                 Ok(false) => {}
                 Err(e) => return Ok(Err(e)),
             }
+            match field_flag(&stored, TOKENS, "revoked") {
+                Ok(true) => return Ok(Err(MetaError::TokenRevoked)),
+                Ok(false) => {}
+                Err(e) => return Ok(Err(e)),
+            }
             match field_date(&stored, TOKENS, "expires_at") {
                 Ok(expires) if expires <= Date::now() => return Ok(Err(MetaError::TokenExpired)),
                 Ok(_) => {}
@@ -540,6 +629,61 @@ impl MetaStore {
                 },
             )?;
             Ok(Ok(user))
+        })?
+    }
+
+    /// Every enrolment token, used or not, by user and creation time.
+    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, MetaError> {
+        let now = Date::now();
+        let mut tokens = self
+            .db
+            .fetch_all(TOKENS)?
+            .iter()
+            .map(|r| token_from(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        tokens.sort_by(|a, b| (&a.user, a.created, &a.id).cmp(&(&b.user, b.created, &b.id)));
+        Ok(tokens)
+    }
+
+    /// Revokes the unused token with this id (hex, either case, as [`Self::list_tokens`] shows
+    /// it), so that enrolling with it is refused with [`MetaError::TokenRevoked`]. Revoking
+    /// twice, or revoking an expired token, is harmless. A used token cannot be revoked
+    /// ([`MetaError::TokenAlreadyUsed`]): revoke the device it enrolled instead.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenInfo, MetaError> {
+        let unknown = || MetaError::UnknownToken(id.to_owned());
+        let bytes = from_hex(id.trim())
+            .filter(|b| b.len() == TOKEN_ID_LEN)
+            .ok_or_else(unknown)?;
+        let token_record = record_id(TOKENS, &bytes);
+        // One transaction, so a device enrolling at the same moment either wins (and the
+        // token is reported used) or is refused.
+        self.db.transaction(|tx| {
+            let Some(stored) = tx.get(TOKENS, token_record)? else {
+                return Ok(Err(unknown()));
+            };
+            let info = match token_from(&stored, Date::now()) {
+                Ok(info) => info,
+                Err(e) => return Ok(Err(e)),
+            };
+            match info.state {
+                TokenState::Used { device } => {
+                    return Ok(Err(MetaError::TokenAlreadyUsed {
+                        id: info.id,
+                        device,
+                    }));
+                }
+                TokenState::Revoked => return Ok(Ok(info)),
+                _ => {}
+            }
+            tx.update(
+                TOKENS,
+                token_record,
+                fields! { "revoked" => true, "revoked_at" => Date::now() },
+            )?;
+            Ok(Ok(TokenInfo {
+                state: TokenState::Revoked,
+                ..info
+            }))
         })?
     }
 
@@ -880,6 +1024,143 @@ mod tests {
         // The refused attempt did not use the token up.
         let other = device_key(suite);
         store.enrol_device(&token, &other, suite).unwrap();
+    }
+
+    /// The id of a token's text, as `token list` shows it.
+    fn id_of(text: &str) -> String {
+        EnrolmentToken::parse(text).unwrap().id_hex()
+    }
+
+    #[test]
+    fn the_token_list_shows_unused_used_expired_and_revoked_tokens_without_secrets() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        store.add_user("bob", &[], None).unwrap();
+        let suite = store.server_keys().suite();
+        let unused = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        let used = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        let key = device_key(suite);
+        store.enrol_device(&used, &key, suite).unwrap();
+        let revoked = store.create_token("bob", Duration::from_secs(60)).unwrap();
+        store.revoke_token(&id_of(&revoked)).unwrap();
+        let expired = store.create_token("bob", Duration::from_millis(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+
+        let listed = store.list_tokens().unwrap();
+        // Tokens made in the same millisecond have no order among themselves.
+        let mut states: Vec<_> = listed
+            .iter()
+            .map(|t| (t.user.as_str(), t.id.clone(), t.state.clone()))
+            .collect();
+        states.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut expected = [
+            ("ada", id_of(&unused), TokenState::Unused),
+            (
+                "ada",
+                id_of(&used),
+                TokenState::Used {
+                    device: fingerprint(&key),
+                },
+            ),
+            ("bob", id_of(&revoked), TokenState::Revoked),
+            ("bob", id_of(&expired), TokenState::Expired),
+        ];
+        expected.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        assert_eq!(states, expected);
+        assert_eq!(
+            listed.iter().map(|t| t.user.as_str()).collect::<Vec<_>>(),
+            ["ada", "ada", "bob", "bob"]
+        );
+        let used_info = listed.iter().find(|t| t.id == id_of(&used)).unwrap();
+        assert!(used_info.expires > Date::now());
+        let line = used_info.to_string();
+        assert_eq!(
+            line,
+            format!(
+                "{}\tada\t{}\tused by {}",
+                id_of(&used),
+                format_date(used_info.expires),
+                fingerprint(&key)
+            )
+        );
+
+        let shown = format!(
+            "{listed:?} {}",
+            listed.iter().map(|t| t.to_string()).collect::<String>()
+        );
+        for text in [&unused, &used, &revoked, &expired] {
+            let token = EnrolmentToken::parse(text).unwrap();
+            assert!(!shown.contains(&text[5..]));
+            assert!(!shown.contains(&to_hex(&token.secret_hash())));
+        }
+    }
+
+    #[test]
+    fn a_revoked_token_cannot_enrol_and_the_refusal_says_revoked() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        let suite = store.server_keys().suite();
+        let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        // Ids are taken in either case and revoking twice is harmless.
+        let info = store.revoke_token(&id_of(&token).to_uppercase()).unwrap();
+        assert_eq!(info.state, TokenState::Revoked);
+        assert_eq!(info.user, "ada");
+        store.revoke_token(&id_of(&token)).unwrap();
+
+        let key = device_key(suite);
+        let err = store.enrol_device(&token, &key, suite).unwrap_err();
+        assert!(matches!(err, MetaError::TokenRevoked), "{err}");
+        assert!(
+            err.to_string().contains("the enrolment token was revoked"),
+            "{err}"
+        );
+        assert_eq!(store.device(&key).unwrap(), None);
+
+        // An expired token can be revoked too, and then reads as revoked.
+        let expired = store.create_token("ada", Duration::from_millis(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store.revoke_token(&id_of(&expired)).unwrap();
+        assert!(matches!(
+            store.enrol_device(&expired, &key, suite),
+            Err(MetaError::TokenRevoked)
+        ));
+    }
+
+    #[test]
+    fn revoking_an_unknown_or_malformed_token_id_is_an_error_naming_it() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        store.create_token("ada", Duration::from_secs(60)).unwrap();
+        for id in ["00112233445566778899aabbccddeeff", "nonsense", ""] {
+            let err = store.revoke_token(id).unwrap_err();
+            assert!(matches!(err, MetaError::UnknownToken(_)), "{err}");
+            assert!(err.to_string().contains(&format!("{id:?}")), "{err}");
+        }
+        assert_eq!(store.list_tokens().unwrap()[0].state, TokenState::Unused);
+    }
+
+    #[test]
+    fn a_used_token_cannot_be_revoked_and_the_error_points_at_its_device() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        let suite = store.server_keys().suite();
+        let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
+        let key = device_key(suite);
+        store.enrol_device(&token, &key, suite).unwrap();
+        let err = store.revoke_token(&id_of(&token)).unwrap_err();
+        assert!(matches!(err, MetaError::TokenAlreadyUsed { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("already used"), "{text}");
+        assert!(
+            text.contains(&format!("device revoke {}", fingerprint(&key))),
+            "{text}"
+        );
+        // Nothing changed: the token still reads as used and the device is still active.
+        assert!(matches!(
+            store.list_tokens().unwrap()[0].state,
+            TokenState::Used { .. }
+        ));
+        assert!(!store.device(&key).unwrap().unwrap().revoked);
     }
 
     #[test]

@@ -79,6 +79,79 @@ fn a_token_for_an_unknown_user_is_refused() {
 }
 
 #[test]
+fn tokens_are_listed_and_an_unused_one_can_be_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["admin", "user", "add", "ada"]);
+    ok(&data, &["admin", "user", "add", "bob"]);
+    assert_eq!(ok(&data, &["admin", "token", "list"]), "");
+    let first = ok(&data, &["admin", "token", "create", "ada"]);
+    let second = ok(&data, &["admin", "token", "create", "bob"]);
+    let first_id = EnrolmentToken::parse(&first).unwrap().id_hex();
+    let second_id = EnrolmentToken::parse(&second).unwrap().id_hex();
+
+    let listed = ok(&data, &["admin", "token", "list"]);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].starts_with(&format!("{first_id}\tada\t")),
+        "{listed}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{second_id}\tbob\t")),
+        "{listed}"
+    );
+    assert!(lines.iter().all(|l| l.ends_with("Z\tunused")), "{listed}");
+    // The listing never shows a token's secret.
+    assert!(!listed.contains(&first.trim()[5..]), "{listed}");
+    assert!(!listed.contains(&second.trim()[5..]), "{listed}");
+
+    let revoked = ok(&data, &["admin", "token", "revoke", &first_id]);
+    assert!(
+        revoked.contains(&format!("revoked token {first_id} of user ada")),
+        "{revoked}"
+    );
+    let listed = ok(&data, &["admin", "token", "list"]);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].ends_with("\trevoked"), "{listed}");
+    assert!(lines[1].ends_with("\tunused"), "{listed}");
+
+    // The running server (here: this process's open store) refuses it at once.
+    let meta =
+        MetaStore::open_or_create(&data, &MasterKey::from_hex(KEY, "test").unwrap()).unwrap();
+    let suite = meta.server_keys().suite();
+    let device = StaticKeys::generate(suite).unwrap();
+    let err = meta
+        .enrol_device(&first, device.public(), suite)
+        .unwrap_err();
+    assert!(err.to_string().contains("was revoked"), "{err}");
+    meta.enrol_device(&second, device.public(), suite).unwrap();
+}
+
+#[test]
+fn revoking_an_unknown_token_fails_with_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(
+        &data,
+        &[
+            "admin",
+            "token",
+            "revoke",
+            "00112233445566778899aabbccddeeff",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no enrolment token has the id \"00112233445566778899aabbccddeeff\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn databases_are_created_and_listed_and_bad_names_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
