@@ -132,7 +132,9 @@ impl Database {
 
     /// Up to `max_records` records (at least one) of a snapshot, tombstones included, in a
     /// fixed order, after `after` (`None` for the first page), with the key to pass to the next
-    /// call (`None` after the last page).
+    /// call (`None` after the last page). The page also ends after the record that brings its
+    /// size to `max_bytes` or more, counting each record's encoded state as stored, its
+    /// collection name and its 16-byte id: what it costs in a message.
     ///
     /// Pages are read one at a time, and writes may commit between them: a page can then hold
     /// newer states than the snapshot's position. That is fine, because joining states is
@@ -144,6 +146,7 @@ impl Database {
         &self,
         after: Option<&SnapshotKey>,
         max_records: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<SnapshotRecord>, Option<SnapshotKey>)> {
         let core = self.read()?;
         let (coll, id) = match after {
@@ -162,16 +165,21 @@ impl Database {
         let mut rows = stmt.query(params![coll, id, limit])?;
         let mut page = Vec::new();
         let mut last = None;
+        let mut bytes = 0;
         while let Some(row) = rows.next()? {
-            if page.len() == max_records {
+            if page.len() == max_records || bytes >= max_bytes {
+                // A row after the full page: there is more.
                 return Ok((page, last));
             }
             let coll: i64 = row.get(1)?;
             let id = uuid_from(row.get_ref(2)?.as_blob()?)?;
+            let collection: String = row.get(0)?;
+            let state = row.get_ref(3)?.as_blob()?;
+            bytes += state.len() + collection.len() + 16;
             page.push(SnapshotRecord {
-                collection: row.get(0)?,
+                collection,
                 id,
-                state: decode_record_state(row.get_ref(3)?.as_blob()?)?,
+                state: decode_record_state(state)?,
             });
             last = Some(SnapshotKey { coll, id });
         }
@@ -295,7 +303,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut key = None;
         loop {
-            let (page, next) = db.snapshot_page(key.as_ref(), 2).unwrap();
+            let (page, next) = db.snapshot_page(key.as_ref(), 2, usize::MAX).unwrap();
             assert!(page.len() <= 2);
             seen.extend(page);
             match next {
@@ -311,7 +319,13 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), 9);
         // A page as large as the rest says it is the last one.
-        let (page, next) = db.snapshot_page(None, 9).unwrap();
+        let (page, next) = db.snapshot_page(None, 9, usize::MAX).unwrap();
+        assert_eq!((page.len(), next), (9, None));
+        // A byte budget ends a page after the record that reaches it, never before the first.
+        let (page, next) = db.snapshot_page(None, 9, 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(next.is_some());
+        let (page, next) = db.snapshot_page(None, 9, 1 << 20).unwrap();
         assert_eq!((page.len(), next), (9, None));
     }
 }

@@ -22,7 +22,7 @@ fn snapshot_pages(from: &Database, page: usize) -> Vec<Vec<SnapshotRecord>> {
     let mut pages = Vec::new();
     let mut key = None;
     loop {
-        let (records, next) = from.snapshot_page(key.as_ref(), page).unwrap();
+        let (records, next) = from.snapshot_page(key.as_ref(), page, usize::MAX).unwrap();
         assert!(records.len() <= page);
         pages.push(records);
         match next {
@@ -469,7 +469,7 @@ fn snapshot_then_operations(seed: u64, steps: usize) {
             a.apply_remote(&pending[..n]).unwrap();
             pending = &pending[n..];
         }
-        let (records, next) = a.snapshot_page(key.as_ref(), page).unwrap();
+        let (records, next) = a.snapshot_page(key.as_ref(), page, usize::MAX).unwrap();
         b.transaction(|tx| {
             tx.apply_snapshot(a.node_id(), &records)?;
             if next.is_none() {

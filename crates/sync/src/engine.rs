@@ -1422,27 +1422,9 @@ impl Worker {
             Some(s) => (None, s.after.clone()),
             None => (Some(self.db.snapshot_info()?), None),
         };
-        let mut records: Vec<SnapshotRecord> = Vec::new();
-        let mut bytes = 0;
-        let mut next = after;
-        loop {
-            let want = SNAPSHOT_PART_RECORDS - records.len();
-            let (page, key) = self.db.snapshot_page(next.as_ref(), want)?;
-            bytes += page
-                .iter()
-                .map(|r| {
-                    blazedb_format::encode_record_state(&r.state).len() + r.collection.len() + 18
-                })
-                .sum::<usize>();
-            records.extend(page);
-            next = key;
-            if next.is_none()
-                || records.len() >= SNAPSHOT_PART_RECORDS
-                || bytes >= SNAPSHOT_PART_BYTES
-            {
-                break;
-            }
-        }
+        let (records, next) =
+            self.db
+                .snapshot_page(after.as_ref(), SNAPSHOT_PART_RECORDS, SNAPSHOT_PART_BYTES)?;
         let Some(conn) = self.connections.get_mut(&id) else {
             return Ok(false);
         };

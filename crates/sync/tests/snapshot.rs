@@ -264,7 +264,9 @@ fn parts_of(source: &Database, per_part: usize) -> Vec<Message> {
     let mut parts = Vec::new();
     let mut after = None;
     loop {
-        let (records, next) = source.snapshot_page(after.as_ref(), per_part).unwrap();
+        let (records, next) = source
+            .snapshot_page(after.as_ref(), per_part, usize::MAX)
+            .unwrap();
         let last = next.is_none();
         parts.push(Message::Snapshot {
             position: info.position,
