@@ -152,10 +152,7 @@ impl Server {
                     let listener = listener.tap_io(|tcp| {
                         let _ = tcp.set_nodelay(true);
                     });
-                    runtime.spawn(async move {
-                        serve_http(listener, app, header_timeout, stop).await;
-                        let _ = served_tx.send(());
-                    });
+                    runtime.spawn(serve_http(listener, app, header_timeout, stop, served_tx));
                 }
                 Some(acceptor) => {
                     let listener = crate::tls::listen(
@@ -166,10 +163,7 @@ impl Server {
                         shutdown_rx.clone(),
                     )
                     .map_err(bind_error)?;
-                    runtime.spawn(async move {
-                        serve_http(listener, app, header_timeout, stop).await;
-                        let _ = served_tx.send(());
-                    });
+                    runtime.spawn(serve_http(listener, app, header_timeout, stop, served_tx));
                 }
             }
         }
@@ -305,12 +299,14 @@ impl Drop for ServerHandle {
 /// requests under way finish. This is `axum::serve` plus a limit on reading each request's
 /// headers (`header_timeout`): a client that connects and sends nothing, or trickles a request
 /// byte by byte, loses its socket instead of holding it forever. Returns once every
-/// connection has ended (an upgraded WebSocket is handed off and ends its HTTP connection).
+/// connection has ended (an upgraded WebSocket is handed off and ends its HTTP connection),
+/// and says so on `served`.
 async fn serve_http<L>(
     mut listener: L,
     app: Router,
     header_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
+    served: std_mpsc::Sender<()>,
 ) where
     L: axum::serve::Listener,
 {
@@ -343,6 +339,7 @@ async fn serve_http<L>(
     }
     drop(done);
     all_done.closed().await;
+    let _ = served.send(());
 }
 
 /// Compacts every hosted database's op log every `interval` until shutdown. A failure is
