@@ -15,6 +15,13 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts that the command failed with exit code 1; returns what it printed on stderr.
+fn failed(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
 #[test]
 fn users_added_with_teams_and_a_role_are_listed() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,8 +44,8 @@ fn adding_a_user_twice_fails_with_a_clear_message() {
     let data = dir.path().join("data");
     ok(&data, &["admin", "user", "add", "ada"]);
     let out = run(&data, &["admin", "user", "add", "ada"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let err = failed(&out);
+    assert!(err.contains("already exists"), "{err}");
 }
 
 #[test]
@@ -69,13 +76,9 @@ fn a_token_for_an_unknown_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = run(&data, &["admin", "token", "create", "nobody"]);
-    assert_eq!(out.status.code(), Some(1));
+    let err = failed(&out);
     assert!(out.stdout.is_empty());
-    assert!(
-        stderr(&out).contains("no user named \"nobody\""),
-        "{}",
-        stderr(&out)
-    );
+    assert!(err.contains("no user named \"nobody\""), "{err}");
 }
 
 #[test]
@@ -141,9 +144,8 @@ fn revoking_an_unknown_token_fails_with_a_one_line_error() {
             "00112233445566778899aabbccddeeff",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    let err = failed(&out);
     assert!(out.stdout.is_empty());
-    let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("no enrolment token has the id \"00112233445566778899aabbccddeeff\""),
@@ -165,12 +167,8 @@ fn databases_are_created_and_listed_and_bad_names_refused() {
     let out = run(&data, &["admin", "database", "create", "bugs"]);
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     let out = run(&data, &["admin", "database", "create", "../escape"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("invalid database name"),
-        "{}",
-        stderr(&out)
-    );
+    let err = failed(&out);
+    assert!(err.contains("invalid database name"), "{err}");
     assert!(!dir.path().join("escape.blazedb").exists());
 }
 
@@ -203,12 +201,8 @@ fn enrolled_devices_are_listed_and_can_be_revoked_by_fingerprint() {
     assert!(meta.device(device.public()).unwrap().unwrap().revoked);
 
     let out = run(&data, &["admin", "device", "revoke", "0123456789abcdef"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no enrolled device"),
-        "{}",
-        stderr(&out)
-    );
+    let err = failed(&out);
+    assert!(err.contains("no enrolled device"), "{err}");
 }
 
 #[test]
@@ -222,8 +216,7 @@ fn a_wrong_master_key_is_refused_with_a_clear_error() {
         .env("BLAZEDB_MASTER_KEY", "ff".repeat(32))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = failed(&out);
     assert!(err.contains("the master key does not open"), "{err}");
     assert!(err.contains("server.blazedb"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -240,8 +233,7 @@ fn a_forgotten_master_key_is_refused_and_leaves_no_development_key_behind() {
         .env_remove("BLAZEDB_MASTER_KEY")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = failed(&out);
     assert!(
         err.contains("created with a master key that is not given"),
         "{err}"
@@ -298,12 +290,8 @@ fn a_key_file_is_used_and_one_inside_the_data_folder_is_refused() {
     let out = with_file(&outside);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = with_file(&inside);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("inside the data folder"),
-        "{}",
-        stderr(&out)
-    );
+    let err = failed(&out);
+    assert!(err.contains("inside the data folder"), "{err}");
     // The file and the environment variable give the same key.
     ok(&data, &["admin", "user", "add", "ada"]);
     assert_eq!(
@@ -338,8 +326,8 @@ fn a_configuration_file_sets_the_data_folder_and_unknown_keys_are_refused() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("listen_on"), "{}", stderr(&out));
+    let err = failed(&out);
+    assert!(err.contains("listen_on"), "{err}");
 }
 
 #[test]

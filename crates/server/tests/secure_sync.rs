@@ -433,25 +433,10 @@ fn devices_behind_a_proxy_that_cuts_and_delays_traffic_converge() {
     let proxy = fault_proxy::start(&rt, server.local_addr(), 11, 4_000, 2);
     let url = format!("ws://{}", proxy.address);
     let devices: Vec<_> = (0..2).map(|_| device(&url, &token(&server))).collect();
-    for round in 0..15 {
-        for (n, (db, _)) in devices.iter().enumerate() {
-            db.transaction(|tx| {
-                for i in 0..10 {
-                    tx.insert(
-                        "bugs",
-                        fields! {"device" => n as i64, "round" => round, "i" => i},
-                    )?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let dbs: Vec<&Database> = devices.iter().map(|(db, _)| db).collect();
+    fault_proxy::write_rounds(&dbs, 15, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(200));
-    proxy
-        .faulty
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    proxy.heal();
     for _ in 0..2 {
         for (_, sync) in &devices {
             sync.wait_synced(WAIT, |_| {}).unwrap();

@@ -12,8 +12,8 @@ use blazedb_protocol::enrol::EnrolmentToken;
 use blazedb_protocol::secure::{StaticKeys, Suite};
 use blazedb_protocol::{CloseCode, Message};
 use blazedb_sync::remote::{
-    RelayOptions, RemoteError, RemoteNode, RemoteOptions, RemoteState, SyncExt, accept_handshake,
-    websocket_config,
+    RelayOptions, RemoteError, RemoteNode, RemoteOptions, RemoteState, RemoteSync, SyncExt,
+    accept_handshake, websocket_config,
 };
 use blazedb_sync::{ConnectOptions, SyncEngine};
 use tokio::net::TcpListener;
@@ -112,6 +112,18 @@ impl TestServer {
     fn token(&self) -> String {
         EnrolmentToken::generate(&self.keys).unwrap().encode()
     }
+
+    /// Syncs `db` with this server at `url` (the server's own, or a proxy's), enrolling it
+    /// with a fresh token.
+    fn sync_at(&self, db: &Database, url: String) -> RemoteSync {
+        db.enable_sync(RemoteNode::new(url, DB), fast().enroll(self.token()))
+            .unwrap()
+    }
+
+    /// Syncs `db` with this server directly.
+    fn sync(&self, db: &Database) -> RemoteSync {
+        self.sync_at(db, self.url())
+    }
 }
 
 fn fast() -> RemoteOptions {
@@ -127,18 +139,8 @@ fn two_devices_converge_through_a_server() {
     let server = TestServer::start();
     let alice = Database::in_memory().unwrap();
     let bob = Database::in_memory().unwrap();
-    let a = alice
-        .enable_sync(
-            RemoteNode::new(server.url(), DB),
-            fast().enroll(server.token()),
-        )
-        .unwrap();
-    let b = bob
-        .enable_sync(
-            RemoteNode::new(server.url(), DB),
-            fast().enroll(server.token()),
-        )
-        .unwrap();
+    let a = server.sync(&alice);
+    let b = server.sync(&bob);
     let id = alice
         .insert("bugs", fields! {"title" => "Crash on launch"})
         .unwrap();
@@ -196,12 +198,7 @@ fn a_server_with_another_key_than_the_token_names_is_refused() {
 fn a_device_reconnects_after_the_connection_breaks_and_loses_nothing() {
     let server = TestServer::start();
     let db = Database::in_memory().unwrap();
-    let sync = db
-        .enable_sync(
-            RemoteNode::new(server.url(), DB),
-            fast().enroll(server.token()),
-        )
-        .unwrap();
+    let sync = server.sync(&db);
     sync.wait_synced(Duration::from_secs(5), |_| {}).unwrap();
     for round in 0..3 {
         for i in 0..50 {
@@ -232,34 +229,13 @@ fn devices_behind_a_proxy_that_cuts_connections_at_random_bytes_converge() {
     // Enrol directly (the proxy may cut the enrolment itself; that is tested below too).
     let syncs: Vec<_> = devices
         .iter()
-        .map(|db| {
-            db.enable_sync(
-                RemoteNode::new(url.clone(), DB),
-                fast().enroll(server.token()),
-            )
-            .unwrap()
-        })
+        .map(|db| server.sync_at(db, url.clone()))
         .collect();
-    for round in 0..20 {
-        for (n, db) in devices.iter().enumerate() {
-            db.transaction(|tx| {
-                for i in 0..10 {
-                    tx.insert(
-                        "bugs",
-                        fields! {"device" => n as i64, "round" => round, "i" => i},
-                    )?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(15));
-    }
+    let dbs: Vec<&Database> = devices.iter().collect();
+    fault_proxy::write_rounds(&dbs, 20, Duration::from_millis(15));
     // Let the proxy behave, so that every device can finish.
     std::thread::sleep(Duration::from_millis(300));
-    proxy
-        .faulty
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    proxy.heal();
     for sync in &syncs {
         sync.wait_synced(Duration::from_secs(20), |_| {}).unwrap();
     }
@@ -292,12 +268,7 @@ fn a_new_device_reports_catch_up_progress_against_the_servers_head() {
     }
     let head = server.db.oplog_head().unwrap();
     let db = Database::in_memory().unwrap();
-    let sync = db
-        .enable_sync(
-            RemoteNode::new(server.url(), DB),
-            fast().enroll(server.token()),
-        )
-        .unwrap();
+    let sync = server.sync(&db);
     let mut seen = Vec::new();
     let status = sync
         .wait_synced(Duration::from_secs(20), |s| {

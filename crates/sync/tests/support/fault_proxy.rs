@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use blazedb_core::{Database, fields};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +22,33 @@ pub struct FaultProxy {
     pub address: SocketAddr,
     pub faulty: Arc<AtomicBool>,
     pub cuts: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    /// Stops cutting and delaying: from now on the proxy passes traffic through.
+    pub fn heal(&self) {
+        self.faulty.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Writes `rounds` transactions of 10 bugs into each database, sleeping `pause` between
+/// rounds, so that traffic keeps crossing the proxy while it misbehaves.
+pub fn write_rounds(dbs: &[&Database], rounds: i64, pause: Duration) {
+    for round in 0..rounds {
+        for (n, db) in dbs.iter().enumerate() {
+            db.transaction(|tx| {
+                for i in 0..10 {
+                    tx.insert(
+                        "bugs",
+                        fields! {"device" => n as i64, "round" => round, "i" => i},
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        std::thread::sleep(pause);
+    }
 }
 
 /// Starts a proxy to `target` on `runtime`: while `faulty`, each connection is cut after
