@@ -103,6 +103,27 @@ pub enum MetaError {
     /// The device's key was revoked; it cannot enrol again with the same key.
     #[error("device {0} was revoked; it must make a new key pair to enrol again")]
     DeviceRevoked(String),
+    /// A device said hello with a node id other than the one bound to its key.
+    #[error(
+        "device {device} is node {bound}, but it said hello as node {claimed}; a device may \
+         sync only as the node it first synced as"
+    )]
+    NodeMismatch {
+        device: String,
+        bound: String,
+        claimed: String,
+    },
+    /// A device said hello with a node id bound to another device's key: its database file
+    /// is a copy of that device's (or it forges that device's identity).
+    #[error(
+        "node {node} belongs to device {owner}, not to device {device}: this database file is a \
+         copy of another device's, and a copy cannot sync as the original"
+    )]
+    NodeTaken {
+        node: String,
+        owner: String,
+        device: String,
+    },
     /// A stored record does not have the shape this server writes.
     #[error("the meta store is damaged: {0}")]
     Corrupt(String),

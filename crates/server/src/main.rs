@@ -3,6 +3,7 @@
 //! ```text
 //! blazedb-server                                  # serve with defaults (127.0.0.1:7420)
 //! blazedb-server serve --listen 0.0.0.0:7420 --tls-self-signed
+//! blazedb-server admin init                                 # a new data folder
 //! blazedb-server admin user add ada --team core --role admin
 //! blazedb-server admin token create ada --expires-in 3600   # prints only the token
 //! blazedb-server admin token list
@@ -19,7 +20,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use blazedb_server::{
-    ConfigOverrides, MasterKey, MetaStore, Server, ServerConfig, ServerError, format_date,
+    ConfigOverrides, META_FILE, MasterKey, MetaStore, Server, ServerConfig, ServerError,
+    format_date,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -112,6 +114,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
+    /// Creates a new data folder and the server's identity (its key pair). The other admin
+    /// commands refuse a folder that holds no server, so that a mistyped --data-dir cannot
+    /// start a second, empty one.
+    Init,
     /// Users.
     #[command(subcommand)]
     User(UserCommand),
@@ -316,12 +322,35 @@ impl Signals {
 
 fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
     let config = load_config(common, ServeArgs::default())?;
+    let store = config.data_dir.join(META_FILE);
+    let existed = store.exists();
+    // Checked before the master key is resolved: in development mode resolving it writes a
+    // key into the folder.
+    if !existed && !matches!(command, AdminCommand::Init) {
+        return Err(format!(
+            "{} holds no BlazeDB server (there is no {META_FILE}); check --data-dir, or make a \
+             new server there with `blazedb-server admin init`",
+            config.data_dir.display()
+        ));
+    }
     let key = master_key(&config)?;
     let meta = MetaStore::open_or_create(&config.data_dir, &key).map_err(|e| e.to_string())?;
     drop(key);
     let mut out = std::io::stdout().lock();
     let mut print = |line: String| writeln!(out, "{line}").map_err(|e| e.to_string());
     match command {
+        AdminCommand::Init => {
+            print(format!(
+                "{} server in {} (server key {})",
+                if existed {
+                    "there already is a"
+                } else {
+                    "created a new"
+                },
+                config.data_dir.display(),
+                meta.server_keys().fingerprint()
+            ))?;
+        }
         AdminCommand::User(UserCommand::Add { name, teams, role }) => {
             let user = meta
                 .add_user(&name, &teams, role.as_deref())

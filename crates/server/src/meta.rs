@@ -7,7 +7,8 @@
 //! | collection  | fields |
 //! |-------------|--------|
 //! | `users`     | `name`, `teams` (array of strings), `role`, `created_at` |
-//! | `devices`   | `key` (hex of the Noise static public key), `fingerprint`, `suite`, `user`, `enrolled_at`, `revoked`, `token_id` |
+//! | `devices`   | `key` (hex of the Noise static public key), `fingerprint`, `suite`, `user`, `enrolled_at`, `revoked`, `token_id`, `node` (the node id it syncs as, bound at its first `Hello`; absent until then) |
+//! | `nodes`     | `device` (fingerprint), `key` (hex): the device a node id is bound to (record id from the node id) |
 //! | `tokens`    | `token_id` (hex), `secret_hash` (SHA-256 of the secret, bytes), `user`, `created_at`, `expires_at`, `used`, `used_by`, `revoked` (absent: false), `revoked_at` |
 //! | `databases` | `name`, `created_at` |
 //!
@@ -23,10 +24,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use blazedb_core::{Database, Date, Error as CoreError, Record, Uuid, Value, fields};
+use blazedb_core::{Database, Date, Error as CoreError, NodeId, Record, Uuid, Value, fields};
 use blazedb_protocol::enrol::{EnrolmentToken, TOKEN_ID_LEN};
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
 use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
 
 use crate::error::MetaError;
@@ -50,6 +52,9 @@ const USERS: &str = "users";
 const DEVICES: &str = "devices";
 const TOKENS: &str = "tokens";
 const DATABASES: &str = "databases";
+/// Node id → the device key it is bound to (record id from the node id), so that a node id
+/// belongs to one device at most.
+const NODES: &str = "nodes";
 
 /// Database names longer than this are stored under a hashed file name, so that the file
 /// name and SQLite's `-wal`/`-shm` companions stay within 255 bytes.
@@ -73,6 +78,8 @@ pub struct Device {
     pub enrolled_at: Date,
     /// A revoked device is refused at its next connection.
     pub revoked: bool,
+    /// The node id the device syncs as, bound at its first `Hello` after enrolment.
+    pub node: Option<NodeId>,
 }
 
 impl Device {
@@ -321,32 +328,82 @@ fn device_from(record: &Record) -> Result<Device, MetaError> {
         user: field_str(record, DEVICES, "user")?,
         enrolled_at: field_date(record, DEVICES, "enrolled_at")?,
         revoked: field_bool(record, DEVICES, "revoked")?,
+        // Devices enrolled before node binding have none until their next `Hello`.
+        node: match record.get("node") {
+            None | Some(Value::Null) => None,
+            Some(Value::Uuid(id)) => Some(NodeId(*id)),
+            Some(_) => return Err(corrupt(DEVICES, "node")),
+        },
     })
 }
 
-/// Checks a user, team or role name: 1 to 128 bytes, no control characters, no surrounding
-/// spaces.
-fn check_label(what: &'static str, name: &str) -> Result<(), MetaError> {
+/// Characters that show nothing (or reorder what is shown) although they change a name:
+/// Unicode's default-ignorable code points (zero-width spaces and joiners, bidirectional
+/// marks, embeddings, overrides and isolates, variation selectors, tags, fillers, the byte
+/// order mark). A name with one of them could pass for another name.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// Checks a user, team or role name and returns it in Unicode NFKC form (so that look-alikes
+/// such as full-width letters or ligatures are one name): 1 to 128 bytes, no control,
+/// invisible or bidirectional-control characters, no space other than U+0020, none at either
+/// end. Team names cannot contain a comma either (`user list` separates teams with commas).
+pub(crate) fn normalize_label(what: &'static str, name: &str) -> Result<String, MetaError> {
     let bad = |reason| {
         Err(MetaError::InvalidName {
             what,
-            name: name.to_owned(),
+            // Escaped, so that the error shows what is hidden in the name.
+            name: name.escape_debug().to_string(),
             reason,
         })
     };
+    if name.chars().any(char::is_control) {
+        return bad("it contains control characters");
+    }
+    if name.chars().any(is_invisible) {
+        return bad("it contains invisible or bidirectional-control characters");
+    }
+    if name.chars().any(|c| c.is_whitespace() && c != ' ') {
+        return bad("it contains a space other than U+0020");
+    }
+    let name: String = name.nfkc().collect();
+    // NFKC may turn a character into a control or invisible one (rare, but checked again).
+    if name.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return bad("it contains control or invisible characters");
+    }
+    if what == "team name" && name.contains(',') {
+        return bad("it contains a comma (teams are listed separated by commas)");
+    }
     if name.is_empty() {
         return bad("it is empty");
     }
     if name.len() > MAX_USER_NAME_LEN {
         return bad("it is longer than 128 bytes");
     }
-    if name.chars().any(char::is_control) {
-        return bad("it contains control characters");
-    }
     if name.trim() != name {
         return bad("it starts or ends with a space");
     }
-    Ok(())
+    Ok(name)
 }
 
 /// Checks a hosted database's name: 1 to 255 bytes of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
@@ -458,14 +515,15 @@ impl MetaStore {
         teams: &[String],
         role: Option<&str>,
     ) -> Result<User, MetaError> {
-        check_label("user name", name)?;
-        let role = role.unwrap_or(DEFAULT_ROLE);
-        check_label("role", role)?;
+        let name = normalize_label("user name", name)?;
+        let name = name.as_str();
+        let role = normalize_label("role", role.unwrap_or(DEFAULT_ROLE))?;
+        let role = role.as_str();
         let mut unique: Vec<String> = Vec::new();
         for team in teams {
-            check_label("team name", team)?;
-            if !unique.contains(team) {
-                unique.push(team.clone());
+            let team = normalize_label("team name", team)?;
+            if !unique.contains(&team) {
+                unique.push(team);
             }
         }
         let values: Vec<Value> = unique.iter().map(|t| Value::from(t.as_str())).collect();
@@ -489,8 +547,9 @@ impl MetaStore {
         }
     }
 
-    /// The user named `name`, if any.
+    /// The user named `name` (compared in NFKC form, as stored), if any.
     pub fn user(&self, name: &str) -> Result<Option<User>, MetaError> {
+        let name: String = name.nfkc().collect();
         self.db
             .get(USERS, record_id(USERS, name.as_bytes()))?
             .map(|r| user_from(&r))
@@ -520,9 +579,10 @@ impl MetaStore {
                 MAX_TOKEN_TTL.as_secs() / 86_400
             )));
         }
-        if self.user(user)?.is_none() {
+        let Some(found) = self.user(user)? else {
             return Err(MetaError::UnknownUser(user.to_owned()));
-        }
+        };
+        let user = found.name.as_str();
         let token =
             EnrolmentToken::generate(&self.keys).map_err(|e| MetaError::Keys(e.to_string()))?;
         let now = Date::now();
@@ -695,6 +755,59 @@ impl MetaStore {
             .get(DEVICES, record_id(DEVICES, key))?
             .map(|r| device_from(&r))
             .transpose()
+    }
+
+    /// Binds the enrolled device with static key `key` to `node` on its first `Hello`, or
+    /// checks that `node` is the one bound to it before. Refuses a node id another device is
+    /// bound to ([`MetaError::NodeTaken`]: a copied database file, or a forgery) and a node id
+    /// other than the device's own ([`MetaError::NodeMismatch`]). One transaction, so two
+    /// connections racing with different node ids bind one of them.
+    pub fn bind_node(&self, key: &[u8], node: NodeId) -> Result<(), MetaError> {
+        let device_record = record_id(DEVICES, key);
+        let node_record = record_id(NODES, node.as_bytes());
+        let device = fingerprint(key);
+        self.db.transaction(|tx| {
+            let Some(stored) = tx.get(DEVICES, device_record)? else {
+                return Ok(Err(MetaError::UnknownDevice(device.clone())));
+            };
+            let stored = match device_from(&stored) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(bound) = stored.node {
+                return Ok(if bound == node {
+                    Ok(())
+                } else {
+                    Err(MetaError::NodeMismatch {
+                        device: device.clone(),
+                        bound: bound.to_string(),
+                        claimed: node.to_string(),
+                    })
+                });
+            }
+            if let Some(owner) = tx.get(NODES, node_record)? {
+                let owner = match field_str(&owner, NODES, "device") {
+                    Ok(o) => o,
+                    Err(e) => return Ok(Err(e)),
+                };
+                return Ok(Err(MetaError::NodeTaken {
+                    node: node.to_string(),
+                    owner,
+                    device: device.clone(),
+                }));
+            }
+            tx.insert_with_id(
+                NODES,
+                node_record,
+                fields! { "device" => device.as_str(), "key" => to_hex(key) },
+            )?;
+            tx.update(
+                DEVICES,
+                device_record,
+                fields! { "node" => Value::Uuid(node.0) },
+            )?;
+            Ok(Ok(()))
+        })?
     }
 
     /// Every device, by user and enrolment time.
@@ -887,6 +1000,43 @@ mod tests {
         ));
         assert_eq!(store.user("bob").unwrap().unwrap().role, "admin");
         assert_eq!(store.user("carol").unwrap(), None);
+    }
+
+    #[test]
+    fn names_with_invisible_or_bidi_characters_are_refused_and_look_alikes_fold_to_one() {
+        let (_dir, store) = store();
+        store.add_user("ada", &["red".into()], None).unwrap();
+        for hidden in [
+            "ada\u{200B}",         // zero-width space
+            "a\u{200D}da",         // zero-width joiner
+            "\u{202E}ada",         // right-to-left override
+            "ad\u{2066}a\u{2069}", // isolate
+            "ada\u{FEFF}",         // byte order mark
+            "ada\u{E0041}",        // tag character
+            "ada\u{00A0}lovelace", // no-break space
+        ] {
+            let refused = store.add_user(hidden, &[], None);
+            assert!(
+                matches!(refused, Err(MetaError::InvalidName { .. })),
+                "{hidden:?}: {refused:?}"
+            );
+        }
+        // Full-width letters and a ligature are the same names as their plain forms.
+        assert!(matches!(
+            store.add_user("\u{FF41}\u{FF44}\u{FF41}", &[], None),
+            Err(MetaError::UserExists(name)) if name == "ada"
+        ));
+        let fi = store.add_user("\u{FB01}nn", &[], None).unwrap();
+        assert_eq!(fi.name, "finn");
+        assert_eq!(store.user("\u{FB01}nn").unwrap().unwrap().name, "finn");
+        // A team name cannot hold the separator teams are listed with.
+        let err = store
+            .add_user("bob", &["red,blue".into()], None)
+            .unwrap_err();
+        assert!(err.to_string().contains("comma"), "{err}");
+        // The error shows what is hidden.
+        let err = store.add_user("ada\u{200B}", &[], None).unwrap_err();
+        assert!(err.to_string().contains("\\u{200b}"), "{err}");
     }
 
     #[test]

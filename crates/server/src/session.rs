@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_protocol::{CloseCode, Message};
-use blazedb_sync::ConnectOptions;
 use blazedb_sync::remote::{RelayOptions, Transport, accept_handshake};
+use blazedb_sync::{ConnectOptions, PeerTrust};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_tungstenite::WebSocketStream;
 
@@ -158,16 +158,84 @@ pub(crate) async fn run<S: Transport>(
         }
     };
 
+    // The device's `Hello` names the node it syncs as: bound to its key the first time,
+    // checked every time after, before the engine sees anything of the device.
+    let hello = match first {
+        Some(message) => message,
+        None => {
+            let next = tokio::select! {
+                next = tokio::time::timeout(context.handshake_timeout, session.recv()) => next,
+                () = crate::stopped(&mut shutdown) => {
+                    session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
+                    return;
+                }
+            };
+            match next {
+                Ok(Ok(message)) => message,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    session
+                        .refuse(CloseCode::ProtocolError, "no Hello arrived in time")
+                        .await;
+                    return;
+                }
+            }
+        }
+    };
+    let Message::Hello { node, .. } = &hello else {
+        session
+            .refuse(
+                CloseCode::ProtocolError,
+                "a device's first message (after its enrolment) must be Hello",
+            )
+            .await;
+        return;
+    };
+    let node = *node;
+    let meta = context.meta.clone();
+    let bind_key = key.clone();
+    let bound = tokio::task::spawn_blocking(move || meta.bind_node(&bind_key, node)).await;
+    let refusal = match bound {
+        Ok(Ok(())) => None,
+        Ok(Err(e @ crate::error::MetaError::Storage(_)))
+        | Ok(Err(e @ crate::error::MetaError::Corrupt(_))) => {
+            log::error(format_args!(
+                "binding device {fingerprint} to its node failed: {e}"
+            ));
+            Some((
+                CloseCode::InternalError,
+                "the server failed to check the device's node id".to_owned(),
+            ))
+        }
+        Ok(Err(e)) => {
+            log::warn(format_args!(
+                "refused device {fingerprint} ({user}) for database {:?}: {e}",
+                database.name
+            ));
+            Some((CloseCode::Unauthorized, e.to_string()))
+        }
+        Err(_) => Some((
+            CloseCode::InternalError,
+            "the server failed while checking the device".to_owned(),
+        )),
+    };
+    if let Some((code, reason)) = refusal {
+        session.refuse(code, &reason).await;
+        return;
+    }
+
     let relay = session.into_relay(
-        first,
+        Some(hello),
         RelayOptions {
             queue_limit: context.send_queue,
             ..RelayOptions::default()
         },
     );
     let mut finished = relay.finished();
-    let options =
-        ConnectOptions::new(database.name.clone()).name(format!("device {fingerprint} ({user})"));
+    let options = ConnectOptions::new(database.name.clone())
+        .name(format!("device {fingerprint} ({user})"))
+        // A device link carries the device's own operations, nothing else.
+        .trust(PeerTrust::Origin(node));
     let mut revoked = context.revoked.clone();
     let id = match database.engine.connect(relay, options) {
         Ok(id) => id,
@@ -217,7 +285,24 @@ pub(crate) async fn run<S: Transport>(
     // server whose devices come and go must tell it, or the engine grows without bound.
     // `disconnect` waits for the engine thread, so not on a runtime worker.
     let engine = database.clone();
-    let _ = tokio::task::spawn_blocking(move || engine.engine.disconnect(id)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        // A device the engine closed for breaking the rules (a forged origin, a message out
+        // of place) is logged; ordinary disconnections are not.
+        if let Ok(Some(status)) = engine.engine.connection_status(id)
+            && matches!(
+                status.close_code,
+                Some(CloseCode::ProtocolError | CloseCode::Unauthorized)
+            )
+        {
+            log::warn(format_args!(
+                "closed device {fingerprint} ({user}) on database {:?}: {}",
+                engine.name,
+                status.closed_reason.as_deref().unwrap_or("no reason")
+            ));
+        }
+        engine.engine.disconnect(id)
+    })
+    .await;
 }
 
 /// Decides whether the device with static key `key` may sync `database` (blocking: reads

@@ -25,7 +25,7 @@ fn failed(out: &std::process::Output) -> String {
 #[test]
 fn users_added_with_teams_and_a_role_are_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     let added = ok(
         &data,
         &[
@@ -41,7 +41,7 @@ fn users_added_with_teams_and_a_role_are_listed() {
 #[test]
 fn adding_a_user_twice_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     let out = run(&data, &["admin", "user", "add", "ada"]);
     let err = failed(&out);
@@ -51,7 +51,7 @@ fn adding_a_user_twice_fails_with_a_clear_message() {
 #[test]
 fn token_create_prints_only_the_token_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     let out = run(
         &data,
@@ -74,7 +74,7 @@ fn token_create_prints_only_the_token_on_stdout() {
 #[test]
 fn a_token_for_an_unknown_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     let out = run(&data, &["admin", "token", "create", "nobody"]);
     let err = failed(&out);
     assert!(out.stdout.is_empty());
@@ -84,7 +84,7 @@ fn a_token_for_an_unknown_user_is_refused() {
 #[test]
 fn tokens_are_listed_and_an_unused_one_can_be_revoked() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     ok(&data, &["admin", "user", "add", "bob"]);
     assert_eq!(ok(&data, &["admin", "token", "list"]), "");
@@ -134,7 +134,7 @@ fn tokens_are_listed_and_an_unused_one_can_be_revoked() {
 #[test]
 fn revoking_an_unknown_token_fails_with_a_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     let out = run(
         &data,
         &[
@@ -156,7 +156,7 @@ fn revoking_an_unknown_token_fails_with_a_one_line_error() {
 #[test]
 fn databases_are_created_and_listed_and_bad_names_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "database", "create", "bugs"]);
     ok(&data, &["admin", "database", "create", "notes.v2"]);
     assert_eq!(
@@ -175,7 +175,7 @@ fn databases_are_created_and_listed_and_bad_names_refused() {
 #[test]
 fn enrolled_devices_are_listed_and_can_be_revoked_by_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     assert_eq!(ok(&data, &["admin", "device", "list"]), "");
     let token = ok(&data, &["admin", "token", "create", "ada"]);
@@ -208,7 +208,7 @@ fn enrolled_devices_are_listed_and_can_be_revoked_by_fingerprint() {
 #[test]
 fn a_wrong_master_key_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     let out = Command::new(binary())
         .args(["admin", "user", "list", "--data-dir"])
@@ -225,7 +225,7 @@ fn a_wrong_master_key_is_refused_with_a_clear_error() {
 #[test]
 fn a_forgotten_master_key_is_refused_and_leaves_no_development_key_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     let out = Command::new(binary())
         .args(["admin", "user", "list", "--data-dir"])
@@ -246,13 +246,20 @@ fn without_a_key_a_development_key_is_generated_with_a_loud_warning() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = Command::new(binary())
-        .args(["admin", "user", "add", "ada", "--data-dir"])
+        .args(["admin", "init", "--data-dir"])
         .arg(&data)
         .env_remove("BLAZEDB_MASTER_KEY")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
+    let out = Command::new(binary())
+        .args(["admin", "user", "add", "ada", "--data-dir"])
+        .arg(&data)
+        .env_remove("BLAZEDB_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(err.contains("DEVELOPMENT MODE"), "{err}");
     assert!(err.contains("BLAZEDB_MASTER_KEY"), "{err}");
     let key = std::fs::read_to_string(data.join("dev-master.key")).unwrap();
@@ -287,6 +294,7 @@ fn a_key_file_is_used_and_one_inside_the_data_folder_is_refused() {
             .output()
             .unwrap()
     };
+    ok(&data, &["admin", "init"]);
     let out = with_file(&outside);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = with_file(&inside);
@@ -305,6 +313,13 @@ fn a_configuration_file_sets_the_data_folder_and_unknown_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("server.toml");
     std::fs::write(&config, "data_dir = \"from-config\"\n").unwrap();
+    let out = Command::new(binary())
+        .args(["admin", "init", "--config"])
+        .arg(&config)
+        .env("BLAZEDB_MASTER_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = Command::new(binary())
         .args(["admin", "database", "create", "bugs", "--config"])
         .arg(&config)
@@ -342,5 +357,72 @@ fn serve_options_are_refused_with_admin_commands() {
         stderr(&out).contains("do not apply to admin"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn admin_commands_refuse_a_data_folder_that_holds_no_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::init(dir.path());
+    ok(&data, &["admin", "user", "add", "ada"]);
+    // A typo in --data-dir: refused, and nothing is created there.
+    let typo = dir.path().join("dta");
+    let err = failed(&run(&typo, &["admin", "user", "add", "ada"]));
+    assert!(err.contains("holds no BlazeDB server"), "{err}");
+    assert!(err.contains("admin init"), "{err}");
+    assert!(!typo.exists());
+    // In development mode too, and no development key is written.
+    let out = Command::new(binary())
+        .args(["admin", "database", "list", "--data-dir"])
+        .arg(&typo)
+        .env_remove("BLAZEDB_MASTER_KEY")
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(err.contains("holds no BlazeDB server"), "{err}");
+    assert!(!typo.exists());
+    // An existing, empty folder is not a server either.
+    std::fs::create_dir(&typo).unwrap();
+    let err = failed(&run(&typo, &["admin", "token", "list"]));
+    assert!(err.contains("holds no BlazeDB server"), "{err}");
+    assert_eq!(std::fs::read_dir(&typo).unwrap().count(), 0);
+    // `init` makes one, once; a second `init` changes nothing.
+    let made = ok(&typo, &["admin", "init"]);
+    assert!(made.contains("created a new server"), "{made}");
+    let again = ok(&typo, &["admin", "init"]);
+    assert!(again.contains("there already is a server"), "{again}");
+    assert_eq!(ok(&typo, &["admin", "user", "list"]), "");
+    assert_eq!(ok(&data, &["admin", "user", "list"]), "ada\tmember\t\n");
+}
+
+#[test]
+fn user_and_team_names_that_hide_characters_or_hold_commas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::init(dir.path());
+    ok(&data, &["admin", "user", "add", "ada", "--team", "red"]);
+    let err = failed(&run(&data, &["admin", "user", "add", "ada\u{200B}"]));
+    assert!(err.contains("invisible"), "{err}");
+    let err = failed(&run(&data, &["admin", "user", "add", "\u{202E}ada"]));
+    assert!(err.contains("bidirectional"), "{err}");
+    // A full-width look-alike is the same user.
+    let err = failed(&run(
+        &data,
+        &["admin", "user", "add", "\u{FF41}\u{FF44}\u{FF41}"],
+    ));
+    assert!(err.contains("already exists"), "{err}");
+    let err = failed(&run(
+        &data,
+        &["admin", "user", "add", "bob", "--team", "red,blue"],
+    ));
+    assert!(err.contains("comma"), "{err}");
+    ok(
+        &data,
+        &[
+            "admin", "user", "add", "bob", "--team", "red", "--team", "blue",
+        ],
+    );
+    assert_eq!(
+        ok(&data, &["admin", "user", "list"]),
+        "ada\tmember\tred\nbob\tmember\tred,blue\n"
     );
 }

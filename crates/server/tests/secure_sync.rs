@@ -4,49 +4,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
+use common::raw::{RawDevice, RawSession, closed_by_server};
 #[path = "../../sync/tests/support/fault_proxy.rs"]
 mod fault_proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::net::TcpStream as StdTcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blazedb_core::{Database, fields};
-use blazedb_format::VersionVector;
 use blazedb_protocol::enrol::EnrolmentToken;
-use blazedb_protocol::secure::{Initiator, SecureChannel, StaticKeys, Suite};
+use blazedb_protocol::secure::{StaticKeys, Suite};
 use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION};
-use blazedb_server::{MasterKey, Server, ServerConfig, ServerHandle};
+use blazedb_server::ServerHandle;
 use blazedb_sync::remote::{
     RemoteError, RemoteNode, RemoteOptions, RemoteState, RemoteSync, SyncExt, accept_handshake,
     connect_handshake, websocket_config,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const DB: &str = "bugs";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn start_server(data: &Path) -> ServerHandle {
-    let config = ServerConfig {
-        data_dir: data.to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..ServerConfig::default()
-    };
-    let server =
-        Server::start_with_key(config, MasterKey::from_hex(common::KEY, "test").unwrap()).unwrap();
-    let meta = server.meta();
-    if !meta.has_database(DB).unwrap() {
-        meta.create_database(DB).unwrap();
-    }
-    if meta.user("alice").unwrap().is_none() {
-        meta.add_user("alice", &[], None).unwrap();
-    }
-    server
+    common::start_server(data, DB, &["alice"])
 }
 
 fn token(server: &ServerHandle) -> String {
@@ -180,6 +165,7 @@ fn free_port() -> u16 {
 fn a_server_killed_mid_stream_and_restarted_loses_nothing_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
+    common::ok(&data, &["admin", "init"]);
     common::ok(&data, &["admin", "database", "create", DB]);
     common::ok(&data, &["admin", "user", "add", "alice"]);
     let tokens: Vec<String> = (0..2)
@@ -313,7 +299,8 @@ fn run_device_child(
     let mut line = String::new();
     let mut done = false;
     while out.read_line(&mut line).unwrap() > 0 {
-        done |= line.trim() == "done";
+        // The harness's "test … " may stand before the child's first line.
+        done |= line.split_whitespace().last() == Some("done");
         if !done && kill_when(line.trim(), started.elapsed()) {
             child.kill().unwrap(); // SIGKILL
             break;
@@ -531,86 +518,9 @@ fn a_man_in_the_middle_with_its_own_keys_fails_on_both_sides_and_reads_nothing()
     server.shutdown();
 }
 
-/// A raw session with `keys`: WebSocket upgrade and Noise handshake done by hand.
-async fn raw_session(
-    address: SocketAddr,
-    database: &str,
-    keys: &StaticKeys,
-) -> (WebSocketStream<TcpStream>, SecureChannel) {
-    let tcp = TcpStream::connect(address).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://{address}/sync/{database}"),
-        tcp,
-        Some(websocket_config()),
-    )
-    .await
-    .unwrap();
-    let (initiator, first) = Initiator::new(keys, database, PROTOCOL_VERSION)
-        .unwrap()
-        .write_first()
-        .unwrap();
-    ws.send(WsMessage::Binary(first.into())).await.unwrap();
-    let second = loop {
-        if let WsMessage::Binary(b) = ws.next().await.unwrap().unwrap() {
-            break b;
-        }
-    };
-    let (established, third) = initiator
-        .read_second(&second)
-        .unwrap()
-        .write_third()
-        .unwrap();
-    ws.send(WsMessage::Binary(third.into())).await.unwrap();
-    (ws, established.into_channel())
-}
-
-fn hello() -> Message {
-    Message::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        node: blazedb_core::NodeId::random(),
-        database: DB.into(),
-        capabilities: Capabilities::NONE,
-        head: 0,
-    }
-}
-
-/// Reads until the server ends the connection; returns its close frame's code, if any.
-async fn closed_by_server(ws: &mut WebSocketStream<TcpStream>) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => panic!("the server did not close the connection"),
-            Ok(None) => return None,
-            Ok(Some(Err(e))) => {
-                eprintln!("closed_by_server: {e}");
-                return None;
-            }
-            Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-}
-
 /// An enrolled raw session that has said hello and pulled.
-async fn enrolled_session(
-    server: &ServerHandle,
-    keys: &StaticKeys,
-) -> (WebSocketStream<TcpStream>, SecureChannel) {
-    let (mut ws, mut channel) = raw_session(server.local_addr(), DB, keys).await;
-    for message in [
-        Message::Enroll {
-            token: token(server),
-        },
-        hello(),
-        Message::Pull {
-            from: 0,
-            vector: VersionVector::new(),
-        },
-    ] {
-        let sealed = channel.seal(&message.encode()).unwrap();
-        ws.send(WsMessage::Binary(sealed.into())).await.unwrap();
-    }
-    (ws, channel)
+async fn enrolled_session(server: &ServerHandle, device: &RawDevice) -> RawSession {
+    RawSession::enrolled(server.local_addr(), DB, device, token(server)).await
 }
 
 #[test]
@@ -618,10 +528,13 @@ fn replayed_tampered_garbage_and_oversized_frames_close_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path());
     let rt = runtime();
-    let keys = StaticKeys::generate(Suite::default()).unwrap();
+    let device = RawDevice::new();
     rt.block_on(async {
         // A captured frame replayed: the Noise counter has moved on, so it fails to decrypt.
-        let (mut ws, mut channel) = enrolled_session(&server, &keys).await;
+        let RawSession {
+            mut ws,
+            mut channel,
+        } = enrolled_session(&server, &device).await;
         let ping = channel.seal(&Message::Ping { nonce: 1 }.encode()).unwrap();
         ws.send(WsMessage::Binary(ping.clone().into()))
             .await
@@ -630,7 +543,10 @@ fn replayed_tampered_garbage_and_oversized_frames_close_only_that_connection() {
         assert_eq!(closed_by_server(&mut ws).await, Some(1002), "replay");
 
         // A tampered frame.
-        let (mut ws, mut channel) = enrolled_session(&server, &keys).await;
+        let RawSession {
+            mut ws,
+            mut channel,
+        } = enrolled_session(&server, &device).await;
         let mut sealed = channel.seal(&Message::Ping { nonce: 2 }.encode()).unwrap();
         let last = sealed.len() - 1;
         sealed[last] ^= 0x40;
@@ -655,7 +571,7 @@ fn replayed_tampered_garbage_and_oversized_frames_close_only_that_connection() {
         );
 
         // A text message after the handshake.
-        let (mut ws, _) = enrolled_session(&server, &keys).await;
+        let RawSession { mut ws, .. } = enrolled_session(&server, &device).await;
         ws.send(WsMessage::text("hello?")).await.unwrap();
         assert!(closed_by_server(&mut ws).await.is_some(), "text");
     });
@@ -725,9 +641,12 @@ fn a_wrong_database_name_and_an_unenrolled_key_get_clear_errors() {
     // Unenrolled key: a sealed Close saying so.
     let rt = runtime();
     rt.block_on(async {
-        let keys = StaticKeys::generate(Suite::default()).unwrap();
-        let (mut ws, mut channel) = raw_session(server.local_addr(), DB, &keys).await;
-        let sealed = channel.seal(&hello().encode()).unwrap();
+        let device = RawDevice::new();
+        let RawSession {
+            mut ws,
+            mut channel,
+        } = RawSession::connect(server.local_addr(), DB, &device.keys).await;
+        let sealed = channel.seal(&device.hello(DB).encode()).unwrap();
         ws.send(WsMessage::Binary(sealed.into())).await.unwrap();
         let reply = loop {
             match ws.next().await.unwrap().unwrap() {
@@ -749,13 +668,16 @@ fn a_wrong_database_name_and_an_unenrolled_key_get_clear_errors() {
         let parsed = EnrolmentToken::parse(&used).unwrap();
         assert_eq!(parsed.server_key(), server.meta().server_keys().public());
         for attempt in 0..2 {
-            let keys = StaticKeys::generate(Suite::default()).unwrap();
-            let (mut ws, mut channel) = raw_session(server.local_addr(), DB, &keys).await;
+            let device = RawDevice::new();
+            let RawSession {
+                mut ws,
+                mut channel,
+            } = RawSession::connect(server.local_addr(), DB, &device.keys).await;
             for message in [
                 Message::Enroll {
                     token: used.clone(),
                 },
-                hello(),
+                device.hello(DB),
             ] {
                 let sealed = channel.seal(&message.encode()).unwrap();
                 ws.send(WsMessage::Binary(sealed.into())).await.unwrap();
@@ -784,8 +706,8 @@ fn a_stalled_device_does_not_slow_the_others_and_holds_a_bounded_backlog() {
     let server = start_server(dir.path());
     let rt = runtime();
     // A device that enrols, pulls, and then never reads again.
-    let keys = StaticKeys::generate(Suite::default()).unwrap();
-    let stalled = rt.block_on(enrolled_session(&server, &keys));
+    let stalled_device = RawDevice::new();
+    let stalled = rt.block_on(enrolled_session(&server, &stalled_device));
     let (writer, writer_sync) = device(&server.url(), &token(&server));
     let (reader, reader_sync) = device(&server.url(), &token(&server));
     let started = Instant::now();
@@ -811,10 +733,7 @@ fn a_stalled_device_does_not_slow_the_others_and_holds_a_bounded_backlog() {
     let connections = server.engine_connections(DB).unwrap().unwrap();
     let stuck = connections
         .iter()
-        .find(|c| {
-            c.name
-                .contains(&blazedb_protocol::secure::fingerprint(keys.public()))
-        })
+        .find(|c| c.name.contains(&stalled_device.fingerprint()))
         .expect("the stalled device is still connected");
     assert!(stuck.ops_pending > 0, "{stuck:?}");
     assert!(

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[test]
 fn serve_prints_its_address_and_health_answers_with_json() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "database", "create", "bugs"]);
     let server = ServeProcess::start(&data, &[]);
     assert!(server.url.starts_with("ws://127.0.0.1:"), "{}", server.url);
@@ -41,7 +41,7 @@ fn an_unknown_database_gets_404_naming_it() {
 #[test]
 fn a_sync_request_without_a_websocket_upgrade_gets_400() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "database", "create", "bugs"]);
     let server = ServeProcess::start(&data, &[]);
     let response = get(server.addr, "/sync/bugs");
@@ -70,7 +70,7 @@ fn a_database_created_while_the_server_runs_is_served_at_once() {
 #[test]
 fn connections_beyond_the_limit_get_503_and_a_freed_slot_is_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "database", "create", "bugs"]);
     let server = ServeProcess::start(
         &data,
@@ -106,7 +106,7 @@ fn connections_beyond_the_limit_get_503_and_a_freed_slot_is_reused() {
 #[test]
 fn sigterm_stops_the_server_with_exit_status_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "database", "create", "bugs"]);
     let mut server = ServeProcess::start(&data, &["--handshake-timeout-secs", "60"]);
     // An open connection (mid-handshake) does not hold the shutdown up.
@@ -155,7 +155,7 @@ fn a_bad_listen_address_or_missing_certificate_stops_serve_with_a_clear_error() 
 #[test]
 fn serving_with_a_wrong_master_key_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = common::init(dir.path());
     ok(&data, &["admin", "user", "add", "ada"]);
     let out = std::process::Command::new(common::binary())
         .args(["--listen", "127.0.0.1:0", "--data-dir"])

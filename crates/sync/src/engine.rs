@@ -126,6 +126,27 @@ pub struct ConnectOptions {
     /// Send operations that other nodes made (relay them), not only our own. On by default:
     /// chains and rings need it, and version vectors keep it from sending anything twice.
     pub forward: bool,
+    /// Whose operations the peer may send us. [`PeerTrust::Relay`] by default: the
+    /// application links databases it owns. A server sets [`PeerTrust::Origin`] on every
+    /// device link.
+    pub trust: PeerTrust,
+}
+
+/// Whose operations a connection's peer may send, decided by the side that accepts the
+/// connection from what authenticated the peer (docs/protocol.md, "Trust on a link").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerTrust {
+    /// The peer relays: its operations may have been made by any node, and it may send
+    /// snapshots. For links between databases of one application, and for links the
+    /// operator declared as relays (server to server, trusted peers).
+    Relay,
+    /// The peer is the node with this id and nothing else: its `Hello` must carry this id,
+    /// every operation it sends must have been made by this node, and it may not send a
+    /// snapshot (a snapshot carries other nodes' writes). A server binds a device's node id
+    /// to its key at enrolment and sets this on the device's link; anything else closes
+    /// the connection with `Unauthorized` before a byte of it is stored.
+    Origin(NodeId),
 }
 
 impl ConnectOptions {
@@ -137,7 +158,14 @@ impl ConnectOptions {
             remote_database,
             mode: Mode::Bidirectional,
             forward: true,
+            trust: PeerTrust::Relay,
         }
+    }
+
+    /// Sets whose operations the peer may send (see [`PeerTrust`]).
+    pub fn trust(mut self, trust: PeerTrust) -> ConnectOptions {
+        self.trust = trust;
+        self
     }
 
     /// Sets the mode.
@@ -201,6 +229,9 @@ pub struct ConnectionStatus {
     pub closed_reason: Option<String>,
     /// The code of the peer's `Close`, when the peer ended the connection with one.
     pub peer_close_code: Option<CloseCode>,
+    /// The code of our `Close`, when this side ended the connection with one (a peer that
+    /// broke the rules gets `ProtocolError` or `Unauthorized`).
+    pub close_code: Option<CloseCode>,
     /// A snapshot being received from the peer: (records applied so far, records in all).
     pub snapshot_in: Option<(u64, u64)>,
     /// A snapshot being sent to the peer: (records sent so far, records in all).
@@ -255,6 +286,8 @@ pub(crate) enum Command {
         reply: Sender<Result<()>>,
     },
     Status {
+        /// One connection, or all of them.
+        only: Option<ConnectionId>,
         reply: Sender<Result<Vec<ConnectionStatus>>>,
     },
     Barrier {
@@ -463,7 +496,17 @@ impl SyncEngine {
 
     /// The state of every connection, in connection order.
     pub fn status(&self) -> Result<Vec<ConnectionStatus>> {
-        self.ask(|reply| Command::Status { reply })?
+        self.ask(|reply| Command::Status { only: None, reply })?
+    }
+
+    /// The state of one connection (`None` once forgotten or never made): cheaper than
+    /// [`SyncEngine::status`] on an engine with many connections.
+    pub fn connection_status(&self, id: ConnectionId) -> Result<Option<ConnectionStatus>> {
+        let all = self.ask(|reply| Command::Status {
+            only: Some(id),
+            reply,
+        })??;
+        Ok(all.into_iter().next())
     }
 
     /// Waits until this engine has nothing left to do: every connection that sends has had
@@ -588,6 +631,7 @@ struct Conn {
     last_ack: Option<(u64, Instant)>,
     closed_reason: Option<String>,
     peer_close_code: Option<CloseCode>,
+    close_code: Option<CloseCode>,
     ops_sent: u64,
     ops_applied: u64,
     ops_duplicate: u64,
@@ -682,6 +726,7 @@ impl Conn {
     /// Sends `Close` (when the connection is still up) and ends the connection.
     fn close_with(&mut self, code: CloseCode, reason: String) {
         if self.open() {
+            self.close_code = Some(code);
             let _ = self.relay.send(Message::close(code, reason.clone()));
         }
         self.end(reason);
@@ -879,8 +924,8 @@ impl Worker {
             Command::SetMode { id, mode, reply } => {
                 let _ = reply.send(self.set_mode(id, mode));
             }
-            Command::Status { reply } => {
-                let _ = reply.send(self.status());
+            Command::Status { only, reply } => {
+                let _ = reply.send(self.status(only));
             }
             Command::WaitIdle { deadline, reply } => self.waiters.push((deadline, reply)),
             Command::Shutdown => {}
@@ -912,6 +957,7 @@ impl Worker {
             last_ack: None,
             closed_reason: None,
             peer_close_code: None,
+            close_code: None,
             ops_sent: 0,
             ops_applied: 0,
             ops_duplicate: 0,
@@ -1007,6 +1053,21 @@ impl Worker {
                 conn.close_with(CloseCode::ProtocolError, "Ops before Hello".into());
                 return;
             }
+            if let PeerTrust::Origin(node) = conn.options.trust
+                && let Some(op) = ops.iter().find(|op| op.id.origin != node)
+            {
+                // Nothing of this connection is applied from here on: `close_with` drops
+                // what it queued, and the peer's cursor stays where it was.
+                conn.close_with(
+                    CloseCode::Unauthorized,
+                    format!(
+                        "operation {} was made by another node; this link carries only \
+                         the operations of node {node}",
+                        op.id
+                    ),
+                );
+                return;
+            }
             if conn.options.mode.receives() {
                 conn.peer_head = conn.peer_head.max(to);
                 conn.inbound.push((from, to, ops));
@@ -1043,6 +1104,17 @@ impl Worker {
                     conn.close_with(
                         CloseCode::ProtocolError,
                         "the peer has our own node id (a copy of this database file?)".into(),
+                    );
+                    return;
+                }
+                if let PeerTrust::Origin(bound) = conn.options.trust
+                    && bound != node
+                {
+                    conn.close_with(
+                        CloseCode::Unauthorized,
+                        format!(
+                            "the Hello says node {node}, but this link belongs to node {bound}"
+                        ),
                     );
                     return;
                 }
@@ -1494,6 +1566,16 @@ impl Worker {
             conn.close_with(CloseCode::ProtocolError, "Snapshot before Hello".into());
             return;
         };
+        if let PeerTrust::Origin(node) = conn.options.trust {
+            conn.close_with(
+                CloseCode::Unauthorized,
+                format!(
+                    "node {node} may send only its own operations, and a snapshot carries \
+                     other nodes' writes"
+                ),
+            );
+            return;
+        }
         if !conn.options.mode.receives() {
             // Not applied: the peer sends it again after our next Pull.
             return;
@@ -1596,10 +1678,14 @@ impl Worker {
         (!out.is_empty()).then_some(out)
     }
 
-    fn status(&self) -> Result<Vec<ConnectionStatus>> {
+    fn status(&self, only: Option<ConnectionId>) -> Result<Vec<ConnectionStatus>> {
         let total = self.db.oplog_ops_through(u64::MAX)?;
         let mut out = Vec::with_capacity(self.connections.len());
-        let mut conns: Vec<&Conn> = self.connections.values().collect();
+        let mut conns: Vec<&Conn> = self
+            .connections
+            .values()
+            .filter(|c| only.is_none_or(|id| c.id == id))
+            .collect();
         conns.sort_by_key(|c| c.id);
         let now = Instant::now();
         for c in conns {
@@ -1637,6 +1723,7 @@ impl Worker {
                 barrier: c.barrier,
                 closed_reason: c.closed_reason.clone(),
                 peer_close_code: c.peer_close_code,
+                close_code: c.close_code,
                 snapshot_in: c.snapshot_in.as_ref().map(|s| (s.records, s.total)),
                 snapshot_out: c
                     .outbound

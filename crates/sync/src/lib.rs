@@ -49,7 +49,7 @@ mod unix;
 
 pub use engine::{
     ConnectOptions, ConnectionStatus, ECHO_FLUSH_AFTER, EngineOptions, MAX_BATCH_OPS, Mode,
-    SNAPSHOT_PART_BYTES, SNAPSHOT_PART_RECORDS, SyncEngine, WINDOW,
+    PeerTrust, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_RECORDS, SyncEngine, WINDOW,
 };
 pub use error::{Result, SyncError};
 pub use relay::{ConnectionId, InMemoryRelay, Inbox, Relay};

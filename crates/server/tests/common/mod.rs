@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,36 @@ pub fn run(data: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("the binary runs")
+}
+
+/// Starts a server in-process on 127.0.0.1 (a free port) with the test master key, hosting
+/// database `database` and knowing `users` (both made when missing, so a restarted server
+/// keeps what it had).
+pub fn start_server(data: &Path, database: &str, users: &[&str]) -> blazedb_server::ServerHandle {
+    let config = blazedb_server::ServerConfig {
+        data_dir: data.to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..blazedb_server::ServerConfig::default()
+    };
+    let key = blazedb_server::MasterKey::from_hex(KEY, "test").unwrap();
+    let server = blazedb_server::Server::start_with_key(config, key).unwrap();
+    let meta = server.meta();
+    if !meta.has_database(database).unwrap() {
+        meta.create_database(database).unwrap();
+    }
+    for user in users {
+        if meta.user(user).unwrap().is_none() {
+            meta.add_user(user, &[], None).unwrap();
+        }
+    }
+    server
+}
+
+/// `DIR/data`, made a new server's data folder with `admin init` (the test master key).
+pub fn init(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    ok(&data, &["admin", "init"]);
+    data
 }
 
 /// Like [`run`], asserting success; returns stdout.

@@ -613,8 +613,11 @@ async fn run(
             Ok(session) => {
                 let relay = session.into_relay(None, options.relay.clone());
                 let mut finished = relay.finished();
+                // A server accepts only this node's own operations from it (the device link's
+                // trust): what came from other nodes reached the server by their own links.
                 let connect = ConnectOptions::new(plan.remote.database.clone())
                     .mode(options.mode)
+                    .forward(false)
                     .name(format!("{}/{}", plan.server, plan.remote.database));
                 let id = match engine.connect(relay, connect) {
                     Ok(id) => id,

@@ -1,0 +1,171 @@
+//! A device speaking the protocol by hand: the WebSocket upgrade, the Noise handshake and
+//! sealed messages, so that tests can send what a well-behaved client never would.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use blazedb_core::NodeId;
+use blazedb_format::VersionVector;
+use blazedb_protocol::secure::{Initiator, SecureChannel, StaticKeys, Suite};
+use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION};
+use blazedb_sync::remote::websocket_config;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// A hand-made device: its static keys and the node id it says hello with.
+pub struct RawDevice {
+    pub keys: StaticKeys,
+    pub node: NodeId,
+}
+
+impl RawDevice {
+    pub fn new() -> RawDevice {
+        RawDevice {
+            keys: StaticKeys::generate(Suite::default()).unwrap(),
+            node: NodeId::random(),
+        }
+    }
+
+    /// Its `Hello` for `database`.
+    pub fn hello(&self, database: &str) -> Message {
+        hello_as(self.node, database)
+    }
+
+    /// Its key's fingerprint, as the server logs and names it.
+    pub fn fingerprint(&self) -> String {
+        blazedb_protocol::secure::fingerprint(self.keys.public())
+    }
+}
+
+/// A `Hello` for `database` from `node`.
+pub fn hello_as(node: NodeId, database: &str) -> Message {
+    Message::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node,
+        database: database.into(),
+        capabilities: Capabilities::NONE,
+        head: 0,
+    }
+}
+
+/// One side of a hand-made session: the WebSocket and the sealed channel.
+pub struct RawSession {
+    pub ws: WebSocketStream<TcpStream>,
+    pub channel: SecureChannel,
+}
+
+impl RawSession {
+    /// Upgrades to a WebSocket on `/sync/{database}` and runs the Noise handshake with `keys`.
+    pub async fn connect(address: SocketAddr, database: &str, keys: &StaticKeys) -> RawSession {
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            format!("ws://{address}/sync/{database}"),
+            tcp,
+            Some(websocket_config()),
+        )
+        .await
+        .unwrap();
+        let (initiator, first) = Initiator::new(keys, database, PROTOCOL_VERSION)
+            .unwrap()
+            .write_first()
+            .unwrap();
+        ws.send(WsMessage::Binary(first.into())).await.unwrap();
+        let second = loop {
+            if let WsMessage::Binary(b) = ws.next().await.unwrap().unwrap() {
+                break b;
+            }
+        };
+        let (established, third) = initiator
+            .read_second(&second)
+            .unwrap()
+            .write_third()
+            .unwrap();
+        ws.send(WsMessage::Binary(third.into())).await.unwrap();
+        RawSession {
+            ws,
+            channel: established.into_channel(),
+        }
+    }
+
+    /// Connects as `device`, enrols with `token`, says hello and pulls from the start.
+    pub async fn enrolled(
+        address: SocketAddr,
+        database: &str,
+        device: &RawDevice,
+        token: String,
+    ) -> RawSession {
+        let mut session = RawSession::connect(address, database, &device.keys).await;
+        for message in [
+            Message::Enroll { token },
+            device.hello(database),
+            Message::Pull {
+                from: 0,
+                vector: VersionVector::new(),
+            },
+        ] {
+            session.send(&message).await;
+        }
+        session
+    }
+
+    /// Seals and sends one message.
+    pub async fn send(&mut self, message: &Message) {
+        let sealed = self.channel.seal(&message.encode()).unwrap();
+        self.ws
+            .send(WsMessage::Binary(sealed.into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next sealed message, or `None` when the connection ends first (within `limit`).
+    pub async fn recv(&mut self, limit: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) | Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(WsMessage::Close(_)))) => {
+                    return None;
+                }
+                Ok(Some(Ok(WsMessage::Binary(b)))) => {
+                    return Some(Message::decode(&self.channel.open(&b).unwrap()).unwrap());
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Reads until the server sends its sealed `Close`; returns its code and reason. Panics
+    /// when the connection ends without one.
+    pub async fn close_from_server(&mut self) -> (CloseCode, String) {
+        loop {
+            match self.recv(Duration::from_secs(10)).await {
+                Some(Message::Close { code, reason }) => return (code, reason),
+                Some(_) => {}
+                None => panic!("the connection ended without a Close from the server"),
+            }
+        }
+    }
+
+    /// Reads until the server ends the connection; returns its close frame's code, if any.
+    pub async fn closed_by_server(&mut self) -> Option<u16> {
+        closed_by_server(&mut self.ws).await
+    }
+}
+
+/// Reads until the server ends the connection; returns its close frame's code, if any.
+pub async fn closed_by_server(ws: &mut WebSocketStream<TcpStream>) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the server did not close the connection"),
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                eprintln!("closed_by_server: {e}");
+                return None;
+            }
+            Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
