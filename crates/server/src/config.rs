@@ -303,9 +303,32 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 fn parse_file(text: &str, origin: &Path) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        path: origin.to_owned(),
-        reason: e.to_string().trim_end().to_owned(),
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        // One line, as every error the server prints: "line L, column C: message" instead of
+        // the parser's multi-line excerpt of the file.
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        let reason = match e.span() {
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                // The line itself names the key; at most 80 characters of it.
+                let source: String = text
+                    .lines()
+                    .nth(line - 1)
+                    .unwrap_or("")
+                    .trim()
+                    .chars()
+                    .take(80)
+                    .collect();
+                format!("line {line}, column {column} ({source}): {message}")
+            }
+            None => message,
+        };
+        ConfigError::Syntax {
+            path: origin.to_owned(),
+            reason,
+        }
     })
 }
 
@@ -378,6 +401,17 @@ mod tests {
                 key: "/keys/key.pem".into()
             }
         );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line_with_its_line_and_column() {
+        let err = parse("data_dir = \"d\"\nlisten = 5\n").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("line 2, column 10"), "{text}");
+        assert!(text.contains("expected a string"), "{text}");
+        let err = parse("listen = [\n").unwrap_err().to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]

@@ -76,15 +76,21 @@ impl Server {
             TlsConfig::Off => None,
             TlsConfig::Files { cert, key } => Some(crate::tls::acceptor(cert, key)?),
             TlsConfig::SelfSigned => {
-                let (cert, key, made) = crate::tls::self_signed(&config.data_dir)?;
+                let made = crate::tls::self_signed(&config.data_dir)?;
                 log::warn(format_args!(
                     "TLS uses a self-signed certificate for localhost ({}{}); clients must trust \
                      that file explicitly. Use a real certificate ([tls] cert and key) in \
                      production.",
-                    cert.display(),
-                    if made { ", made now" } else { "" }
+                    made.cert.display(),
+                    if made.made { ", made now" } else { "" }
                 ));
-                Some(crate::tls::acceptor(&cert, &key)?)
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if let Some(notice) = made.renewal_notice(now) {
+                    log::warn(format_args!("{notice}"));
+                }
+                Some(crate::tls::acceptor(&made.cert, &made.key)?)
             }
         };
         let meta = Arc::new(MetaStore::open_or_create(&config.data_dir, &key)?);

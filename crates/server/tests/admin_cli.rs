@@ -343,6 +343,9 @@ fn a_configuration_file_sets_the_data_folder_and_unknown_keys_are_refused() {
         .unwrap();
     let err = failed(&out);
     assert!(err.contains("listen_on"), "{err}");
+    assert!(err.contains("line 2, column 1"), "{err}");
+    // One line, as the docs promise, not the parser's excerpt of the file.
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -176,6 +176,31 @@ fn with_a_self_signed_certificate_a_tls_client_that_trusts_it_gets_health() {
     assert!(server.url.starts_with("wss://127.0.0.1:"), "{}", server.url);
     let cert = data.join("tls/cert.pem");
     assert!(cert.exists());
+    // Valid for a year, not until 4096: read by an independent X.509 parser (CPython's).
+    let not_after = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys; print(ssl._ssl._test_decode_cert(sys.argv[1])['notAfter'])",
+        ])
+        .arg(&cert)
+        .output()
+        .expect("python3 runs");
+    let not_after = String::from_utf8_lossy(&not_after.stdout).trim().to_owned();
+    let year: i32 = not_after
+        .split_whitespace()
+        .nth(3)
+        .and_then(|y| y.parse().ok())
+        .unwrap_or_else(|| panic!("no year in {not_after:?}"));
+    let this_year = 1970
+        + (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / (365 * 86_400 + 21_600)) as i32;
+    assert!(
+        (this_year..=this_year + 1).contains(&year),
+        "the certificate is valid until {not_after}"
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -325,12 +325,6 @@ impl Default for EngineOptions {
     }
 }
 
-impl EngineOptions {
-    fn check_interval(&self) -> Duration {
-        (self.ping_after.min(self.close_after) / 3).max(Duration::from_millis(1))
-    }
-}
-
 /// Counters shared with the application without a round trip to the engine thread.
 #[derive(Debug, Default)]
 struct Counters {
@@ -404,7 +398,6 @@ impl SyncEngine {
             waiters: Vec::new(),
             counters: counters.clone(),
             options,
-            last_check: Instant::now(),
             recent: VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
@@ -707,6 +700,17 @@ impl Conn {
         self.closed_reason.is_none()
     }
 
+    /// When this connection's liveness must next be checked: its ping when the peer has not
+    /// been pinged since it last spoke, its closing otherwise.
+    fn liveness_due(&self, options: &EngineOptions) -> Instant {
+        let after = if self.pinged || options.ping_after >= options.close_after {
+            options.close_after
+        } else {
+            options.ping_after
+        };
+        self.last_heard + after
+    }
+
     fn send(&mut self, message: Message) -> bool {
         if !self.open() {
             return false;
@@ -775,8 +779,6 @@ struct Worker {
     waiters: Vec<(Instant, Sender<bool>)>,
     counters: Arc<Counters>,
     options: EngineOptions,
-    /// When liveness was last checked.
-    last_check: Instant,
     /// The newest single-entry commits (position, operations), from commit events.
     recent: VecDeque<(u64, Arc<[Operation]>)>,
 }
@@ -784,11 +786,16 @@ struct Worker {
 impl Worker {
     fn run(mut self, rx: Receiver<Event>) {
         loop {
+            // Each connection's own deadline, so that a silent peer is pinged `ping_after`
+            // after it last spoke and closed `close_after` after, not up to a polling
+            // interval later.
+            let options = self.options;
             let next_check = self
                 .connections
                 .values()
-                .any(Conn::open)
-                .then(|| self.last_check + self.options.check_interval());
+                .filter(|c| c.open())
+                .map(|c| c.liveness_due(&options))
+                .min();
             let flush = self.connections.values().filter_map(Conn::flush_due).min();
             let deadline = self
                 .waiters
@@ -983,7 +990,6 @@ impl Worker {
     /// Pings peers that went quiet and closes connections to peers silent for too long.
     fn check_liveness(&mut self) {
         let now = Instant::now();
-        self.last_check = now;
         let options = self.options;
         for conn in self.connections.values_mut().filter(|c| c.open()) {
             let silent = now.saturating_duration_since(conn.last_heard);

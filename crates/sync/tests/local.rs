@@ -667,6 +667,33 @@ fn a_silent_peer_is_pinged_and_then_disconnected() {
 }
 
 #[test]
+fn a_silent_peer_is_pinged_and_closed_on_time_not_a_polling_interval_later() {
+    // Before, the engine checked every third of `ping_after`, so the ping came up to a third
+    // late (the documented 15 s and 45 s were about 20 s and 50 s).
+    let ping_after = Duration::from_millis(900);
+    let close_after = Duration::from_millis(1800);
+    let (_db, _engine, probe) = probe_engine_with(EngineOptions {
+        ping_after,
+        close_after,
+    });
+    let said = std::time::Instant::now();
+    probe.say(hello("bugs", PROTOCOL_VERSION));
+    probe.wait_for(|m| matches!(m, Message::Ping { .. }));
+    let pinged = said.elapsed();
+    probe.wait_for(|m| matches!(m, Message::Close { .. }));
+    let closed = said.elapsed();
+    let slack = Duration::from_millis(120);
+    assert!(
+        pinged >= ping_after && pinged < ping_after + slack,
+        "pinged after {pinged:?}"
+    );
+    assert!(
+        closed >= close_after && closed < close_after + slack,
+        "closed after {closed:?}"
+    );
+}
+
+#[test]
 fn a_peer_that_answers_pings_stays_connected() {
     let (_db, engine, probe) = probe_engine_with(EngineOptions {
         ping_after: Duration::from_millis(30),
