@@ -28,6 +28,16 @@ pub const VERSION: u8 = 1;
 /// Deepest nesting of arrays and maps a decoder accepts.
 pub const MAX_DEPTH: usize = 64;
 
+/// The weight limit for items from peers (256 MiB; see [`Decoder::limit_weight`]). Decoded
+/// values are much larger than their encoding: a one-byte `Null` becomes a 32-byte
+/// [`Value`], and a two-byte back-reference a copy of a string of any length. Without a limit
+/// a 16 MiB message of back-references to a 1 MiB string would decode into terabytes.
+pub const MAX_DECODED_WEIGHT: usize = 256 << 20;
+
+/// What a map entry costs beyond its key and value (the tree's node, shared among its
+/// entries): counted by [`Decoder::weight`].
+const MAP_ENTRY_WEIGHT: usize = 16;
+
 /// What a top-level item holds (low nibble of the second header byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -96,6 +106,8 @@ pub enum DecodeError {
     BadReference { index: u64, offset: usize },
     #[error("invalid item at byte {offset}: {what}")]
     Invalid { offset: usize, what: &'static str },
+    #[error("the item decodes to more than {limit} bytes of memory (at byte {offset})")]
+    TooLarge { limit: usize, offset: usize },
 }
 
 // Value tags; see docs/format.md.
@@ -405,6 +417,10 @@ pub struct Decoder<'a> {
     strings: Vec<&'a str>,
     nodes: Vec<NodeId>,
     depth: usize,
+    /// Memory the decoded values take so far (see [`Decoder::weight`]).
+    weight: usize,
+    /// The most `weight` may reach (see [`Decoder::limit_weight`]).
+    weight_limit: usize,
 }
 
 type Result<T> = std::result::Result<T, DecodeError>;
@@ -418,6 +434,8 @@ impl<'a> Decoder<'a> {
             strings: Vec::new(),
             nodes: Vec::new(),
             depth: 0,
+            weight: 0,
+            weight_limit: usize::MAX,
         };
         let magic = d.byte()?;
         if magic != MAGIC {
@@ -589,7 +607,34 @@ impl<'a> Decoder<'a> {
             .ok_or(DecodeError::BadReference { index, offset })
     }
 
+    /// About how much memory the values decoded so far take: each value's own size, the
+    /// bytes of its strings and byte strings, map entries, operations. A receiver uses it to
+    /// account for what a peer's message holds.
+    pub fn weight(&self) -> usize {
+        self.weight
+    }
+
+    /// Refuses the item ([`DecodeError::TooLarge`]) once its [`Decoder::weight`] passes
+    /// `limit`. Unlimited by default: what this node stored is read back whatever it weighs;
+    /// items from peers get [`MAX_DECODED_WEIGHT`].
+    pub fn limit_weight(&mut self, limit: usize) {
+        self.weight_limit = limit;
+    }
+
+    /// Counts `n` bytes of decoded memory against the limit.
+    pub fn weigh(&mut self, n: usize) -> Result<()> {
+        self.weight = self.weight.saturating_add(n);
+        if self.weight > self.weight_limit {
+            return Err(DecodeError::TooLarge {
+                limit: self.weight_limit,
+                offset: self.pos,
+            });
+        }
+        Ok(())
+    }
+
     pub fn value(&mut self) -> Result<Value> {
+        self.weigh(std::mem::size_of::<Value>())?;
         let offset = self.pos;
         let tag = self.byte()?;
         let non_canonical = |what| Err(DecodeError::NonCanonical { offset, what });
@@ -620,7 +665,11 @@ impl<'a> Decoder<'a> {
             }
             TAG_UUID => Value::Uuid(self.uuid()?),
             TAG_DATE => Value::Date(Date::from_unix_millis(self.signed()?)),
-            TAG_BYTES => Value::Bytes(self.bytes()?.to_vec()),
+            TAG_BYTES => {
+                let bytes = self.bytes()?;
+                self.weigh(bytes.len())?;
+                Value::Bytes(bytes.to_vec())
+            }
             TAG_ARRAY => {
                 self.enter(offset)?;
                 let n = self.length(1)?;
@@ -644,15 +693,21 @@ impl<'a> Decoder<'a> {
                 if len <= SHORT_STRING_MAX {
                     return non_canonical("string shorter than 64 bytes must use the short form");
                 }
-                Value::String(self.utf8(len)?.to_owned())
+                let text = self.utf8(len)?;
+                self.weigh(text.len())?;
+                Value::String(text.to_owned())
             }
             TAG_STRING_REF => {
                 let index = self.varint()?;
-                Value::String(self.string_ref(index, offset)?.to_owned())
+                let text = self.string_ref(index, offset)?;
+                self.weigh(text.len())?;
+                Value::String(text.to_owned())
             }
             t if t >= TAG_SMALL_INT => Value::Int(i64::from(t - TAG_SMALL_INT)),
             t if t >= TAG_SHORT_STRING => {
-                Value::String(self.utf8(usize::from(t - TAG_SHORT_STRING))?.to_owned())
+                let text = self.utf8(usize::from(t - TAG_SHORT_STRING))?;
+                self.weigh(text.len())?;
+                Value::String(text.to_owned())
             }
             t => return Err(DecodeError::UnknownTag { tag: t, offset }),
         })
@@ -687,6 +742,7 @@ impl<'a> Decoder<'a> {
         let mut previous: Option<&str> = None;
         for _ in 0..n {
             let k = self.next_key(&mut previous)?;
+            self.weigh(k.len() + std::mem::size_of::<String>() + MAP_ENTRY_WEIGHT)?;
             let v = self.value()?;
             map.insert(k.to_owned(), v);
         }
@@ -706,6 +762,7 @@ impl<'a> Decoder<'a> {
     }
 
     pub fn operation(&mut self) -> Result<Operation> {
+        self.weigh(std::mem::size_of::<Operation>())?;
         let origin = self.node()?;
         let seq = self.varint()?;
         let lamport = self.varint()?;
@@ -716,6 +773,7 @@ impl<'a> Decoder<'a> {
             what: "unknown operation kind",
         })?;
         let collection = self.key()?.to_owned();
+        self.weigh(collection.len())?;
         let record = self.uuid()?;
         let offset = self.pos;
         let fields = self.fields()?;
@@ -764,6 +822,12 @@ impl<'a> Decoder<'a> {
         let mut previous: Option<&str> = None;
         for _ in 0..n {
             let k = self.next_key(&mut previous)?;
+            self.weigh(
+                k.len()
+                    + std::mem::size_of::<String>()
+                    + std::mem::size_of::<Stamp>()
+                    + MAP_ENTRY_WEIGHT,
+            )?;
             let value = self.value()?;
             let stamp = self.stamp()?;
             state

@@ -24,8 +24,8 @@ mod value;
 mod vector;
 
 pub use codec::{
-    DecodeError, Decoder, Encoder, Kind, MAGIC, MAX_DEPTH, VERSION, decode_operation,
-    decode_operations, decode_record, decode_record_state, decode_value,
+    DecodeError, Decoder, Encoder, Kind, MAGIC, MAX_DECODED_WEIGHT, MAX_DEPTH, VERSION,
+    decode_operation, decode_operations, decode_record, decode_record_state, decode_value,
     encode_inserted_record_state, encode_operation, encode_operations, encode_record,
     encode_record_state, encode_value,
 };

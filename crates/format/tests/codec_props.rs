@@ -1437,3 +1437,50 @@ fn reencoding_can_be_a_byte_longer_when_the_input_interns_past_64_strings() {
     assert_eq!(decode_value(&again).unwrap(), value);
     assert_eq!((input.len(), again.len()), (271, 272));
 }
+
+#[test]
+fn back_references_that_would_decode_into_gigabytes_are_refused() {
+    // One 1,000-byte string, then 300,000 two-byte references to it: 600 kB that would
+    // decode into 300 MB of copies (a 16 MiB message, into about 8 GB).
+    let n = 300_000u64;
+    let mut bytes = vec![MAGIC, (VERSION << 4) | 1, 0x09];
+    let mut v = n;
+    while v >= 0x80 {
+        bytes.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    bytes.push(v as u8);
+    bytes.extend_from_slice(&[0x0b, 0xe8, 0x07]); // a string of 1,000 bytes
+    bytes.extend(std::iter::repeat_n(b'x', 1000));
+    for _ in 1..n {
+        bytes.extend_from_slice(&[0x0c, 0x00]); // a reference to string 0
+    }
+    assert!(bytes.len() < 700_000);
+    let mut d = blazedb_format::Decoder::new(&bytes, blazedb_format::Kind::Value).unwrap();
+    d.limit_weight(blazedb_format::MAX_DECODED_WEIGHT);
+    let err = d.value().unwrap_err();
+    assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("memory"), "{err}");
+    // The same shape within the limit decodes, and weighs what it holds.
+    let few = 1_000u64;
+    let mut small = vec![
+        MAGIC,
+        (VERSION << 4) | 1,
+        0x09,
+        0xe8,
+        0x07,
+        0x0b,
+        0xe8,
+        0x07,
+    ];
+    small.extend(std::iter::repeat_n(b'x', 1000));
+    for _ in 1..few {
+        small.extend_from_slice(&[0x0c, 0x00]);
+    }
+    let mut d = blazedb_format::Decoder::new(&small, blazedb_format::Kind::Value).unwrap();
+    let Value::Array(items) = d.value().unwrap() else {
+        panic!("an array")
+    };
+    assert_eq!(items.len(), 1000);
+    assert!(d.weight() >= 1000 * 1000, "{}", d.weight());
+}

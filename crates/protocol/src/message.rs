@@ -546,7 +546,12 @@ impl Message {
     /// encoding as a varint, then one zstd frame holding it. [`Message::decode`] reads both
     /// forms.
     pub fn encode_for(&self, peer: Capabilities, threshold: usize) -> Vec<u8> {
-        let plain = self.encode();
+        Message::compress_encoded(self.encode(), peer, threshold)
+    }
+
+    /// [`Message::encode_for`] for a message already encoded with [`Message::encode`] (a
+    /// sender that measures messages by their encoding encodes once).
+    pub fn compress_encoded(plain: Vec<u8>, peer: Capabilities, threshold: usize) -> Vec<u8> {
         if !peer.contains(Capabilities::ZSTD) || plain.len() < threshold {
             return plain;
         }
@@ -561,9 +566,35 @@ impl Message {
         if out.len() < plain.len() { out } else { plain }
     }
 
+    /// The length of the plain encoding `payload` holds, without decompressing it: a
+    /// compressed payload's announced length (at most [`MAX_DECOMPRESSED_LEN`] for a payload
+    /// [`Message::decode`] accepts), otherwise the payload's own length. A receiver takes this
+    /// much of its memory budget before it decodes.
+    pub fn plain_len(payload: &[u8]) -> usize {
+        if payload.get(2) != Some(&TYPE_COMPRESSED) {
+            return payload.len();
+        }
+        let announced = Decoder::new(payload, Kind::Message)
+            .and_then(|mut d| {
+                d.byte()?;
+                d.varint()
+            })
+            .ok()
+            .and_then(|len| usize::try_from(len).ok());
+        announced.map_or(payload.len(), |len| len.min(MAX_DECOMPRESSED_LEN))
+    }
+
     /// Decodes one message from a frame's payload: the whole payload must be one valid
     /// message, with no trailing bytes.
     pub fn decode(payload: &[u8]) -> Result<Message, ProtocolError> {
+        Message::decode_weighed(payload).map(|(message, _)| message)
+    }
+
+    /// Like [`Message::decode`], also returning about how much memory the decoded message
+    /// takes ([`blazedb_format::Decoder::weight`], at most
+    /// [`blazedb_format::MAX_DECODED_WEIGHT`]): what a receiver counts against its budget
+    /// for the peer.
+    pub fn decode_weighed(payload: &[u8]) -> Result<(Message, usize), ProtocolError> {
         if payload.get(2) == Some(&TYPE_COMPRESSED) {
             let mut d = Decoder::new(payload, Kind::Message)?;
             d.byte()?;
@@ -598,9 +629,10 @@ impl Message {
                     what: "a compressed payload holds another compressed payload".to_owned(),
                 });
             }
-            return Message::decode(&plain);
+            return Message::decode_weighed(&plain);
         }
         let mut d = Decoder::new(payload, Kind::Message)?;
+        d.limit_weight(blazedb_format::MAX_DECODED_WEIGHT);
         let message = match d.byte()? {
             TYPE_HELLO => {
                 let protocol_version = u16::try_from(d.varint()?)
@@ -694,8 +726,9 @@ impl Message {
             },
             code => return Err(ProtocolError::UnknownMessageType { code }),
         };
+        let weight = d.weight().saturating_add(std::mem::size_of::<Message>());
         d.finish()?;
-        Ok(message)
+        Ok((message, weight))
     }
 }
 
@@ -1907,6 +1940,23 @@ mod tests {
             ]
         );
         assert_eq!(Message::decode(&payload), Ok(Message::Ping { nonce: 42 }));
+    }
+
+    #[test]
+    fn the_plain_length_is_known_before_decompressing() {
+        let batch = big_batch(200);
+        let plain = batch.encode();
+        let compressed = batch.encode_for(Capabilities::ZSTD, 1024);
+        assert!(compressed.len() < plain.len());
+        assert_eq!(Message::plain_len(&compressed), plain.len());
+        assert_eq!(Message::plain_len(&plain), plain.len());
+        assert_eq!(
+            Message::compress_encoded(plain.clone(), Capabilities::ZSTD, 1024),
+            compressed
+        );
+        // A lie beyond the limit counts as the limit (decode refuses it anyway).
+        let lie = compressed_payload(u64::MAX >> 1, &[0x28, 0xb5, 0x2f, 0xfd]);
+        assert_eq!(Message::plain_len(&lie), MAX_DECOMPRESSED_LEN);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Enrolled devices that misbehave on purpose, against a real server on 127.0.0.1: a device
 //! that says hello as another device's node, or sends operations stamped with another node's
-//! origin, is refused with the reason and nothing of it is stored; the honest devices keep
-//! syncing as if nothing happened.
+//! origin, is refused with the reason and nothing of it is stored; a device that floods the
+//! server with compressed batches or with `Pull`s holds a bounded amount of its memory; the
+//! honest devices keep syncing as if nothing happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -13,6 +14,7 @@ use blazedb_core::{Database, Date, OpId, OpKind, Operation, Uuid, fields};
 use blazedb_protocol::{CloseCode, Message};
 use blazedb_server::ServerHandle;
 use blazedb_sync::remote::{RemoteNode, RemoteOptions, RemoteSync, SyncExt, node_keys};
+use common::ServeProcess;
 use common::raw::{RawDevice, RawSession};
 
 const DB: &str = "bugs";
@@ -31,6 +33,11 @@ fn token(server: &ServerHandle, user: &str) -> String {
 }
 
 fn device(server: &ServerHandle, user: &str) -> (Database, RemoteSync) {
+    device_at(&server.url(), token(server, user))
+}
+
+/// A new device syncing with the server at `url`, enrolling with `token`.
+fn device_at(url: &str, token: String) -> (Database, RemoteSync) {
     let db = Database::in_memory().unwrap();
     let options = RemoteOptions {
         backoff_initial: Duration::from_millis(20),
@@ -38,10 +45,7 @@ fn device(server: &ServerHandle, user: &str) -> (Database, RemoteSync) {
         ..RemoteOptions::default()
     };
     let sync = db
-        .enable_sync(
-            RemoteNode::new(server.url(), DB),
-            options.enroll(token(server, user)),
-        )
+        .enable_sync(RemoteNode::new(url, DB), options.enroll(token))
         .unwrap();
     (db, sync)
 }
@@ -174,4 +178,198 @@ fn operations_stamped_with_another_nodes_origin_are_refused_and_nothing_is_store
     );
     // Ada holds no forged record either.
     assert_eq!(ada.count("bugs").unwrap(), 6);
+}
+
+/// A server process with database "bugs" and users ada and mallory, for measuring its memory.
+fn serve_process(dir: &Path) -> ServeProcess {
+    let data = common::init(dir);
+    common::ok(&data, &["admin", "database", "create", DB]);
+    for user in ["ada", "mallory"] {
+        common::ok(&data, &["admin", "user", "add", user]);
+    }
+    ServeProcess::start(&data, &[])
+}
+
+fn process_token(server: &ServeProcess, user: &str) -> String {
+    common::ok(&server.data, &["admin", "token", "create", user])
+        .trim()
+        .to_owned()
+}
+
+/// A device syncing with the server process.
+fn process_device(server: &ServeProcess, user: &str) -> (Database, RemoteSync) {
+    device_at(&server.url, process_token(server, user))
+}
+
+/// Samples `server`'s resident memory every 20 ms until `stop`; returns the highest.
+fn peak_rss(server: &ServeProcess, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut peak = server.rss();
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        peak = peak.max(server.rss());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    peak.max(server.rss())
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_device_flooding_compressed_batches_is_slowed_down_and_holds_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_process(dir.path());
+    let (ada, ada_sync) = process_device(&server, "ada");
+    ada_sync.wait_synced(WAIT, |_| {}).unwrap();
+    let before = server.rss();
+
+    // Mallory's own operations, valid, 4,096 to a batch, all on one record: each batch is
+    // about 600 kB plain and compresses to a few kB, so she can send far faster than the
+    // server applies.
+    let mallory = RawDevice::new();
+    let token = process_token(&server, "mallory");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let record = Uuid::now_v7();
+    let (peak, sent, ada_synced) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| peak_rss(&server, &stop));
+        let flood = scope.spawn(|| {
+            runtime().block_on(async {
+                let mut session = RawSession::enrolled(server.addr, DB, &mallory, token).await;
+                let mut sent = 0u64;
+                let _ = tokio::time::timeout(Duration::from_secs(4), async {
+                    for batch in 0..400u64 {
+                        let first = batch * 4096 + 1;
+                        let ops = (0..4096u64)
+                            .map(|i| Operation {
+                                id: OpId {
+                                    origin: mallory.node,
+                                    seq: first + i,
+                                },
+                                lamport: first + i,
+                                wall: Date::from_unix_millis(0),
+                                kind: OpKind::Insert,
+                                collection: "bugs".into(),
+                                record,
+                                fields: fields! {"pad" => "x".repeat(100)},
+                            })
+                            .collect();
+                        let ops = Message::Ops {
+                            from: batch * 4096,
+                            to: (batch + 1) * 4096,
+                            ops,
+                        };
+                        let plain = ops.encode_for(blazedb_protocol::Capabilities::ZSTD, 1024);
+                        assert!(plain.len() < 64 * 1024, "{} bytes", plain.len());
+                        let sealed = session.channel.seal(&plain).unwrap();
+                        use futures_util::SinkExt;
+                        if session
+                            .ws
+                            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                                sealed.into(),
+                            ))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                })
+                .await;
+                sent
+            })
+        });
+        // Ada writes while the flood goes on, and still hears back.
+        std::thread::sleep(Duration::from_millis(500));
+        ada.insert("bugs", fields! {"title" => "during the flood"})
+            .unwrap();
+        let started = std::time::Instant::now();
+        let synced = ada_sync.wait_synced(WAIT, |_| {}).is_ok();
+        let ada_synced = started.elapsed();
+        assert!(synced, "Ada could not sync during the flood");
+        let sent = flood.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        (sampler.join().unwrap(), sent, ada_synced)
+    });
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "flood: {sent} batches of 4,096 operations sent in 4 s; server memory grew by {} MiB \
+         (peak); Ada synced in {ada_synced:?}",
+        growth / MIB
+    );
+    // The server holds at most its inbound budget (16 MiB of decoded messages) of Mallory's
+    // batches at a time, besides its caches and what it streams to Ada: measured about
+    // 190 MiB in all. Without the budget it decoded whatever she sent (825 MiB for the same
+    // 400 batches, and more with more).
+    assert!(
+        growth < 320 * MIB,
+        "server memory grew by {} MiB",
+        growth / MIB
+    );
+}
+
+#[test]
+fn a_device_flooding_pulls_it_never_reads_is_closed_and_holds_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_process(dir.path());
+    let (ada, ada_sync) = process_device(&server, "ada");
+    ada.insert_many(
+        "bugs",
+        (0..20_000).map(|i| fields! {"i" => i, "pad" => "y".repeat(200)}),
+    )
+    .unwrap();
+    ada_sync.wait_synced(WAIT, |_| {}).unwrap();
+    let before = server.rss();
+
+    let mallory = RawDevice::new();
+    let token = process_token(&server, "mallory");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (peak, reason) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| peak_rss(&server, &stop));
+        let reason = runtime().block_on(async {
+            let mut session = RawSession::enrolled(server.addr, DB, &mallory, token).await;
+            // 3,000 Pulls from the start, none of the answers read.
+            for _ in 0..3_000 {
+                let pull = Message::Pull {
+                    from: 0,
+                    vector: blazedb_core::VersionVector::new(),
+                };
+                let sealed = session.channel.seal(&pull.encode()).unwrap();
+                use futures_util::SinkExt;
+                let send = session
+                    .ws
+                    .send(tokio_tungstenite::tungstenite::Message::Binary(
+                        sealed.into(),
+                    ));
+                match tokio::time::timeout(Duration::from_secs(2), send).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Now read: whatever was queued, then the server's Close.
+            loop {
+                match session.recv(Duration::from_secs(10)).await {
+                    Some(Message::Close { reason, .. }) => break Some(reason),
+                    Some(_) => {}
+                    None => break None,
+                }
+            }
+        });
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        (sampler.join().unwrap(), reason)
+    });
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "pull flood: server memory grew by {} MiB (peak); close: {reason:?}",
+        growth / MIB
+    );
+    let reason = reason.expect("the server closed the connection with a reason");
+    assert!(reason.contains("Pulls"), "{reason}");
+    assert!(
+        growth < 100 * MIB,
+        "server memory grew by {} MiB",
+        growth / MIB
+    );
+    // Ada is unaffected.
+    ada.insert("bugs", fields! {"after" => true}).unwrap();
+    ada_sync.wait_synced(WAIT, |_| {}).unwrap();
 }

@@ -26,7 +26,7 @@ use blazedb_format::SnapshotRecord;
 use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION, negotiate_version};
 
 use crate::error::{Result, SyncError};
-use crate::relay::{ConnectionId, Inbox, Relay};
+use crate::relay::{ConnectionId, Hold, Inbox, Relay};
 
 /// Most operations read from the op log for one `Ops` message (entries are never split, so
 /// a message may exceed it by one entry's worth). Big enough to amortise a transaction on
@@ -48,9 +48,18 @@ pub const SNAPSHOT_PART_BYTES: usize = 1 << 20;
 /// apply transaction while still merging bursts.
 const MAX_EVENTS_PER_ROUND: usize = 256;
 
+/// Most `Pull`s a peer may send within [`PULL_PERIOD`]; one more closes the connection. A
+/// session needs one, plus one per gap it recovers from or mode change: far fewer.
+pub const MAX_PULLS_PER_PERIOD: u32 = 64;
+/// See [`MAX_PULLS_PER_PERIOD`].
+pub const PULL_PERIOD: Duration = Duration::from_secs(10);
+
 /// Recent op-log entries kept in memory from commit events, so that a connection that is
 /// caught up streams a new commit without reading it back from SQLite.
 const RECENT_ENTRIES: usize = 256;
+/// Most operations those entries hold together: the cache is for small commits, and a peer
+/// that sends big batches (each applied as one entry) must not make it hold 256 of them.
+const RECENT_OPS: usize = 4096;
 
 /// Which way operations flow on a connection, seen from the side that sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -255,10 +264,12 @@ pub(crate) enum Event {
         last: u64,
         ops: Arc<[Operation]>,
     },
-    /// A message from a connection's peer.
+    /// A message from a connection's peer, with the relay budget it holds (if any) until
+    /// the engine is done with it.
     Message {
         connection: ConnectionId,
         message: Message,
+        hold: Option<Hold>,
     },
     /// A connection ended.
     Closed {
@@ -399,6 +410,7 @@ impl SyncEngine {
             counters: counters.clone(),
             options,
             recent: VecDeque::new(),
+            recent_ops: 0,
         };
         let thread = std::thread::Builder::new()
             .name(format!("blazedb-sync {name}"))
@@ -616,6 +628,10 @@ struct Conn {
     cursor_unsaved: bool,
     /// Ops messages received and not yet applied: (from, to, ops).
     inbound: Vec<(u64, u64, Vec<Operation>)>,
+    /// The relay budget those messages hold, given back when they are applied or dropped.
+    inbound_held: Vec<Hold>,
+    /// When the current count of `Pull`s started, and how many arrived since.
+    pulls: (Instant, u32),
     /// The peer's last `Pull`: where it asked us to start, and its version vector.
     pulled: Option<(u64, VersionVector)>,
     /// The stream to the peer, while it has pulled and this side sends.
@@ -743,6 +759,7 @@ impl Conn {
         self.relay.close();
         self.outbound = None;
         self.inbound.clear();
+        self.inbound_held.clear();
         self.snapshot_in = None;
     }
 
@@ -781,6 +798,8 @@ struct Worker {
     options: EngineOptions,
     /// The newest single-entry commits (position, operations), from commit events.
     recent: VecDeque<(u64, Arc<[Operation]>)>,
+    /// Operations in `recent`.
+    recent_ops: usize,
 }
 
 impl Worker {
@@ -865,17 +884,22 @@ impl Worker {
             Event::Committed { first, last, ops } => {
                 self.head = self.head.max(last);
                 // Keep single-entry commits to stream without reading them back.
-                if first == last && !ops.is_empty() {
-                    if self.recent.len() == RECENT_ENTRIES {
-                        self.recent.pop_front();
-                    }
+                if first == last && !ops.is_empty() && ops.len() <= RECENT_OPS {
+                    self.recent_ops += ops.len();
                     self.recent.push_back((last, ops));
+                    while self.recent.len() > RECENT_ENTRIES || self.recent_ops > RECENT_OPS {
+                        let Some((_, dropped)) = self.recent.pop_front() else {
+                            break;
+                        };
+                        self.recent_ops -= dropped.len();
+                    }
                 }
             }
             Event::Message {
                 connection,
                 message,
-            } => self.on_message(connection, message),
+                hold,
+            } => self.on_message(connection, message, hold),
             Event::Closed { connection, reason } => {
                 self.apply_inbound(connection);
                 self.save_cursor(connection);
@@ -958,6 +982,8 @@ impl Worker {
             repull_pending: false,
             cursor_unsaved: false,
             inbound: Vec::new(),
+            inbound_held: Vec::new(),
+            pulls: (Instant::now(), 0),
             pulled: None,
             outbound: None,
             acked: 0,
@@ -1044,7 +1070,7 @@ impl Worker {
         Ok(())
     }
 
-    fn on_message(&mut self, id: ConnectionId, message: Message) {
+    fn on_message(&mut self, id: ConnectionId, message: Message, hold: Option<Hold>) {
         let Some(conn) = self.connections.get_mut(&id) else {
             return;
         };
@@ -1077,6 +1103,7 @@ impl Worker {
             if conn.options.mode.receives() {
                 conn.peer_head = conn.peer_head.max(to);
                 conn.inbound.push((from, to, ops));
+                conn.inbound_held.extend(hold);
             }
             // Otherwise (write-only, or the mode just changed): not applied and not
             // acknowledged; the peer sends it again after our next Pull.
@@ -1150,6 +1177,23 @@ impl Worker {
             Message::Pull { from, vector } => {
                 if conn.peer.is_none() {
                     conn.close_with(CloseCode::ProtocolError, "Pull before Hello".into());
+                    return;
+                }
+                // Each Pull restarts the stream (reads the log again): a peer may send a few,
+                // not a flood.
+                let now = Instant::now();
+                if now.saturating_duration_since(conn.pulls.0) >= PULL_PERIOD {
+                    conn.pulls = (now, 0);
+                }
+                conn.pulls.1 += 1;
+                if conn.pulls.1 > MAX_PULLS_PER_PERIOD {
+                    conn.close_with(
+                        CloseCode::ProtocolError,
+                        format!(
+                            "more than {MAX_PULLS_PER_PERIOD} Pulls within {} s",
+                            PULL_PERIOD.as_secs()
+                        ),
+                    );
                     return;
                 }
                 if from > self.head {
@@ -1305,6 +1349,7 @@ impl Worker {
         }
         let Some(peer) = conn.peer else {
             conn.inbound.clear();
+            conn.inbound_held.clear();
             return;
         };
         let start = conn.cursor;
@@ -1324,6 +1369,9 @@ impl Worker {
             }
         }
         conn.inbound.clear();
+        // The operations moved into `ops`; their budget goes back to the relay once this
+        // function is done with them.
+        let _held = std::mem::take(&mut conn.inbound_held);
         if to > start && ops.is_empty() {
             // Nothing to apply (the peer echoes entries made of what we have): move the
             // cursor in memory only and save it with the next write. Saving it late is

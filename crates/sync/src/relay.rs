@@ -46,6 +46,18 @@ pub struct Inbox {
     pub(crate) events: Sender<Event>,
 }
 
+/// Memory a relay lent to one received message: dropped (and so given back to the relay's
+/// inbound budget) once the engine has applied the message or let it go. A relay that reads
+/// from the network takes budget before decoding and stops reading while it has none, so a
+/// peer cannot make the engine hold more of its messages than the budget (backpressure).
+pub(crate) struct Hold(#[allow(dead_code)] Box<dyn Send>);
+
+impl Hold {
+    pub(crate) fn new(inner: impl Send + 'static) -> Hold {
+        Hold(Box::new(inner))
+    }
+}
+
 impl Inbox {
     /// Hands one message from the peer to the engine. Returns false once the engine is gone
     /// (the relay should then stop reading).
@@ -54,6 +66,19 @@ impl Inbox {
             .send(Event::Message {
                 connection: self.connection,
                 message,
+                hold: None,
+            })
+            .is_ok()
+    }
+
+    /// Like [`Inbox::deliver`], with the budget the message holds until the engine is done
+    /// with it.
+    pub(crate) fn deliver_held(&self, message: Message, hold: Hold) -> bool {
+        self.events
+            .send(Event::Message {
+                connection: self.connection,
+                message,
+                hold: Some(hold),
             })
             .is_ok()
     }

@@ -7,7 +7,7 @@
 //! peer that stops reading has its connection closed instead (it catches up from its cursor
 //! when it reconnects), so a stalled device cannot slow the others or grow memory.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use blazedb_protocol::secure::SecureChannel;
 use blazedb_protocol::{Capabilities, DEFAULT_COMPRESSION_THRESHOLD, Message};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 
 use super::session::{Session, Transport};
 use crate::error::{Result, SyncError};
-use crate::relay::{Inbox, Relay};
+use crate::relay::{Hold, Inbox, Relay};
 
 /// How a [`WsRelay`] behaves.
 #[derive(Debug, Clone)]
@@ -31,6 +31,15 @@ pub struct RelayOptions {
     /// Most messages queued for a peer that does not read them; one more closes the
     /// connection.
     pub queue_limit: usize,
+    /// Most bytes (of plain message encodings) queued for a peer that does not read them;
+    /// a message that would go beyond closes the connection (a message alone in the queue
+    /// always fits).
+    pub queue_bytes: usize,
+    /// Most memory the peer's messages may take once decoded, while the engine has not
+    /// applied them yet. The reader takes this budget as it decompresses and decodes each
+    /// message, and stops reading while there is none left, so a peer that sends faster than
+    /// the engine applies is slowed down (TCP backpressure) instead of growing memory.
+    pub inbound_bytes: usize,
     /// Encoded messages of at least this many bytes are compressed when the peer accepts
     /// zstd.
     pub compression_threshold: usize,
@@ -42,11 +51,21 @@ impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
             queue_limit: 1024,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            inbound_bytes: DEFAULT_INBOUND_BYTES,
             compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
             close_timeout: Duration::from_secs(5),
         }
     }
 }
+
+/// Default [`RelayOptions::queue_bytes`]: 32 MiB, room for the engine's whole window of
+/// batches ([`crate::WINDOW`]) to a peer on a slow link.
+pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
+/// Default [`RelayOptions::inbound_bytes`]: 16 MiB of decoded messages (as
+/// [`blazedb_protocol::Message::decode_weighed`] weighs them), about 16,000 small operations.
+/// A message heavier than the budget takes all of it, so it is held alone.
+pub const DEFAULT_INBOUND_BYTES: usize = 16 << 20;
 
 /// Bytes and messages a relay moved, as sealed WebSocket payloads.
 #[derive(Debug, Default)]
@@ -74,7 +93,9 @@ struct Pending<S> {
 pub struct WsRelay<S> {
     pending: Option<Pending<S>>,
     options: RelayOptions,
-    queue: Option<mpsc::Sender<Message>>,
+    queue: Option<mpsc::Sender<Vec<u8>>>,
+    /// Bytes in `queue`, not yet written.
+    queued_bytes: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     stop: Arc<watch::Sender<Stop>>,
     finished_tx: Arc<watch::Sender<bool>>,
@@ -92,6 +113,7 @@ impl<S: Transport> WsRelay<S> {
             pending: Some(Pending { session, first }),
             options,
             queue: None,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(stop),
             finished_tx: Arc::new(finished_tx),
@@ -144,12 +166,14 @@ impl<S: Transport> Relay for WsRelay<S> {
             inbox.deliver(first);
         }
         let reader_inbox = inbox.clone();
+        let budget = Arc::new(Semaphore::new(self.options.inbound_bytes.max(1)));
         let reader = read(
             stream,
             channel.clone(),
             peer.clone(),
             inbox,
             self.counters.clone(),
+            budget,
         );
         let stop = self.stop.clone();
         let closed = self.closed.clone();
@@ -175,6 +199,7 @@ impl<S: Transport> Relay for WsRelay<S> {
             peer,
             counters: self.counters.clone(),
             threshold: self.options.compression_threshold,
+            queued_bytes: self.queued_bytes.clone(),
         };
         let stop_writing = self.stop.subscribe();
         let stop = self.stop.clone();
@@ -199,13 +224,33 @@ impl<S: Transport> Relay for WsRelay<S> {
         let Some(queue) = &self.queue else {
             return Err(SyncError::RelayClosed);
         };
-        match queue.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let reason = format!(
+        // Encoded here, so the queue is measured in bytes (the writer compresses and seals).
+        let plain = message.encode();
+        let len = plain.len();
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        let full = if queued > 0 && queued.saturating_add(len) > self.options.queue_bytes {
+            Some(format!(
+                "the peer stopped reading: {queued} bytes were waiting to be sent"
+            ))
+        } else {
+            // Counted before the writer can see the message (it subtracts what it takes).
+            self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+            let sent = queue.try_send(plain);
+            if sent.is_err() {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            }
+            match sent {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some(format!(
                     "the peer stopped reading: {} messages were waiting to be sent",
                     self.options.queue_limit
-                );
+                )),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(SyncError::RelayClosed),
+            }
+        };
+        match full {
+            None => Ok(()),
+            Some(reason) => {
                 if let Some(inbox) = &self.inbox {
                     inbox.closed(reason.clone());
                 }
@@ -215,7 +260,6 @@ impl<S: Transport> Relay for WsRelay<S> {
                 )));
                 Err(SyncError::RelayClosed)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SyncError::RelayClosed),
         }
     }
 
@@ -269,7 +313,9 @@ async fn read<S: Transport>(
     peer: Arc<AtomicU64>,
     inbox: Inbox,
     counters: Arc<RelayCounters>,
+    budget: Arc<Semaphore>,
 ) -> ReadEnd {
+    let limit = budget.available_permits().max(1);
     loop {
         let data = match stream.next().await {
             None => return (None, Some("the connection ended".into())),
@@ -299,12 +345,39 @@ async fn read<S: Transport>(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .open(&data);
-        match opened.and_then(|plain| Message::decode(&plain)) {
+        drop(data);
+        // Budget first (the plain length, which decompressing allocates), then decode, then
+        // the rest of what the decoded message weighs: while the engine holds `limit` bytes
+        // of this peer's messages, nothing more is read (and the peer's writes stall). A
+        // message heavier than the whole budget takes all of it, so it is held alone.
+        let mut held = 0;
+        let mut permits = Vec::with_capacity(2);
+        if let Ok(plain) = &opened {
+            held = Message::plain_len(plain).clamp(1, limit);
+            if let Some(permit) = take(&budget, held).await {
+                permits.push(permit);
+            }
+        }
+        let decoded = opened.and_then(|plain| Message::decode_weighed(&plain));
+        if let Ok((_, weight)) = &decoded {
+            let more = (*weight).min(limit).saturating_sub(held);
+            if more > 0
+                && let Some(permit) = take(&budget, more).await
+            {
+                permits.push(permit);
+            }
+        }
+        let hold = (!permits.is_empty()).then(|| Hold::new(permits));
+        match decoded.map(|(message, _)| message) {
             Ok(message) => {
                 if let Message::Hello { capabilities, .. } = &message {
                     peer.store(capabilities.0, Ordering::Release);
                 }
-                if !inbox.deliver(message) {
+                let delivered = match hold {
+                    Some(hold) => inbox.deliver_held(message, hold),
+                    None => inbox.deliver(message),
+                };
+                if !delivered {
                     return (Some((WsCloseCode::Away, "going away".into())), None);
                 }
             }
@@ -320,19 +393,26 @@ async fn read<S: Transport>(
     }
 }
 
+/// `n` bytes of a reader's budget, once available (`None` if the budget was closed).
+async fn take(budget: &Arc<Semaphore>, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    budget.clone().acquire_many_owned(n).await.ok()
+}
+
 struct Writer<S> {
     sink: SplitSink<WebSocketStream<S>, WsMessage>,
     channel: Arc<Mutex<SecureChannel>>,
     peer: Arc<AtomicU64>,
     counters: Arc<RelayCounters>,
     threshold: usize,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl<S: Transport> Writer<S> {
     /// Writes until the queue closes or the relay stops; false when writing failed.
     async fn run(
         mut self,
-        mut queued: mpsc::Receiver<Message>,
+        mut queued: mpsc::Receiver<Vec<u8>>,
         mut stop: watch::Receiver<Stop>,
     ) -> bool {
         let outcome = tokio::select! {
@@ -366,13 +446,13 @@ impl<S: Transport> Writer<S> {
     }
 
     /// Writes until the queue is closed (true) or writing fails (false).
-    async fn write_all(&mut self, queued: &mut mpsc::Receiver<Message>) -> Option<bool> {
+    async fn write_all(&mut self, queued: &mut mpsc::Receiver<Vec<u8>>) -> Option<bool> {
         while let Some(message) = queued.recv().await {
-            if !self.feed(&message).await {
+            if !self.feed(message).await {
                 return Some(false);
             }
             while let Ok(message) = queued.try_recv() {
-                if !self.feed(&message).await {
+                if !self.feed(message).await {
                     return Some(false);
                 }
             }
@@ -383,9 +463,11 @@ impl<S: Transport> Writer<S> {
         Some(true)
     }
 
-    async fn feed(&mut self, message: &Message) -> bool {
+    /// Compresses (when worth it), seals and writes one encoded message.
+    async fn feed(&mut self, plain: Vec<u8>) -> bool {
+        self.queued_bytes.fetch_sub(plain.len(), Ordering::AcqRel);
         let peer = Capabilities(self.peer.load(Ordering::Acquire));
-        let plain = message.encode_for(peer, self.threshold);
+        let plain = Message::compress_encoded(plain, peer, self.threshold);
         if plain.get(2) == Some(&0x7f) {
             self.counters
                 .compressed_messages
