@@ -373,3 +373,35 @@ fn a_device_flooding_pulls_it_never_reads_is_closed_and_holds_bounded_memory() {
     ada.insert("bugs", fields! {"after" => true}).unwrap();
     ada_sync.wait_synced(WAIT, |_| {}).unwrap();
 }
+
+#[test]
+fn a_refused_device_always_hears_why_even_with_messages_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let rt = runtime();
+    let heard = rt.block_on(async {
+        let mut heard = 0;
+        for _ in 0..80 {
+            // An unenrolled device that does not wait: its Hello and a burst of Pings are on
+            // the wire (unread by the server) when the server refuses it.
+            let device = RawDevice::new();
+            let mut session = RawSession::connect(server.local_addr(), DB, &device.keys).await;
+            session.send(&device.hello(DB)).await;
+            for nonce in 0..20 {
+                session.send(&Message::Ping { nonce }).await;
+            }
+            // A device on a slow link reads a little later; by then a server that closed
+            // with those bytes unread has sent a TCP reset, which discards its Close.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(Message::Close { code, reason }) =
+                session.recv(Duration::from_secs(5)).await
+            {
+                assert_eq!(code, CloseCode::Unauthorized);
+                assert!(reason.contains("not enrolled"), "{reason}");
+                heard += 1;
+            }
+        }
+        heard
+    });
+    assert_eq!(heard, 80, "only {heard} of 80 refused devices heard why");
+}

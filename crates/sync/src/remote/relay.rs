@@ -67,6 +67,9 @@ pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
 /// A message heavier than the budget takes all of it, so it is held alone.
 pub const DEFAULT_INBOUND_BYTES: usize = 16 << 20;
 
+/// How long a side that sent its close frame keeps reading for the peer's answer.
+pub(crate) const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
 /// Bytes and messages a relay moved, as sealed WebSocket payloads.
 #[derive(Debug, Default)]
 pub struct RelayCounters {
@@ -179,6 +182,7 @@ impl<S: Transport> Relay for WsRelay<S> {
         let closed = self.closed.clone();
         let mut stop_reading = self.stop.subscribe();
         let finished = self.finished_tx.clone();
+        let (reader_done_tx, mut reader_done) = watch::channel(false);
         runtime.spawn(async move {
             tokio::select! {
                 (frame, reason) = reader => {
@@ -192,6 +196,7 @@ impl<S: Transport> Relay for WsRelay<S> {
                 }
                 () = stopped(&mut stop_reading) => {}
             }
+            reader_done_tx.send_replace(true);
         });
         let writer = Writer {
             sink,
@@ -205,10 +210,15 @@ impl<S: Transport> Relay for WsRelay<S> {
         let stop = self.stop.clone();
         let writer_inbox = self.inbox.clone();
         runtime.spawn(async move {
-            if !writer.run(queued, stop_writing).await
-                && let Some(inbox) = writer_inbox
-            {
+            let written = writer.run(queued, stop_writing).await;
+            if !written && let Some(inbox) = writer_inbox {
                 inbox.closed("writing to the peer failed");
+            }
+            if written {
+                // Our close frame is out: keep reading until the peer answers it (or a
+                // moment passes). Closing a socket with unread bytes makes the kernel send a
+                // reset, which can destroy our last messages before the peer reads them.
+                let _ = tokio::time::timeout(CLOSE_DRAIN, reader_done.wait_for(|done| *done)).await;
             }
             // The reader stops too (if it has not already).
             stop.send_replace(Stop::Abort(None));

@@ -82,7 +82,10 @@ impl<S: Transport> Session<S> {
     }
 
     /// Refuses the session: a sealed `Close` with `code` and `reason`, then the WebSocket
-    /// closes (policy violation). Waits at most a second for a peer that does not read.
+    /// closes (policy violation), reading on until the peer answers the close (at most a
+    /// second): a socket closed with the peer's messages unread would send a TCP reset, which
+    /// can destroy the `Close` before the peer reads it. Waits at most a second for a peer
+    /// that does not read.
     pub async fn refuse(mut self, code: CloseCode, reason: &str) {
         let close = Message::close(code, reason);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -96,6 +99,10 @@ impl<S: Transport> Session<S> {
                     reason: "session refused".into(),
                 }))
                 .await;
+        })
+        .await;
+        let _ = tokio::time::timeout(super::relay::CLOSE_DRAIN, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
     }
@@ -154,6 +161,11 @@ async fn close_failed<S: Transport>(ws: &mut WebSocketStream<S>, error: &RemoteE
             reason: reason.into(),
         })),
     )
+    .await;
+    // Read on until the peer answers the close, so that no reset destroys the frame.
+    let _ = tokio::time::timeout(super::relay::CLOSE_DRAIN, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
     .await;
 }
 
