@@ -38,6 +38,9 @@ impl BlazeServer {
             data_dir: dir.path().join("server"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_connections: 8192,
+            // Every bench device connects from 127.0.0.1, a thousand at once.
+            max_pending: 8192,
+            max_pending_per_source: 8192,
             ..ServerConfig::default()
         };
         let key = MasterKey::generate().expect("master key");

@@ -7,6 +7,9 @@
 //! max_connections = 4096
 //! send_queue = 1024
 //! handshake_timeout_secs = 10
+//! max_pending = 256
+//! max_pending_per_source = 32
+//! max_auth_failures = 30
 //! master_key_file = "/etc/blazedb/master.key"
 //!
 //! [tls]
@@ -43,6 +46,14 @@ pub const DEFAULT_OPLOG_KEEP: u64 = 100_000;
 pub const DEFAULT_COMPACT_INTERVAL_SECS: u64 = 60;
 const MAX_COMPACT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
+/// Default limit of connections that have not authenticated yet, from all sources.
+pub const DEFAULT_MAX_PENDING: usize = 256;
+/// Default limit of connections that have not authenticated yet, from one source address.
+pub const DEFAULT_MAX_PENDING_PER_SOURCE: usize = 32;
+/// Default number of failed authentications one source may have in a minute before it is
+/// throttled.
+pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 30;
+
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 const MAX_SEND_QUEUE: usize = 1_000_000;
 const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 3600;
@@ -71,8 +82,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Messages queued for one connection before it counts as too slow and is closed.
     pub send_queue: usize,
-    /// Time a client has for each HTTP request's headers, and for the TLS and Noise handshakes.
+    /// Time a client has for each HTTP request's headers, and from its connection to being
+    /// authenticated (TLS and Noise handshakes, its first messages) all together.
     pub handshake_timeout: Duration,
+    /// Connections that have not authenticated yet, from all sources; more are dropped
+    /// before any handshake.
+    pub max_pending: usize,
+    /// Connections that have not authenticated yet, from one source address (IPv6: per /64).
+    pub max_pending_per_source: usize,
+    /// Failed authentications (handshakes, enrolments, refused devices) one source may have
+    /// in a minute; past that its connections are dropped for a backoff that doubles, up to
+    /// a minute.
+    pub max_auth_failures: u32,
     pub tls: TlsConfig,
     /// A file holding the master key (64 hex characters); `None` means the
     /// `BLAZEDB_MASTER_KEY` environment variable, or development mode.
@@ -92,6 +113,9 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             send_queue: DEFAULT_SEND_QUEUE,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            max_pending: DEFAULT_MAX_PENDING,
+            max_pending_per_source: DEFAULT_MAX_PENDING_PER_SOURCE,
+            max_auth_failures: DEFAULT_MAX_AUTH_FAILURES,
             tls: TlsConfig::Off,
             master_key_file: None,
             oplog_keep: DEFAULT_OPLOG_KEEP,
@@ -108,6 +132,9 @@ pub struct ConfigOverrides {
     pub max_connections: Option<usize>,
     pub send_queue: Option<usize>,
     pub handshake_timeout_secs: Option<u64>,
+    pub max_pending: Option<usize>,
+    pub max_pending_per_source: Option<usize>,
+    pub max_auth_failures: Option<u32>,
     /// Both or neither of `tls_cert` and `tls_key`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -126,6 +153,9 @@ struct FileConfig {
     max_connections: Option<usize>,
     send_queue: Option<usize>,
     handshake_timeout_secs: Option<u64>,
+    max_pending: Option<usize>,
+    max_pending_per_source: Option<usize>,
+    max_auth_failures: Option<u32>,
     tls: Option<FileTls>,
     tls_self_signed: Option<bool>,
     master_key_file: Option<PathBuf>,
@@ -192,36 +222,48 @@ impl ServerConfig {
             Some(text) => parse_listen(text)?,
             None => defaults.listen,
         };
-        let max_connections = flags
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(defaults.max_connections);
-        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&max_connections) {
-            return Err(invalid(
-                "max_connections",
-                format!("{max_connections} is not between 1 and {MAX_CONNECTIONS_LIMIT}"),
-            ));
-        }
-        let send_queue = flags
-            .send_queue
-            .or(file.send_queue)
-            .unwrap_or(defaults.send_queue);
-        if !(1..=MAX_SEND_QUEUE).contains(&send_queue) {
-            return Err(invalid(
-                "send_queue",
-                format!("{send_queue} is not between 1 and {MAX_SEND_QUEUE}"),
-            ));
-        }
-        let timeout = flags
-            .handshake_timeout_secs
-            .or(file.handshake_timeout_secs)
-            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS);
-        if !(1..=MAX_HANDSHAKE_TIMEOUT_SECS).contains(&timeout) {
-            return Err(invalid(
-                "handshake_timeout_secs",
-                format!("{timeout} is not between 1 and {MAX_HANDSHAKE_TIMEOUT_SECS} seconds"),
-            ));
-        }
+        let max_connections = ranged(
+            "max_connections",
+            flags.max_connections.or(file.max_connections),
+            defaults.max_connections,
+            1..=MAX_CONNECTIONS_LIMIT,
+            "",
+        )?;
+        let send_queue = ranged(
+            "send_queue",
+            flags.send_queue.or(file.send_queue),
+            defaults.send_queue,
+            1..=MAX_SEND_QUEUE,
+            "",
+        )?;
+        let timeout = ranged(
+            "handshake_timeout_secs",
+            flags.handshake_timeout_secs.or(file.handshake_timeout_secs),
+            DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+            1..=MAX_HANDSHAKE_TIMEOUT_SECS,
+            " seconds",
+        )?;
+        let max_pending = ranged(
+            "max_pending",
+            flags.max_pending.or(file.max_pending),
+            defaults.max_pending,
+            1..=MAX_CONNECTIONS_LIMIT,
+            "",
+        )?;
+        let max_pending_per_source = ranged(
+            "max_pending_per_source",
+            flags.max_pending_per_source.or(file.max_pending_per_source),
+            defaults.max_pending_per_source,
+            1..=MAX_CONNECTIONS_LIMIT,
+            "",
+        )?;
+        let max_auth_failures = ranged(
+            "max_auth_failures",
+            flags.max_auth_failures.or(file.max_auth_failures),
+            defaults.max_auth_failures,
+            1..=1_000_000,
+            "",
+        )?;
 
         let file_tls = match (file.tls, file.tls_self_signed.unwrap_or(false)) {
             (Some(_), true) => {
@@ -265,16 +307,13 @@ impl ServerConfig {
             .oplog_keep
             .or(file.oplog_keep)
             .unwrap_or(defaults.oplog_keep);
-        let compact_every = flags
-            .compact_interval_secs
-            .or(file.compact_interval_secs)
-            .unwrap_or(DEFAULT_COMPACT_INTERVAL_SECS);
-        if !(1..=MAX_COMPACT_INTERVAL_SECS).contains(&compact_every) {
-            return Err(invalid(
-                "compact_interval_secs",
-                format!("{compact_every} is not between 1 and {MAX_COMPACT_INTERVAL_SECS} seconds"),
-            ));
-        }
+        let compact_every = ranged(
+            "compact_interval_secs",
+            flags.compact_interval_secs.or(file.compact_interval_secs),
+            DEFAULT_COMPACT_INTERVAL_SECS,
+            1..=MAX_COMPACT_INTERVAL_SECS,
+            " seconds",
+        )?;
 
         Ok(ServerConfig {
             data_dir,
@@ -282,6 +321,9 @@ impl ServerConfig {
             max_connections,
             send_queue,
             handshake_timeout: Duration::from_secs(timeout),
+            max_pending,
+            max_pending_per_source,
+            max_auth_failures,
             tls,
             master_key_file,
             oplog_keep,
@@ -293,6 +335,28 @@ impl ServerConfig {
     pub fn meta_path(&self) -> PathBuf {
         self.data_dir.join(crate::meta::META_FILE)
     }
+}
+
+/// The setting's value (`given`, else `default`), refused when outside `range`.
+fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
+    setting: &'static str,
+    given: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    let value = given.unwrap_or(default);
+    if !range.contains(&value) {
+        return Err(invalid(
+            setting,
+            format!(
+                "{value} is not between {} and {}{unit}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {

@@ -26,6 +26,7 @@
 
 mod config;
 mod error;
+mod gate;
 mod hosted;
 mod log;
 mod master_key;
@@ -37,7 +38,8 @@ mod util;
 
 pub use config::{
     ConfigOverrides, DEFAULT_DATA_DIR, DEFAULT_HANDSHAKE_TIMEOUT_SECS, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_QUEUE, ServerConfig, TlsConfig, parse_listen,
+    DEFAULT_MAX_AUTH_FAILURES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_PER_SOURCE, DEFAULT_SEND_QUEUE, ServerConfig, TlsConfig, parse_listen,
 };
 pub use error::{ConfigError, MetaError, ServerError};
 pub use master_key::{DEV_KEY_FILE, KeySource, MASTER_KEY_ENV, MasterKey, ResolvedKey};

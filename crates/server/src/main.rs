@@ -69,9 +69,18 @@ struct ServeArgs {
     /// Messages queued for one connection before it counts as too slow [default: 1024].
     #[arg(long, value_name = "N")]
     send_queue: Option<usize>,
-    /// Seconds a client has for its HTTP request headers, the TLS and Noise handshakes [default: 10].
+    /// Seconds a client has for its HTTP request headers, and from connecting to being authenticated [default: 10].
     #[arg(long, value_name = "SECS")]
     handshake_timeout_secs: Option<u64>,
+    /// Connections not authenticated yet, from all addresses [default: 256].
+    #[arg(long, value_name = "N")]
+    max_pending: Option<usize>,
+    /// Connections not authenticated yet, from one address (IPv6: one /64) [default: 32].
+    #[arg(long, value_name = "N")]
+    max_pending_per_source: Option<usize>,
+    /// Failed authentications one address may have in a minute before it is throttled [default: 30].
+    #[arg(long, value_name = "N")]
+    max_auth_failures: Option<u32>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -95,6 +104,9 @@ impl ServeArgs {
             && self.max_connections.is_none()
             && self.send_queue.is_none()
             && self.handshake_timeout_secs.is_none()
+            && self.max_pending.is_none()
+            && self.max_pending_per_source.is_none()
+            && self.max_auth_failures.is_none()
             && self.tls_cert.is_none()
             && self.tls_key.is_none()
             && !self.tls_self_signed
@@ -222,6 +234,9 @@ fn load_config(common: &CommonArgs, serve: ServeArgs) -> Result<ServerConfig, St
         max_connections: serve.max_connections,
         send_queue: serve.send_queue,
         handshake_timeout_secs: serve.handshake_timeout_secs,
+        max_pending: serve.max_pending,
+        max_pending_per_source: serve.max_pending_per_source,
+        max_auth_failures: serve.max_auth_failures,
         tls_cert: serve.tls_cert,
         tls_key: serve.tls_key,
         tls_self_signed: serve.tls_self_signed,

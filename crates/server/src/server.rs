@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::header::{
     CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::config::{ServerConfig, TlsConfig};
 use crate::error::ServerError;
+use crate::gate::{Gate, GateLimits, Ticket};
 use crate::hosted::Hosted;
 use crate::log;
 use crate::master_key::MasterKey;
@@ -37,15 +38,61 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 struct AppState {
     hosted: Hosted,
     session: Arc<SessionContext>,
-    permits: Arc<Semaphore>,
-    max_connections: usize,
     shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {
+    /// Authenticated sync connections.
     fn connections(&self) -> usize {
-        self.max_connections
-            .saturating_sub(self.permits.available_permits())
+        let session = &self.session;
+        session
+            .max_connections
+            .saturating_sub(session.permits.available_permits())
+    }
+}
+
+/// How often the gate's refusals and failures are logged, in aggregate.
+const GATE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// The open-file limit the server asks for at start (the soft limit is raised towards the
+/// hard one): every connection is a descriptor, and the common soft default of 1,024 runs
+/// out long before `max_connections`.
+const WANTED_OPEN_FILES: u64 = 1 << 20;
+
+/// An accepted connection's place in the gate's budget.
+pub(crate) struct Entry {
+    pub ticket: Ticket,
+}
+
+/// The ticket of one HTTP connection, until its WebSocket upgrade takes it along.
+#[derive(Clone)]
+struct TicketSlot(Arc<std::sync::Mutex<Option<Ticket>>>);
+
+impl TicketSlot {
+    fn take(&self) -> Option<Ticket> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn holds(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+/// Raises the soft open-file limit as far as the hard limit allows, and says what it got.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(WANTED_OPEN_FILES) {
+        Ok(limit) if limit < 4096 => log::warn(format_args!(
+            "the open-file limit is {limit}: each connection takes one, so the server refuses \
+             connections past about {limit}; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        )),
+        Ok(_) => {}
+        Err(e) => log::warn(format_args!("cannot raise the open-file limit: {e}")),
     }
 }
 
@@ -118,16 +165,23 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let initially_revoked = meta.revoked_keys()?;
         let (revoked_tx, revoked_rx) = watch::channel(Arc::new(initially_revoked));
+        raise_open_file_limit();
+        let gate = Gate::new(GateLimits {
+            total: config.max_pending,
+            per_source: config.max_pending_per_source,
+            time: config.handshake_timeout,
+            failures: config.max_auth_failures,
+        });
         let state = Arc::new(AppState {
             hosted,
             session: Arc::new(SessionContext {
                 meta: meta.clone(),
-                handshake_timeout: config.handshake_timeout,
                 send_queue: config.send_queue,
                 revoked: revoked_rx,
+                gate: gate.clone(),
+                permits: Arc::new(Semaphore::new(config.max_connections)),
+                max_connections: config.max_connections,
             }),
-            permits: Arc::new(Semaphore::new(config.max_connections)),
-            max_connections: config.max_connections,
             shutdown: shutdown_rx.clone(),
         });
         let app = Router::new()
@@ -147,6 +201,7 @@ impl Server {
             revoked_tx,
             shutdown_rx.clone(),
         ));
+        runtime.spawn(log_gate_summaries(gate.clone(), shutdown_rx.clone()));
         {
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)?;
@@ -154,18 +209,13 @@ impl Server {
             let stop = shutdown_rx.clone();
             match acceptor {
                 None => {
-                    use axum::serve::ListenerExt;
-                    let listener = listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
+                    let listener = GatedTcp::new(listener, gate);
                     runtime.spawn(serve_http(listener, app, header_timeout, stop, served_tx));
                 }
                 Some(acceptor) => {
                     let listener = crate::tls::listen(
-                        listener,
+                        GatedTcp::new(listener, gate),
                         acceptor,
-                        config.handshake_timeout,
-                        config.max_connections,
                         shutdown_rx.clone(),
                     )
                     .map_err(bind_error)?;
@@ -314,16 +364,21 @@ async fn serve_http<L>(
     mut shutdown: watch::Receiver<bool>,
     served: std_mpsc::Sender<()>,
 ) where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = Entry>,
 {
     // Every connection task holds a receiver; `closed()` says when the last one is gone.
     let (all_done, done) = watch::channel(());
     loop {
-        let (io, _peer) = tokio::select! {
+        let (io, entry) = tokio::select! {
             () = crate::stopped(&mut shutdown) => break,
             accepted = listener.accept() => accepted,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let deadline = entry.ticket.deadline();
+        let slot = TicketSlot(Arc::new(std::sync::Mutex::new(Some(entry.ticket))));
+        // Each request of the connection can reach its ticket (the upgrade takes it along).
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(slot.clone())),
+        );
         let mut stop = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
@@ -333,19 +388,113 @@ async fn serve_http<L>(
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = crate::stopped(&mut stop) => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let mut expired = std::pin::pin!(tokio::time::sleep_until(deadline));
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    () = crate::stopped(&mut stop) => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                        break;
+                    }
+                    // A connection that has not authenticated by its deadline (plain HTTP
+                    // kept open, an upgrade still in progress) loses its socket; one whose
+                    // upgrade took the ticket is the session's to time out.
+                    () = expired.as_mut(), if slot.holds() => {
+                        if slot.holds() {
+                            break;
+                        }
+                    }
                 }
             }
+            drop(slot);
             drop(done);
         });
     }
     drop(done);
     all_done.closed().await;
     let _ = served.send(());
+}
+
+/// Accepts TCP connections and lets in those the gate has room for (each with its ticket);
+/// the others are closed at once. Accept errors (out of file descriptors, …) are logged, at
+/// most one line a second with how many there were.
+pub(crate) struct GatedTcp {
+    listener: tokio::net::TcpListener,
+    gate: Arc<Gate>,
+    errors: u64,
+    last_error_log: Option<Instant>,
+}
+
+impl GatedTcp {
+    fn new(listener: tokio::net::TcpListener, gate: Arc<Gate>) -> GatedTcp {
+        GatedTcp {
+            listener,
+            gate,
+            errors: 0,
+            last_error_log: None,
+        }
+    }
+
+    /// The next connection the gate lets in.
+    pub(crate) async fn next(&mut self) -> (tokio::net::TcpStream, Entry) {
+        loop {
+            match self.listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let Ok(ticket) = self.gate.enter(peer.ip()) else {
+                        // Dropped before any handshake; counted in the gate's summary.
+                        continue;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    return (tcp, Entry { ticket });
+                }
+                Err(e) => {
+                    self.errors += 1;
+                    let due = self
+                        .last_error_log
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                    if due {
+                        log::error(format_args!(
+                            "accepting connections failed ({} times since the last report): {e}",
+                            self.errors
+                        ));
+                        self.errors = 0;
+                        self.last_error_log = Some(Instant::now());
+                    }
+                    // Out of descriptors and the like: wait a little instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for GatedTcp {
+    type Io = tokio::net::TcpStream;
+    type Addr = Entry;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.next().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Err(std::io::Error::other(
+            "a gated listener has no address of its own",
+        ))
+    }
+}
+
+/// Logs the gate's summary of refusals and failures once a minute, when there were any.
+async fn log_gate_summaries(gate: Arc<Gate>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(GATE_SUMMARY_EVERY) => {}
+            () = crate::stopped(&mut shutdown) => return,
+        }
+        if let Some(line) = gate.summary() {
+            log::warn(format_args!("{line}"));
+        }
+    }
 }
 
 /// Compacts every hosted database's op log every `interval` until shutdown. A failure is
@@ -375,6 +524,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "status": "ok",
         "databases": state.hosted.count(),
         "connections": state.connections(),
+        "pending": state.session.gate.pending(),
     }))
     .into_response()
 }
@@ -395,6 +545,7 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 
 async fn sync(
     State(state): State<Arc<AppState>>,
+    Extension(slot): Extension<TicketSlot>,
     Path(database): Path<String>,
     mut request: Request,
 ) -> Response {
@@ -462,13 +613,21 @@ async fn sync(
         );
     };
 
-    let Ok(permit) = state.permits.clone().try_acquire_owned() else {
+    // The slot is taken once the device authenticates (in the session); checked here too, so
+    // that a full server answers before any handshake.
+    if state.session.permits.available_permits() == 0 {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "the server is at its limit of {} connections; try again later",
-                state.max_connections
+                state.session.max_connections
             ),
+        );
+    }
+    let Some(ticket) = slot.take() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this connection has no room to authenticate; try again".to_owned(),
         );
     };
     if *state.shutdown.borrow() {
@@ -491,7 +650,7 @@ async fn sync(
             Some(blazedb_sync::remote::websocket_config()),
         )
         .await;
-        session::run(ws, context, hosted, shutdown, permit).await;
+        session::run(ws, context, hosted, shutdown, ticket).await;
     });
 
     let mut response = Response::new(Body::empty());

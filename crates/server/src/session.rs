@@ -13,9 +13,11 @@ use std::time::Duration;
 use blazedb_protocol::{CloseCode, Message};
 use blazedb_sync::remote::{RelayOptions, Transport, accept_handshake};
 use blazedb_sync::{ConnectOptions, PeerTrust};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::error::MetaError;
+use crate::gate::{Gate, Ticket};
 use crate::hosted::HostedDatabase;
 use crate::log;
 use crate::meta::MetaStore;
@@ -31,10 +33,14 @@ pub(crate) type Revoked = Arc<HashSet<Vec<u8>>>;
 /// What every connection needs from the server.
 pub(crate) struct SessionContext {
     pub meta: Arc<MetaStore>,
-    pub handshake_timeout: Duration,
     pub send_queue: usize,
     /// Updated by [`watch_revocations`].
     pub revoked: watch::Receiver<Revoked>,
+    /// The budget of connections that have not authenticated (and failures per source).
+    pub gate: Arc<Gate>,
+    /// One permit per authenticated connection, `max_connections` in all.
+    pub permits: Arc<Semaphore>,
+    pub max_connections: usize,
 }
 
 /// Keeps `revoked` up to date until `shutdown`: every [`REVOCATION_CHECK`], one cheap read
@@ -87,26 +93,36 @@ enum Admission {
         user: String,
         first: Option<Message>,
     },
-    /// Refused, with the reason the device is told.
-    Refused(CloseCode, String),
+    /// Refused, with the reason the device is told, and what the log says about it (one
+    /// line per source and minute; the rest goes into the gate's summary).
+    Refused(CloseCode, String, Option<String>),
 }
 
-/// Runs one connection to its end. `_permit` is the connection's slot under the server's
-/// connection limit, given back when this returns.
+/// Runs one connection to its end. `ticket` is its place among the connections that have
+/// not authenticated: the device must be admitted (handshake, enrolment or key check, its
+/// node id) before the ticket's deadline; then the ticket is given back and the connection
+/// takes one of the `max_connections` slots until it ends.
 pub(crate) async fn run<S: Transport>(
     ws: WebSocketStream<S>,
     context: Arc<SessionContext>,
     database: Arc<HostedDatabase>,
     mut shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    ticket: Ticket,
 ) {
+    let deadline = ticket.deadline();
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let keys = context.meta.server_keys();
-    let handshake = accept_handshake(ws, keys, &database.name, context.handshake_timeout);
+    let handshake = accept_handshake(ws, keys, &database.name, left());
     let mut session = tokio::select! {
         accepted = handshake => match accepted {
             Ok(session) => session,
-            // The device gets the reason in the close frame; nothing to do here.
-            Err(_) => return,
+            // The device gets the reason in the close frame.
+            Err(e) => {
+                if !matches!(e, blazedb_sync::remote::RemoteError::Timeout(..)) {
+                    ticket.failed();
+                }
+                return;
+            }
         },
         () = crate::stopped(&mut shutdown) => return,
     };
@@ -114,7 +130,7 @@ pub(crate) async fn run<S: Transport>(
 
     // The device speaks first: `Enroll` when it is new, its `Hello` otherwise.
     let first = tokio::select! {
-        first = tokio::time::timeout(context.handshake_timeout, session.recv()) => first,
+        first = tokio::time::timeout_at(deadline, session.recv()) => first,
         () = crate::stopped(&mut shutdown) => {
             session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
             return;
@@ -148,11 +164,21 @@ pub(crate) async fn run<S: Transport>(
                 Admission::Refused(
                     CloseCode::InternalError,
                     "the server failed while checking the device".to_owned(),
+                    None,
                 )
             });
     let (user, first) = match admission {
         Admission::Known { user, first } => (user, first),
-        Admission::Refused(code, reason) => {
+        Admission::Refused(code, reason, line) => {
+            if code == CloseCode::Unauthorized {
+                if ticket.failed()
+                    && let Some(line) = line
+                {
+                    log::info(format_args!("{line}"));
+                }
+            } else if let Some(line) = line {
+                log::error(format_args!("{line}"));
+            }
             session.refuse(code, &reason).await;
             return;
         }
@@ -164,7 +190,7 @@ pub(crate) async fn run<S: Transport>(
         Some(message) => message,
         None => {
             let next = tokio::select! {
-                next = tokio::time::timeout(context.handshake_timeout, session.recv()) => next,
+                next = tokio::time::timeout_at(deadline, session.recv()) => next,
                 () = crate::stopped(&mut shutdown) => {
                     session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
                     return;
@@ -197,8 +223,7 @@ pub(crate) async fn run<S: Transport>(
     let bound = tokio::task::spawn_blocking(move || meta.bind_node(&bind_key, node)).await;
     let refusal = match bound {
         Ok(Ok(())) => None,
-        Ok(Err(e @ crate::error::MetaError::Storage(_)))
-        | Ok(Err(e @ crate::error::MetaError::Corrupt(_))) => {
+        Ok(Err(e @ (MetaError::Storage(_) | MetaError::Corrupt(_)))) => {
             log::error(format_args!(
                 "binding device {fingerprint} to its node failed: {e}"
             ));
@@ -208,10 +233,12 @@ pub(crate) async fn run<S: Transport>(
             ))
         }
         Ok(Err(e)) => {
-            log::warn(format_args!(
-                "refused device {fingerprint} ({user}) for database {:?}: {e}",
-                database.name
-            ));
+            if ticket.failed() {
+                log::warn(format_args!(
+                    "refused device {fingerprint} ({user}) for database {:?}: {e}",
+                    database.name
+                ));
+            }
             Some((CloseCode::Unauthorized, e.to_string()))
         }
         Err(_) => Some((
@@ -223,6 +250,21 @@ pub(crate) async fn run<S: Transport>(
         session.refuse(code, &reason).await;
         return;
     }
+
+    // Authenticated: out of the strangers' budget, into the enrolled devices' own.
+    drop(ticket);
+    let Ok(_permit) = context.permits.clone().try_acquire_owned() else {
+        session
+            .refuse(
+                CloseCode::GoingAway,
+                &format!(
+                    "the server is at its limit of {} connections; try again later",
+                    context.max_connections
+                ),
+            )
+            .await;
+        return;
+    };
 
     let relay = session.into_relay(
         Some(hello),
@@ -318,24 +360,22 @@ fn admit(
     let device = match meta.device(key) {
         Ok(device) => device,
         Err(e) => {
-            log::error(format_args!("looking up device {fingerprint} failed: {e}"));
             return Admission::Refused(
                 CloseCode::InternalError,
                 "the server failed to look the device up".to_owned(),
+                Some(format!("looking up device {fingerprint} failed: {e}")),
             );
         }
     };
     match device {
-        Some(device) if device.revoked => {
-            log::info(format_args!(
+        Some(device) if device.revoked => Admission::Refused(
+            CloseCode::Unauthorized,
+            format!("device key {fingerprint} was revoked by the server's administrator"),
+            Some(format!(
                 "refused revoked device {fingerprint} ({}) for database {database:?}",
                 device.user
-            ));
-            Admission::Refused(
-                CloseCode::Unauthorized,
-                format!("device key {fingerprint} was revoked by the server's administrator"),
-            )
-        }
+            )),
+        ),
         Some(device) => Admission::Known {
             user: device.user,
             // A device that enrolled but did not hear back may send its token again.
@@ -357,14 +397,15 @@ fn admit(
                     }
                 }
                 Err(e) => {
-                    log::info(format_args!(
-                        "refused enrolment of device {fingerprint}: {e}"
-                    ));
                     let code = match e {
-                        crate::error::MetaError::Storage(_) => CloseCode::InternalError,
+                        MetaError::Storage(_) => CloseCode::InternalError,
                         _ => CloseCode::Unauthorized,
                     };
-                    Admission::Refused(code, format!("enrolment refused: {e}"))
+                    Admission::Refused(
+                        code,
+                        format!("enrolment refused: {e}"),
+                        Some(format!("refused enrolment of device {fingerprint}: {e}")),
+                    )
                 }
             },
             _ => Admission::Refused(
@@ -373,6 +414,9 @@ fn admit(
                     "device key {fingerprint} is not enrolled; enrol it with a token from \
                      `blazedb-server admin token create`"
                 ),
+                Some(format!(
+                    "refused unknown device {fingerprint} for database {database:?}"
+                )),
             ),
         },
     }

@@ -4,19 +4,19 @@
 //! Each TCP connection does its TLS handshake in a task of its own, bounded by the handshake
 //! timeout, so a slow or silent client never holds up the accept loop.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::ConfigError;
+use crate::server::{Entry, GatedTcp};
 
 /// The folder of the self-signed certificate, in the data folder.
 pub const TLS_DIR: &str = "tls";
@@ -190,14 +190,13 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()
 }
 
 /// Finished TLS connections, as axum's listener.
-pub struct TlsListener {
-    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+pub(crate) struct TlsListener {
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, Entry)>,
 }
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = Entry;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.connections.recv().await {
@@ -208,58 +207,45 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Err(std::io::Error::other(
+            "a TLS listener has no address of its own",
+        ))
     }
 }
 
-/// Accepts TCP connections on `listener` until `shutdown` turns true, does each TLS
-/// handshake in its own task (at most `timeout`, at most `max_handshakes` at once: more
-/// connections are dropped), and hands finished connections to the returned listener.
-pub fn listen(
-    listener: TcpListener,
+/// Takes the connections the gate lets in until `shutdown` turns true, does each TLS
+/// handshake in its own task, within the connection's time to authenticate (its ticket's
+/// deadline), and hands finished connections to the returned listener. The gate bounds how
+/// many handshakes run at once.
+pub(crate) fn listen(
+    mut listener: GatedTcp,
     acceptor: TlsAcceptor,
-    timeout: Duration,
-    max_handshakes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<TlsListener> {
-    let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
+            let (tcp, entry) = tokio::select! {
                 () = crate::stopped(&mut shutdown) => break,
-                accepted = listener.accept() => accepted,
+                accepted = listener.next() => accepted,
             };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    crate::log::warn(format_args!("accepting a connection failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = handshakes.clone().try_acquire_owned() else {
-                // Too many handshakes in progress (a flood of slow clients): drop this one.
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
-                drop(slot);
-                if let Ok(Ok(tls)) = handshake {
-                    let _ = tx.send((tls, peer)).await;
+                let deadline = entry.ticket.deadline();
+                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, entry)).await;
+                    }
+                    Ok(Err(_)) => {
+                        entry.ticket.failed();
+                    }
+                    Err(_) => {}
                 }
             });
         }
     });
-    Ok(TlsListener {
-        connections: rx,
-        local,
-    })
+    Ok(TlsListener { connections: rx })
 }
 
 #[cfg(test)]

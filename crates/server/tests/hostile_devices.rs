@@ -1,8 +1,9 @@
 //! Enrolled devices that misbehave on purpose, against a real server on 127.0.0.1: a device
 //! that says hello as another device's node, or sends operations stamped with another node's
 //! origin, is refused with the reason and nothing of it is stored; a device that floods the
-//! server with compressed batches or with `Pull`s holds a bounded amount of its memory; the
-//! honest devices keep syncing as if nothing happened.
+//! server with compressed batches or with `Pull`s holds a bounded amount of its memory;
+//! strangers that connect and say nothing, or guess tokens, hold a small budget of their own
+//! and are throttled; the honest devices keep syncing as if nothing happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -180,14 +181,26 @@ fn operations_stamped_with_another_nodes_origin_are_refused_and_nothing_is_store
     assert_eq!(ada.count("bugs").unwrap(), 6);
 }
 
-/// A server process with database "bugs" and users ada and mallory, for measuring its memory.
+/// A server process with database "bugs" and users ada, bob and mallory, for measuring its
+/// memory and descriptors.
 fn serve_process(dir: &Path) -> ServeProcess {
+    serve_process_with(dir, &[])
+}
+
+fn serve_process_with(dir: &Path, flags: &[&str]) -> ServeProcess {
     let data = common::init(dir);
     common::ok(&data, &["admin", "database", "create", DB]);
-    for user in ["ada", "mallory"] {
+    for user in ["ada", "bob", "mallory"] {
         common::ok(&data, &["admin", "user", "add", user]);
     }
-    ServeProcess::start(&data, &[])
+    ServeProcess::start(&data, flags)
+}
+
+/// Descriptors the process has open (Linux).
+fn open_files(server: &ServeProcess) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
+        .unwrap()
+        .count()
 }
 
 fn process_token(server: &ServeProcess, user: &str) -> String {
@@ -377,7 +390,16 @@ fn a_device_flooding_pulls_it_never_reads_is_closed_and_holds_bounded_memory() {
 #[test]
 fn a_refused_device_always_hears_why_even_with_messages_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path());
+    // 80 refusals from one address: more than the default throttle lets through.
+    let server = common::start_server_with(
+        dir.path(),
+        DB,
+        &[],
+        blazedb_server::ServerConfig {
+            max_auth_failures: 1_000,
+            ..Default::default()
+        },
+    );
     let rt = runtime();
     let heard = rt.block_on(async {
         let mut heard = 0;
@@ -404,4 +426,97 @@ fn a_refused_device_always_hears_why_even_with_messages_in_flight() {
         heard
     });
     assert_eq!(heard, 80, "only {heard} of 80 refused devices heard why");
+}
+
+#[test]
+fn a_thousand_silent_strangers_do_not_starve_enrolled_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_process_with(
+        dir.path(),
+        &["--max-connections", "50", "--handshake-timeout-secs", "2"],
+    );
+    let (ada, ada_sync) = process_device(&server, "ada");
+    ada_sync.wait_synced(WAIT, |_| {}).unwrap();
+    let files_before = open_files(&server);
+
+    // 1,000 strangers upgrade to a WebSocket, or just connect, and then say nothing.
+    let mut strangers = Vec::new();
+    for i in 0..1_000 {
+        let Ok(mut tcp) = std::net::TcpStream::connect(server.addr) else {
+            continue;
+        };
+        if i % 2 == 0 {
+            use std::io::Write;
+            let _ = write!(
+                tcp,
+                "GET /sync/{DB} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            );
+        }
+        strangers.push(tcp);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The server let in at most its pending budget from this address; it closed the rest
+    // at once instead of holding a descriptor (and a slot) for each.
+    let files_during = open_files(&server);
+    eprintln!(
+        "{} strangers connected: the server holds {files_during} descriptors ({files_before} \
+         before)",
+        strangers.len()
+    );
+    assert!(
+        files_during < files_before + 100,
+        "the server holds {files_during} descriptors"
+    );
+
+    // Ada, enrolled and connected, keeps syncing meanwhile.
+    ada.insert("bugs", fields! {"title" => "while strangers wait"})
+        .unwrap();
+    ada_sync.wait_synced(WAIT, |_| {}).unwrap();
+
+    // A new device from the same address gets in once the strangers' time is up (2 s), and
+    // the strangers took none of the 50 enrolled slots.
+    let (bob, bob_sync) = process_device(&server, "bob");
+    bob_sync.wait_synced(WAIT, |_| {}).unwrap();
+    assert_eq!(bob.count("bugs").unwrap(), 1);
+    drop(strangers);
+}
+
+#[test]
+fn token_guesses_from_one_address_are_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_process_with(dir.path(), &["--max-auth-failures", "10"]);
+    let rt = runtime();
+    let (refused, dropped) = rt.block_on(async {
+        let (mut refused, mut dropped) = (0, 0);
+        for _ in 0..60 {
+            let guesser = RawDevice::new();
+            let Some(mut session) =
+                RawSession::try_connect(server.addr, DB, &guesser.keys).await
+            else {
+                // Dropped before any handshake: the address is throttled.
+                dropped += 1;
+                continue;
+            };
+            session
+                .send(&Message::Enroll {
+                    token: "bzt1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                })
+                .await;
+            match session.recv(Duration::from_secs(5)).await {
+                Some(Message::Close { code, .. }) => {
+                    assert_eq!(code, CloseCode::Unauthorized);
+                    refused += 1;
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        (refused, dropped)
+    });
+    eprintln!("60 token guesses: {refused} refused after a handshake, {dropped} dropped before");
+    // Ten failures are free; the eleventh starts a backoff (1 s, then 2 s, …) during which
+    // the address's connections are dropped before any handshake or store lookup.
+    assert!(refused <= 15, "{refused} guesses got a handshake");
+    assert!(dropped >= 45, "{dropped} guesses were dropped");
 }

@@ -67,40 +67,78 @@ fn a_database_created_while_the_server_runs_is_served_at_once() {
     assert_eq!(json["databases"], 1);
 }
 
+/// A device of user ada syncing with `server`.
+fn enrolled_device(
+    server: &ServeProcess,
+) -> (blazedb_core::Database, blazedb_sync::remote::RemoteSync) {
+    use blazedb_sync::remote::{RemoteNode, RemoteOptions, SyncExt};
+    let token = ok(&server.data, &["admin", "token", "create", "ada"]);
+    let db = blazedb_core::Database::in_memory().unwrap();
+    let options = RemoteOptions {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..RemoteOptions::default()
+    };
+    let sync = db
+        .enable_sync(
+            RemoteNode::new(&server.url, "bugs"),
+            options.enroll(token.trim()),
+        )
+        .unwrap();
+    (db, sync)
+}
+
+fn health(server: &ServeProcess) -> serde_json::Value {
+    serde_json::from_str(&get(server.addr, "/health").body).unwrap()
+}
+
 #[test]
-fn connections_beyond_the_limit_get_503_and_a_freed_slot_is_reused() {
+fn only_authenticated_devices_take_connection_slots_and_a_freed_slot_is_reused() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::init(dir.path());
     ok(&data, &["admin", "database", "create", "bugs"]);
+    ok(&data, &["admin", "user", "add", "ada"]);
     let server = ServeProcess::start(
         &data,
         &["--max-connections", "1", "--handshake-timeout-secs", "60"],
     );
-    let (first, socket) = upgrade(server.addr, "/sync/bugs");
-    assert_eq!(first.status, 101);
-    let json: serde_json::Value = serde_json::from_str(&get(server.addr, "/health").body).unwrap();
-    assert_eq!(json["connections"], 1);
-
-    let (second, _) = upgrade(server.addr, "/sync/bugs");
-    assert_eq!(second.status, 503);
-    assert!(
-        second.body.contains("limit of 1 connections"),
-        "{}",
-        second.body
+    // A silent upgrade is a stranger: it waits in the pending budget, not in a slot.
+    let (silent, _socket) = upgrade(server.addr, "/sync/bugs");
+    assert_eq!(silent.status, 101);
+    let json = health(&server);
+    // (The health request's own connection is pending too.)
+    assert_eq!(
+        (json["connections"].as_u64(), json["pending"].as_u64()),
+        (Some(0), Some(2))
     );
 
-    // Closing the first connection gives its slot back.
-    drop(socket);
+    // So an enrolled device still gets the one slot.
+    let (first, first_sync) = enrolled_device(&server);
+    first_sync
+        .wait_synced(Duration::from_secs(30), |_| {})
+        .unwrap();
+    assert_eq!(health(&server)["connections"], 1);
+
+    // A second device is told the server is full (503 at the upgrade), and keeps trying.
+    let (_second, second_sync) = enrolled_device(&server);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (third, _socket) = upgrade(server.addr, "/sync/bugs");
-        if third.status == 101 {
+        let error = second_sync.status().last_error.unwrap_or_default();
+        if error.contains("503") {
+            assert!(error.contains("limit of 1 connections"), "{error}");
             break;
         }
-        assert_eq!(third.status, 503);
-        assert!(Instant::now() < deadline, "the slot was never given back");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "no 503: {error:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
+
+    // The first device leaving gives its slot to the second.
+    drop(first_sync);
+    drop(first);
+    second_sync
+        .wait_synced(Duration::from_secs(30), |_| {})
+        .unwrap();
+    assert_eq!(health(&server)["connections"], 1);
 }
 
 #[test]

@@ -40,10 +40,25 @@ pub fn run(data: &Path, args: &[&str]) -> Output {
 /// database `database` and knowing `users` (both made when missing, so a restarted server
 /// keeps what it had).
 pub fn start_server(data: &Path, database: &str, users: &[&str]) -> blazedb_server::ServerHandle {
+    start_server_with(
+        data,
+        database,
+        users,
+        blazedb_server::ServerConfig::default(),
+    )
+}
+
+/// [`start_server`] with other settings (its data folder and address are set here).
+pub fn start_server_with(
+    data: &Path,
+    database: &str,
+    users: &[&str],
+    config: blazedb_server::ServerConfig,
+) -> blazedb_server::ServerHandle {
     let config = blazedb_server::ServerConfig {
         data_dir: data.to_owned(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..blazedb_server::ServerConfig::default()
+        ..config
     };
     let key = blazedb_server::MasterKey::from_hex(KEY, "test").unwrap();
     let server = blazedb_server::Server::start_with_key(config, key).unwrap();

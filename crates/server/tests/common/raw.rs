@@ -59,21 +59,32 @@ pub struct RawSession {
 impl RawSession {
     /// Upgrades to a WebSocket on `/sync/{database}` and runs the Noise handshake with `keys`.
     pub async fn connect(address: SocketAddr, database: &str, keys: &StaticKeys) -> RawSession {
-        let tcp = TcpStream::connect(address).await.unwrap();
+        RawSession::try_connect(address, database, keys)
+            .await
+            .expect("the server accepts the connection and the handshake")
+    }
+
+    /// Like [`RawSession::connect`]; `None` when the server drops the connection first.
+    pub async fn try_connect(
+        address: SocketAddr,
+        database: &str,
+        keys: &StaticKeys,
+    ) -> Option<RawSession> {
+        let tcp = TcpStream::connect(address).await.ok()?;
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             format!("ws://{address}/sync/{database}"),
             tcp,
             Some(websocket_config()),
         )
         .await
-        .unwrap();
+        .ok()?;
         let (initiator, first) = Initiator::new(keys, database, PROTOCOL_VERSION)
             .unwrap()
             .write_first()
             .unwrap();
-        ws.send(WsMessage::Binary(first.into())).await.unwrap();
+        ws.send(WsMessage::Binary(first.into())).await.ok()?;
         let second = loop {
-            if let WsMessage::Binary(b) = ws.next().await.unwrap().unwrap() {
+            if let WsMessage::Binary(b) = ws.next().await?.ok()? {
                 break b;
             }
         };
@@ -82,11 +93,11 @@ impl RawSession {
             .unwrap()
             .write_third()
             .unwrap();
-        ws.send(WsMessage::Binary(third.into())).await.unwrap();
-        RawSession {
+        ws.send(WsMessage::Binary(third.into())).await.ok()?;
+        Some(RawSession {
             ws,
             channel: established.into_channel(),
-        }
+        })
     }
 
     /// Connects as `device`, enrols with `token`, says hello and pulls from the start.
