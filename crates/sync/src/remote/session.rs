@@ -65,7 +65,13 @@ impl<S: Transport> Session<S> {
 
     /// Sends one sealed message.
     pub async fn send(&mut self, message: &Message) -> Result<(), RemoteError> {
-        let sealed = self.channel.seal(&message.encode())?;
+        self.send_payload(&message.encode()).await
+    }
+
+    /// Seals and sends a payload encoded already: a message's [`Message::encode`] or
+    /// [`Message::encode_for`] (compressed), as a sender that encodes ahead of time has it.
+    pub async fn send_payload(&mut self, payload: &[u8]) -> Result<(), RemoteError> {
+        let sealed = self.channel.seal(payload)?;
         self.ws.send(WsMessage::Binary(sealed.into())).await?;
         Ok(())
     }
