@@ -39,10 +39,20 @@ fn device(server: &ServerHandle, user: &str) -> (Database, RemoteSync) {
 
 /// A new device syncing with the server at `url`, enrolling with `token`.
 fn device_at(url: &str, token: String) -> (Database, RemoteSync) {
+    device_trusting(url, token, None)
+}
+
+/// [`device_at`], trusting the certificate in `ca_file` for `wss://`.
+fn device_trusting(
+    url: &str,
+    token: String,
+    ca_file: Option<std::path::PathBuf>,
+) -> (Database, RemoteSync) {
     let db = Database::in_memory().unwrap();
     let options = RemoteOptions {
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(250),
+        ca_file,
         ..RemoteOptions::default()
     };
     let sync = db
@@ -209,9 +219,11 @@ fn process_token(server: &ServeProcess, user: &str) -> String {
         .to_owned()
 }
 
-/// A device syncing with the server process.
+/// A device syncing with the server process (trusting its self-signed certificate, if any).
 fn process_device(server: &ServeProcess, user: &str) -> (Database, RemoteSync) {
-    device_at(&server.url, process_token(server, user))
+    let cert = server.data.join("tls/cert.pem");
+    let ca_file = cert.exists().then_some(cert);
+    device_trusting(&server.url, process_token(server, user), ca_file)
 }
 
 /// Samples `server`'s resident memory every 20 ms until `stop`; returns the highest.
@@ -430,22 +442,32 @@ fn a_refused_device_always_hears_why_even_with_messages_in_flight() {
 
 #[test]
 fn a_thousand_silent_strangers_do_not_starve_enrolled_devices() {
+    silent_strangers_do_not_starve_enrolled_devices(&[]);
+}
+
+#[test]
+fn a_thousand_strangers_that_never_send_a_client_hello_do_not_starve_tls_devices() {
+    silent_strangers_do_not_starve_enrolled_devices(&["--tls-self-signed"]);
+}
+
+fn silent_strangers_do_not_starve_enrolled_devices(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_process_with(
-        dir.path(),
-        &["--max-connections", "50", "--handshake-timeout-secs", "2"],
-    );
+    let mut all = vec!["--max-connections", "50", "--handshake-timeout-secs", "2"];
+    all.extend(flags);
+    let server = serve_process_with(dir.path(), &all);
     let (ada, ada_sync) = process_device(&server, "ada");
     ada_sync.wait_synced(WAIT, |_| {}).unwrap();
     let files_before = open_files(&server);
 
-    // 1,000 strangers upgrade to a WebSocket, or just connect, and then say nothing.
+    // 1,000 strangers upgrade to a WebSocket, or just connect, and then say nothing (on TLS
+    // they all just connect: no ClientHello ever comes).
+    let tls = flags.contains(&"--tls-self-signed");
     let mut strangers = Vec::new();
     for i in 0..1_000 {
         let Ok(mut tcp) = std::net::TcpStream::connect(server.addr) else {
             continue;
         };
-        if i % 2 == 0 {
+        if i % 2 == 0 && !tls {
             use std::io::Write;
             let _ = write!(
                 tcp,
