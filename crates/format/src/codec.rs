@@ -694,23 +694,26 @@ impl<'a> Decoder<'a> {
                     return non_canonical("string shorter than 64 bytes must use the short form");
                 }
                 let text = self.utf8(len)?;
-                self.weigh(text.len())?;
-                Value::String(text.to_owned())
+                self.string_value(text)?
             }
             TAG_STRING_REF => {
                 let index = self.varint()?;
                 let text = self.string_ref(index, offset)?;
-                self.weigh(text.len())?;
-                Value::String(text.to_owned())
+                self.string_value(text)?
             }
             t if t >= TAG_SMALL_INT => Value::Int(i64::from(t - TAG_SMALL_INT)),
             t if t >= TAG_SHORT_STRING => {
                 let text = self.utf8(usize::from(t - TAG_SHORT_STRING))?;
-                self.weigh(text.len())?;
-                Value::String(text.to_owned())
+                self.string_value(text)?
             }
             t => return Err(DecodeError::UnknownTag { tag: t, offset }),
         })
+    }
+
+    /// A string value: its own copy of `text`, weighed.
+    fn string_value(&mut self, text: &str) -> Result<Value> {
+        self.weigh(text.len())?;
+        Ok(Value::String(text.to_owned()))
     }
 
     fn enter(&mut self, offset: usize) -> Result<()> {

@@ -571,17 +571,11 @@ impl Message {
     /// [`Message::decode`] accepts), otherwise the payload's own length. A receiver takes this
     /// much of its memory budget before it decodes.
     pub fn plain_len(payload: &[u8]) -> usize {
-        if payload.get(2) != Some(&TYPE_COMPRESSED) {
-            return payload.len();
+        match compressed_header(payload) {
+            None | Some(Err(_)) => payload.len(),
+            Some(Ok((len, _))) => usize::try_from(len)
+                .map_or(MAX_DECOMPRESSED_LEN, |len| len.min(MAX_DECOMPRESSED_LEN)),
         }
-        let announced = Decoder::new(payload, Kind::Message)
-            .and_then(|mut d| {
-                d.byte()?;
-                d.varint()
-            })
-            .ok()
-            .and_then(|len| usize::try_from(len).ok());
-        announced.map_or(payload.len(), |len| len.min(MAX_DECOMPRESSED_LEN))
     }
 
     /// Decodes one message from a frame's payload: the whole payload must be one valid
@@ -595,17 +589,15 @@ impl Message {
     /// [`blazedb_format::MAX_DECODED_WEIGHT`]): what a receiver counts against its budget
     /// for the peer.
     pub fn decode_weighed(payload: &[u8]) -> Result<(Message, usize), ProtocolError> {
-        if payload.get(2) == Some(&TYPE_COMPRESSED) {
-            let mut d = Decoder::new(payload, Kind::Message)?;
-            d.byte()?;
-            let len = d.varint()?;
+        if let Some(header) = compressed_header(payload) {
+            let (len, offset) = header?;
             let len = usize::try_from(len)
                 .ok()
                 .filter(|&len| len <= MAX_DECOMPRESSED_LEN)
                 .ok_or(ProtocolError::Decompress {
                     what: "announced length exceeds the frame limit".to_owned(),
                 })?;
-            let frame = payload.get(d.offset()..).unwrap_or_default();
+            let frame = payload.get(offset..).unwrap_or_default();
             // Exactly one zstd frame: not a skippable frame, not several frames (which zstd
             // would decompress one after the other), nothing after it.
             let one_frame = frame.starts_with(&ZSTD_MAGIC)
@@ -730,6 +722,20 @@ impl Message {
         d.finish()?;
         Ok((message, weight))
     }
+}
+
+/// For a compressed payload (message type `0x7f`), the announced length of the plain
+/// encoding it holds and where its zstd frame starts; `None` for a plain payload.
+fn compressed_header(payload: &[u8]) -> Option<Result<(u64, usize), ProtocolError>> {
+    if payload.get(2) != Some(&TYPE_COMPRESSED) {
+        return None;
+    }
+    Some((|| {
+        let mut d = Decoder::new(payload, Kind::Message)?;
+        d.byte()?;
+        let len = d.varint()?;
+        Ok((len, d.offset()))
+    })())
 }
 
 #[cfg(test)]

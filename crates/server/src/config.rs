@@ -521,6 +521,11 @@ mod tests {
             ("send_queue = 0", "send_queue"),
             ("handshake_timeout_secs = 0", "handshake_timeout_secs"),
             ("handshake_timeout_secs = 100000", "handshake_timeout_secs"),
+            ("max_pending = 0", "max_pending"),
+            ("max_pending_per_source = 0", "max_pending_per_source"),
+            ("max_auth_failures = 0", "max_auth_failures"),
+            ("max_auth_failures = 2000000", "max_auth_failures"),
+            ("compact_interval_secs = 0", "compact_interval_secs"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.to_string().contains(setting), "{err}");

@@ -59,11 +59,6 @@ const GATE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// out long before `max_connections`.
 const WANTED_OPEN_FILES: u64 = 1 << 20;
 
-/// An accepted connection's place in the gate's budget.
-pub(crate) struct Entry {
-    pub ticket: Ticket,
-}
-
 /// The ticket of one HTTP connection, until its WebSocket upgrade takes it along.
 #[derive(Clone)]
 struct TicketSlot(Arc<std::sync::Mutex<Option<Ticket>>>);
@@ -131,10 +126,7 @@ impl Server {
                     made.cert.display(),
                     if made.made { ", made now" } else { "" }
                 ));
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                if let Some(notice) = made.renewal_notice(now) {
+                if let Some(notice) = made.renewal_notice(crate::tls::unix_now()) {
                     log::warn(format_args!("{notice}"));
                 }
                 Some(crate::tls::acceptor(&made.cert, &made.key)?)
@@ -364,17 +356,17 @@ async fn serve_http<L>(
     mut shutdown: watch::Receiver<bool>,
     served: std_mpsc::Sender<()>,
 ) where
-    L: axum::serve::Listener<Addr = Entry>,
+    L: axum::serve::Listener<Addr = Ticket>,
 {
     // Every connection task holds a receiver; `closed()` says when the last one is gone.
     let (all_done, done) = watch::channel(());
     loop {
-        let (io, entry) = tokio::select! {
+        let (io, ticket) = tokio::select! {
             () = crate::stopped(&mut shutdown) => break,
             accepted = listener.accept() => accepted,
         };
-        let deadline = entry.ticket.deadline();
-        let slot = TicketSlot(Arc::new(std::sync::Mutex::new(Some(entry.ticket))));
+        let deadline = ticket.deadline();
+        let slot = TicketSlot(Arc::new(std::sync::Mutex::new(Some(ticket))));
         // Each request of the connection can reach its ticket (the upgrade takes it along).
         let service = hyper_util::service::TowerToHyperService::new(
             app.clone().layer(axum::Extension(slot.clone())),
@@ -437,7 +429,7 @@ impl GatedTcp {
     }
 
     /// The next connection the gate lets in.
-    pub(crate) async fn next(&mut self) -> (tokio::net::TcpStream, Entry) {
+    pub(crate) async fn next(&mut self) -> (tokio::net::TcpStream, Ticket) {
         loop {
             match self.listener.accept().await {
                 Ok((tcp, peer)) => {
@@ -446,7 +438,7 @@ impl GatedTcp {
                         continue;
                     };
                     let _ = tcp.set_nodelay(true);
-                    return (tcp, Entry { ticket });
+                    return (tcp, ticket);
                 }
                 Err(e) => {
                     self.errors += 1;
@@ -471,7 +463,7 @@ impl GatedTcp {
 
 impl axum::serve::Listener for GatedTcp {
     type Io = tokio::net::TcpStream;
-    type Addr = Entry;
+    type Addr = Ticket;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         self.next().await

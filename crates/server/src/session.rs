@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_protocol::{CloseCode, Message};
-use blazedb_sync::remote::{RelayOptions, Transport, accept_handshake};
+use blazedb_sync::remote::{RelayOptions, Session, Transport, accept_handshake};
 use blazedb_sync::{ConnectOptions, PeerTrust};
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -113,7 +113,7 @@ pub(crate) async fn run<S: Transport>(
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let keys = context.meta.server_keys();
     let handshake = accept_handshake(ws, keys, &database.name, left());
-    let mut session = tokio::select! {
+    let session = tokio::select! {
         accepted = handshake => match accepted {
             Ok(session) => session,
             // The device gets the reason in the close frame.
@@ -129,28 +129,17 @@ pub(crate) async fn run<S: Transport>(
     let fingerprint = session.peer_fingerprint();
 
     // The device speaks first: `Enroll` when it is new, its `Hello` otherwise.
-    let first = tokio::select! {
-        first = tokio::time::timeout_at(deadline, session.recv()) => first,
-        () = crate::stopped(&mut shutdown) => {
-            session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
-            return;
-        }
+    let Some((first, returned)) = next_before(
+        session,
+        deadline,
+        &mut shutdown,
+        "no message arrived in time after the handshake",
+    )
+    .await
+    else {
+        return;
     };
-    let first = match first {
-        Ok(Ok(message)) => message,
-        // The device closed, or sent something that does not open or decode: the
-        // connection is over.
-        Ok(Err(_)) => return,
-        Err(_) => {
-            session
-                .refuse(
-                    CloseCode::ProtocolError,
-                    "no message arrived in time after the handshake",
-                )
-                .await;
-            return;
-        }
-    };
+    let mut session = returned;
 
     let meta = context.meta.clone();
     let key = session.peer_key().to_vec();
@@ -189,23 +178,13 @@ pub(crate) async fn run<S: Transport>(
     let hello = match first {
         Some(message) => message,
         None => {
-            let next = tokio::select! {
-                next = tokio::time::timeout_at(deadline, session.recv()) => next,
-                () = crate::stopped(&mut shutdown) => {
-                    session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
-                    return;
-                }
+            let Some((message, returned)) =
+                next_before(session, deadline, &mut shutdown, "no Hello arrived in time").await
+            else {
+                return;
             };
-            match next {
-                Ok(Ok(message)) => message,
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    session
-                        .refuse(CloseCode::ProtocolError, "no Hello arrived in time")
-                        .await;
-                    return;
-                }
-            }
+            session = returned;
+            message
         }
     };
     let Message::Hello { node, .. } = &hello else {
@@ -345,6 +324,32 @@ pub(crate) async fn run<S: Transport>(
         engine.engine.disconnect(id)
     })
     .await;
+}
+
+/// The device's next message before `deadline` (its time to authenticate), with the session
+/// back. `None` once the connection is over: the device closed or sent something that does
+/// not open or decode, or it was refused here (shutting down, or nothing in time: `late`).
+async fn next_before<S: Transport>(
+    mut session: Session<S>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    late: &str,
+) -> Option<(Message, Session<S>)> {
+    let next = tokio::select! {
+        next = tokio::time::timeout_at(deadline, session.recv()) => next,
+        () = crate::stopped(shutdown) => {
+            session.refuse(CloseCode::GoingAway, "the server is shutting down").await;
+            return None;
+        }
+    };
+    match next {
+        Ok(Ok(message)) => Some((message, session)),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            session.refuse(CloseCode::ProtocolError, late).await;
+            None
+        }
+    }
 }
 
 /// Decides whether the device with static key `key` may sync `database` (blocking: reads

@@ -16,7 +16,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::ConfigError;
-use crate::server::{Entry, GatedTcp};
+use crate::gate::Ticket;
+use crate::server::GatedTcp;
 
 /// The folder of the self-signed certificate, in the data folder.
 pub const TLS_DIR: &str = "tls";
@@ -103,7 +104,8 @@ impl SelfSigned {
     }
 }
 
-fn unix_now() -> u64 {
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -191,12 +193,12 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()
 
 /// Finished TLS connections, as axum's listener.
 pub(crate) struct TlsListener {
-    connections: mpsc::Receiver<(TlsStream<TcpStream>, Entry)>,
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, Ticket)>,
 }
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = Entry;
+    type Addr = Ticket;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.connections.recv().await {
@@ -225,20 +227,20 @@ pub(crate) fn listen(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, entry) = tokio::select! {
+            let (tcp, ticket) = tokio::select! {
                 () = crate::stopped(&mut shutdown) => break,
                 accepted = listener.next() => accepted,
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let deadline = entry.ticket.deadline();
+                let deadline = ticket.deadline();
                 match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, entry)).await;
+                        let _ = tx.send((tls, ticket)).await;
                     }
                     Ok(Err(_)) => {
-                        entry.ticket.failed();
+                        ticket.failed();
                     }
                     Err(_) => {}
                 }

@@ -626,10 +626,9 @@ struct Conn {
     repull_pending: bool,
     /// `cursor` moved past ranges with nothing to apply and is not saved yet.
     cursor_unsaved: bool,
-    /// Ops messages received and not yet applied: (from, to, ops).
-    inbound: Vec<(u64, u64, Vec<Operation>)>,
-    /// The relay budget those messages hold, given back when they are applied or dropped.
-    inbound_held: Vec<Hold>,
+    /// Ops messages received and not yet applied: (from, to, ops, the relay budget the
+    /// message holds until it is applied or dropped).
+    inbound: Vec<(u64, u64, Vec<Operation>, Option<Hold>)>,
     /// When the current count of `Pull`s started, and how many arrived since.
     pulls: (Instant, u32),
     /// The peer's last `Pull`: where it asked us to start, and its version vector.
@@ -759,7 +758,6 @@ impl Conn {
         self.relay.close();
         self.outbound = None;
         self.inbound.clear();
-        self.inbound_held.clear();
         self.snapshot_in = None;
     }
 
@@ -982,7 +980,6 @@ impl Worker {
             repull_pending: false,
             cursor_unsaved: false,
             inbound: Vec::new(),
-            inbound_held: Vec::new(),
             pulls: (Instant::now(), 0),
             pulled: None,
             outbound: None,
@@ -1102,8 +1099,7 @@ impl Worker {
             }
             if conn.options.mode.receives() {
                 conn.peer_head = conn.peer_head.max(to);
-                conn.inbound.push((from, to, ops));
-                conn.inbound_held.extend(hold);
+                conn.inbound.push((from, to, ops, hold));
             }
             // Otherwise (write-only, or the mode just changed): not applied and not
             // acknowledged; the peer sends it again after our next Pull.
@@ -1349,7 +1345,6 @@ impl Worker {
         }
         let Some(peer) = conn.peer else {
             conn.inbound.clear();
-            conn.inbound_held.clear();
             return;
         };
         let start = conn.cursor;
@@ -1357,7 +1352,11 @@ impl Worker {
         let mut ops = Vec::new();
         let mut duplicate_range = false;
         let mut gap = false;
-        for (from, end, batch) in conn.inbound.drain(..) {
+        // The operations move into `ops`; their budget goes back to the relay once this
+        // function is done with them.
+        let mut held = Vec::new();
+        for (from, end, batch, hold) in conn.inbound.drain(..) {
+            held.extend(hold);
             if end <= to {
                 duplicate_range = true;
             } else if from > to {
@@ -1369,9 +1368,6 @@ impl Worker {
             }
         }
         conn.inbound.clear();
-        // The operations moved into `ops`; their budget goes back to the relay once this
-        // function is done with them.
-        let _held = std::mem::take(&mut conn.inbound_held);
         if to > start && ops.is_empty() {
             // Nothing to apply (the peer echoes entries made of what we have): move the
             // cursor in memory only and save it with the next write. Saving it late is

@@ -62,23 +62,17 @@ impl Inbox {
     /// Hands one message from the peer to the engine. Returns false once the engine is gone
     /// (the relay should then stop reading).
     pub fn deliver(&self, message: Message) -> bool {
-        self.events
-            .send(Event::Message {
-                connection: self.connection,
-                message,
-                hold: None,
-            })
-            .is_ok()
+        self.deliver_held(message, None)
     }
 
-    /// Like [`Inbox::deliver`], with the budget the message holds until the engine is done
-    /// with it.
-    pub(crate) fn deliver_held(&self, message: Message, hold: Hold) -> bool {
+    /// Like [`Inbox::deliver`], with the budget the message holds (if any) until the engine
+    /// is done with it.
+    pub(crate) fn deliver_held(&self, message: Message, hold: Option<Hold>) -> bool {
         self.events
             .send(Event::Message {
                 connection: self.connection,
                 message,
-                hold: Some(hold),
+                hold,
             })
             .is_ok()
     }

@@ -360,34 +360,29 @@ async fn read<S: Transport>(
         // the rest of what the decoded message weighs: while the engine holds `limit` bytes
         // of this peer's messages, nothing more is read (and the peer's writes stall). A
         // message heavier than the whole budget takes all of it, so it is held alone.
-        let mut held = 0;
-        let mut permits = Vec::with_capacity(2);
-        if let Ok(plain) = &opened {
-            held = Message::plain_len(plain).clamp(1, limit);
-            if let Some(permit) = take(&budget, held).await {
-                permits.push(permit);
-            }
-        }
+        let mut held = match &opened {
+            Ok(plain) => take(&budget, Message::plain_len(plain).clamp(1, limit)).await,
+            Err(_) => None,
+        };
         let decoded = opened.and_then(|plain| Message::decode_weighed(&plain));
         if let Ok((_, weight)) = &decoded {
-            let more = (*weight).min(limit).saturating_sub(held);
+            let taken = held.as_ref().map_or(0, |p| p.num_permits());
+            let more = (*weight).min(limit).saturating_sub(taken);
             if more > 0
                 && let Some(permit) = take(&budget, more).await
             {
-                permits.push(permit);
+                match &mut held {
+                    Some(held) => held.merge(permit),
+                    None => held = Some(permit),
+                }
             }
         }
-        let hold = (!permits.is_empty()).then(|| Hold::new(permits));
         match decoded.map(|(message, _)| message) {
             Ok(message) => {
                 if let Message::Hello { capabilities, .. } = &message {
                     peer.store(capabilities.0, Ordering::Release);
                 }
-                let delivered = match hold {
-                    Some(hold) => inbox.deliver_held(message, hold),
-                    None => inbox.deliver(message),
-                };
-                if !delivered {
+                if !inbox.deliver_held(message, held.map(Hold::new)) {
                     return (Some((WsCloseCode::Away, "going away".into())), None);
                 }
             }

@@ -107,10 +107,7 @@ impl<S: Transport> Session<S> {
                 .await;
         })
         .await;
-        let _ = tokio::time::timeout(super::relay::CLOSE_DRAIN, async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+        drain(&mut self.ws).await;
     }
 
     /// The relay the sync engine drives over this session. Its tasks run on the current tokio
@@ -168,7 +165,13 @@ async fn close_failed<S: Transport>(ws: &mut WebSocketStream<S>, error: &RemoteE
         })),
     )
     .await;
-    // Read on until the peer answers the close, so that no reset destroys the frame.
+    drain(ws).await;
+}
+
+/// After our close frame: reads on (ignoring what comes) until the peer answers it or
+/// [`super::relay::CLOSE_DRAIN`] passes, so that the socket is not closed with the peer's
+/// bytes unread, which would make the kernel send a reset that can destroy our last frames.
+async fn drain<S: Transport>(ws: &mut WebSocketStream<S>) {
     let _ = tokio::time::timeout(super::relay::CLOSE_DRAIN, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
