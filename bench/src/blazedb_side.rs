@@ -274,6 +274,7 @@ impl SimSession {
         let pull = Message::Pull {
             from: 0,
             vector: VersionVector::new(),
+            checks: Vec::new(),
         };
         if self.session.send(&pull).await.is_err() {
             return notes;

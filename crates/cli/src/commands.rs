@@ -68,6 +68,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             timeout,
         } => topology::run(&ctx, &file, format, timeout),
         Command::Sync(args) => crate::sync::run(&ctx, &args),
+        Command::Reidentify { db } => reidentify(&ctx, &db),
         Command::Demo => crate::demo::run(),
     }
 }
@@ -638,6 +639,34 @@ fn passwd(ctx: &Ctx, db_path: &Path, new_password_file: Option<&Path>) -> Result
     db.change_password(&new)?;
     drop(db);
     print(&format!("changed the password of {}", db_path.display()))
+}
+
+fn reidentify(ctx: &Ctx, db_path: &Path) -> Result<(), Failure> {
+    let done = open(ctx, db_path)?.reidentify()?;
+    // A server binds a key to one node id: the new node needs a key of its own.
+    let had_key = blazedb_sync::remote::forget_node_keys(&open(ctx, db_path)?).map_err(|e| {
+        Failure::msg(format!(
+            "{} has a new node id, but its old sync key could not be removed: {e}",
+            db_path.display()
+        ))
+    })?;
+    let mut text = format!(
+        "{} is node {} now (it was {}): {} operations written after the last one a peer \
+         confirmed ({}) will sync under the new id; {} records restamped",
+        db_path.display(),
+        done.new,
+        done.old,
+        done.renamed,
+        done.confirmed,
+        done.restamped
+    );
+    if had_key {
+        text.push_str(
+            "\nits sync key was replaced: enrol it again with a new token \
+             (blazedb sync FILE --server URL --database NAME --enroll -)",
+        );
+    }
+    print(&text)
 }
 
 #[cfg(test)]

@@ -171,6 +171,13 @@ enum Command {
         new_password_file: Option<PathBuf>,
     },
 
+    /// Give a copied database file a new node id; its unconfirmed writes sync again under it
+    #[command(after_long_help = REIDENTIFY_HELP)]
+    Reidentify {
+        /// The database file (the copy)
+        db: PathBuf,
+    },
+
     /// Start a sync server and two devices on loopback and show sync at work (leaves nothing
     /// behind)
     Demo,
@@ -272,6 +279,18 @@ Records are inserted in transactions of --batch-size records. On a bad line the 
 with 'FILE:LINE: reason': the batches committed before stay in the database, the batch holding
 the bad line and everything after it are not imported. A progress bar is shown on stderr for
 files over 1 MiB when stderr is a terminal.";
+
+const REIDENTIFY_HELP: &str = "\
+Two database files with one node id (one copied from the other, both written) cannot sync: their
+operations share ids. Sync refuses them with a 'copy' error, and this command repairs the file it
+is run on: the file gets a new node id, and every write made in it after the last one a server or
+peer confirmed is renamed to the new node and syncs again, so nothing written in either file is
+lost. The file's sync key is replaced too (a server binds a key to one node id): enrol it again
+with a new token. Stop every program using the file first.
+
+EXAMPLE:
+  blazedb reidentify desktop.db
+  blazedb sync desktop.db --server ws://127.0.0.1:7420 --database notes --enroll -";
 
 const PASSWD_HELP: &str = "\
 The current password comes from --password-file, BLAZEDB_PASSWORD or a prompt; the new one from

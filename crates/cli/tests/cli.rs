@@ -1030,6 +1030,18 @@ fn sync_server(sandbox: &Sandbox) -> blazedb_server::ServerHandle {
     server
 }
 
+/// `sync @DB --server URL --database bugs`.
+fn sync_args(db: &str, url: &str) -> Vec<String> {
+    vec![
+        "sync".to_owned(),
+        format!("@{db}"),
+        "--server".to_owned(),
+        url.to_owned(),
+        "--database".to_owned(),
+        "bugs".to_owned(),
+    ]
+}
+
 fn sync_token(server: &blazedb_server::ServerHandle) -> String {
     server
         .meta()
@@ -1053,16 +1065,7 @@ fn sync_once_enrols_with_a_token_from_stdin_and_brings_two_files_in_step() {
             r#"{"title":"Crash on launch"}"#,
         ])
         .ok();
-    let sync = |db: &str| {
-        vec![
-            "sync".to_owned(),
-            format!("@{db}"),
-            "--server".to_owned(),
-            url.clone(),
-            "--database".to_owned(),
-            "bugs".to_owned(),
-        ]
-    };
+    let sync = |db: &str| sync_args(db, &url);
     for db in ["a.blazedb", "b.blazedb"] {
         let mut args = sync(db);
         args.extend(["--enroll".to_owned(), "-".to_owned()]);
@@ -1219,5 +1222,75 @@ fn sync_follow_pulls_changes_and_pushes_writes_other_processes_make_to_the_file(
     child.kill().unwrap();
     child.wait().unwrap();
     drop(other_sync);
+    server.shutdown();
+}
+
+#[test]
+fn a_copied_database_file_is_refused_as_a_copy_and_reidentify_repairs_it_with_nothing_lost() {
+    let s = Sandbox::new();
+    let server = sync_server(&s);
+    let url = server.url();
+    let sync = |db: &str, token: Option<String>| {
+        let mut args = sync_args(db, &url);
+        args.extend(["--timeout".to_owned(), "20".to_owned()]);
+        if token.is_some() {
+            args.extend(["--enroll".to_owned(), "-".to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = s.run(&args);
+        match token {
+            Some(token) => run.stdin(&token),
+            None => run,
+        }
+    };
+    let insert = |db: &str, title: &str| {
+        s.run(&["insert", db, "bugs", &format!(r#"{{"title":"{title}"}}"#)])
+            .ok();
+    };
+    // The reproduction of the issue: enrol laptop, copy it, write in each, sync each.
+    s.init("laptop.blazedb");
+    insert("@laptop.blazedb", "before the copy");
+    sync("laptop.blazedb", Some(sync_token(&server))).ok();
+    std::fs::copy(s.path("laptop.blazedb"), s.path("desktop.blazedb")).unwrap();
+    // The original writes more than the copy: the server, which has the original's second
+    // operation, finds the copy's different one in the copy's Pull, and the copy finds the
+    // server's cursor into its log past the end of it.
+    insert("@laptop.blazedb", "laptop");
+    insert("@laptop.blazedb", "laptop again");
+    insert("@desktop.blazedb", "desktop");
+    let out = sync("laptop.blazedb", None).ok();
+    assert!(out.contains("is in sync"), "{out}");
+    let err = sync("desktop.blazedb", None).fails();
+    assert_one_line(&err);
+    assert!(err.contains("database file is a copy of another"), "{err}");
+    assert!(err.contains("blazedb reidentify"), "{err}");
+    let query = |db: &str| {
+        let mut titles: Vec<String> = s
+            .run(&["query", db, "bugs"])
+            .ok()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["title"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        titles.sort();
+        titles
+    };
+    // Nothing of the copy reached the server, nor the original's write the copy.
+    assert_eq!(query("@desktop.blazedb"), ["before the copy", "desktop"]);
+
+    let out = s.run(&["reidentify", "@desktop.blazedb"]).ok();
+    assert!(out.contains("is node"), "{out}");
+    assert!(out.contains("enrol it again"), "{out}");
+    // A new key: the old enrolment is gone with it.
+    let err = sync("desktop.blazedb", None).fails();
+    assert!(err.contains("not enrolled"), "{err}");
+    let out = sync("desktop.blazedb", Some(sync_token(&server))).ok();
+    assert!(out.contains("is in sync"), "{out}");
+    sync("laptop.blazedb", None).ok();
+    let all = ["before the copy", "desktop", "laptop", "laptop again"];
+    assert_eq!(query("@laptop.blazedb"), all);
+    assert_eq!(query("@desktop.blazedb"), all);
     server.shutdown();
 }

@@ -101,6 +101,10 @@ impl OpenOptions {
             schema::upgrade_from_2(&conn)?;
             version = 3;
         }
+        if version == 3 {
+            schema::upgrade_from_3(&conn)?;
+            version = 4;
+        }
         if version != schema::SCHEMA_VERSION {
             return Err(Error::UnsupportedSchema {
                 path: path.into(),

@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 
+use blazedb_format::OpId;
 use uuid::Uuid;
 
 /// Everything that can go wrong in `blazedb-core`.
 ///
 /// The variants separate the caller's mistakes (`RecordNotFound`, `InvalidName`, …), a bad or
 /// foreign file (`WrongPassword`, `NotADatabase`, `Corrupt`), invalid operations or snapshots
-/// from another replica (`InvalidOperation`, `InvalidSnapshot`), a reader that fell behind a
+/// from another replica (`InvalidOperation`, `InvalidSnapshot`), a copied database file met
+/// through its operations (`CopiedDatabase`), a reader that fell behind a
 /// compacted op log (`OplogCompacted`) and internal failures (`Storage`, `Io`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -62,6 +64,15 @@ pub enum Error {
          closure, not the database"
     )]
     TransactionInProgress,
+    #[error(
+        "operation {op} differs from the operation with the same id here: two databases share \
+         node id {} (one file is a copy of the other); give the copy a new identity with \
+         `blazedb reidentify FILE`",
+        .op.origin
+    )]
+    CopiedDatabase { op: OpId },
+    #[error("{0}")]
+    HandlesOpen(String),
     #[error("the transaction was rolled back because a write in it failed: {0}")]
     TransactionAborted(String),
     #[error("storage error: {0}")]

@@ -28,6 +28,7 @@
 
 mod db;
 mod error;
+mod identity;
 mod ids;
 mod join;
 mod query;
@@ -44,6 +45,7 @@ pub use blazedb_format::{
 };
 pub use db::{Database, Durability, OpenOptions};
 pub use error::{Error, Result};
+pub use identity::Reidentified;
 pub use join::{Join, JoinKind, Joined};
 pub use query::{Direction, Filter, KeyRange, Plan, Query};
 pub use read::{CollectionStats, Stats};

@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 
 use blazedb_format::{
-    Fields, NodeId, OpId, Operation, Record, RecordState, Value, VersionVector, decode_operations,
-    decode_record_state, encode_record,
+    Fields, NodeId, OpDigest, OpId, Operation, Record, RecordState, Value, VersionVector,
+    decode_operations, decode_record_state, encode_record,
 };
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -156,6 +156,30 @@ impl Core {
     }
 }
 
+impl Core {
+    /// See [`Database::op_digest`].
+    pub fn op_digest(&self, id: OpId) -> Result<Option<OpDigest>> {
+        let digest: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT digest FROM op_digests WHERE origin = ?1 AND seq = ?2")?
+            .query_row(
+                params![
+                    id.origin.as_bytes().as_slice(),
+                    id.seq.min(i64::MAX as u64) as i64
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        digest
+            .map(|d| {
+                <[u8; OpDigest::LEN]>::try_from(d.as_slice())
+                    .map(OpDigest)
+                    .map_err(|_| Error::Corrupt("an operation digest is not 8 bytes".into()))
+            })
+            .transpose()
+    }
+}
+
 /// Sizes and counters of a database, for `blazedb stats` and monitoring.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
@@ -287,6 +311,36 @@ impl Database {
         core.version_vector(core.seq)
     }
 
+    /// The digest of operation `id` as it was applied here ([`Operation::digest`]), or `None`
+    /// when this file does not have it, or got it in a snapshot or before digests were kept.
+    /// Two replicas whose digests for one id differ hold operations of two database files
+    /// that share a node id: one of them is a copy.
+    pub fn op_digest(&self, id: OpId) -> Result<Option<OpDigest>> {
+        self.read()?.op_digest(id)
+    }
+
+    /// Records that a peer holds this database's own operations up to `seq` and that they are
+    /// the ones made here (their digests matched). Only raises. [`Database::reidentify`]
+    /// gives a new identity to the operations after the highest such `seq` only.
+    pub fn confirm_own(&self, seq: u64) -> Result<()> {
+        let core = self.lock()?;
+        if seq > core.seq {
+            return Ok(());
+        }
+        core.conn
+            .prepare_cached(
+                "INSERT INTO counters (name, value) VALUES ('own_confirmed', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute(params![seq as i64])?;
+        Ok(())
+    }
+
+    /// The highest sequence number [`Database::confirm_own`] recorded (0 when none).
+    pub fn own_confirmed(&self) -> Result<u64> {
+        self.read()?.counter("own_confirmed")
+    }
+
     /// Position in `peer`'s op log up to which its operations are applied here (0 when none),
     /// as stored by [`Transaction::set_peer_cursor`](crate::Transaction::set_peer_cursor).
     pub fn peer_cursor(&self, peer: NodeId) -> Result<u64> {
@@ -328,6 +382,32 @@ impl Database {
                 .execute(params![name])?,
         };
         Ok(())
+    }
+
+    /// Removes every local setting whose name starts with `prefix`; returns how many there
+    /// were.
+    pub fn remove_local_settings(&self, prefix: &str) -> Result<usize> {
+        let core = self.lock()?;
+        let mut names = Vec::new();
+        {
+            let mut stmt = core
+                .conn
+                .prepare_cached("SELECT name FROM local_settings WHERE name >= ?1 ORDER BY name")?;
+            let mut rows = stmt.query([prefix])?;
+            while let Some(row) = rows.next()? {
+                let name: String = row.get(0)?;
+                if !name.starts_with(prefix) {
+                    break;
+                }
+                names.push(name);
+            }
+        }
+        for name in &names {
+            core.conn
+                .prepare_cached("DELETE FROM local_settings WHERE name = ?1")?
+                .execute([name])?;
+        }
+        Ok(names.len())
     }
 
     /// SHA-256 over every visible record (collection name, id and fields, in a fixed order).

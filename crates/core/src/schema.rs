@@ -1,8 +1,9 @@
 //! The SQLite schema of a BlazeDB file. See docs/format.md ("Storage") for the table layout.
 //!
-//! Everything a single-record commit must touch is kept to four pages: the record, its index
-//! entry, its op-log entry and the `counters` row set (Lamport clock, op sequence, live counts
-//! all live in one small B-tree). Each page costs an encryption and an HMAC per commit.
+//! Everything a single-record commit must touch is kept to five pages: the record, its index
+//! entry, its op-log entry, its digest (`op_digests`, for finding copied files) and the
+//! `counters` row set (Lamport clock, op sequence, live counts all live in one small B-tree).
+//! Each page costs an encryption and an HMAC per commit.
 
 use rusqlite::{Connection, params};
 
@@ -12,7 +13,7 @@ use blazedb_format::NodeId;
 /// `PRAGMA application_id` of every BlazeDB file ("BlzD").
 pub const APPLICATION_ID: i64 = 0x426C_7A44;
 /// `PRAGMA user_version`: the storage schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const DDL: &str = "
 CREATE TABLE node (
@@ -71,6 +72,16 @@ CREATE TABLE local_settings (
 INSERT INTO counters (name, value) VALUES ('lamport', 0), ('seq', 0), ('oplog_ops', 0);
 ";
 
+/// The digest of every operation applied here (schema version 4).
+const OP_DIGESTS: &str = "
+CREATE TABLE op_digests (
+    origin BLOB NOT NULL,
+    seq    INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+";
+
 /// Upgrades a version-2 file to version 3 in one transaction: adds `local_settings`.
 pub fn upgrade_from_2(conn: &Connection) -> Result<()> {
     conn.execute_batch(
@@ -85,10 +96,20 @@ pub fn upgrade_from_2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Upgrades a version-3 file to version 4 in one transaction: adds `op_digests`. Operations
+/// merged before have no digest, and are never compared (see `Database::op_digest`).
+pub fn upgrade_from_3(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {OP_DIGESTS} PRAGMA user_version = 4; COMMIT;"
+    ))?;
+    Ok(())
+}
+
 /// Creates the schema in an empty database.
 pub fn create(conn: &Connection, node: NodeId) -> Result<()> {
     conn.execute_batch("BEGIN")?;
     conn.execute_batch(DDL)?;
+    conn.execute_batch(OP_DIGESTS)?;
     conn.execute(
         "INSERT INTO node (singleton, node_id) VALUES (1, ?1)",
         params![node.as_bytes().as_slice()],

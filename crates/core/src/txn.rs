@@ -292,6 +292,15 @@ impl Transaction<'_> {
                 self.merged_already(op.id)?
             };
             if known {
+                // The same id must mean the same operation; if not, one of two files that share
+                // the origin's node id is a copy, and merging on would diverge for ever.
+                if self
+                    .core
+                    .op_digest(op.id)?
+                    .is_some_and(|here| here != op.digest())
+                {
+                    return Err(Error::CopiedDatabase { op: op.id });
+                }
                 report.duplicates += 1;
                 continue;
             }
@@ -548,6 +557,11 @@ impl Transaction<'_> {
         Ok(true)
     }
 
+    /// An existing collection, with its indexes.
+    pub(crate) fn collection_info(&mut self, name: &str) -> Result<Arc<CollInfo>> {
+        self.collection(name, false)
+    }
+
     fn collection(&mut self, name: &str, create: bool) -> Result<Arc<CollInfo>> {
         match self.core.collection(name, create)? {
             Some(c) => Ok(c),
@@ -670,8 +684,9 @@ impl Transaction<'_> {
     }
 
     /// Stores a record's new state with what follows from it: the index entries, the visible
-    /// count and the change for watchers.
-    fn persist(
+    /// count and the change for watchers. A caller that may go on after an error marks the
+    /// transaction aborted.
+    pub(crate) fn persist(
         &mut self,
         coll: &CollInfo,
         collection: &str,
@@ -810,6 +825,16 @@ impl Transaction<'_> {
                 self.last_op_seq = Some(position);
             }
             set("oplog_ops", total, false)?;
+            let mut digest = conn.prepare_cached(
+                "INSERT OR REPLACE INTO op_digests (origin, seq, digest) VALUES (?1, ?2, ?3)",
+            )?;
+            for op in &self.ops {
+                digest.execute(params![
+                    op.id.origin.as_bytes().as_slice(),
+                    op.id.seq as i64,
+                    op.digest().0.as_slice()
+                ])?;
+            }
         }
         // The version vector of merged operations: each origin's contiguous prefix.
         for (origin, state) in &self.origins {
@@ -859,13 +884,33 @@ impl Transaction<'_> {
 /// What one write stores: the encoded state, whether a state was stored before (update the row)
 /// and whether the record is visible now, the index keys before and after (`None` when not
 /// visible), and what changed.
-struct Written {
+pub(crate) struct Written {
     bytes: Vec<u8>,
     existed: bool,
     visible: bool,
     old_keys: Option<Vec<Vec<u8>>>,
     new_keys: Option<Vec<Vec<u8>>>,
     effect: Effect,
+}
+
+impl Written {
+    /// A stored record's state replaced by `after`, with `effect` on what is visible.
+    pub(crate) fn replacing(
+        before: &RecordState,
+        after: RecordState,
+        id: Uuid,
+        coll: &CollInfo,
+        effect: Effect,
+    ) -> Written {
+        Written {
+            bytes: encode_record_state(&after),
+            existed: true,
+            visible: after.is_visible(),
+            old_keys: index_keys(before, &id, &coll.indexes),
+            new_keys: index_keys(&after, &id, &coll.indexes),
+            effect,
+        }
+    }
 }
 
 /// The index keys of a record in the order of `indexes`, or `None` when it is not visible.

@@ -2,7 +2,7 @@
 //! vectors, and op counts per log position.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use blazedb_core::{Database, Error, NodeId, fields};
+use blazedb_core::{Database, Error, NodeId, OpId, fields};
 
 mod common;
 
@@ -164,11 +164,22 @@ fn a_version_2_file_is_upgraded_on_open() {
         conn.pragma_update(None, "key", "pw").unwrap();
         conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
             .unwrap();
-        conn.execute_batch("DROP TABLE local_settings; PRAGMA user_version = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE local_settings; DROP TABLE op_digests; PRAGMA user_version = 2;",
+        )
+        .unwrap();
     }
     let db = Database::open(&path, "pw").unwrap();
     assert_eq!(db.count("t").unwrap(), 1);
     db.set_local_setting("a", Some(b"b")).unwrap();
     assert_eq!(db.local_setting("a").unwrap().as_deref(), Some(&b"b"[..]));
+    // Written before digests existed: never compared.
+    let first = OpId {
+        origin: db.node_id(),
+        seq: 1,
+    };
+    assert_eq!(db.op_digest(first).unwrap(), None);
+    db.insert("t", fields! {"x" => 2}).unwrap();
+    let second = OpId { seq: 2, ..first };
+    assert!(db.op_digest(second).unwrap().is_some());
 }

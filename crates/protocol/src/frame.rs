@@ -255,12 +255,12 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use blazedb_format::{
-        Date, DecodeError, Fields, NodeId, OpId, OpKind, Operation, Uuid, VersionVector,
+        Date, DecodeError, Fields, NodeId, OpDigest, OpId, OpKind, Operation, Uuid, VersionVector,
     };
     use proptest::prelude::*;
 
     use super::*;
-    use crate::message::CloseCode;
+    use crate::message::{CloseCode, OpCheck, PROTOCOL_VERSION};
 
     fn hello() -> Message {
         Message::Hello {
@@ -293,13 +293,13 @@ mod tests {
             encode_frame(&Message::Ack { position: 300 }),
             [0, 0, 0, 5, 0xB7, 0x16, 0x03, 0xAC, 0x02]
         );
-        let mut hello = vec![0, 0, 0, 0x1D, 0xB7, 0x16, 0x01, 0x01, 0x00];
+        let mut hello = vec![0, 0, 0, 0x1D, 0xB7, 0x16, 0x01, 0x02, 0x00];
         hello.extend([0x11; 16]);
         hello.extend([0x08, b'b', b'u', b'g', b's']);
         hello.extend([0x01, 0xAC, 0x02]); // capabilities: ZSTD; head: 300
         assert_eq!(
             encode_frame(&Message::Hello {
-                protocol_version: 1,
+                protocol_version: PROTOCOL_VERSION,
                 node: NodeId(Uuid::from_bytes([0x11; 16])),
                 database: "bugs".to_owned(),
                 capabilities: crate::Capabilities::ZSTD,
@@ -356,15 +356,23 @@ mod tests {
             ops
         );
 
-        let mut pull = vec![0, 0, 0, 0x2A, 0xB7, 0x16, 0x07, 0xAC, 0x02, 0x02, 0x00];
+        let mut pull = vec![0, 0, 0, 0x35, 0xB7, 0x16, 0x07, 0xAC, 0x02, 0x02, 0x00];
         pull.extend([0x11; 16]);
         pull.extend([0x07, 0x00]);
         pull.extend([0x22; 16]);
         pull.push(0x01);
+        // One check: node 1 (a reference to its entry in the node table), seq 7, digest.
+        pull.extend([0x01, 0x01, 0x07]);
+        pull.extend([0xD1; 8]);
         assert_eq!(
             encode_frame(&Message::Pull {
                 from: 300,
                 vector: VersionVector::from_iter([(n2, 1), (n1, 7)]),
+                checks: vec![OpCheck {
+                    node: n1,
+                    seq: 7,
+                    digest: OpDigest([0xD1; 8]),
+                }],
             }),
             pull
         );

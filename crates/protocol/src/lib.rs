@@ -37,7 +37,7 @@
 //! };
 //! // The peer answered our Hello with its own and asked for our op log after position 0;
 //! // it has no operations yet.
-//! let pull = Message::Pull { from: 0, vector: VersionVector::new() };
+//! let pull = Message::Pull { from: 0, vector: VersionVector::new(), checks: Vec::new() };
 //! assert_eq!(Message::decode(&pull.encode())?, pull);
 //! // Our op log's first entry (position 1) holds the insert: one batch covers (0, 1].
 //! let ops = Message::Ops { from: 0, to: 1, ops: vec![insert] };
@@ -82,6 +82,6 @@ pub use frame::{
 };
 pub use message::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, MAX_CLOSE_REASON_LEN,
-    MAX_DATABASE_NAME_LEN, MAX_DECOMPRESSED_LEN, MAX_TOKEN_LEN, Message, PROTOCOL_VERSION,
-    negotiate_version,
+    MAX_DATABASE_NAME_LEN, MAX_DECOMPRESSED_LEN, MAX_PULL_CHECKS, MAX_TOKEN_LEN, Message, OpCheck,
+    PROTOCOL_VERSION, negotiate_version,
 };

@@ -6,12 +6,14 @@
 
 use std::fmt;
 
-use blazedb_format::{Decoder, Encoder, Kind, NodeId, Operation, SnapshotRecord, VersionVector};
+use blazedb_format::{
+    Decoder, Encoder, Kind, NodeId, OpDigest, Operation, SnapshotRecord, VersionVector,
+};
 
 use crate::error::ProtocolError;
 
 /// The protocol version this code speaks (sent in [`Message::Hello`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Longest database name a [`Message::Hello`] may carry, in bytes of UTF-8.
 pub const MAX_DATABASE_NAME_LEN: usize = 255;
 /// Longest reason a [`Message::Close`] may carry, in bytes of UTF-8.
@@ -52,6 +54,14 @@ const MIN_OPERATION_LEN: usize = 23;
 /// The fewest bytes one version vector entry of a [`Message::Pull`] can take: node reference
 /// (1) and sequence number (1). Bounds the entry count by the bytes actually present.
 const MIN_VECTOR_ENTRY_LEN: usize = 2;
+
+/// Most [`OpCheck`]s one [`Message::Pull`] may carry: the sender sends two (the receiver's
+/// operation it has last, and its own last), the rest is room for later versions.
+pub const MAX_PULL_CHECKS: usize = 4;
+
+/// The fewest bytes one [`OpCheck`] can take: node reference (1), sequence number (1) and
+/// digest (8).
+const MIN_OP_CHECK_LEN: usize = 2 + OpDigest::LEN;
 
 /// The fewest bytes one record of a [`Message::Snapshot`] can take: collection back-reference
 /// (1), record id (16), record state flags (1) and register count (1). Bounds the record count
@@ -166,6 +176,11 @@ pub enum Message {
         /// The operations the receiver has: all of each origin's, up to the entry's sequence
         /// number.
         vector: VersionVector,
+        /// Digests of operations the sender has, for the receiver to compare with its own
+        /// (at most [`MAX_PULL_CHECKS`]): a different digest under one id means one of two
+        /// database files that share a node id is a copy (see docs/protocol.md, "Copied
+        /// databases").
+        checks: Vec<OpCheck>,
     },
     /// Sent by a device whose static key the server does not know yet, as its first message
     /// after the secure-channel handshake: a one-time enrolment token an administrator
@@ -201,6 +216,16 @@ pub enum Message {
     SnapshotAck { part: u32 },
 }
 
+/// "The operation `seq` of node `node` that I have has digest `digest`", in a
+/// [`Message::Pull`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpCheck {
+    pub node: NodeId,
+    /// At least 1.
+    pub seq: u64,
+    pub digest: OpDigest,
+}
+
 /// Why a connection is closed, carried by [`Message::Close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -219,11 +244,15 @@ pub enum CloseCode {
     UnknownDatabase,
     /// The sender failed on its own side (storage error, bug).
     InternalError,
+    /// Two database files share a node id (one is a copy of the other): an operation differs
+    /// from the one with the same id here. Reconnecting does not help; the copy needs a new
+    /// identity (`blazedb reidentify`).
+    CopiedDatabase,
 }
 
 impl CloseCode {
     /// Every close code, in code order.
-    pub const ALL: [CloseCode; 7] = [
+    pub const ALL: [CloseCode; 8] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -231,6 +260,7 @@ impl CloseCode {
         CloseCode::Unauthorized,
         CloseCode::UnknownDatabase,
         CloseCode::InternalError,
+        CloseCode::CopiedDatabase,
     ];
 
     /// The byte written on the wire.
@@ -243,6 +273,7 @@ impl CloseCode {
             CloseCode::Unauthorized => 4,
             CloseCode::UnknownDatabase => 5,
             CloseCode::InternalError => 6,
+            CloseCode::CopiedDatabase => 7,
         }
     }
 
@@ -256,6 +287,7 @@ impl CloseCode {
             4 => CloseCode::Unauthorized,
             5 => CloseCode::UnknownDatabase,
             6 => CloseCode::InternalError,
+            7 => CloseCode::CopiedDatabase,
             _ => return None,
         })
     }
@@ -271,6 +303,7 @@ impl fmt::Display for CloseCode {
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::UnknownDatabase => "unknown database",
             CloseCode::InternalError => "internal error",
+            CloseCode::CopiedDatabase => "copied database",
         })
     }
 }
@@ -338,6 +371,19 @@ fn check_snapshot(part: u32, total: u64, records: usize) -> Result<(), &'static 
     check_part(part)?;
     if records as u64 > total {
         Err(SNAPSHOT_OVER_TOTAL)
+    } else {
+        Ok(())
+    }
+}
+
+const TOO_MANY_CHECKS: &str = "a Pull carries more than 4 operation checks";
+const CHECK_SEQ_ZERO: &str = "an operation check has sequence number 0";
+
+fn check_checks(checks: &[OpCheck]) -> Result<(), &'static str> {
+    if checks.len() > MAX_PULL_CHECKS {
+        Err(TOO_MANY_CHECKS)
+    } else if checks.iter().any(|c| c.seq == 0) {
+        Err(CHECK_SEQ_ZERO)
     } else {
         Ok(())
     }
@@ -452,7 +498,7 @@ impl Message {
             } => check_snapshot(*part, *total, records.len()),
             Message::SnapshotAck { part } => check_part(*part),
             // A VersionVector holds only entries with seq >= 1, in node order.
-            Message::Pull { .. } => Ok(()),
+            Message::Pull { checks, .. } => check_checks(checks),
             Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => Ok(()),
         };
         rule.map_err(|what| ProtocolError::Unsendable { what })
@@ -504,9 +550,19 @@ impl Message {
                 e.byte(code.code());
                 e.key(reason);
             }
-            Message::Pull { from, vector } => {
+            Message::Pull {
+                from,
+                vector,
+                checks,
+            } => {
                 e.varint(*from);
                 write_vector(&mut e, vector);
+                e.varint(checks.len() as u64);
+                for check in checks {
+                    e.node(check.node);
+                    e.varint(check.seq);
+                    e.raw(&check.digest.0);
+                }
             }
             Message::Enroll { token } => e.key(token),
             Message::Snapshot {
@@ -672,7 +728,30 @@ impl Message {
             TYPE_PULL => {
                 let from = d.varint()?;
                 let vector = read_vector(&mut d)?;
-                Message::Pull { from, vector }
+                let count = d.length(MIN_OP_CHECK_LEN)?;
+                if count > MAX_PULL_CHECKS {
+                    return Err(invalid(TOO_MANY_CHECKS));
+                }
+                let mut checks = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let node = d.node()?;
+                    let seq = d.varint()?;
+                    if seq == 0 {
+                        return Err(invalid(CHECK_SEQ_ZERO));
+                    }
+                    let mut digest = [0; OpDigest::LEN];
+                    digest.copy_from_slice(d.raw(OpDigest::LEN)?);
+                    checks.push(OpCheck {
+                        node,
+                        seq,
+                        digest: OpDigest(digest),
+                    });
+                }
+                Message::Pull {
+                    from,
+                    vector,
+                    checks,
+                }
             }
             TYPE_ENROLL => {
                 let token = d.key()?;
@@ -965,10 +1044,10 @@ mod tests {
     #[test]
     fn an_unknown_close_code_is_refused() {
         let mut bytes = header(TYPE_CLOSE);
-        bytes.extend([7, 0]);
+        bytes.extend([8, 0]);
         assert_eq!(
             Message::decode(&bytes),
-            Err(ProtocolError::UnknownCloseCode { code: 7 })
+            Err(ProtocolError::UnknownCloseCode { code: 8 })
         );
     }
 
@@ -1078,6 +1157,8 @@ mod tests {
             }
             bytes.push(seq);
         }
+        // No operation checks.
+        bytes.push(0);
         bytes
     }
 
@@ -1086,16 +1167,19 @@ mod tests {
         let bytes = round_trip(&Message::Pull {
             from: 0,
             vector: VersionVector::new(),
+            checks: Vec::new(),
         });
-        assert_eq!(bytes, [MAGIC, 0x16, TYPE_PULL, 0, 0]);
+        assert_eq!(bytes, [MAGIC, 0x16, TYPE_PULL, 0, 0, 0]);
         let bytes = round_trip(&Message::Pull {
             from: 9,
             vector: vector(&[(2, 1), (1, 7)]),
+            checks: Vec::new(),
         });
         assert_eq!(bytes, pull_bytes(9, &[(Some(1), 7), (Some(2), 1)]));
         round_trip(&Message::Pull {
             from: u64::MAX,
             vector: vector(&[(0, u64::MAX), (0xFF, 1), (3, 300)]),
+            checks: Vec::new(),
         });
         let many: VersionVector = (0..=u16::MAX)
             .map(|n| {
@@ -1107,7 +1191,69 @@ mod tests {
         round_trip(&Message::Pull {
             from: 1,
             vector: many,
+            checks: Vec::new(),
         });
+    }
+
+    #[test]
+    fn a_pulls_operation_checks_follow_the_vector_and_refer_to_its_nodes() {
+        let check = |n: u8, seq: u64| OpCheck {
+            node: node(n),
+            seq,
+            digest: OpDigest([n; 8]),
+        };
+        let message = Message::Pull {
+            from: 9,
+            vector: vector(&[(1, 7)]),
+            checks: vec![check(1, 7), check(2, 300)],
+        };
+        let bytes = round_trip(&message);
+        let mut expected = pull_bytes(9, &[(Some(1), 7)]);
+        expected.pop();
+        // Two checks: node 1 is a reference to the node table, node 2 a literal.
+        expected.extend([2, 1, 7]);
+        expected.extend([1; 8]);
+        expected.push(0);
+        expected.extend([2; 16]);
+        expected.extend([0xAC, 0x02]);
+        expected.extend([2; 8]);
+        assert_eq!(bytes, expected);
+
+        let five = Message::Pull {
+            from: 0,
+            vector: VersionVector::new(),
+            checks: (1..=5).map(|n| check(n, 1)).collect(),
+        };
+        let invalid = |what| ProtocolError::Unsendable { what };
+        assert_eq!(
+            five.validate(),
+            Err(invalid("a Pull carries more than 4 operation checks"))
+        );
+        assert_eq!(
+            Message::decode(&five.encode()),
+            Err(ProtocolError::Invalid {
+                what: "a Pull carries more than 4 operation checks"
+            })
+        );
+        let zero = Message::Pull {
+            from: 0,
+            vector: VersionVector::new(),
+            checks: vec![check(1, 0)],
+        };
+        assert_eq!(
+            zero.validate(),
+            Err(invalid("an operation check has sequence number 0"))
+        );
+        assert_eq!(
+            Message::decode(&zero.encode()),
+            Err(ProtocolError::Invalid {
+                what: "an operation check has sequence number 0"
+            })
+        );
+        // Cut anywhere in a check: refused, never read past the end.
+        for len in (bytes.len() - 27)..bytes.len() {
+            assert!(Message::decode(&bytes[..len]).is_err(), "{len}");
+        }
     }
 
     #[test]
@@ -1163,6 +1309,7 @@ mod tests {
         let pull = Message::Pull {
             from: 300,
             vector: vector(&[(1, 7), (2, 300)]),
+            checks: Vec::new(),
         }
         .encode();
         let ops = Message::Ops {
@@ -1201,6 +1348,7 @@ mod tests {
             Message::Pull {
                 from: 0,
                 vector: VersionVector::new(),
+                checks: Vec::new(),
             },
             Message::Enroll {
                 token: "t".to_owned(),
@@ -1251,7 +1399,7 @@ mod tests {
         assert!(!err.is_malformed_input());
         assert_eq!(
             err.to_string(),
-            "protocol version mismatch: we speak version 1, the peer speaks 2"
+            "protocol version mismatch: we speak version 2, the peer speaks 3"
         );
     }
 

@@ -8,13 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use blazedb_format::{
-    Date, Encoder, FieldState, Fields, Kind, NodeId, OpId, OpKind, Operation, RecordState,
-    SnapshotRecord, Stamp, Uuid, Value, VersionVector,
+    Date, Encoder, FieldState, Fields, Kind, NodeId, OpDigest, OpId, OpKind, Operation,
+    RecordState, SnapshotRecord, Stamp, Uuid, Value, VersionVector,
 };
 use blazedb_protocol::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_MAX_FRAME_LEN,
-    FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN, MAX_TOKEN_LEN,
-    Message, ProtocolError, encode_frame, fuzz, try_encode_frame,
+    FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN, MAX_PULL_CHECKS,
+    MAX_TOKEN_LEN, Message, OpCheck, ProtocolError, encode_frame, fuzz, try_encode_frame,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -75,6 +75,14 @@ fn node() -> impl Strategy<Value = NodeId> + Clone {
         3 => (1u8..=3).prop_map(|n| NodeId(Uuid::from_bytes([n; 16]))),
         1 => uuid().prop_map(NodeId),
     ]
+}
+
+fn op_check() -> impl Strategy<Value = OpCheck> {
+    (node(), 1u64..=u64::MAX, any::<[u8; 8]>()).prop_map(|(node, seq, digest)| OpCheck {
+        node,
+        seq,
+        digest: OpDigest(digest),
+    })
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -269,7 +277,16 @@ fn message() -> impl Strategy<Value = Message> {
             to,
             ops
         }),
-        (counter(), version_vector()).prop_map(|(from, vector)| Message::Pull { from, vector }),
+        (
+            counter(),
+            version_vector(),
+            vec(op_check(), 0..=MAX_PULL_CHECKS)
+        )
+            .prop_map(|(from, vector, checks)| Message::Pull {
+                from,
+                vector,
+                checks
+            }),
         counter().prop_map(|position| Message::Ack { position }),
         counter().prop_map(|nonce| Message::Ping { nonce }),
         counter().prop_map(|nonce| Message::Pong { nonce }),
@@ -549,15 +566,16 @@ proptest! {
             e.node(node);
             e.varint(seq);
         }
+        e.varint(0);
         let bytes = e.finish();
         let canonical = entries.windows(2).all(|w| w[0].0 < w[1].0)
             && entries.iter().all(|&(_, seq)| seq >= 1);
         match Message::decode(&bytes) {
-            Ok(Message::Pull { from: decoded_from, vector }) => {
+            Ok(Message::Pull { from: decoded_from, vector, checks }) => {
                 prop_assert!(canonical, "accepted {:?}", entries);
                 prop_assert_eq!(decoded_from, from);
                 prop_assert_eq!(vector.iter().collect::<Vec<_>>(), entries);
-                prop_assert_eq!(Message::Pull { from, vector }.encode(), bytes);
+                prop_assert_eq!(Message::Pull { from, vector, checks }.encode(), bytes);
             }
             Ok(other) => prop_assert!(false, "decoded as {:?}", other),
             Err(error) => {
@@ -678,6 +696,7 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
         Message::Pull {
             from: 3,
             vector: VersionVector::from_iter([(NodeId(Uuid::from_bytes([2; 16])), 5)]),
+            checks: Vec::new(),
         },
         // The sender's log starts after 3: a snapshot, then the log from its position.
         Message::Snapshot {

@@ -106,7 +106,8 @@ pub enum MetaError {
     /// A device said hello with a node id other than the one bound to its key.
     #[error(
         "device {device} is node {bound}, but it said hello as node {claimed}; a device may \
-         sync only as the node it first synced as"
+         sync only as the node it first synced as (a database file given a new identity with \
+         `blazedb reidentify` needs a new enrolment token)"
     )]
     NodeMismatch {
         device: String,
@@ -117,7 +118,8 @@ pub enum MetaError {
     /// is a copy of that device's (or it forges that device's identity).
     #[error(
         "node {node} belongs to device {owner}, not to device {device}: this database file is a \
-         copy of another device's, and a copy cannot sync as the original"
+         copy of another device's, and a copy cannot sync as the original; give it a new \
+         identity with `blazedb reidentify FILE`"
     )]
     NodeTaken {
         node: String,

@@ -308,11 +308,14 @@ pub(crate) async fn run<S: Transport>(
     let engine = database.clone();
     let _ = tokio::task::spawn_blocking(move || {
         // A device the engine closed for breaking the rules (a forged origin, a message out
-        // of place) is logged; ordinary disconnections are not.
+        // of place) or for being a copy of another device's database is logged; ordinary
+        // disconnections are not.
         if let Ok(Some(status)) = engine.engine.connection_status(id)
             && matches!(
                 status.close_code,
-                Some(CloseCode::ProtocolError | CloseCode::Unauthorized)
+                Some(
+                    CloseCode::ProtocolError | CloseCode::Unauthorized | CloseCode::CopiedDatabase
+                )
             )
         {
             log::warn(format_args!(

@@ -356,6 +356,7 @@ fn a_device_flooding_pulls_it_never_reads_is_closed_and_holds_bounded_memory() {
                 let pull = Message::Pull {
                     from: 0,
                     vector: blazedb_core::VersionVector::new(),
+                    checks: Vec::new(),
                 };
                 let sealed = session.channel.seal(&pull.encode()).unwrap();
                 use futures_util::SinkExt;

@@ -21,9 +21,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blazedb_core::{CommitListener, Database, NodeId, Operation, SnapshotKey, VersionVector};
+use blazedb_core::{CommitListener, Database, NodeId, OpId, Operation, SnapshotKey, VersionVector};
 use blazedb_format::SnapshotRecord;
-use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION, negotiate_version};
+use blazedb_protocol::{
+    Capabilities, CloseCode, Message, OpCheck, PROTOCOL_VERSION, negotiate_version,
+};
 
 use crate::error::{Result, SyncError};
 use crate::relay::{ConnectionId, Hold, Inbox, Relay};
@@ -245,6 +247,33 @@ pub struct ConnectionStatus {
     pub snapshot_in: Option<(u64, u64)>,
     /// A snapshot being sent to the peer: (records sent so far, records in all).
     pub snapshot_out: Option<(u64, u64)>,
+}
+
+/// What a user does about a copied database file.
+const REIDENTIFY: &str = "give the copy a new identity with `blazedb reidentify FILE` (a copy \
+                          enrolled with a server then needs a new enrolment token)";
+
+/// Why a connection closes when operation `op` differs between this database (node `own`)
+/// and the peer (node `peer`): the close reason the peer's user reads.
+fn copy_reason(own: NodeId, peer: NodeId, op: OpId) -> String {
+    if op.origin == own {
+        format!(
+            "operation {op} under this database's node id differs from the peer's: this \
+             database file is a copy of another with the same node id, or the other is a copy \
+             of it; {REIDENTIFY}"
+        )
+    } else if op.origin == peer {
+        format!(
+            "your operation {op} differs from the one with that id here: your database file \
+             is a copy of another with the same node id that synced here first; {REIDENTIFY}"
+        )
+    } else {
+        format!(
+            "operation {op} differs from the one with that id here: two database files share \
+             node id {} (one is a copy of the other); {REIDENTIFY}",
+            op.origin
+        )
+    }
 }
 
 /// How long a range with nothing the peer lacks may wait for a batch to ride with (its own
@@ -1131,8 +1160,11 @@ impl Worker {
                 }
                 if node == self.node {
                     conn.close_with(
-                        CloseCode::ProtocolError,
-                        "the peer has our own node id (a copy of this database file?)".into(),
+                        CloseCode::CopiedDatabase,
+                        format!(
+                            "the peer has this database's node id {node}: one of the two \
+                             database files is a copy of the other; {REIDENTIFY}"
+                        ),
                     );
                     return;
                 }
@@ -1170,11 +1202,21 @@ impl Worker {
                     Err(e) => self.internal_error(id, &e.into()),
                 }
             }
-            Message::Pull { from, vector } => {
-                if conn.peer.is_none() {
+            Message::Pull {
+                from,
+                vector,
+                checks,
+            } => {
+                let Some(peer) = conn.peer else {
                     conn.close_with(CloseCode::ProtocolError, "Pull before Hello".into());
                     return;
+                };
+                if !self.check_ops(id, peer, &checks) {
+                    return;
                 }
+                let Some(conn) = self.connections.get_mut(&id) else {
+                    return;
+                };
                 // Each Pull restarts the stream (reads the log again): a peer may send a few,
                 // not a flood.
                 let now = Instant::now();
@@ -1200,13 +1242,15 @@ impl Worker {
                 };
                 if from > self.head {
                     // Positions are never reused, so the peer's cursor belongs to another
-                    // history of this log (a restored backup); streaming would skip entries.
+                    // history of this log: this file is a copy of one that went further, or a
+                    // restored backup; streaming would skip entries.
                     conn.close_with(
-                        CloseCode::InternalError,
+                        CloseCode::CopiedDatabase,
                         format!(
-                            "your cursor {from} is past the end of our op log ({}): was this \
-                             database restored from a backup?",
-                            self.head
+                            "the peer's cursor {from} into the op log of node {} is past its end \
+                             ({}): this database file is a copy of another with the same node \
+                             id that synced further, or a restored backup of it; {REIDENTIFY}",
+                            self.node, self.head
                         ),
                     );
                     return;
@@ -1285,15 +1329,72 @@ impl Worker {
         if !conn.options.mode.receives() || !conn.open() {
             return;
         }
-        match self.db.version_vector() {
-            Ok(vector) => {
+        let peer = conn.peer;
+        let pull = self.db.version_vector().and_then(|vector| {
+            // The peer's operation we have last, and our own last: the peer compares their
+            // digests with its own (see `check_ops`).
+            let mut checks = Vec::new();
+            for node in peer.into_iter().chain([self.node]) {
+                let seq = vector.get(node);
+                if seq == 0 {
+                    continue;
+                }
+                if let Some(digest) = self.db.op_digest(OpId { origin: node, seq })? {
+                    checks.push(OpCheck { node, seq, digest });
+                }
+            }
+            Ok((vector, checks))
+        });
+        match pull {
+            Ok((vector, checks)) => {
                 if let Some(conn) = self.connections.get_mut(&id) {
                     let from = conn.cursor;
-                    conn.send(Message::Pull { from, vector });
+                    conn.send(Message::Pull {
+                        from,
+                        vector,
+                        checks,
+                    });
                 }
             }
             Err(e) => self.internal_error(id, &e.into()),
         }
+    }
+
+    /// Compares the digests of a peer's Pull with those of the same operations here. A
+    /// difference means two database files share a node id: the connection closes with
+    /// [`CloseCode::CopiedDatabase`] before anything is streamed, and false is returned. A
+    /// match on our own operation confirms that the peer has ours up to it.
+    fn check_ops(&mut self, id: ConnectionId, peer: NodeId, checks: &[OpCheck]) -> bool {
+        for check in checks {
+            let op = OpId {
+                origin: check.node,
+                seq: check.seq,
+            };
+            let here = match self.db.op_digest(op) {
+                Ok(here) => here,
+                Err(e) => {
+                    self.internal_error(id, &e.into());
+                    return false;
+                }
+            };
+            match here {
+                Some(here) if here != check.digest => {
+                    let reason = copy_reason(self.node, peer, op);
+                    if let Some(conn) = self.connections.get_mut(&id) {
+                        conn.close_with(CloseCode::CopiedDatabase, reason);
+                    }
+                    return false;
+                }
+                Some(_) if check.node == self.node => {
+                    if let Err(e) = self.db.confirm_own(check.seq) {
+                        self.internal_error(id, &e.into());
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
     }
 
     /// Saves a cursor that moved in memory only (see `apply_inbound`). Best effort: if it
@@ -1404,6 +1505,11 @@ impl Worker {
                         }
                     }
                     conn.send(Message::Ack { position: to });
+                }
+                Err(blazedb_core::Error::CopiedDatabase { op }) => {
+                    let reason = copy_reason(self.node, conn.peer.unwrap_or(op.origin), op);
+                    conn.close_with(CloseCode::CopiedDatabase, reason);
+                    return;
                 }
                 Err(e @ blazedb_core::Error::InvalidOperation { .. }) => {
                     conn.close_with(

@@ -562,13 +562,15 @@ fn a_pull_from_past_the_end_of_the_log_is_refused_as_another_history() {
     probe.say(Message::Pull {
         from: db.oplog_head().unwrap() + 10,
         vector: Default::default(),
+        checks: Vec::new(),
     });
     let close = probe.wait_for(|m| matches!(m, Message::Close { .. }));
     let Message::Close { code, reason } = close else {
         unreachable!()
     };
-    assert_eq!(code, CloseCode::InternalError);
-    assert!(reason.contains("restored from a backup"), "{reason}");
+    assert_eq!(code, CloseCode::CopiedDatabase);
+    assert!(reason.contains("restored backup"), "{reason}");
+    assert!(reason.contains("blazedb reidentify"), "{reason}");
 }
 
 #[test]
@@ -579,6 +581,7 @@ fn a_repeated_hello_changes_nothing_and_the_stream_goes_on() {
     probe.say(Message::Pull {
         from: 0,
         vector: Default::default(),
+        checks: Vec::new(),
     });
     probe.say(peer);
     db.insert("t", fields! {"k" => 1}).unwrap();

@@ -124,6 +124,7 @@ fn payloads(action: &Action, node: NodeId, next: &mut u64) -> Vec<Vec<u8>> {
             Message::Pull {
                 from: *from,
                 vector: VersionVector::new(),
+                checks: Vec::new(),
             }
             .encode(),
         ],

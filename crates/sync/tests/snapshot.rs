@@ -70,6 +70,7 @@ fn pull_as_new_peer(probe: &Probe, from: u64) {
     probe.say(Message::Pull {
         from,
         vector: Default::default(),
+        checks: Vec::new(),
     });
 }
 

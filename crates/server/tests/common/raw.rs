@@ -114,6 +114,7 @@ impl RawSession {
             Message::Pull {
                 from: 0,
                 vector: VersionVector::new(),
+                checks: Vec::new(),
             },
         ] {
             session.send(&message).await;

@@ -582,9 +582,12 @@ async fn open(
     Ok(session)
 }
 
+/// Prefix of the local settings marking that a session with a server got past enrolment.
+pub(super) const ENROLLED_SETTING_PREFIX: &str = "sync/enrolled/";
+
 /// Local setting marking that a session with a server got past enrolment.
 fn enrolled_setting(server: &str) -> String {
-    format!("sync/enrolled/{server}")
+    format!("{ENROLLED_SETTING_PREFIX}{server}")
 }
 
 fn is_enrolled(db: &Database, server: &str) -> Result<bool, RemoteError> {
@@ -661,13 +664,18 @@ async fn run(
                     .as_ref()
                     .and_then(|c| c.closed_reason.clone())
                     .unwrap_or_else(|| "the connection ended".into());
-                let refused = last.and_then(|c| c.peer_close_code).is_some_and(|code| {
-                    matches!(
-                        code,
-                        CloseCode::Unauthorized
-                            | CloseCode::UnknownDatabase
-                            | CloseCode::VersionMismatch
-                    )
+                // Retrying cannot help: the server refused us, or one of the two found that this
+                // file or the server's source is a copy of another database file.
+                let refused = last.is_some_and(|c| {
+                    c.peer_close_code.is_some_and(|code| {
+                        matches!(
+                            code,
+                            CloseCode::Unauthorized
+                                | CloseCode::UnknownDatabase
+                                | CloseCode::VersionMismatch
+                                | CloseCode::CopiedDatabase
+                        )
+                    }) || c.close_code == Some(CloseCode::CopiedDatabase)
                 });
                 if refused {
                     shared.set(RemoteState::Failed, None, Some(reason));

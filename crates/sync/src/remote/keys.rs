@@ -31,6 +31,17 @@ pub fn node_keys(db: &Database) -> Result<StaticKeys, RemoteError> {
     Ok(keys)
 }
 
+/// Forgets this database's static key pair and its enrolments, keeping the server keys it
+/// pinned: for a file given a new node id ([`Database::reidentify`]), since a server binds a
+/// device key to one node id. The next connection makes a new key pair and needs a new
+/// enrolment token. Returns true when the file had a key.
+pub fn forget_node_keys(db: &Database) -> Result<bool, RemoteError> {
+    let had = db.local_setting(STATIC_KEY_SETTING)?.is_some();
+    db.set_local_setting(STATIC_KEY_SETTING, None)?;
+    db.remove_local_settings(super::client::ENROLLED_SETTING_PREFIX)?;
+    Ok(had)
+}
+
 /// The server key pinned for `server` (as [`pin_server_key`] stored it).
 pub fn pinned_server_key(
     db: &Database,
@@ -74,6 +85,20 @@ mod tests {
         let again = node_keys(&db).unwrap();
         assert_eq!(first.public(), again.public());
         assert_eq!(first.suite(), Suite::default());
+    }
+
+    #[test]
+    fn forgotten_keys_are_made_anew_and_pinned_servers_are_kept() {
+        let db = Database::in_memory().unwrap();
+        let first = node_keys(&db).unwrap();
+        pin_server_key(&db, "ws://a", Suite::default(), &[7; 32]).unwrap();
+        db.set_local_setting("sync/enrolled/ws://a", Some(&[1]))
+            .unwrap();
+        assert!(forget_node_keys(&db).unwrap());
+        assert!(!forget_node_keys(&db).unwrap());
+        assert_eq!(db.local_setting("sync/enrolled/ws://a").unwrap(), None);
+        assert!(pinned_server_key(&db, "ws://a").unwrap().is_some());
+        assert_ne!(node_keys(&db).unwrap().public(), first.public());
     }
 
     #[test]

@@ -11,7 +11,9 @@ mod session;
 
 pub use client::{RemoteNode, RemoteOptions, RemoteState, RemoteStatus, RemoteSync, SyncExt};
 pub use error::RemoteError;
-pub use keys::{STATIC_KEY_SETTING, node_keys, pin_server_key, pinned_server_key};
+pub use keys::{
+    STATIC_KEY_SETTING, forget_node_keys, node_keys, pin_server_key, pinned_server_key,
+};
 pub use relay::{RelayCounters, RelayOptions, WsRelay};
 pub use session::{
     Accepted, Session, Transport, accept_handshake, connect_handshake, websocket_config,
