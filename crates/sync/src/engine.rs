@@ -1247,10 +1247,12 @@ impl Worker {
                     conn.close_with(
                         CloseCode::CopiedDatabase,
                         format!(
-                            "the peer's cursor {from} into the op log of node {} is past its end \
-                             ({}): this database file is a copy of another with the same node \
-                             id that synced further, or a restored backup of it; {REIDENTIFY}",
-                            self.node, self.head
+                            "the peer's cursor {from} into the op log of node {node} is past \
+                             its end ({}): node {node}'s database file is a copy of another with \
+                             the same node id that synced further, or a restored backup of it; \
+                             {REIDENTIFY}",
+                            self.head,
+                            node = self.node
                         ),
                     );
                     return;
