@@ -17,6 +17,7 @@ use rusqlite::params;
 use uuid::Uuid;
 
 use crate::db::Database;
+use crate::digests;
 use crate::error::{Error, Result};
 use crate::txn::{Transaction, Written};
 use crate::watch::ChangeOrigin;
@@ -68,9 +69,12 @@ impl Transaction<'_> {
         let confirmed = self.core.counter("own_confirmed")?;
 
         // Own operations after `confirmed` take the new identity where they are in the log, so
-        // peers' cursors and the log's order stay valid.
-        let mut rewritten: Vec<(i64, Vec<u8>)> = Vec::new();
-        let mut digests = Vec::new();
+        // peers' cursors and the log's order stay valid. Every entry's `own_seq` counts the
+        // new node's operations; the old node's that stay are another node's now, with
+        // digests of their own.
+        let mut entries: Vec<(i64, Option<Vec<u8>>, u64)> = Vec::new();
+        let mut kept = Vec::new();
+        let mut renamed = 0u64;
         let mut lamports = HashSet::new();
         {
             let mut stmt = self
@@ -82,26 +86,42 @@ impl Transaction<'_> {
                 let mut ops = decode_operations(row.get_ref(1)?.as_blob()?)?;
                 let mut changed = false;
                 for op in &mut ops {
-                    if op.id.origin == old && op.id.seq > confirmed {
-                        let seq = digests.len() as u64 + 1;
-                        op.id = OpId { origin: new, seq };
+                    if op.id.origin != old {
+                        continue;
+                    }
+                    if op.id.seq > confirmed {
+                        renamed += 1;
+                        op.id = OpId {
+                            origin: new,
+                            seq: renamed,
+                        };
                         lamports.insert(op.lamport);
-                        digests.push(op.digest());
                         changed = true;
+                    } else {
+                        kept.push(op.clone());
                     }
                 }
-                if changed {
-                    rewritten.push((row.get(0)?, encode_operations(&ops)));
-                }
+                entries.push((
+                    row.get(0)?,
+                    changed.then(|| encode_operations(&ops)),
+                    renamed,
+                ));
             }
         }
         let conn = &self.core.conn;
-        for (position, ops) in &rewritten {
+        for (position, ops, own_seq) in &entries {
             conn.execute(
-                "UPDATE oplog SET ops = ?2 WHERE seq = ?1",
-                params![position, ops],
+                "UPDATE oplog SET own_seq = ?2 WHERE seq = ?1",
+                params![position, *own_seq as i64],
             )?;
+            if let Some(ops) = ops {
+                conn.execute(
+                    "UPDATE oplog SET ops = ?2 WHERE seq = ?1",
+                    params![position, ops],
+                )?;
+            }
         }
+        digests::store_runs(conn, new, &kept)?;
 
         // Stamps those operations left in record states.
         let restamp = |stamp: &mut Stamp| -> bool {
@@ -153,16 +173,6 @@ impl Transaction<'_> {
 
         let conn = &self.core.conn;
         let old_key = old.as_bytes().as_slice();
-        conn.execute(
-            "DELETE FROM op_digests WHERE origin = ?1 AND seq > ?2",
-            params![old_key, confirmed as i64],
-        )?;
-        for (n, digest) in digests.iter().enumerate() {
-            conn.execute(
-                "INSERT OR REPLACE INTO op_digests (origin, seq, digest) VALUES (?1, ?2, ?3)",
-                params![new.as_bytes().as_slice(), n as i64 + 1, digest.0.as_slice()],
-            )?;
-        }
         // The old node is another node now, of which this file has the confirmed prefix.
         conn.execute("DELETE FROM merged_ops WHERE origin = ?1", [old_key])?;
         conn.execute("DELETE FROM origins WHERE origin = ?1", [old_key])?;
@@ -181,13 +191,13 @@ impl Transaction<'_> {
             [new.as_bytes().as_slice()],
         )?;
         self.core.node = new;
-        self.core.seq = digests.len() as u64;
+        self.core.seq = renamed;
         self.core.gap_prefix = None;
         Ok(Reidentified {
             old,
             new,
             confirmed,
-            renamed: digests.len() as u64,
+            renamed,
             restamped: restamped_count,
         })
     }

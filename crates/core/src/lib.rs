@@ -27,6 +27,7 @@
 //! ```
 
 mod db;
+mod digests;
 mod error;
 mod identity;
 mod ids;

@@ -156,30 +156,6 @@ impl Core {
     }
 }
 
-impl Core {
-    /// See [`Database::op_digest`].
-    pub fn op_digest(&self, id: OpId) -> Result<Option<OpDigest>> {
-        let digest: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT digest FROM op_digests WHERE origin = ?1 AND seq = ?2")?
-            .query_row(
-                params![
-                    id.origin.as_bytes().as_slice(),
-                    id.seq.min(i64::MAX as u64) as i64
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        digest
-            .map(|d| {
-                <[u8; OpDigest::LEN]>::try_from(d.as_slice())
-                    .map(OpDigest)
-                    .map_err(|_| Error::Corrupt("an operation digest is not 8 bytes".into()))
-            })
-            .transpose()
-    }
-}
-
 /// Sizes and counters of a database, for `blazedb stats` and monitoring.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {

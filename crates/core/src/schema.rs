@@ -1,9 +1,10 @@
 //! The SQLite schema of a BlazeDB file. See docs/format.md ("Storage") for the table layout.
 //!
-//! Everything a single-record commit must touch is kept to five pages: the record, its index
-//! entry, its op-log entry, its digest (`op_digests`, for finding copied files) and the
-//! `counters` row set (Lamport clock, op sequence, live counts all live in one small B-tree).
-//! Each page costs an encryption and an HMAC per commit.
+//! Everything a single-record commit must touch is kept to four pages: the record, its index
+//! entry, its op-log entry and the `counters` row set (Lamport clock, op sequence, live counts
+//! all live in one small B-tree). Each page costs an encryption and an HMAC per commit. (The
+//! digests that find copied files cost no page of their own for our own operations: see
+//! `oplog.own_seq`.)
 
 use rusqlite::{Connection, params};
 
@@ -48,9 +49,10 @@ CREATE TABLE index_entries (
     PRIMARY KEY (idx, key, id)
 ) WITHOUT ROWID;
 CREATE TABLE oplog (
-    seq   INTEGER PRIMARY KEY,
-    ops   BLOB NOT NULL,
-    total INTEGER NOT NULL
+    seq     INTEGER PRIMARY KEY,
+    ops     BLOB NOT NULL,
+    total   INTEGER NOT NULL,
+    own_seq INTEGER
 );
 CREATE TABLE merged_ops (
     origin     BLOB NOT NULL,
@@ -58,8 +60,10 @@ CREATE TABLE merged_ops (
     PRIMARY KEY (origin, origin_seq)
 ) WITHOUT ROWID;
 CREATE TABLE origins (
-    origin  BLOB PRIMARY KEY,
-    max_seq INTEGER NOT NULL
+    origin       BLOB PRIMARY KEY,
+    max_seq      INTEGER NOT NULL,
+    recent_first INTEGER,
+    recent       BLOB
 ) WITHOUT ROWID;
 CREATE TABLE peers (
     node   BLOB PRIMARY KEY,
@@ -72,13 +76,15 @@ CREATE TABLE local_settings (
 INSERT INTO counters (name, value) VALUES ('lamport', 0), ('seq', 0), ('oplog_ops', 0);
 ";
 
-/// The digest of every operation applied here (schema version 4).
+/// The digests of other nodes' operations merged here, per run of consecutive sequence
+/// numbers of one origin in one transaction (schema version 4). Our own operations need no
+/// table: they are found in the op log by `oplog.own_seq`.
 const OP_DIGESTS: &str = "
 CREATE TABLE op_digests (
-    origin BLOB NOT NULL,
-    seq    INTEGER NOT NULL,
-    digest BLOB NOT NULL,
-    PRIMARY KEY (origin, seq)
+    origin    BLOB NOT NULL,
+    first_seq INTEGER NOT NULL,
+    digests   BLOB NOT NULL,
+    PRIMARY KEY (origin, first_seq)
 ) WITHOUT ROWID;
 ";
 
@@ -96,11 +102,15 @@ pub fn upgrade_from_2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Upgrades a version-3 file to version 4 in one transaction: adds `op_digests`. Operations
-/// merged before have no digest, and are never compared (see `Database::op_digest`).
+/// Upgrades a version-3 file to version 4 in one transaction: adds `op_digests`,
+/// `oplog.own_seq` and the newest digests in `origins`. Operations written before have no digest, and are never compared (see
+/// `Database::op_digest`).
 pub fn upgrade_from_3(conn: &Connection) -> Result<()> {
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {OP_DIGESTS} PRAGMA user_version = 4; COMMIT;"
+        "BEGIN IMMEDIATE; {OP_DIGESTS} ALTER TABLE oplog ADD COLUMN own_seq INTEGER;
+         ALTER TABLE origins ADD COLUMN recent_first INTEGER;
+         ALTER TABLE origins ADD COLUMN recent BLOB;
+         PRAGMA user_version = 4; COMMIT;"
     ))?;
     Ok(())
 }

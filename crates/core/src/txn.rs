@@ -17,6 +17,7 @@ use rusqlite::{ErrorCode, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::db::{CollInfo, Core, Database, IndexInfo, OPEN_TRANSACTION, classify};
+use crate::digests;
 use crate::error::{Error, Result};
 use crate::read::resolve;
 use crate::validate;
@@ -811,30 +812,27 @@ impl Transaction<'_> {
                      coalesce((SELECT value FROM counters WHERE name = 'oplog_start'), 0)",
                 )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut own_seq = self.start_clock.1;
             for chunk in self.ops.chunks(OPLOG_ENTRY_MAX_OPS) {
                 total += chunk.len() as i64;
+                own_seq = digests::own_seq_after(own_seq, self.core.node, chunk);
                 // After the whole log was compacted, SQLite would number the next row 1: the
                 // position continues after the compacted start instead.
                 conn.prepare_cached(
-                    "INSERT INTO oplog (seq, ops, total) \
-                     VALUES ((SELECT coalesce(max(seq), ?3) + 1 FROM oplog), ?1, ?2)",
+                    "INSERT INTO oplog (seq, ops, total, own_seq) \
+                     VALUES ((SELECT coalesce(max(seq), ?3) + 1 FROM oplog), ?1, ?2, ?4)",
                 )?
-                .execute(params![encode_operations(chunk), total, start])?;
+                .execute(params![
+                    encode_operations(chunk),
+                    total,
+                    start,
+                    own_seq as i64
+                ])?;
                 let position = conn.last_insert_rowid() as u64;
                 self.first_op_seq.get_or_insert(position);
                 self.last_op_seq = Some(position);
             }
             set("oplog_ops", total, false)?;
-            let mut digest = conn.prepare_cached(
-                "INSERT OR REPLACE INTO op_digests (origin, seq, digest) VALUES (?1, ?2, ?3)",
-            )?;
-            for op in &self.ops {
-                digest.execute(params![
-                    op.id.origin.as_bytes().as_slice(),
-                    op.id.seq as i64,
-                    op.digest().0.as_slice()
-                ])?;
-            }
         }
         // The version vector of merged operations: each origin's contiguous prefix.
         for (origin, state) in &self.origins {
@@ -845,6 +843,9 @@ impl Transaction<'_> {
                 )?
                 .execute(params![origin.as_bytes().as_slice(), state.prefix as i64])?;
             }
+        }
+        if !self.ops.is_empty() {
+            digests::store(conn, self.core.node, &self.ops)?;
         }
         let (lamport, seq, gap_prefix) = self.start_clock;
         if self.core.lamport != lamport {

@@ -202,3 +202,46 @@ fn reidentify_needs_the_only_handle() {
     assert_eq!(other.node_id(), node);
     assert_eq!(all_ops(&other)[0].id.origin, node);
 }
+
+#[test]
+fn every_operation_has_its_digest_here_and_at_a_replica_until_it_is_compacted() {
+    let a = Database::in_memory().unwrap();
+    for n in 0..3 {
+        a.insert("t", fields! {"n" => n}).unwrap();
+    }
+    // More than one op-log entry holds one transaction (1,024 operations each).
+    a.insert_many("t", (0..1500).map(|n| fields! {"bulk" => n}))
+        .unwrap();
+    a.insert("t", fields! {"n" => 3}).unwrap();
+    let ops = all_ops(&a);
+    assert_eq!(ops.len(), 1504);
+    let b = Database::in_memory().unwrap();
+    // Out of order and in pieces: runs of consecutive sequence numbers per transaction.
+    let (early, late) = ops.split_at(700);
+    b.apply_remote(late).unwrap();
+    b.apply_remote(early).unwrap();
+    b.apply_remote(&ops).unwrap();
+    // One at a time, and in batches of 7: the newest digests of an origin move on as they fill.
+    let c = Database::in_memory().unwrap();
+    for op in &ops[..100] {
+        c.apply_remote(std::slice::from_ref(op)).unwrap();
+    }
+    for batch in ops[100..].chunks(7) {
+        c.apply_remote(batch).unwrap();
+    }
+    for op in &ops {
+        assert_eq!(a.op_digest(op.id).unwrap(), Some(op.digest()), "{}", op.id);
+        assert_eq!(b.op_digest(op.id).unwrap(), Some(op.digest()), "{}", op.id);
+        assert_eq!(c.op_digest(op.id).unwrap(), Some(op.digest()), "{}", op.id);
+    }
+    let missing = OpId {
+        origin: a.node_id(),
+        seq: 1505,
+    };
+    assert_eq!(a.op_digest(missing).unwrap(), None);
+    assert_eq!(b.op_digest(missing).unwrap(), None);
+    // Compacted away: nothing to compare any more.
+    a.compact_oplog(2).unwrap();
+    assert_eq!(a.op_digest(ops[0].id).unwrap(), None);
+    assert_eq!(a.op_digest(ops[2].id).unwrap(), Some(ops[2].digest()));
+}

@@ -165,7 +165,9 @@ fn a_version_2_file_is_upgraded_on_open() {
         conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
             .unwrap();
         conn.execute_batch(
-            "DROP TABLE local_settings; DROP TABLE op_digests; PRAGMA user_version = 2;",
+            "DROP TABLE local_settings; DROP TABLE op_digests; \
+             ALTER TABLE oplog DROP COLUMN own_seq; ALTER TABLE origins DROP COLUMN recent; \
+             ALTER TABLE origins DROP COLUMN recent_first; PRAGMA user_version = 2;",
         )
         .unwrap();
     }

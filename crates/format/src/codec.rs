@@ -205,7 +205,11 @@ impl<'a> Encoder<'a> {
         out.push((VERSION << 4) | kind.code());
         Encoder {
             out,
-            strings: StringTable::default(),
+            // One allocation for the strings of a typical item, not three as the list grows.
+            strings: StringTable {
+                list: Vec::with_capacity(StringTable::LINEAR_MAX),
+                map: HashMap::new(),
+            },
             string_count: 0,
             nodes: Vec::new(),
         }

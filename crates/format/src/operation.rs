@@ -5,7 +5,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::codec::encode_operation;
+use crate::codec::{Encoder, Kind};
 use crate::ids::{OpId, Stamp};
 use crate::value::{Date, Fields};
 
@@ -67,7 +67,10 @@ impl Operation {
 
     /// The digest of this operation's content (see [`OpDigest`]).
     pub fn digest(&self) -> OpDigest {
-        let hash = Sha256::digest(encode_operation(self));
+        // The bytes of `encode_operation`, with room for a typical operation from the start.
+        let mut encoder = Encoder::with_capacity(Kind::Operation, 256);
+        encoder.operation(self);
+        let hash = Sha256::digest(encoder.finish());
         let mut digest = [0; OpDigest::LEN];
         for (d, h) in digest.iter_mut().zip(hash) {
             *d = h;
