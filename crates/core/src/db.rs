@@ -84,6 +84,18 @@ impl OpenOptions {
         self.finish(conn, Some(path.into()))
     }
 
+    /// Opens the database file at `path`, or creates it when there is none. An existing file
+    /// is opened exactly as [`OpenOptions::open`] does (a wrong password is an error; nothing
+    /// is overwritten).
+    pub fn open_or_create(&self, path: impl AsRef<Path>) -> Result<Database> {
+        let path = path.as_ref();
+        match self.create(path) {
+            // Created by someone else in the meantime, or there already: open it.
+            Err(Error::AlreadyExists { .. }) => self.open(path),
+            other => other,
+        }
+    }
+
     /// Opens an existing database file.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Database> {
         let path = path.as_ref();
@@ -438,6 +450,12 @@ impl Database {
     /// Opens an encrypted database.
     pub fn open(path: impl AsRef<Path>, password: &str) -> Result<Database> {
         OpenOptions::new().password(password).open(path)
+    }
+
+    /// Opens the encrypted database at `path`, or creates it when there is none
+    /// ([`OpenOptions::open_or_create`]).
+    pub fn open_or_create(path: impl AsRef<Path>, password: &str) -> Result<Database> {
+        OpenOptions::new().password(password).open_or_create(path)
     }
 
     /// A private, unencrypted database in memory (tests, caches, scratch space).

@@ -7,15 +7,18 @@
 //! builds on.
 //!
 //! ```
-//! use blazedb_core::{Database, Filter, fields};
+//! use blazedb_core::{Database, Filter, Value, fields};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("bugs.blazedb");
-//! let db = Database::create(&path, "correct horse battery staple")?;
+//! let db = Database::open_or_create(&path, "correct horse battery staple")?;
+//! db.ensure_index("bugs", "status")?; // at every start: creates it the first time only
 //! let id = db.insert("bugs", fields! { "title" => "Crash on launch", "status" => "open" })?;
 //! db.update("bugs", id, fields! { "status" => "closed" })?;
 //! let closed = db.query("bugs").filter(Filter::eq("status", "closed")).run()?;
 //! assert_eq!(closed.len(), 1);
+//! let title: &str = closed[0].get("title").and_then(Value::as_str).unwrap_or_default();
+//! assert_eq!(title, "Crash on launch");
 //! drop(db);
 //!
 //! // The file is encrypted: the wrong password is refused with a typed error.
@@ -42,7 +45,7 @@ mod watch;
 
 pub use blazedb_format::{
     self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState,
-    SnapshotRecord, Stamp, Value, VersionVector, fields,
+    SnapshotRecord, Stamp, Value, ValueTypeError, VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
 pub use error::{Error, Result};

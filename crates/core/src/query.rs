@@ -214,7 +214,18 @@ impl Database {
         }
     }
 
+    /// Creates the index on `collection.field` unless it exists: true when it was created now.
+    /// The call an application makes at every start.
+    pub fn ensure_index(&self, collection: &str, field: &str) -> Result<bool> {
+        match self.create_index(collection, field) {
+            Ok(()) => Ok(true),
+            Err(Error::IndexExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates a secondary index on `collection.field` and fills it from existing records.
+    /// Fails with [`Error::IndexExists`] when there is one ([`Database::ensure_index`] does not).
     pub fn create_index(&self, collection: &str, field: &str) -> Result<()> {
         if field != "id" {
             crate::validate::field_name(field)?;

@@ -3,7 +3,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use blazedb_core::{Database, Error, OpenOptions, fields};
+use blazedb_core::{Database, Error, OpenOptions, Value, fields};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -299,4 +299,41 @@ fn a_restored_backup_takes_its_own_later_operations_back_exactly_once() {
     a.apply_remote(&b_ops).unwrap();
     assert_eq!(a.content_hash().unwrap(), b.content_hash().unwrap());
     assert_eq!(b.count("t").unwrap(), 4);
+}
+
+#[test]
+fn open_or_create_creates_once_then_opens_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.blazedb");
+    let db = Database::open_or_create(&path, "pw").unwrap();
+    let id = db.insert("notes", fields! {"text" => "kept"}).unwrap();
+    let node = db.node_id();
+    drop(db);
+    let db = Database::open_or_create(&path, "pw").unwrap();
+    assert_eq!(db.node_id(), node);
+    let text = db.get("notes", id).unwrap().unwrap();
+    assert_eq!(text.get("text").and_then(Value::as_str), Some("kept"));
+    drop(db);
+    // A wrong password is an error, not a new database.
+    let err = Database::open_or_create(&path, "nope").unwrap_err();
+    assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+    assert_eq!(
+        Database::open(&path, "pw").unwrap().count("notes").unwrap(),
+        1
+    );
+}
+
+#[test]
+fn ensure_index_creates_the_index_once_and_then_reports_it_is_there() {
+    let db = Database::in_memory().unwrap();
+    db.insert("bugs", fields! {"status" => "open"}).unwrap();
+    assert!(db.ensure_index("bugs", "status").unwrap());
+    assert!(!db.ensure_index("bugs", "status").unwrap());
+    assert!(matches!(
+        db.create_index("bugs", "status"),
+        Err(Error::IndexExists { .. })
+    ));
+    assert_eq!(db.indexes("bugs").unwrap(), ["status"]);
+    // Invalid names are still errors.
+    assert!(db.ensure_index("bugs", "").is_err());
 }

@@ -34,5 +34,5 @@ pub use merge::{Effect, FieldState, RecordState, SnapshotRecord};
 pub use operation::{OpDigest, OpKind, Operation};
 pub use sort_key::{class_prefix, sort_key, write_sort_key};
 pub use uuid::Uuid;
-pub use value::{Date, Fields, Record, Value, ValueClass};
+pub use value::{Date, Fields, Record, Value, ValueClass, ValueTypeError};
 pub use vector::VersionVector;

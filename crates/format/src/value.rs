@@ -216,6 +216,136 @@ impl fmt::Display for Value {
     }
 }
 
+/// Why a [`Value`] could not be converted to a Rust type (`TryFrom`): it holds another kind of
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected}, found {found}")]
+pub struct ValueTypeError {
+    /// The kind the conversion needs (`"string"`, `"int"`, ...).
+    pub expected: &'static str,
+    /// The kind the value holds ([`Value::type_name`]).
+    pub found: &'static str,
+}
+
+impl Value {
+    /// True for [`Value::Null`].
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A `Double`, or an `Int` as the nearest `f64` (numbers share one class, see
+    /// [`ValueClass::Number`]).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Double(d) => Some(*d),
+            Value::Int(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_uuid(&self) -> Option<Uuid> {
+        match self {
+            Value::Uuid(u) => Some(*u),
+            _ => None,
+        }
+    }
+
+    pub fn as_date(&self) -> Option<Date> {
+        match self {
+            Value::Date(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&BTreeMap<String, Value>> {
+        match self {
+            Value::Map(map) => Some(map),
+            _ => None,
+        }
+    }
+}
+
+/// `TryFrom<&Value>` and `TryFrom<Value>` for a Rust type, through the `as_*` getter that reads
+/// it.
+macro_rules! value_try_into {
+    ($($t:ty => $getter:ident, $expected:literal);* $(;)?) => {
+        $(impl TryFrom<&Value> for $t {
+            type Error = ValueTypeError;
+
+            fn try_from(value: &Value) -> Result<Self, ValueTypeError> {
+                value.$getter().map(Into::into).ok_or(ValueTypeError {
+                    expected: $expected,
+                    found: value.type_name(),
+                })
+            }
+        }
+
+        impl TryFrom<Value> for $t {
+            type Error = ValueTypeError;
+
+            fn try_from(value: Value) -> Result<Self, ValueTypeError> {
+                <$t>::try_from(&value)
+            }
+        })*
+    };
+}
+
+value_try_into!(
+    bool => as_bool, "bool";
+    i64 => as_i64, "int";
+    f64 => as_f64, "number";
+    String => as_str, "string";
+    Uuid => as_uuid, "uuid";
+    Date => as_date, "date";
+    Vec<u8> => as_bytes, "bytes";
+);
+
+impl<'a> TryFrom<&'a Value> for &'a str {
+    type Error = ValueTypeError;
+
+    fn try_from(value: &'a Value) -> Result<Self, ValueTypeError> {
+        value.as_str().ok_or(ValueTypeError {
+            expected: "string",
+            found: value.type_name(),
+        })
+    }
+}
+
 macro_rules! value_from {
     ($($t:ty => $variant:ident),* $(,)?) => {
         $(impl From<$t> for Value {
@@ -263,4 +393,57 @@ macro_rules! fields {
         $(map.insert(::std::string::String::from($k), $crate::Value::from($v));)+
         map
     }};
+}
+
+#[cfg(test)]
+mod getter_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn getters_read_their_own_kind_and_nothing_else() {
+        let id = Uuid::from_u128(7);
+        assert_eq!(Value::from("a").as_str(), Some("a"));
+        assert_eq!(Value::from(3).as_i64(), Some(3));
+        assert_eq!(Value::from(3).as_f64(), Some(3.0));
+        assert_eq!(Value::from(2.5).as_f64(), Some(2.5));
+        assert_eq!(Value::from(2.5).as_i64(), None);
+        assert_eq!(Value::from(true).as_bool(), Some(true));
+        assert_eq!(Value::from(id).as_uuid(), Some(id));
+        assert_eq!(
+            Value::from(Date::from_unix_millis(5)).as_date(),
+            Some(Date::from_unix_millis(5))
+        );
+        assert_eq!(Value::from(vec![1u8, 2]).as_bytes(), Some(&[1u8, 2][..]));
+        assert_eq!(
+            Value::from(vec![Value::Null]).as_array(),
+            Some(&[Value::Null][..])
+        );
+        assert!(Value::Map(BTreeMap::new()).as_map().is_some());
+        assert!(Value::Null.is_null());
+        assert_eq!(Value::from("3").as_i64(), None);
+        assert_eq!(Value::Null.as_str(), None);
+    }
+
+    #[test]
+    fn try_from_converts_or_names_both_kinds() {
+        assert_eq!(String::try_from(Value::from("a")), Ok("a".to_owned()));
+        assert_eq!(<&str>::try_from(&Value::from("a")), Ok("a"));
+        assert_eq!(i64::try_from(&Value::from(9)), Ok(9));
+        assert_eq!(bool::try_from(Value::from(false)), Ok(false));
+        let err = i64::try_from(&Value::from("9")).unwrap_err();
+        assert_eq!(
+            err,
+            ValueTypeError {
+                expected: "int",
+                found: "string"
+            }
+        );
+        assert_eq!(err.to_string(), "expected int, found string");
+        assert_eq!(
+            Vec::<u8>::try_from(Value::Null).unwrap_err().to_string(),
+            "expected bytes, found null"
+        );
+    }
 }

@@ -242,17 +242,18 @@ fn corrupt(collection: &str, field: &str) -> MetaError {
 }
 
 fn field_str(record: &Record, collection: &str, field: &str) -> Result<String, MetaError> {
-    match record.get(field) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(corrupt(collection, field)),
-    }
+    record
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| corrupt(collection, field))
 }
 
 fn field_bool(record: &Record, collection: &str, field: &str) -> Result<bool, MetaError> {
-    match record.get(field) {
-        Some(Value::Bool(b)) => Ok(*b),
-        _ => Err(corrupt(collection, field)),
-    }
+    record
+        .get(field)
+        .and_then(Value::as_bool)
+        .ok_or_else(|| corrupt(collection, field))
 }
 
 /// A flag added after the first stores were made: absent reads as false.
