@@ -156,6 +156,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A stream of commits for one collection (or all). Dropping it unsubscribes.
+#[must_use = "dropping a subscription unsubscribes at once"]
 pub struct Subscription {
     receiver: Receiver<Arc<Commit>>,
 }
@@ -178,6 +179,7 @@ impl Subscription {
 }
 
 /// Keeps an `on_commit` callback registered; dropping it removes the callback.
+#[must_use = "dropping the listener removes the callback at once"]
 pub struct CommitListener {
     id: u64,
     watchers: Weak<Watchers>,

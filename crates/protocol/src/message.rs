@@ -263,6 +263,20 @@ impl CloseCode {
         CloseCode::CopiedDatabase,
     ];
 
+    /// True when reconnecting cannot help: the peer refused this node or this database (or
+    /// speaks another version), or one of two database files that share a node id is a copy.
+    /// A client stops retrying after such a close, sent or received; after the others
+    /// (`Normal`, `GoingAway`, `ProtocolError`, `InternalError`) it reconnects with backoff.
+    pub fn stops_retrying(self) -> bool {
+        matches!(
+            self,
+            CloseCode::Unauthorized
+                | CloseCode::UnknownDatabase
+                | CloseCode::VersionMismatch
+                | CloseCode::CopiedDatabase
+        )
+    }
+
     /// The byte written on the wire.
     pub fn code(self) -> u8 {
         match self {
@@ -1039,6 +1053,23 @@ mod tests {
                 Err(ProtocolError::UnknownMessageType { code })
             );
         }
+    }
+
+    #[test]
+    fn only_refusals_and_copies_stop_retrying() {
+        let final_codes: Vec<CloseCode> = CloseCode::ALL
+            .into_iter()
+            .filter(|c| c.stops_retrying())
+            .collect();
+        assert_eq!(
+            final_codes,
+            [
+                CloseCode::VersionMismatch,
+                CloseCode::Unauthorized,
+                CloseCode::UnknownDatabase,
+                CloseCode::CopiedDatabase
+            ]
+        );
     }
 
     #[test]

@@ -230,6 +230,7 @@ impl Server {
 }
 
 /// A running server. [`ServerHandle::shutdown`] (or dropping the handle) stops it.
+#[must_use = "dropping the handle stops the server at once"]
 pub struct ServerHandle {
     oplog_keep: u64,
     local_addr: SocketAddr,

@@ -375,6 +375,7 @@ struct Counters {
 
 /// Keeps one database in step with its peers. Dropping the engine closes its connections
 /// (with `Close { GoingAway }`) and stops its thread.
+#[must_use = "dropping the engine closes its connections and stops it at once"]
 pub struct SyncEngine {
     node: NodeId,
     name: String,

@@ -188,6 +188,7 @@ impl Shared {
 }
 
 /// Sync with a server, running in the background until stopped or dropped.
+#[must_use = "dropping it stops syncing at once: keep it as long as the database should sync"]
 pub struct RemoteSync {
     engine: Arc<SyncEngine>,
     shared: Arc<Shared>,
@@ -667,15 +668,8 @@ async fn run(
                 // Retrying cannot help: the server refused us, or one of the two found that this
                 // file or the server's source is a copy of another database file.
                 let refused = last.is_some_and(|c| {
-                    c.peer_close_code.is_some_and(|code| {
-                        matches!(
-                            code,
-                            CloseCode::Unauthorized
-                                | CloseCode::UnknownDatabase
-                                | CloseCode::VersionMismatch
-                                | CloseCode::CopiedDatabase
-                        )
-                    }) || c.close_code == Some(CloseCode::CopiedDatabase)
+                    c.peer_close_code.is_some_and(CloseCode::stops_retrying)
+                        || c.close_code.is_some_and(CloseCode::stops_retrying)
                 });
                 if refused {
                     shared.set(RemoteState::Failed, None, Some(reason));

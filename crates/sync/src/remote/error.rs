@@ -73,8 +73,8 @@ pub enum RemoteError {
 
 impl RemoteError {
     /// True when trying again cannot help (until someone changes something): a bad URL or
-    /// option, no enrolment, a server key mismatch, an unknown database, an unenrolled or
-    /// revoked key, a protocol version mismatch.
+    /// option, no enrolment, a server key mismatch, an HTTP 400 or 404, or a refusal whose close
+    /// code [stops retrying](CloseCode::stops_retrying).
     pub fn is_permanent(&self) -> bool {
         match self {
             RemoteError::InvalidUrl { .. }
@@ -82,10 +82,7 @@ impl RemoteError {
             | RemoteError::NotEnrolled { .. }
             | RemoteError::ServerKeyMismatch { .. } => true,
             RemoteError::HttpRefused { status, .. } => *status == 404 || *status == 400,
-            RemoteError::Refused { code, .. } => matches!(
-                code,
-                CloseCode::Unauthorized | CloseCode::UnknownDatabase | CloseCode::VersionMismatch
-            ),
+            RemoteError::Refused { code, .. } => code.stops_retrying(),
             _ => false,
         }
     }
