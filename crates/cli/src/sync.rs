@@ -95,8 +95,7 @@ fn token(arg: Option<&str>) -> Result<Option<String>, Failure> {
 pub fn run(ctx: &Ctx, args: &SyncArgs) -> Result<(), Failure> {
     let token = token(args.enroll.as_deref())?;
     let db = commands::open(ctx, &args.db)?;
-    let mut options = RemoteOptions::default().mode(args.mode);
-    options.enroll_token = token;
+    let mut options = RemoteOptions::default().mode(args.mode).maybe_enroll(token);
     options.ca_file = args.ca_file.clone();
     let remote = RemoteNode::new(args.server.clone(), args.database.clone());
     let sync = db

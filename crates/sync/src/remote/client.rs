@@ -96,6 +96,14 @@ impl RemoteOptions {
         self
     }
 
+    /// Options with this enrolment token, or none: what an application that reads an optional
+    /// token (a setting, an environment variable) has in hand. `None` clears a token set
+    /// before.
+    pub fn maybe_enroll(mut self, token: Option<impl Into<String>>) -> RemoteOptions {
+        self.enroll_token = token.map(Into::into);
+        self
+    }
+
     /// Options with a mode.
     pub fn mode(mut self, mode: Mode) -> RemoteOptions {
         self.mode = mode;
@@ -743,4 +751,29 @@ fn roots_from_file(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, R
             .map_err(|e| RemoteError::InvalidOption(format!("{}: {e}", ca_file.display())))?;
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_token_sets_or_clears_the_enrolment() {
+        let none: Option<String> = None;
+        assert_eq!(
+            RemoteOptions::default()
+                .enroll("a")
+                .maybe_enroll(none)
+                .enroll_token,
+            None
+        );
+        assert_eq!(
+            RemoteOptions::default()
+                .enroll("a")
+                .maybe_enroll(Some("b"))
+                .enroll_token
+                .as_deref(),
+            Some("b")
+        );
+    }
 }
