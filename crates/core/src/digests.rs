@@ -29,6 +29,17 @@ struct Run {
 }
 
 impl Run {
+    /// A run as stored: its first sequence number and the digests.
+    fn stored(origin: NodeId, first: i64, digests: Vec<u8>) -> Run {
+        Run {
+            first: OpId {
+                origin,
+                seq: first.max(0) as u64,
+            },
+            digests,
+        }
+    }
+
     fn len(&self) -> usize {
         self.digests.len() / OpDigest::LEN
     }
@@ -63,6 +74,21 @@ fn runs(own: NodeId, ops: &[Operation]) -> Vec<Run> {
         }
     }
     runs
+}
+
+/// The newest run of `origin` kept in its `origins` row: `None` when the origin has no row,
+/// `Some(None)` when the row keeps no run.
+fn load_recent(conn: &Connection, origin: NodeId) -> Result<Option<Option<Run>>> {
+    let row: Option<(Option<i64>, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT recent_first, recent FROM origins WHERE origin = ?1")?
+        .query_row([origin.as_bytes().as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(row.map(|row| match row {
+        (Some(first), Some(digests)) => Some(Run::stored(origin, first, digests)),
+        _ => None,
+    }))
 }
 
 fn store_old_run(conn: &Connection, run: &Run) -> Result<()> {
@@ -103,35 +129,18 @@ pub(crate) fn store(conn: &Connection, own: NodeId, ops: &[Operation]) -> Result
     }
     for (origin, last) in newest {
         let key = origin.as_bytes().as_slice();
-        let stored: Option<(Option<i64>, Option<Vec<u8>>)> = conn
-            .prepare_cached("SELECT recent_first, recent FROM origins WHERE origin = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some(stored) = stored else {
+        let Some(mut recent) = load_recent(conn, origin)? else {
             // No prefix of this origin yet (all of it waits beyond a gap): no row to keep in.
             continue;
-        };
-        let mut recent = match stored {
-            (Some(first), Some(digests)) => Some(Run {
-                first: OpId {
-                    origin,
-                    seq: first.max(0) as u64,
-                },
-                digests,
-            }),
-            _ => None,
         };
         for index in 0..=last {
             let Some(run) = runs.get_mut(index).filter(|r| r.first.origin == origin) else {
                 continue;
             };
-            let run = std::mem::replace(
-                run,
-                Run {
-                    first: run.first,
-                    digests: Vec::new(),
-                },
-            );
+            let run = Run {
+                first: run.first,
+                digests: std::mem::take(&mut run.digests),
+            };
             match &mut recent {
                 Some(r)
                     if r.continues(OpId {
@@ -182,23 +191,10 @@ impl Core {
         if id.origin == self.node {
             return self.own_op_digest(id);
         }
-        let key = id.origin.as_bytes().as_slice();
-        let recent: Option<(Option<i64>, Option<Vec<u8>>)> = self
-            .conn
-            .prepare_cached("SELECT recent_first, recent FROM origins WHERE origin = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((Some(first), Some(digests))) = recent {
-            let run = Run {
-                first: OpId {
-                    origin: id.origin,
-                    seq: first.max(0) as u64,
-                },
-                digests,
-            };
-            if let Some(digest) = run.digest(id.seq) {
-                return Ok(Some(digest));
-            }
+        if let Some(Some(run)) = load_recent(&self.conn, id.origin)?
+            && let Some(digest) = run.digest(id.seq)
+        {
+            return Ok(Some(digest));
         }
         let row: Option<(i64, Vec<u8>)> = self
             .conn
@@ -214,16 +210,7 @@ impl Core {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        Ok(row.and_then(|(first, digests)| {
-            Run {
-                first: OpId {
-                    origin: id.origin,
-                    seq: first.max(0) as u64,
-                },
-                digests,
-            }
-            .digest(id.seq)
-        }))
+        Ok(row.and_then(|(first, digests)| Run::stored(id.origin, first, digests).digest(id.seq)))
     }
 
     /// Our operation `id`: the first op-log entry whose `own_seq` reaches `id.seq` holds it,
