@@ -7,11 +7,7 @@ use blazedb_core::{Database, Fields, Uuid, fields};
 
 // The helpers the core and sync benches share (percentiles, number formatting, the machine):
 // one copy for every benchmark.
-#[path = "../../crates/core/benches/support/mod.rs"]
-#[allow(dead_code)]
-mod shared;
-
-pub use shared::{machine, micros, percentile, progress, thousands};
+pub use blazedb_testkit::bench::{machine, micros, percentile, progress, thousands};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const COLLECTION: &str = "bugs";

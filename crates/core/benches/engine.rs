@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Serialize, Serializer};
 
-mod support;
+use blazedb_testkit::bench as support;
 use support::{
     BugGen, COLLECTION, EPOCH_2025, PASSWORD, STATUSES, STORAGES, Storage, Unit, footer,
     load_average, machine, mean_title_chars, micros, millis, order, percentile, progress,

@@ -5,7 +5,7 @@
 
 use blazedb_core::{Database, Error, OpId, Value, fields};
 
-mod common;
+use blazedb_testkit as common;
 
 use common::all_ops;
 

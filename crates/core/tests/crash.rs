@@ -5,7 +5,7 @@
 //! The child is this test binary itself, re-run with `--exact crash_child_process --ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod common;
+use blazedb_testkit as common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

@@ -2,7 +2,7 @@
 //! duplicates, end with identical contents.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod common;
+use blazedb_testkit as common;
 
 use common::all_ops;
 

@@ -2,7 +2,7 @@
 //! in-memory filter, over random records, random histories and random queries.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod common;
+use blazedb_testkit as common;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;

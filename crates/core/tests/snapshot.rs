@@ -3,7 +3,7 @@
 //! then from the operations after the snapshot's position.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod common;
+use blazedb_testkit as common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 
 use blazedb_core::{Database, Error, NodeId, OpId, fields};
 
-mod common;
+use blazedb_testkit as common;
 
 use common::all_ops;
 

@@ -4,9 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
+use blazedb_testkit::fault_proxy;
 use common::raw::{RawDevice, RawSession, closed_by_server};
-#[path = "../../sync/tests/support/fault_proxy.rs"]
-mod fault_proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream as StdTcpStream;

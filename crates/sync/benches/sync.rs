@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use blazedb_core::{Database, Fields, Uuid};
 use blazedb_sync::{ConnectOptions, Mode, SyncEngine, Topology, UnixRelay, UnixRelayListener};
 
-#[path = "../../core/benches/support/mod.rs"]
-mod support;
+use blazedb_testkit::bench as support;
 use support::{
     BugGen, COLLECTION, STORAGES, Storage, Unit, footer, load_average, machine, mean_title_chars,
     micros, order, percentile, progress, quick_mode, scratch, thousands,

@@ -1,5 +1,5 @@
-//! BlazeDB sync: keeps databases in step, in one process, across processes and (later)
-//! through a server.
+//! BlazeDB sync: keeps databases in step, in one process, across processes on one machine
+//! and (with the `remote` feature, on by default) through a `blazedb-server`.
 //!
 //! * One [`SyncEngine`] per database. It wakes when the database commits (no polling),
 //!   streams the op log to each peer that pulled it, applies what peers send through the
@@ -43,6 +43,7 @@
 mod engine;
 mod error;
 mod relay;
+#[cfg(feature = "remote")]
 pub mod remote;
 mod topology;
 mod unix;

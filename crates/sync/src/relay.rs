@@ -53,6 +53,7 @@ pub struct Inbox {
 pub(crate) struct Hold(#[allow(dead_code)] Box<dyn Send>);
 
 impl Hold {
+    #[cfg(feature = "remote")]
     pub(crate) fn new(inner: impl Send + 'static) -> Hold {
         Hold(Box::new(inner))
     }

@@ -428,8 +428,7 @@ fn the_graph_lists_nodes_and_edges_and_renders_as_dot() {
     assert_eq!(dbs[2].count("t").unwrap(), 1);
 }
 
-#[path = "support/probe.rs"]
-mod probe;
+use blazedb_testkit::probe;
 use probe::Probe;
 
 fn probe_engine() -> (Database, SyncEngine, Probe) {

@@ -217,8 +217,7 @@ fn a_device_reconnects_after_the_connection_breaks_and_loses_nothing() {
     let _ = &server.runtime;
 }
 
-#[path = "support/fault_proxy.rs"]
-mod fault_proxy;
+use blazedb_testkit::fault_proxy;
 
 #[test]
 fn devices_behind_a_proxy_that_cuts_connections_at_random_bytes_converge() {

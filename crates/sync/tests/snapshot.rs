@@ -8,8 +8,7 @@ use blazedb_core::{Database, Filter, Value, fields};
 use blazedb_protocol::{CloseCode, Message, PROTOCOL_VERSION};
 use blazedb_sync::{ConnectOptions, Mode, SNAPSHOT_PART_RECORDS, SyncEngine, Topology, WINDOW};
 
-#[path = "support/probe.rs"]
-mod probe;
+use blazedb_testkit::probe;
 use probe::Probe;
 
 const IDLE: Duration = Duration::from_secs(30);

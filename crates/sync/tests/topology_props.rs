@@ -7,8 +7,7 @@
 //! one, or drop the whole connection by restarting a node.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "../../core/tests/common/mod.rs"]
-mod common;
+use blazedb_testkit as common;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};

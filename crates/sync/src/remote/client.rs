@@ -223,7 +223,7 @@ impl SyncExt for Database {
         remote: RemoteNode,
         options: RemoteOptions,
     ) -> Result<RemoteSync, RemoteError> {
-        RemoteSync::start(self.clone(), remote, options)
+        RemoteSync::connect(self, remote, options)
     }
 }
 
@@ -241,11 +241,16 @@ struct Plan {
 }
 
 impl RemoteSync {
-    fn start(
-        db: Database,
+    /// Starts keeping `db` in step with `remote`, reconnecting whenever the connection
+    /// breaks (the same as [`SyncExt::enable_sync`], without importing the trait). The first
+    /// time, `options` must hold an enrolment token from the server's administrator
+    /// ([`RemoteOptions::enroll`]).
+    pub fn connect(
+        db: &Database,
         remote: RemoteNode,
         options: RemoteOptions,
     ) -> Result<RemoteSync, RemoteError> {
+        let db = db.clone();
         let plan = plan(&db, &remote, &options)?;
         let engine = Arc::new(SyncEngine::start_with(
             db.clone(),

@@ -1,5 +1,4 @@
 //! A relay whose far end is the test itself, shared by the engine tests.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,11 +1,6 @@
-//! Helpers shared by the benchmark programs: `crates/core/benches/engine.rs` (`mod support;`)
-//! and `crates/sync/benches/sync.rs` (`#[path = "../../core/benches/support/mod.rs"] mod
-//! support;`). The two storage modes, test data (the bug-record generator), statistics, number
+//! Helpers shared by the benchmark programs (`crates/core/benches/engine.rs`,
+//! `crates/sync/benches/sync.rs` and the `bench/` workspace). The two storage modes, test data (the bug-record generator), statistics, number
 //! formatting, scratch directories and the machine description.
-
-// Each bench compiles this file as a module of its own and uses only a subset of it; the rest
-// would be reported as dead code in one bench or the other.
-#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -128,6 +123,7 @@ impl BugGen {
         )
     }
 
+    #[allow(clippy::should_implement_trait)] // an endless generator, not an iterator
     pub fn next(&mut self) -> Fields {
         self.n += 1;
         let title = self.title();

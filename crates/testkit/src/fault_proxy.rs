@@ -1,12 +1,5 @@
 //! A TCP proxy for tests that cuts every connection after a random number of bytes and
-//! delays traffic, until told to stop misbehaving. Shared by the sync and server tests
-//! (`#[path]`-included).
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing
-)]
+//! delays traffic, until told to stop misbehaving. Used by the sync and server tests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

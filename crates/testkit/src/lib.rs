@@ -1,5 +1,17 @@
-//! Shared helpers of the integration tests (included with `mod common;`).
-#![allow(dead_code)]
+//! Helpers shared by BlazeDB's integration tests and benchmarks (`publish = false`): a
+//! dev-dependency of the crates whose tests use them, instead of files included by path.
+//!
+//! * [`server`]: a `blazedb-server` started in-process on 127.0.0.1 with a test master key.
+//! * [`probe`]: a relay whose far end is the test itself.
+//! * [`fault_proxy`]: a TCP proxy that cuts connections at random bytes.
+//! * [`bench`]: the benchmarks' record generator, statistics and formatting.
+//! * [`cases`], [`ops_after`], [`all_ops`]: property-test sizes and op-log reads.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+pub mod bench;
+pub mod fault_proxy;
+pub mod probe;
+pub mod server;
 
 /// Property-test case count: a short run in CI, a long one with `BLAZEDB_LONG=1`.
 pub fn cases(short: u32, long: u32) -> u32 {
