@@ -1,0 +1,70 @@
+//! What a session needs from the outside: the database it reads and writes
+//! ([`SessionLog`]) and the actions it asks of its connection ([`Output`]).
+
+use blazedb_core::{
+    ApplyReport, NodeId, OpId, Operation, SnapshotInfo, SnapshotKey, VersionVector,
+};
+use blazedb_format::{OpDigest, SnapshotRecord};
+use blazedb_protocol::{CloseCode, Message};
+
+/// What a session reads from and writes to its database. The engine implements it on the
+/// SQLite database (with its cache of recent entries); tests implement it on a `Vec`.
+pub(crate) trait SessionLog {
+    /// This database's node id.
+    fn node(&self) -> NodeId;
+    /// The newest op-log position known (no read).
+    fn head(&self) -> u64;
+    /// Reads the head again (another handle may have written): the new head.
+    fn refresh_head(&mut self) -> blazedb_core::Result<u64>;
+    /// The newest position dropped from the log (0: none).
+    fn start(&self) -> u64;
+    /// The entries after position `from`, at most about [`crate::MAX_BATCH_OPS`] operations
+    /// (whole entries); empty when none is visible. `None` when the log was compacted past
+    /// `from` since [`SessionLog::start`] was read (the stream continues with a snapshot).
+    fn entries_after(&mut self, from: u64) -> blazedb_core::Result<Option<Vec<(u64, Operation)>>>;
+    /// Our durable cursor into `peer`'s log.
+    fn peer_cursor(&mut self, peer: NodeId) -> blazedb_core::Result<u64>;
+    /// Which operations this database has.
+    fn version_vector(&mut self) -> blazedb_core::Result<VersionVector>;
+    /// The digest of operation `op` as stored here, if it is.
+    fn op_digest(&mut self, op: OpId) -> blazedb_core::Result<Option<OpDigest>>;
+    /// A peer confirmed our own operation `seq` as we have it.
+    fn confirm_own(&mut self, seq: u64) -> blazedb_core::Result<()>;
+    /// Merges `ops` from `peer` and sets the cursor into its log to `to`, in one transaction.
+    fn apply(
+        &mut self,
+        peer: NodeId,
+        ops: &[Operation],
+        to: u64,
+    ) -> blazedb_core::Result<ApplyReport>;
+    /// Saves the cursor into `peer`'s log.
+    fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()>;
+    /// Starts reading a snapshot of this database.
+    fn snapshot_info(&mut self) -> blazedb_core::Result<SnapshotInfo>;
+    /// The next page of the snapshot after `after`, and where the one after continues.
+    fn snapshot_page(
+        &mut self,
+        after: Option<&SnapshotKey>,
+        records: usize,
+        bytes: usize,
+    ) -> blazedb_core::Result<(Vec<SnapshotRecord>, Option<SnapshotKey>)>;
+    /// Joins one snapshot part from `peer`; with `last`, also merges the snapshot's vector and
+    /// sets the cursor to its position, in the same transaction. Returns records applied.
+    fn apply_snapshot(
+        &mut self,
+        peer: NodeId,
+        records: &[SnapshotRecord],
+        last: Option<(&VersionVector, u64)>,
+    ) -> blazedb_core::Result<usize>;
+}
+
+/// What the connection must do, in order.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Send this message.
+    Send(Message),
+    /// Send `Close { code, reason }` (an [`Output::End`] follows).
+    Close(CloseCode, String),
+    /// End the connection: nothing more is sent or received on it.
+    End,
+}

@@ -1,0 +1,565 @@
+//! The engine thread: sleeps on one channel, hands each event to the connection's
+//! [`Session`], and carries out what the session asks for on the relay.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
+
+use blazedb_core::{
+    ApplyReport, Database, NodeId, OpId, Operation, SnapshotInfo, SnapshotKey, VersionVector,
+};
+use blazedb_format::{OpDigest, SnapshotRecord};
+use blazedb_protocol::{CloseCode, Message};
+
+use super::session::{Output, Session, SessionLog};
+use super::{
+    Command, ConnectOptions, ConnectionStatus, Counters, EngineOptions, Event, MAX_BATCH_OPS,
+    MAX_EVENTS_PER_ROUND, Mode, RECENT_ENTRIES, RECENT_OPS,
+};
+use crate::error::{Result, SyncError};
+use crate::relay::{ConnectionId, Hold, Inbox, Relay};
+
+/// The engine's database as its sessions see it: the SQLite database, the head and start of
+/// its op log, and the newest small commits kept from commit events so that a caught-up
+/// connection streams a new commit without reading it back.
+pub(super) struct DbLog {
+    pub(super) db: Database,
+    pub(super) node: NodeId,
+    /// Position of the newest op-log entry we know of.
+    pub(super) head: u64,
+    /// The newest position dropped from our op log (0: none); a peer behind it gets a snapshot.
+    pub(super) oplog_start: u64,
+    /// The newest single-entry commits (position, operations), from commit events.
+    recent: VecDeque<(u64, Arc<[Operation]>)>,
+    /// Operations in `recent`.
+    recent_ops: usize,
+}
+
+impl DbLog {
+    pub(super) fn new(db: Database, head: u64, oplog_start: u64) -> DbLog {
+        DbLog {
+            node: db.node_id(),
+            db,
+            head,
+            oplog_start,
+            recent: VecDeque::new(),
+            recent_ops: 0,
+        }
+    }
+
+    /// The database committed entries `first..=last` holding `ops`.
+    fn committed(&mut self, first: u64, last: u64, ops: Arc<[Operation]>) {
+        self.head = self.head.max(last);
+        // Keep single-entry commits to stream without reading them back.
+        if first == last && !ops.is_empty() && ops.len() <= RECENT_OPS {
+            self.recent_ops += ops.len();
+            self.recent.push_back((last, ops));
+            while self.recent.len() > RECENT_ENTRIES || self.recent_ops > RECENT_OPS {
+                let Some((_, dropped)) = self.recent.pop_front() else {
+                    break;
+                };
+                self.recent_ops -= dropped.len();
+            }
+        }
+    }
+
+    /// The entries right after position `from`, if the commit events kept them: positions
+    /// `from + 1`, `from + 2`, … with nothing between (an entry at `from + 1` is certainly
+    /// the next one).
+    fn recent_after(&self, from: u64) -> Option<Vec<(u64, Operation)>> {
+        let mut out = Vec::new();
+        let mut position = from;
+        while out.len() < MAX_BATCH_OPS {
+            let Some((p, ops)) = self.recent.iter().find(|(p, _)| *p == position + 1) else {
+                break;
+            };
+            out.extend(ops.iter().map(|op| (*p, op.clone())));
+            position = *p;
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+impl SessionLog for DbLog {
+    fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn head(&self) -> u64 {
+        self.head
+    }
+
+    fn refresh_head(&mut self) -> blazedb_core::Result<u64> {
+        self.head = self.head.max(self.db.oplog_head()?);
+        Ok(self.head)
+    }
+
+    fn start(&self) -> u64 {
+        self.oplog_start
+    }
+
+    fn entries_after(&mut self, from: u64) -> blazedb_core::Result<Option<Vec<(u64, Operation)>>> {
+        let entries = match self.recent_after(from) {
+            Some(entries) => entries,
+            None => match self.db.oplog_since(from, MAX_BATCH_OPS) {
+                Ok(entries) => entries,
+                Err(e @ blazedb_core::Error::OplogCompacted { .. }) => {
+                    // Another handle compacted the log under this stream: a snapshot
+                    // continues it.
+                    let start = self.db.oplog_start()?;
+                    if start <= self.oplog_start {
+                        return Err(e);
+                    }
+                    self.oplog_start = start;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        match entries.last() {
+            Some((to, _)) => self.head = self.head.max(*to),
+            // The head we were told of is not visible yet (or was rolled back).
+            None => self.head = from,
+        }
+        Ok(Some(entries))
+    }
+
+    fn peer_cursor(&mut self, peer: NodeId) -> blazedb_core::Result<u64> {
+        self.db.peer_cursor(peer)
+    }
+
+    fn version_vector(&mut self) -> blazedb_core::Result<VersionVector> {
+        self.db.version_vector()
+    }
+
+    fn op_digest(&mut self, op: OpId) -> blazedb_core::Result<Option<OpDigest>> {
+        self.db.op_digest(op)
+    }
+
+    fn confirm_own(&mut self, seq: u64) -> blazedb_core::Result<()> {
+        self.db.confirm_own(seq)
+    }
+
+    fn apply(
+        &mut self,
+        peer: NodeId,
+        ops: &[Operation],
+        to: u64,
+    ) -> blazedb_core::Result<ApplyReport> {
+        self.db.transaction(|tx| {
+            let report = tx.apply_remote(ops)?;
+            tx.set_peer_cursor(peer, to)?;
+            Ok(report)
+        })
+    }
+
+    fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()> {
+        self.db.transaction(|tx| tx.set_peer_cursor(peer, cursor))
+    }
+
+    fn snapshot_info(&mut self) -> blazedb_core::Result<SnapshotInfo> {
+        let info = self.db.snapshot_info()?;
+        self.head = self.head.max(info.position);
+        Ok(info)
+    }
+
+    fn snapshot_page(
+        &mut self,
+        after: Option<&SnapshotKey>,
+        records: usize,
+        bytes: usize,
+    ) -> blazedb_core::Result<(Vec<SnapshotRecord>, Option<SnapshotKey>)> {
+        self.db.snapshot_page(after, records, bytes)
+    }
+
+    fn apply_snapshot(
+        &mut self,
+        peer: NodeId,
+        records: &[SnapshotRecord],
+        last: Option<(&VersionVector, u64)>,
+    ) -> blazedb_core::Result<usize> {
+        self.db.transaction(|tx| {
+            let report = tx.apply_snapshot(peer, records)?;
+            if let Some((vector, position)) = last {
+                tx.merge_version_vector(vector)?;
+                tx.set_peer_cursor(peer, position)?;
+            }
+            Ok(report.applied)
+        })
+    }
+}
+
+/// One connection: its relay and its session.
+struct Conn {
+    id: ConnectionId,
+    relay: Box<dyn Relay>,
+    transport: &'static str,
+    session: Session,
+}
+
+impl Conn {
+    /// Carries out what the session asked for, in order. A send that fails ends the
+    /// session (and drops what it asked for after).
+    fn carry_out(&mut self) {
+        for output in self.session.take_outputs() {
+            match output {
+                Output::Send(message) => {
+                    if let Err(e) = self.relay.send(message) {
+                        self.session.end(format!("sending failed: {e}"));
+                        self.session.take_outputs();
+                        self.relay.close();
+                        return;
+                    }
+                }
+                Output::Close(code, reason) => {
+                    let _ = self.relay.send(Message::close(code, reason));
+                }
+                Output::End => self.relay.close(),
+            }
+        }
+    }
+}
+
+pub(super) struct Worker {
+    pub(super) log: DbLog,
+    pub(super) name: String,
+    pub(super) events: Sender<Event>,
+    connections: HashMap<ConnectionId, Conn>,
+    waiters: Vec<(Instant, Sender<bool>)>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) options: EngineOptions,
+}
+
+impl Worker {
+    pub(super) fn new(
+        log: DbLog,
+        name: String,
+        events: Sender<Event>,
+        counters: Arc<Counters>,
+        options: EngineOptions,
+    ) -> Worker {
+        Worker {
+            log,
+            name,
+            events,
+            connections: HashMap::new(),
+            waiters: Vec::new(),
+            counters,
+            options,
+        }
+    }
+
+    /// Runs `f` on connection `id`'s session (if it exists), then carries out what the
+    /// session asked for and adds its counts to the engine's.
+    fn with_session<T>(
+        &mut self,
+        id: ConnectionId,
+        f: impl FnOnce(&mut Session, &mut DbLog) -> T,
+    ) -> Option<T> {
+        let conn = self.connections.get_mut(&id)?;
+        Some(drive(conn, &mut self.log, &self.counters, f))
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Event>) {
+        loop {
+            // Each connection's own deadline, so that a silent peer is pinged `ping_after`
+            // after it last spoke and closed `close_after` after, not up to a polling
+            // interval later.
+            let options = self.options;
+            let next_check = self
+                .connections
+                .values()
+                .filter(|c| c.session.is_open())
+                .map(|c| c.session.liveness_due(&options))
+                .min();
+            let flush = self
+                .connections
+                .values()
+                .filter_map(|c| c.session.flush_due())
+                .min();
+            let deadline = self
+                .waiters
+                .iter()
+                .map(|(d, _)| *d)
+                .chain(next_check)
+                .chain(flush)
+                .min();
+            let first = match deadline {
+                None => match rx.recv() {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(e) => e,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.for_each_session(|s, _, now, options| {
+                                s.check_liveness(options, now);
+                                s.flush_if_due(now);
+                            });
+                            self.answer_waiters();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let mut stop = false;
+            let mut event = Some(first);
+            let mut handled = 0;
+            while let Some(e) = event.take() {
+                if matches!(e, Event::Command(Command::Shutdown)) {
+                    stop = true;
+                    break;
+                }
+                self.handle(e);
+                handled += 1;
+                if handled < MAX_EVENTS_PER_ROUND {
+                    event = rx.try_recv().ok();
+                }
+            }
+            // Everything received first (it may make more to send), then the streams.
+            self.for_each_session(|s, log, _, _| s.apply_inbound(log));
+            self.for_each_session(|s, log, now, _| s.pump(log, now));
+            self.for_each_session(|s, _, now, _| s.flush_if_due(now));
+            self.answer_waiters();
+            if stop {
+                break;
+            }
+        }
+        self.for_each_session(|s, log, _, _| {
+            s.save_cursor(log);
+            s.close_with(
+                CloseCode::GoingAway,
+                "the sync engine is shutting down".into(),
+            );
+        });
+        for (_, reply) in self.waiters.drain(..) {
+            let _ = reply.send(false);
+        }
+    }
+
+    /// Runs `f` on every session.
+    fn for_each_session(
+        &mut self,
+        mut f: impl FnMut(&mut Session, &mut DbLog, Instant, &EngineOptions),
+    ) {
+        let (log, counters, options) = (&mut self.log, &self.counters, &self.options);
+        for conn in self.connections.values_mut() {
+            drive(conn, log, counters, |s, log| {
+                f(s, log, Instant::now(), options)
+            });
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Committed { first, last, ops } => self.log.committed(first, last, ops),
+            Event::Message {
+                connection,
+                message,
+                hold,
+            } => self.on_message(connection, message, hold),
+            Event::Closed { connection, reason } => {
+                self.with_session(connection, |s, log| {
+                    s.apply_inbound(log);
+                    s.save_cursor(log);
+                    s.end(reason);
+                });
+            }
+            Event::Command(command) => self.on_command(command),
+        }
+    }
+
+    fn on_message(&mut self, id: ConnectionId, message: Message, hold: Option<Hold>) {
+        self.with_session(id, |s, log| {
+            s.on_message(log, message, hold, Instant::now())
+        });
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect { id, relay, options } => self.on_connect(id, relay, options),
+            Command::Disconnect { id, close, reply } => {
+                self.with_session(id, |s, log| {
+                    s.apply_inbound(log);
+                    s.save_cursor(log);
+                    let (code, reason) =
+                        close.unwrap_or((CloseCode::Normal, "disconnected".into()));
+                    s.close_with(code, reason);
+                });
+                let result = match self.connections.remove(&id) {
+                    Some(_) => Ok(()),
+                    None => Err(SyncError::UnknownConnection(id.0)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Rescan => {
+                // The pump at the end of this round sends what is new. A failing read is
+                // left for that pump, which reports storage errors per connection.
+                let _ = self.log.refresh_head();
+            }
+            Command::CompactOplog { keep, reply } => {
+                let _ = reply.send(self.compact_oplog(keep));
+            }
+            Command::Barrier { id, reply } => {
+                let result = self
+                    .with_session(id, |s, log| {
+                        s.apply_inbound(log);
+                        s.barrier().ok_or(SyncError::RelayClosed)
+                    })
+                    .unwrap_or(Err(SyncError::UnknownConnection(id.0)));
+                let _ = reply.send(result);
+            }
+            Command::SetMode { id, mode, reply } => {
+                let _ = reply.send(self.set_mode(id, mode));
+            }
+            Command::Status { only, reply } => {
+                let _ = reply.send(self.status(only));
+            }
+            Command::WaitIdle { deadline, reply } => self.waiters.push((deadline, reply)),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_connect(&mut self, id: ConnectionId, mut relay: Box<dyn Relay>, options: ConnectOptions) {
+        let inbox = Inbox {
+            connection: id,
+            events: self.events.clone(),
+        };
+        let transport = relay.kind();
+        let started = relay.start(inbox);
+        let mut conn = Conn {
+            id,
+            relay,
+            transport,
+            session: Session::new(&self.name, options, Instant::now()),
+        };
+        drive(
+            &mut conn,
+            &mut self.log,
+            &self.counters,
+            |s, log| match started {
+                Ok(()) => s.start(log),
+                Err(e) => s.end(format!("the relay did not start: {e}")),
+            },
+        );
+        self.connections.insert(id, conn);
+    }
+
+    fn set_mode(&mut self, id: ConnectionId, mode: Mode) -> Result<()> {
+        self.with_session(id, |s, log| s.set_mode(log, mode))
+            .ok_or(SyncError::UnknownConnection(id.0))
+    }
+
+    /// See [`super::SyncEngine::compact_oplog`].
+    fn compact_oplog(&mut self, keep: u64) -> Result<u64> {
+        let head = self.log.refresh_head()?;
+        let through = self
+            .connections
+            .values()
+            .filter_map(|c| c.session.streams_from())
+            .fold(head.saturating_sub(keep), u64::min);
+        self.log.oplog_start = self.log.db.compact_oplog(through)?;
+        Ok(self.log.oplog_start)
+    }
+
+    fn status(&self, only: Option<ConnectionId>) -> Result<Vec<ConnectionStatus>> {
+        let db = &self.log.db;
+        let total = db.oplog_ops_through(u64::MAX)?;
+        let mut conns: Vec<&Conn> = self
+            .connections
+            .values()
+            .filter(|c| only.is_none_or(|id| c.id == id))
+            .collect();
+        conns.sort_by_key(|c| c.id);
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(conns.len());
+        for c in conns {
+            let s = &c.session;
+            let ops_pending = if s.options.mode.sends() {
+                total.saturating_sub(db.oplog_ops_through(s.acked.max(s.skipped_to))?)
+            } else {
+                0
+            };
+            out.push(ConnectionStatus {
+                id: c.id,
+                name: s.options.name.clone(),
+                transport: c.transport,
+                mode: s.options.mode,
+                peer: s.peer,
+                connected: s.is_open() && s.peer.is_some(),
+                ops_pending,
+                last_ack: s.last_ack,
+                lag: s.lag(now),
+                ops_sent: s.ops_sent,
+                ops_applied: s.ops_applied,
+                ops_duplicate: s.ops_duplicate,
+                messages_sent: s.messages_sent,
+                messages_received: s.messages_received,
+                streaming: s.is_open() && s.outbound.is_some(),
+                cursor: s.cursor,
+                cursor_at_start: s.cursor_at_hello,
+                peer_head: s.peer_head,
+                barrier: s.barrier,
+                closed_reason: s.closed_reason.clone(),
+                peer_close_code: s.peer_close_code,
+                close_code: s.close_code,
+                snapshot_in: s.snapshot_in.as_ref().map(|x| (x.records, x.total)),
+                snapshot_out: s
+                    .outbound
+                    .as_ref()
+                    .and_then(|o| o.snapshot.as_ref())
+                    .map(|x| (x.records_sent, x.total)),
+            });
+        }
+        Ok(out)
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let head = self.log.head;
+        let idle = self.connections.values().all(|c| c.session.idle(head));
+        let now = Instant::now();
+        self.waiters.retain(|(deadline, reply)| {
+            if idle {
+                let _ = reply.send(true);
+                false
+            } else if *deadline <= now {
+                let _ = reply.send(false);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Runs `f` on `conn`'s session, carries out its outputs and counts what it did.
+fn drive<T>(
+    conn: &mut Conn,
+    log: &mut DbLog,
+    counters: &Counters,
+    f: impl FnOnce(&mut Session, &mut DbLog) -> T,
+) -> T {
+    let s = &conn.session;
+    let before = (s.ops_applied, s.ops_duplicate, s.ops_sent);
+    let result = f(&mut conn.session, log);
+    let s = &conn.session;
+    counters
+        .applied
+        .fetch_add(s.ops_applied - before.0, Ordering::Relaxed);
+    counters
+        .duplicates
+        .fetch_add(s.ops_duplicate - before.1, Ordering::Relaxed);
+    counters
+        .sent
+        .fetch_add(s.ops_sent - before.2, Ordering::Relaxed);
+    conn.carry_out();
+    result
+}
