@@ -61,9 +61,9 @@ pub use blazedb_core::Error as DatabaseError;
 #[cfg(feature = "sync")]
 pub mod sync {
     pub use blazedb_sync::{
-        ConnectOptions, ConnectionId, ConnectionStatus, EngineOptions, Graph, GraphEdge, GraphNode,
-        InMemoryRelay, Inbox, Mode, PeerTrust, Relay, SyncEngine, SyncError, Topology, UnixRelay,
-        UnixRelayListener,
+        ConnectOptions, ConnectionId, ConnectionStatus, DatabaseName, EngineOptions, Graph,
+        GraphEdge, GraphNode, InMemoryRelay, Inbox, Mode, PeerTrust, Relay, SyncEngine, SyncError,
+        Topology, UnixRelay, UnixRelayListener,
     };
 }
 

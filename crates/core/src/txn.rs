@@ -101,6 +101,39 @@ impl Database {
     /// # Ok::<(), blazedb_core::Error>(())
     /// ```
     pub fn transaction<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.try_transaction(f)
+    }
+
+    /// Like [`Database::transaction`], for a closure that fails with the caller's own error
+    /// type (like `Iterator::try_for_each`): any `Err` rolls back and comes back unchanged;
+    /// the database's own errors convert into it with `?`.
+    ///
+    /// ```
+    /// # use blazedb_core::{Database, fields};
+    /// #[derive(Debug)]
+    /// enum AppError {
+    ///     Db(blazedb_core::Error),
+    ///     TitleTaken,
+    /// }
+    /// impl From<blazedb_core::Error> for AppError {
+    ///     fn from(e: blazedb_core::Error) -> Self {
+    ///         AppError::Db(e)
+    ///     }
+    /// }
+    ///
+    /// let db = Database::in_memory()?;
+    /// let result = db.try_transaction(|tx| {
+    ///     tx.insert("bugs", fields! { "title" => "Crash" })?;
+    ///     Err::<(), _>(AppError::TitleTaken) // the insert above is rolled back
+    /// });
+    /// assert!(matches!(result, Err(AppError::TitleTaken)));
+    /// assert_eq!(db.count("bugs")?, 0);
+    /// # Ok::<(), blazedb_core::Error>(())
+    /// ```
+    pub fn try_transaction<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let mut tx = self.begin()?;
         match f(&mut tx) {
             Ok(value) => {

@@ -74,6 +74,7 @@ mod error;
 mod frame;
 pub mod fuzz;
 mod message;
+mod name;
 pub mod secure;
 
 pub use error::ProtocolError;
@@ -82,6 +83,7 @@ pub use frame::{
 };
 pub use message::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, MAX_CLOSE_REASON_LEN,
-    MAX_DATABASE_NAME_LEN, MAX_DECOMPRESSED_LEN, MAX_PULL_CHECKS, MAX_TOKEN_LEN, Message, OpCheck,
-    PROTOCOL_VERSION, negotiate_version,
+    MAX_DECOMPRESSED_LEN, MAX_PULL_CHECKS, MAX_TOKEN_LEN, Message, OpCheck, PROTOCOL_VERSION,
+    negotiate_version,
 };
+pub use name::{DatabaseName, InvalidDatabaseName, MAX_DATABASE_NAME_LEN};

@@ -14,8 +14,7 @@ use crate::error::ProtocolError;
 
 /// The protocol version this code speaks (sent in [`Message::Hello`]).
 pub const PROTOCOL_VERSION: u16 = 2;
-/// Longest database name a [`Message::Hello`] may carry, in bytes of UTF-8.
-pub const MAX_DATABASE_NAME_LEN: usize = 255;
+pub use crate::name::MAX_DATABASE_NAME_LEN;
 /// Longest reason a [`Message::Close`] may carry, in bytes of UTF-8.
 pub const MAX_CLOSE_REASON_LEN: usize = 1024;
 /// Longest enrolment token a [`Message::Enroll`] may carry, in bytes of UTF-8.
@@ -127,7 +126,8 @@ pub enum Message {
     Hello {
         protocol_version: u16,
         node: NodeId,
-        /// Name of the database on the receiving side; 1 to [`MAX_DATABASE_NAME_LEN`] bytes.
+        /// Name of the database on the receiving side; 1 to [`MAX_DATABASE_NAME_LEN`] bytes (a
+        /// [`crate::DatabaseName`] on every node that hosts one).
         database: String,
         /// The optional features the sender supports.
         capabilities: Capabilities,
@@ -337,6 +337,8 @@ pub fn negotiate_version(theirs: u16) -> Result<u16, ProtocolError> {
     }
 }
 
+/// The wire allows any name of 1 to 255 bytes: a name that is not a valid
+/// [`crate::DatabaseName`] is no database anywhere, and is answered `UnknownDatabase`.
 pub(crate) fn check_database(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         Err("database name is empty")

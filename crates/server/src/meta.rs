@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blazedb_core::{Database, Date, Error as CoreError, NodeId, Record, Uuid, Value, fields};
+use blazedb_protocol::DatabaseName;
 use blazedb_protocol::enrol::{EnrolmentToken, TOKEN_ID_LEN};
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
 use sha2::{Digest, Sha256};
@@ -407,31 +408,14 @@ pub(crate) fn normalize_label(what: &'static str, name: &str) -> Result<String, 
     Ok(name)
 }
 
-/// Checks a hosted database's name: 1 to 255 bytes of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
+/// Checks a hosted database's name: a valid [`DatabaseName`] (1 to 255 bytes of
+/// `A-Z a-z 0-9 . _ -`, not `.` or `..`).
 pub fn check_database_name(name: &str) -> Result<(), MetaError> {
-    let bad = |reason| {
-        Err(MetaError::InvalidName {
-            what: "database name",
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.len() > blazedb_protocol::MAX_DATABASE_NAME_LEN {
-        return bad("it is longer than 255 bytes");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return bad("only letters A-Z and a-z, digits, '.', '_' and '-' are allowed");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' and '..' are not database names");
-    }
-    Ok(())
+    DatabaseName::check(name).map_err(|reason| MetaError::InvalidName {
+        what: "database name",
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 /// The file name of a hosted database (the name is checked already).

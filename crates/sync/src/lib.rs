@@ -48,6 +48,7 @@ pub mod remote;
 mod topology;
 mod unix;
 
+pub use blazedb_protocol::{DatabaseName, InvalidDatabaseName};
 pub use engine::{
     ConnectOptions, ConnectionStatus, ECHO_FLUSH_AFTER, EngineOptions, MAX_BATCH_OPS, Mode,
     PeerTrust, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_RECORDS, SyncEngine, WINDOW,

@@ -724,3 +724,15 @@ fn a_peer_that_answers_pings_stays_connected() {
     assert!(answered >= 2, "pinged repeatedly while quiet ({answered})");
     assert!(engine.status().unwrap()[0].connected);
 }
+
+#[test]
+fn an_engine_refuses_a_name_that_is_no_database_name() {
+    for name in ["..", "", "my bugs"] {
+        let db = Database::in_memory().unwrap();
+        let err = SyncEngine::start(db, name).expect_err(name);
+        assert!(
+            matches!(&err, SyncError::InvalidArgument(m) if m.contains("invalid database name")),
+            "{name:?}: {err}"
+        );
+    }
+}

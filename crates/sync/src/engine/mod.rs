@@ -410,12 +410,8 @@ impl SyncEngine {
 
     /// Like [`SyncEngine::start`], with options.
     pub fn start_with(db: Database, name: &str, options: EngineOptions) -> Result<SyncEngine> {
-        if name.is_empty() || name.len() > blazedb_protocol::MAX_DATABASE_NAME_LEN {
-            return Err(SyncError::InvalidArgument(format!(
-                "a database name has 1 to {} bytes, not {}",
-                blazedb_protocol::MAX_DATABASE_NAME_LEN,
-                name.len()
-            )));
+        if let Err(e) = blazedb_protocol::DatabaseName::new(name) {
+            return Err(SyncError::InvalidArgument(e.to_string()));
         }
         let (events, rx) = mpsc::channel();
         let head = db.oplog_head()?;

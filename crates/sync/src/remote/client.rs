@@ -402,16 +402,9 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
     if host.is_empty() {
         return Err(invalid_url(url, "it has no host"));
     }
-    let database = &remote.database;
-    if database.is_empty()
-        || database.len() > blazedb_protocol::MAX_DATABASE_NAME_LEN
-        || !database
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(RemoteError::InvalidOption(format!(
-            "database name {database:?}: use 1 to 255 of A-Z, a-z, 0-9, '.', '_', '-'"
-        )));
+    // The server's rule, so that a name it would refuse is refused here, with the reason.
+    if let Err(e) = blazedb_protocol::DatabaseName::new(remote.database.as_str()) {
+        return Err(RemoteError::InvalidOption(e.to_string()));
     }
     let tls = if secure {
         let roots = match &options.ca_file {
@@ -446,7 +439,7 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
     }
     Ok(Plan {
         remote: remote.clone(),
-        request: format!("{url}/sync/{database}"),
+        request: format!("{url}/sync/{}", remote.database),
         server,
         host: host.to_owned(),
         port,
@@ -760,6 +753,8 @@ fn roots_from_file(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, R
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -780,5 +775,20 @@ mod tests {
                 .as_deref(),
             Some("b")
         );
+    }
+
+    #[test]
+    fn a_database_name_the_server_would_refuse_is_refused_before_connecting() {
+        let db = Database::in_memory().unwrap();
+        for name in ["..", ".", "", "my bugs", "../bugs"] {
+            let remote = RemoteNode::new("ws://127.0.0.1:9", name);
+            let err = RemoteSync::connect(&db, remote, RemoteOptions::default().enroll("t"))
+                .err()
+                .unwrap_or_else(|| panic!("{name:?} was accepted"));
+            assert!(
+                matches!(&err, RemoteError::InvalidOption(m) if m.contains("invalid database name")),
+                "{name:?}: {err}"
+            );
+        }
     }
 }
