@@ -111,8 +111,8 @@ impl BlazeServer {
         }
         assert_eq!(db.count(COLLECTION).expect("count"), n as u64);
         if compact {
-            let head = db.oplog_head().expect("op-log head");
-            assert_eq!(db.compact_oplog(head).expect("compact"), head);
+            let head = db.replication().oplog_head().expect("op-log head");
+            assert_eq!(db.replication().compact_oplog(head).expect("compact"), head);
         }
     }
 

@@ -267,6 +267,7 @@ fn bytes_blazedb(ctx: &Ctx, n: usize, batch: Option<usize>, modes: (Mode, Mode))
     assert_eq!(bob.db.count(COLLECTION).unwrap(), n as u64);
     let first_op = alice
         .db
+        .replication()
         .oplog_since(0, 1)
         .expect("op log")
         .into_iter()

@@ -48,6 +48,9 @@
 //! failed: the database, the sync engine or the connection to a server.
 
 pub use blazedb_core::{Change, Commit, CommitListener, Database, Subscription, Transaction};
+/// The replication side of a database and a transaction (op log, cursors, snapshots), for
+/// tools and custom transports: [`Database::replication`].
+pub use blazedb_core::{Replication, TransactionReplication};
 pub use blazedb_core::{
     ChangeKind, ChangeOrigin, CollectionStats, Date, Direction, Durability, Fields, Filter, Join,
     JoinKind, Joined, KeyRange, OpenOptions, Plan, Query, Record, Reidentified, Stats, Uuid, Value,

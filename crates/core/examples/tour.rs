@@ -111,12 +111,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let replica = Database::in_memory()?;
     let ops: Vec<_> = bugs
+        .replication()
         .oplog_since(0, usize::MAX)?
         .into_iter()
         .map(|(_, op)| op)
         .collect();
-    let report = replica.apply_remote(&ops)?;
-    let again = replica.apply_remote(&ops)?;
+    let report = replica.replication().apply_remote(&ops)?;
+    let again = replica.replication().apply_remote(&ops)?;
     println!(
         "6. A second replica merged the op log: {} ops applied, then {} skipped as duplicates on replay.\n   Content hashes equal: {}",
         report.applied,

@@ -14,6 +14,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::replication::Replication;
 use crate::schema;
 use crate::watch::Watchers;
 
@@ -268,6 +269,13 @@ impl OpenOptions {
     }
 }
 
+impl Replication<'_> {
+    /// The Lamport clock as of the last commit.
+    pub fn lamport(&self) -> u64 {
+        self.db.inner.lamport.load(Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// Test hook: how many of the next attach attempts on this thread fail.
@@ -322,7 +330,7 @@ pub(crate) struct Core {
     collections: HashMap<String, Arc<CollInfo>>,
     /// Generator of new record ids.
     pub ids: crate::ids::IdGenerator,
-    /// Where the committed Lamport clock is published (see `Database::lamport`).
+    /// Where the committed Lamport clock is published (see `Replication::lamport`).
     pub lamport_mirror: Arc<AtomicU64>,
 }
 
@@ -473,11 +481,6 @@ impl Database {
     /// This replica's node id (fixed when the database is created).
     pub fn node_id(&self) -> NodeId {
         self.inner.node
-    }
-
-    /// The Lamport clock as of the last commit.
-    pub fn lamport(&self) -> u64 {
-        self.inner.lamport.load(Ordering::Acquire)
     }
 
     /// Takes the database lock. Refuses (instead of deadlocking) when this thread is inside a

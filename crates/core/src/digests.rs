@@ -1,5 +1,5 @@
 //! Where a file keeps the digest of each operation it has ([`Operation::digest`]), to find a
-//! copied database file (see [`Database::op_digest`](crate::Database::op_digest)).
+//! copied database file (see [`Replication::op_digest`](crate::Replication::op_digest)).
 //!
 //! Our own operations cost nothing extra: each op-log entry records the highest sequence
 //! number of ours up to and including it (`oplog.own_seq`, rising with the position), so the
@@ -186,7 +186,7 @@ pub(crate) fn own_seq_after(before: u64, own: NodeId, ops: &[Operation]) -> u64 
 }
 
 impl Core {
-    /// See [`Database::op_digest`](crate::Database::op_digest).
+    /// See [`Replication::op_digest`](crate::Replication::op_digest).
     pub fn op_digest(&self, id: OpId) -> Result<Option<OpDigest>> {
         if id.origin == self.node {
             return self.own_op_digest(id);

@@ -2,7 +2,7 @@
 //!
 //! Two files that share a node id issue different operations under the same ids, and every
 //! replica keeps whichever it saw first. The copy that peers refused takes a new node id; its
-//! own operations after the last one a peer confirmed (by digest, [`Database::confirm_own`])
+//! own operations after the last one a peer confirmed (by digest, [`Replication::confirm_own`](crate::Replication::confirm_own))
 //! are renamed to the new node in place in the op log, so they are sent again under ids no
 //! one has, and the stamps they left in record states follow, so that a field written here
 //! never shares a stamp with a different value written by the other file.
@@ -48,7 +48,7 @@ impl Database {
     ///
     /// Takes the only handle: a sync engine or another clone must be closed first, since the
     /// node id is part of every handle. Open the file again afterwards. The file's sync keys
-    /// are separate ([`Database::local_setting`]): a server binds a node id to a device key, so
+    /// are separate ([`Replication::local_setting`](crate::Replication::local_setting)): a server binds a node id to a device key, so
     /// a synced file also needs a new key and a new enrolment.
     pub fn reidentify(self) -> Result<Reidentified> {
         if Arc::strong_count(&self.inner) > 1 {

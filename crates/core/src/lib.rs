@@ -2,7 +2,7 @@
 //!
 //! A [`Database`] is one SQLCipher file (or an in-memory database) holding named collections of
 //! [`Record`]s. Every write appends an [`Operation`] to the op log in the same transaction and
-//! ticks a Lamport clock; [`Database::apply_remote`] merges operations from other replicas
+//! ticks a Lamport clock; [`Replication::apply_remote`](crate::Replication::apply_remote) merges operations from other replicas
 //! under per-field last-writer-wins rules (see `docs/merge.md`), which is what the sync layer
 //! builds on.
 //!
@@ -37,6 +37,7 @@ mod ids;
 mod join;
 mod query;
 mod read;
+mod replication;
 mod schema;
 mod snapshot;
 mod txn;
@@ -53,6 +54,7 @@ pub use identity::Reidentified;
 pub use join::{Join, JoinKind, Joined};
 pub use query::{Direction, Filter, KeyRange, Plan, Query};
 pub use read::{CollectionStats, Stats};
+pub use replication::{Replication, TransactionReplication};
 pub use snapshot::{SnapshotInfo, SnapshotKey};
 pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, SnapshotReport, Transaction};
 pub use uuid::Uuid;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::db::{Core, Database};
 use crate::error::{Error, Result};
+use crate::replication::Replication;
 
 /// The value a query or index sees for `field`: the record id for `"id"`, `Null` when missing.
 pub(crate) fn field_value<'a>(fields: &'a Fields, id: &Uuid, field: &str) -> Cow<'a, Value> {
@@ -49,7 +50,7 @@ impl Core {
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
-    /// See [`Database::oplog_head`].
+    /// See [`Replication::oplog_head`](crate::Replication::oplog_head).
     pub fn oplog_head(&self) -> Result<u64> {
         let n: Option<i64> = self
             .conn
@@ -58,7 +59,7 @@ impl Core {
         Ok((n.unwrap_or(0).max(0) as u64).max(self.counter("oplog_start")?))
     }
 
-    /// See [`Database::version_vector`]; `own_seq` is our own node's entry.
+    /// See [`Replication::version_vector`](crate::Replication::version_vector); `own_seq` is our own node's entry.
     pub fn version_vector(&self, own_seq: u64) -> Result<VersionVector> {
         let mut vector = VersionVector::new();
         vector.observe(self.node, own_seq);
@@ -225,167 +226,6 @@ impl Database {
         Ok(names)
     }
 
-    /// Operations in the op log after position `after` (0 for the start), oldest first. A
-    /// committed transaction is one op-log entry (or several of up to `OPLOG_ENTRY_MAX_OPS`
-    /// operations) and all operations of an entry carry its position, so a sync cursor that
-    /// stores the last position it delivered never splits an entry. Stops after the entry that
-    /// reaches `limit` operations (an entry is never cut, so up to `OPLOG_ENTRY_MAX_OPS - 1` more
-    /// may come back).
-    ///
-    /// Fails with [`Error::OplogCompacted`] when `after` is before [`Database::oplog_start`]:
-    /// entries the reader needs are gone, and it needs a snapshot instead
-    /// ([`Database::snapshot_info`]).
-    pub fn oplog_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Operation)>> {
-        let core = self.read()?;
-        let start = core.counter("oplog_start")?;
-        if after < start {
-            // Skipping the compacted entries silently would lose their operations for the reader.
-            return Err(Error::OplogCompacted { after, start });
-        }
-        let mut stmt = core
-            .conn
-            .prepare_cached("SELECT seq, ops FROM oplog WHERE seq > ?1 ORDER BY seq")?;
-        let mut rows = stmt.query(params![after.min(i64::MAX as u64) as i64])?;
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            let seq: i64 = row.get(0)?;
-            for op in decode_operations(row.get_ref(1)?.as_blob()?)? {
-                out.push((seq as u64, op));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Position of the newest op-log entry (0 when empty). After [`Database::compact_oplog`]
-    /// removed every entry, the compacted position: positions are never reused.
-    pub fn oplog_head(&self) -> Result<u64> {
-        self.read()?.oplog_head()
-    }
-
-    /// How many operations the op log holds up to and including `position` (all of them for
-    /// a position at or past the head, 0 for position 0). Operations after position `p` are
-    /// `oplog_ops_through(u64::MAX) - oplog_ops_through(p)`. Compacted operations still count;
-    /// for a position at or before [`Database::oplog_start`] the count at the start is returned
-    /// (the exact count there is gone, and it is never more than that).
-    pub fn oplog_ops_through(&self, position: u64) -> Result<u64> {
-        let core = self.read()?;
-        let n: Option<i64> = core
-            .conn
-            .prepare_cached("SELECT total FROM oplog WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
-            .query_row(params![position.min(i64::MAX as u64) as i64], |r| r.get(0))
-            .optional()?;
-        let at_start = core.counter("oplog_start_total")?;
-        Ok((n.unwrap_or(0).max(0) as u64).max(at_start))
-    }
-
-    /// Which operations this database has: for each origin node, the sequence number up to
-    /// which it has all of that origin's operations (its own node: the highest it issued or
-    /// saw). Operations merged ahead of a gap are not counted until the gap fills.
-    pub fn version_vector(&self) -> Result<VersionVector> {
-        let core = self.read()?;
-        core.version_vector(core.seq)
-    }
-
-    /// The digest of operation `id` as it was applied here ([`Operation::digest`]), or `None`
-    /// when this file does not have it, or got it in a snapshot or before digests were kept.
-    /// Two replicas whose digests for one id differ hold operations of two database files
-    /// that share a node id: one of them is a copy.
-    pub fn op_digest(&self, id: OpId) -> Result<Option<OpDigest>> {
-        self.read()?.op_digest(id)
-    }
-
-    /// Records that a peer holds this database's own operations up to `seq` and that they are
-    /// the ones made here (their digests matched). Only raises. [`Database::reidentify`]
-    /// gives a new identity to the operations after the highest such `seq` only.
-    pub fn confirm_own(&self, seq: u64) -> Result<()> {
-        let core = self.lock()?;
-        if seq > core.seq {
-            return Ok(());
-        }
-        core.conn
-            .prepare_cached(
-                "INSERT INTO counters (name, value) VALUES ('own_confirmed', ?1) \
-                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-            )?
-            .execute(params![seq as i64])?;
-        Ok(())
-    }
-
-    /// The highest sequence number [`Database::confirm_own`] recorded (0 when none).
-    pub fn own_confirmed(&self) -> Result<u64> {
-        self.read()?.counter("own_confirmed")
-    }
-
-    /// Position in `peer`'s op log up to which its operations are applied here (0 when none),
-    /// as stored by [`Transaction::set_peer_cursor`](crate::Transaction::set_peer_cursor).
-    pub fn peer_cursor(&self, peer: NodeId) -> Result<u64> {
-        let core = self.read()?;
-        let n: Option<i64> = core
-            .conn
-            .prepare_cached("SELECT cursor FROM peers WHERE node = ?1")?
-            .query_row(params![peer.as_bytes().as_slice()], |r| r.get(0))
-            .optional()?;
-        Ok(n.unwrap_or(0).max(0) as u64)
-    }
-
-    /// A setting of this file that is never synced (sync keys, enrolment state), stored
-    /// encrypted with everything else. `None` when it was never set.
-    pub fn local_setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let core = self.read()?;
-        Ok(core
-            .conn
-            .prepare_cached("SELECT value FROM local_settings WHERE name = ?1")?
-            .query_row(params![name], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// Sets (or, with `None`, removes) a local setting, durably, outside any transaction.
-    /// Local settings are not records: they have no op-log entry and never leave this file.
-    pub fn set_local_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
-        let core = self.lock()?;
-        match value {
-            Some(value) => core
-                .conn
-                .prepare_cached(
-                    "INSERT INTO local_settings (name, value) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![name, value])?,
-            None => core
-                .conn
-                .prepare_cached("DELETE FROM local_settings WHERE name = ?1")?
-                .execute(params![name])?,
-        };
-        Ok(())
-    }
-
-    /// Removes every local setting whose name starts with `prefix`; returns how many there
-    /// were.
-    pub fn remove_local_settings(&self, prefix: &str) -> Result<usize> {
-        let core = self.lock()?;
-        let mut names = Vec::new();
-        {
-            let mut stmt = core
-                .conn
-                .prepare_cached("SELECT name FROM local_settings WHERE name >= ?1 ORDER BY name")?;
-            let mut rows = stmt.query([prefix])?;
-            while let Some(row) = rows.next()? {
-                let name: String = row.get(0)?;
-                if !name.starts_with(prefix) {
-                    break;
-                }
-                names.push(name);
-            }
-        }
-        for name in &names {
-            core.conn
-                .prepare_cached("DELETE FROM local_settings WHERE name = ?1")?
-                .execute([name])?;
-        }
-        Ok(names.len())
-    }
-
     /// SHA-256 over every visible record (collection name, id and fields, in a fixed order).
     /// Two replicas with the same contents have the same hash, whatever order their operations
     /// arrived in.
@@ -466,5 +306,168 @@ impl Database {
         } else {
             Err(Error::Corrupt(lines.join("; ")))
         }
+    }
+}
+
+impl Replication<'_> {
+    /// Operations in the op log after position `after` (0 for the start), oldest first. A
+    /// committed transaction is one op-log entry (or several of up to `OPLOG_ENTRY_MAX_OPS`
+    /// operations) and all operations of an entry carry its position, so a sync cursor that
+    /// stores the last position it delivered never splits an entry. Stops after the entry that
+    /// reaches `limit` operations (an entry is never cut, so up to `OPLOG_ENTRY_MAX_OPS - 1` more
+    /// may come back).
+    ///
+    /// Fails with [`Error::OplogCompacted`] when `after` is before [`Replication::oplog_start`](crate::Replication::oplog_start):
+    /// entries the reader needs are gone, and it needs a snapshot instead
+    /// ([`Replication::snapshot_info`](crate::Replication::snapshot_info)).
+    pub fn oplog_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Operation)>> {
+        let core = self.db.read()?;
+        let start = core.counter("oplog_start")?;
+        if after < start {
+            // Skipping the compacted entries silently would lose their operations for the reader.
+            return Err(Error::OplogCompacted { after, start });
+        }
+        let mut stmt = core
+            .conn
+            .prepare_cached("SELECT seq, ops FROM oplog WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query(params![after.min(i64::MAX as u64) as i64])?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let seq: i64 = row.get(0)?;
+            for op in decode_operations(row.get_ref(1)?.as_blob()?)? {
+                out.push((seq as u64, op));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Position of the newest op-log entry (0 when empty). After [`Replication::compact_oplog`](crate::Replication::compact_oplog)
+    /// removed every entry, the compacted position: positions are never reused.
+    pub fn oplog_head(&self) -> Result<u64> {
+        self.db.read()?.oplog_head()
+    }
+
+    /// How many operations the op log holds up to and including `position` (all of them for
+    /// a position at or past the head, 0 for position 0). Operations after position `p` are
+    /// `oplog_ops_through(u64::MAX) - oplog_ops_through(p)`. Compacted operations still count;
+    /// for a position at or before [`Replication::oplog_start`](crate::Replication::oplog_start) the count at the start is returned
+    /// (the exact count there is gone, and it is never more than that).
+    pub fn oplog_ops_through(&self, position: u64) -> Result<u64> {
+        let core = self.db.read()?;
+        let n: Option<i64> = core
+            .conn
+            .prepare_cached("SELECT total FROM oplog WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row(params![position.min(i64::MAX as u64) as i64], |r| r.get(0))
+            .optional()?;
+        let at_start = core.counter("oplog_start_total")?;
+        Ok((n.unwrap_or(0).max(0) as u64).max(at_start))
+    }
+
+    /// Which operations this database has: for each origin node, the sequence number up to
+    /// which it has all of that origin's operations (its own node: the highest it issued or
+    /// saw). Operations merged ahead of a gap are not counted until the gap fills.
+    pub fn version_vector(&self) -> Result<VersionVector> {
+        let core = self.db.read()?;
+        core.version_vector(core.seq)
+    }
+
+    /// The digest of operation `id` as it was applied here ([`Operation::digest`]), or `None`
+    /// when this file does not have it, or got it in a snapshot or before digests were kept.
+    /// Two replicas whose digests for one id differ hold operations of two database files
+    /// that share a node id: one of them is a copy.
+    pub fn op_digest(&self, id: OpId) -> Result<Option<OpDigest>> {
+        self.db.read()?.op_digest(id)
+    }
+
+    /// Records that a peer holds this database's own operations up to `seq` and that they are
+    /// the ones made here (their digests matched). Only raises. [`Database::reidentify`]
+    /// gives a new identity to the operations after the highest such `seq` only.
+    pub fn confirm_own(&self, seq: u64) -> Result<()> {
+        let core = self.db.lock()?;
+        if seq > core.seq {
+            return Ok(());
+        }
+        core.conn
+            .prepare_cached(
+                "INSERT INTO counters (name, value) VALUES ('own_confirmed', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute(params![seq as i64])?;
+        Ok(())
+    }
+
+    /// The highest sequence number [`Replication::confirm_own`](crate::Replication::confirm_own) recorded (0 when none).
+    pub fn own_confirmed(&self) -> Result<u64> {
+        self.db.read()?.counter("own_confirmed")
+    }
+
+    /// Position in `peer`'s op log up to which its operations are applied here (0 when none),
+    /// as stored by [`TransactionReplication::set_peer_cursor`](crate::TransactionReplication::set_peer_cursor).
+    pub fn peer_cursor(&self, peer: NodeId) -> Result<u64> {
+        let core = self.db.read()?;
+        let n: Option<i64> = core
+            .conn
+            .prepare_cached("SELECT cursor FROM peers WHERE node = ?1")?
+            .query_row(params![peer.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// A setting of this file that is never synced (sync keys, enrolment state), stored
+    /// encrypted with everything else. `None` when it was never set.
+    pub fn local_setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let core = self.db.read()?;
+        Ok(core
+            .conn
+            .prepare_cached("SELECT value FROM local_settings WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets (or, with `None`, removes) a local setting, durably, outside any transaction.
+    /// Local settings are not records: they have no op-log entry and never leave this file.
+    pub fn set_local_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let core = self.db.lock()?;
+        match value {
+            Some(value) => core
+                .conn
+                .prepare_cached(
+                    "INSERT INTO local_settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![name, value])?,
+            None => core
+                .conn
+                .prepare_cached("DELETE FROM local_settings WHERE name = ?1")?
+                .execute(params![name])?,
+        };
+        Ok(())
+    }
+
+    /// Removes every local setting whose name starts with `prefix`; returns how many there
+    /// were.
+    pub fn remove_local_settings(&self, prefix: &str) -> Result<usize> {
+        let core = self.db.lock()?;
+        let mut names = Vec::new();
+        {
+            let mut stmt = core
+                .conn
+                .prepare_cached("SELECT name FROM local_settings WHERE name >= ?1 ORDER BY name")?;
+            let mut rows = stmt.query([prefix])?;
+            while let Some(row) = rows.next()? {
+                let name: String = row.get(0)?;
+                if !name.starts_with(prefix) {
+                    break;
+                }
+                names.push(name);
+            }
+        }
+        for name in &names {
+            core.conn
+                .prepare_cached("DELETE FROM local_settings WHERE name = ?1")?
+                .execute([name])?;
+        }
+        Ok(names.len())
     }
 }

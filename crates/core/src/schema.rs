@@ -104,7 +104,7 @@ pub fn upgrade_from_2(conn: &Connection) -> Result<()> {
 
 /// Upgrades a version-3 file to version 4 in one transaction: adds `op_digests`,
 /// `oplog.own_seq` and the newest digests in `origins`. Operations written before have no digest, and are never compared (see
-/// `Database::op_digest`).
+/// `Replication::op_digest`).
 pub fn upgrade_from_3(conn: &Connection) -> Result<()> {
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE; {OP_DIGESTS} ALTER TABLE oplog ADD COLUMN own_seq INTEGER;

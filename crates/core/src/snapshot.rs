@@ -1,5 +1,5 @@
 //! Op-log compaction and snapshots (the sending side; the receiving side is
-//! [`Transaction::apply_snapshot`](crate::Transaction::apply_snapshot)).
+//! [`TransactionReplication::apply_snapshot`](crate::TransactionReplication::apply_snapshot)).
 //!
 //! A database may drop the op-log entries every peer has (`compact_oplog`). A peer whose cursor
 //! is before the dropped entries, or a new device, is brought up to date with a snapshot instead:
@@ -13,23 +13,24 @@ use uuid::Uuid;
 use crate::db::{Core, Database};
 use crate::error::Result;
 use crate::read::uuid_from;
+use crate::replication::Replication;
 
-/// Where a snapshot stands when it starts: see [`Database::snapshot_info`].
+/// Where a snapshot stands when it starts: see [`Replication::snapshot_info`](crate::Replication::snapshot_info).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
     /// The op-log head: the snapshot holds at least every operation up to this position, so the
     /// receiver continues with `oplog_since(position)`.
     pub position: u64,
-    /// The operations the snapshot holds (equal to [`Database::version_vector`] at `position`);
+    /// The operations the snapshot holds (equal to [`Replication::version_vector`](crate::Replication::version_vector) at `position`);
     /// the receiver merges it with
-    /// [`Transaction::merge_version_vector`](crate::Transaction::merge_version_vector).
+    /// [`TransactionReplication::merge_version_vector`](crate::TransactionReplication::merge_version_vector).
     pub vector: VersionVector,
     /// Records the snapshot has (tombstones included), for progress reports. Records written
     /// while the pages are read may make the real number larger.
     pub records: u64,
 }
 
-/// Where [`Database::snapshot_page`] continues: after this record. Opaque; it only has meaning
+/// Where [`Replication::snapshot_page`](crate::Replication::snapshot_page) continues: after this record. Opaque; it only has meaning
 /// for the database that returned it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SnapshotKey {
@@ -97,29 +98,31 @@ impl Core {
     }
 }
 
-impl Database {
-    /// The newest op-log position compacted away by [`Database::compact_oplog`] (0 if none):
-    /// entries at or before it are gone, and [`Database::oplog_since`] refuses to start there.
+impl Database {}
+
+impl Replication<'_> {
+    /// The newest op-log position compacted away by [`Replication::compact_oplog`](crate::Replication::compact_oplog) (0 if none):
+    /// entries at or before it are gone, and [`Replication::oplog_since`](crate::Replication::oplog_since) refuses to start there.
     pub fn oplog_start(&self) -> Result<u64> {
-        self.read()?.counter("oplog_start")
+        self.db.read()?.counter("oplog_start")
     }
 
     /// Deletes the op-log entries up to and including `through` (at most up to the head), in
-    /// one transaction, and returns the new [`Database::oplog_start`]. The start never moves
+    /// one transaction, and returns the new [`Replication::oplog_start`](crate::Replication::oplog_start). The start never moves
     /// back: a `through` before it changes nothing. Positions are never reused, and
-    /// [`Database::oplog_ops_through`] keeps counting the compacted operations.
+    /// [`Replication::oplog_ops_through`](crate::Replication::oplog_ops_through) keeps counting the compacted operations.
     ///
     /// Only compact what every peer has: a peer whose cursor is before the start needs a
-    /// snapshot ([`Database::snapshot_info`]) to catch up.
+    /// snapshot ([`Replication::snapshot_info`](crate::Replication::snapshot_info)) to catch up.
     pub fn compact_oplog(&self, through: u64) -> Result<u64> {
-        self.transaction(|tx| tx.core.compact_oplog(through))
+        self.db.transaction(|tx| tx.core.compact_oplog(through))
     }
 
     /// The position, version vector and record count a snapshot starts from, read together in
     /// one read transaction so that they agree. Then read the records with
-    /// [`Database::snapshot_page`] and continue with `oplog_since(position)`.
+    /// [`Replication::snapshot_page`](crate::Replication::snapshot_page) and continue with `oplog_since(position)`.
     pub fn snapshot_info(&self) -> Result<SnapshotInfo> {
-        let core = self.lock()?;
+        let core = self.db.lock()?;
         core.conn.execute_batch("BEGIN DEFERRED")?;
         let info = core.snapshot_info();
         if let Err(e) = core.conn.execute_batch("COMMIT") {
@@ -148,7 +151,7 @@ impl Database {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<(Vec<SnapshotRecord>, Option<SnapshotKey>)> {
-        let core = self.read()?;
+        let core = self.db.read()?;
         let (coll, id) = match after {
             Some(k) => (k.coll, k.id.as_bytes().to_vec()),
             // Every key is greater: collection ids are positive and blobs sort after integers.
@@ -213,18 +216,19 @@ mod tests {
         }
         db.insert_many("t", (0..3).map(|i| fields! {"j" => i}))
             .unwrap();
-        assert_eq!(db.oplog_head().unwrap(), 6);
-        assert_eq!(db.oplog_ops_through(4).unwrap(), 4);
+        assert_eq!(db.replication().oplog_head().unwrap(), 6);
+        assert_eq!(db.replication().oplog_ops_through(4).unwrap(), 4);
 
-        assert_eq!(db.compact_oplog(4).unwrap(), 4);
-        assert_eq!(db.oplog_start().unwrap(), 4);
-        assert_eq!(db.oplog_head().unwrap(), 6);
-        assert_eq!(db.oplog_ops_through(0).unwrap(), 4);
-        assert_eq!(db.oplog_ops_through(4).unwrap(), 4);
-        assert_eq!(db.oplog_ops_through(5).unwrap(), 5);
-        assert_eq!(db.oplog_ops_through(u64::MAX).unwrap(), 8);
+        assert_eq!(db.replication().compact_oplog(4).unwrap(), 4);
+        assert_eq!(db.replication().oplog_start().unwrap(), 4);
+        assert_eq!(db.replication().oplog_head().unwrap(), 6);
+        assert_eq!(db.replication().oplog_ops_through(0).unwrap(), 4);
+        assert_eq!(db.replication().oplog_ops_through(4).unwrap(), 4);
+        assert_eq!(db.replication().oplog_ops_through(5).unwrap(), 5);
+        assert_eq!(db.replication().oplog_ops_through(u64::MAX).unwrap(), 8);
         assert_eq!(db.stats().unwrap().oplog_len, 4);
         let rest: Vec<u64> = db
+            .replication()
             .oplog_since(4, usize::MAX)
             .unwrap()
             .into_iter()
@@ -239,8 +243,8 @@ mod tests {
         for i in 0..3 {
             db.insert("t", fields! {"i" => i}).unwrap();
         }
-        db.compact_oplog(2).unwrap();
-        let err = db.oplog_since(1, 10).unwrap_err();
+        db.replication().compact_oplog(2).unwrap();
+        let err = db.replication().oplog_since(1, 10).unwrap_err();
         assert!(
             matches!(err, Error::OplogCompacted { after: 1, start: 2 }),
             "{err}"
@@ -249,7 +253,7 @@ mod tests {
             err.to_string(),
             "the op log before position 2 was compacted away; position 1 needs a snapshot"
         );
-        assert_eq!(db.oplog_since(2, 10).unwrap().len(), 1);
+        assert_eq!(db.replication().oplog_since(2, 10).unwrap().len(), 1);
     }
 
     #[test]
@@ -258,11 +262,11 @@ mod tests {
         for i in 0..3 {
             db.insert("t", fields! {"i" => i}).unwrap();
         }
-        assert_eq!(db.compact_oplog(2).unwrap(), 2);
-        assert_eq!(db.compact_oplog(1).unwrap(), 2);
-        assert_eq!(db.compact_oplog(u64::MAX).unwrap(), 3);
-        assert_eq!(db.oplog_start().unwrap(), 3);
-        assert_eq!(db.oplog_ops_through(u64::MAX).unwrap(), 3);
+        assert_eq!(db.replication().compact_oplog(2).unwrap(), 2);
+        assert_eq!(db.replication().compact_oplog(1).unwrap(), 2);
+        assert_eq!(db.replication().compact_oplog(u64::MAX).unwrap(), 3);
+        assert_eq!(db.replication().oplog_start().unwrap(), 3);
+        assert_eq!(db.replication().oplog_ops_through(u64::MAX).unwrap(), 3);
     }
 
     #[test]
@@ -271,13 +275,18 @@ mod tests {
         for i in 0..3 {
             db.insert("t", fields! {"i" => i}).unwrap();
         }
-        db.compact_oplog(u64::MAX).unwrap();
-        assert_eq!(db.oplog_head().unwrap(), 3, "an empty log keeps its head");
-        assert!(db.oplog_since(3, 10).unwrap().is_empty());
+        db.replication().compact_oplog(u64::MAX).unwrap();
+        assert_eq!(
+            db.replication().oplog_head().unwrap(),
+            3,
+            "an empty log keeps its head"
+        );
+        assert!(db.replication().oplog_since(3, 10).unwrap().is_empty());
         db.insert("t", fields! {"i" => 3}).unwrap();
-        assert_eq!(db.oplog_head().unwrap(), 4);
-        assert_eq!(db.oplog_ops_through(u64::MAX).unwrap(), 4);
+        assert_eq!(db.replication().oplog_head().unwrap(), 4);
+        assert_eq!(db.replication().oplog_ops_through(u64::MAX).unwrap(), 4);
         let after: Vec<u64> = db
+            .replication()
             .oplog_since(3, 10)
             .unwrap()
             .into_iter()
@@ -295,15 +304,18 @@ mod tests {
         db.insert_many("b", (0..4).map(|i| fields! {"i" => i}))
             .unwrap();
         db.delete("a", ids[2]).unwrap();
-        let info = db.snapshot_info().unwrap();
+        let info = db.replication().snapshot_info().unwrap();
         assert_eq!(info.records, 9);
-        assert_eq!(info.position, db.oplog_head().unwrap());
-        assert_eq!(info.vector, db.version_vector().unwrap());
+        assert_eq!(info.position, db.replication().oplog_head().unwrap());
+        assert_eq!(info.vector, db.replication().version_vector().unwrap());
 
         let mut seen = Vec::new();
         let mut key = None;
         loop {
-            let (page, next) = db.snapshot_page(key.as_ref(), 2, usize::MAX).unwrap();
+            let (page, next) = db
+                .replication()
+                .snapshot_page(key.as_ref(), 2, usize::MAX)
+                .unwrap();
             assert!(page.len() <= 2);
             seen.extend(page);
             match next {
@@ -319,13 +331,13 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), 9);
         // A page as large as the rest says it is the last one.
-        let (page, next) = db.snapshot_page(None, 9, usize::MAX).unwrap();
+        let (page, next) = db.replication().snapshot_page(None, 9, usize::MAX).unwrap();
         assert_eq!((page.len(), next), (9, None));
         // A byte budget ends a page after the record that reaches it, never before the first.
-        let (page, next) = db.snapshot_page(None, 9, 1).unwrap();
+        let (page, next) = db.replication().snapshot_page(None, 9, 1).unwrap();
         assert_eq!(page.len(), 1);
         assert!(next.is_some());
-        let (page, next) = db.snapshot_page(None, 9, 1 << 20).unwrap();
+        let (page, next) = db.replication().snapshot_page(None, 9, 1 << 20).unwrap();
         assert_eq!((page.len(), next), (9, None));
     }
 }

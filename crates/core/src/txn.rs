@@ -20,6 +20,7 @@ use crate::db::{CollInfo, Core, Database, IndexInfo, OPEN_TRANSACTION, classify}
 use crate::digests;
 use crate::error::{Error, Result};
 use crate::read::resolve;
+use crate::replication::{Replication, TransactionReplication};
 use crate::validate;
 use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
 
@@ -30,7 +31,7 @@ pub const OPLOG_ENTRY_MAX_OPS: usize = 1024;
 /// Largest encoded record state a local write may create.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
-/// What [`Database::apply_remote`] did.
+/// What [`Replication::apply_remote`](crate::Replication::apply_remote) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApplyReport {
     /// Operations merged for the first time.
@@ -39,7 +40,7 @@ pub struct ApplyReport {
     pub duplicates: usize,
 }
 
-/// What [`Transaction::apply_snapshot`] did.
+/// What [`TransactionReplication::apply_snapshot`](crate::TransactionReplication::apply_snapshot) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SnapshotReport {
     /// Records whose stored state changed.
@@ -208,34 +209,9 @@ impl Database {
     pub fn delete(&self, collection: &str, id: Uuid) -> Result<()> {
         self.transaction(|tx| tx.delete(collection, id))
     }
-
-    /// Merges operations made by other replicas, in one transaction. Operations already in the
-    /// op log are skipped, so delivering the same operation twice is harmless. The Lamport
-    /// clock advances past every operation seen.
-    pub fn apply_remote(&self, ops: &[Operation]) -> Result<ApplyReport> {
-        self.transaction(|tx| tx.apply_remote(ops))
-    }
 }
 
 impl Transaction<'_> {
-    /// Records that everything in `peer`'s op log up to and including `position` is applied
-    /// here. Written in this transaction, so the cursor can never run ahead of (or fall
-    /// behind) the operations it covers; see [`Database::peer_cursor`]. A cursor only moves
-    /// forward: a smaller `position` than the stored one is ignored.
-    pub fn set_peer_cursor(&mut self, peer: NodeId, position: u64) -> Result<()> {
-        self.core
-            .conn
-            .prepare_cached(
-                "INSERT INTO peers (node, cursor) VALUES (?1, ?2) \
-                 ON CONFLICT (node) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
-            )?
-            .execute(params![
-                peer.as_bytes().as_slice(),
-                position.min(i64::MAX as u64) as i64
-            ])?;
-        Ok(())
-    }
-
     /// See [`Database::insert`].
     pub fn insert(&mut self, collection: &str, fields: Fields) -> Result<Uuid> {
         let id = self.core.ids.next();
@@ -301,65 +277,6 @@ impl Transaction<'_> {
     /// Reads a record as this transaction sees it.
     pub fn get(&mut self, collection: &str, id: Uuid) -> Result<Option<Record>> {
         self.core.get(collection, id)
-    }
-
-    /// See [`Database::apply_remote`].
-    pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
-        let mut report = ApplyReport::default();
-        for op in ops {
-            let invalid = |e: Error| Error::InvalidOperation {
-                op: op.id.to_string(),
-                reason: e.to_string(),
-            };
-            validate::collection_name(&op.collection).map_err(invalid)?;
-            validate::fields(&op.fields).map_err(invalid)?;
-            validate::remote_clock("lamport", op.lamport).map_err(invalid)?;
-            validate::remote_clock("sequence number", op.id.seq).map_err(invalid)?;
-            if op.kind == OpKind::Delete && !op.fields.is_empty() {
-                return Err(invalid(Error::InvalidQuery(
-                    "a delete carries no fields".into(),
-                )));
-            }
-            let known = if op.id.origin == self.core.node {
-                self.core.has_op(op.id)?
-            } else {
-                self.merged_already(op.id)?
-            };
-            if known {
-                // The same id must mean the same operation; if not, one of two files that share
-                // the origin's node id is a copy, and merging on would diverge for ever.
-                if self
-                    .core
-                    .op_digest(op.id)?
-                    .is_some_and(|here| here != op.digest())
-                {
-                    return Err(Error::CopiedDatabase { op: op.id });
-                }
-                report.duplicates += 1;
-                continue;
-            }
-            self.core.lamport = self.core.lamport.max(op.lamport);
-            if op.id.origin == self.core.node {
-                // An operation of ours that this file never saw: it was restored from a backup.
-                // Never reuse its sequence number, and from now on track our own operations in
-                // `merged_ops` (see `Core::has_op`).
-                if self.core.gap_prefix.is_none() {
-                    self.core.gap_prefix = Some(self.core.seq);
-                }
-                self.core.seq = self.core.seq.max(op.id.seq);
-            }
-            let coll = self.collection(&op.collection, true)?;
-            let old = self.core.load_state(coll.id, op.record)?;
-            self.write(
-                &coll,
-                old,
-                op.clone(),
-                ChangeOrigin::Remote(op.id.origin),
-                false,
-            )?;
-            report.applied += 1;
-        }
-        Ok(report)
     }
 
     /// The transaction's view of another node's merged operations, loaded on first use.
@@ -469,28 +386,6 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Records that this database now holds every operation `vector` covers, after a complete
-    /// snapshot ([`Transaction::apply_snapshot`]) of a replica whose
-    /// [`SnapshotInfo::vector`](crate::SnapshotInfo::vector) it is. Operations it covers then
-    /// count as duplicates in [`Transaction::apply_remote`]. Only raises: entries below what is
-    /// here already change nothing.
-    pub fn merge_version_vector(&mut self, vector: &VersionVector) -> Result<()> {
-        for (origin, seq) in vector.iter() {
-            validate::remote_clock("sequence number", seq).map_err(|e| Error::InvalidSnapshot {
-                record: format!("version vector entry {origin}"),
-                reason: e.to_string(),
-            })?;
-        }
-        for (origin, seq) in vector.iter() {
-            if origin == self.core.node {
-                self.cover_own(seq)?;
-            } else {
-                self.raise_prefix(origin, seq)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Our own operations up to `seq` are here (in a snapshot's states). More than we issued
     /// means this file was restored from a backup and the others have our later operations:
     /// never reuse their sequence numbers.
@@ -509,48 +404,6 @@ impl Transaction<'_> {
                 .execute(params![self.core.node.as_bytes().as_slice(), seq as i64])?;
         }
         Ok(())
-    }
-
-    /// Joins the records of a snapshot from `peer` into this database (see
-    /// [`Database::snapshot_page`]): each record's state is joined into the stored one, so a
-    /// record edited here concurrently merges field by field, as if the operations had been
-    /// applied. Indexes, counts and watchers follow (the changes come from `peer`), and the
-    /// Lamport clock advances past every stamp seen. Nothing goes to the op log: a snapshot is
-    /// not operations. After the last page, call [`Transaction::merge_version_vector`] (and
-    /// usually [`Transaction::set_peer_cursor`] with the snapshot's position).
-    ///
-    /// Invalid names or values refuse the whole batch before anything is written.
-    pub fn apply_snapshot(
-        &mut self,
-        peer: NodeId,
-        records: &[SnapshotRecord],
-    ) -> Result<SnapshotReport> {
-        for record in records {
-            let invalid = |e: Error| Error::InvalidSnapshot {
-                record: format!("{}/{}", record.collection, record.id),
-                reason: e.to_string(),
-            };
-            validate::collection_name(&record.collection).map_err(invalid)?;
-            if let Some(stamp) = record.state.max_stamp() {
-                validate::remote_clock("lamport", stamp.lamport).map_err(invalid)?;
-            }
-            for (name, field) in &record.state.fields {
-                validate::field(name, &field.value).map_err(invalid)?;
-            }
-        }
-        let mut report = SnapshotReport::default();
-        for record in records {
-            if let Some(stamp) = record.state.max_stamp() {
-                self.core.lamport = self.core.lamport.max(stamp.lamport);
-            }
-            let coll = self.collection(&record.collection, true)?;
-            if self.join(&coll, record, ChangeOrigin::Remote(peer))? {
-                report.applied += 1;
-            } else {
-                report.unchanged += 1;
-            }
-        }
-        Ok(report)
     }
 
     /// Joins one snapshot record into its stored state; false when that changed nothing.
@@ -975,5 +828,159 @@ impl Drop for Transaction<'_> {
         if !self.done {
             self.undo();
         }
+    }
+}
+
+impl Replication<'_> {
+    /// Merges operations made by other replicas, in one transaction. Operations already in the
+    /// op log are skipped, so delivering the same operation twice is harmless. The Lamport
+    /// clock advances past every operation seen.
+    pub fn apply_remote(&self, ops: &[Operation]) -> Result<ApplyReport> {
+        self.db.transaction(|tx| tx.replication().apply_remote(ops))
+    }
+}
+
+impl TransactionReplication<'_, '_> {
+    /// Records that everything in `peer`'s op log up to and including `position` is applied
+    /// here. Written in this transaction, so the cursor can never run ahead of (or fall
+    /// behind) the operations it covers; see [`Replication::peer_cursor`](crate::Replication::peer_cursor). A cursor only moves
+    /// forward: a smaller `position` than the stored one is ignored.
+    pub fn set_peer_cursor(&mut self, peer: NodeId, position: u64) -> Result<()> {
+        self.tx
+            .core
+            .conn
+            .prepare_cached(
+                "INSERT INTO peers (node, cursor) VALUES (?1, ?2) \
+                 ON CONFLICT (node) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
+            )?
+            .execute(params![
+                peer.as_bytes().as_slice(),
+                position.min(i64::MAX as u64) as i64
+            ])?;
+        Ok(())
+    }
+
+    /// See [`Replication::apply_remote`](crate::Replication::apply_remote).
+    pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        for op in ops {
+            let invalid = |e: Error| Error::InvalidOperation {
+                op: op.id.to_string(),
+                reason: e.to_string(),
+            };
+            validate::collection_name(&op.collection).map_err(invalid)?;
+            validate::fields(&op.fields).map_err(invalid)?;
+            validate::remote_clock("lamport", op.lamport).map_err(invalid)?;
+            validate::remote_clock("sequence number", op.id.seq).map_err(invalid)?;
+            if op.kind == OpKind::Delete && !op.fields.is_empty() {
+                return Err(invalid(Error::InvalidQuery(
+                    "a delete carries no fields".into(),
+                )));
+            }
+            let known = if op.id.origin == self.tx.core.node {
+                self.tx.core.has_op(op.id)?
+            } else {
+                self.tx.merged_already(op.id)?
+            };
+            if known {
+                // The same id must mean the same operation; if not, one of two files that share
+                // the origin's node id is a copy, and merging on would diverge for ever.
+                if self
+                    .tx
+                    .core
+                    .op_digest(op.id)?
+                    .is_some_and(|here| here != op.digest())
+                {
+                    return Err(Error::CopiedDatabase { op: op.id });
+                }
+                report.duplicates += 1;
+                continue;
+            }
+            self.tx.core.lamport = self.tx.core.lamport.max(op.lamport);
+            if op.id.origin == self.tx.core.node {
+                // An operation of ours that this file never saw: it was restored from a backup.
+                // Never reuse its sequence number, and from now on track our own operations in
+                // `merged_ops` (see `Core::has_op`).
+                if self.tx.core.gap_prefix.is_none() {
+                    self.tx.core.gap_prefix = Some(self.tx.core.seq);
+                }
+                self.tx.core.seq = self.tx.core.seq.max(op.id.seq);
+            }
+            let coll = self.tx.collection(&op.collection, true)?;
+            let old = self.tx.core.load_state(coll.id, op.record)?;
+            self.tx.write(
+                &coll,
+                old,
+                op.clone(),
+                ChangeOrigin::Remote(op.id.origin),
+                false,
+            )?;
+            report.applied += 1;
+        }
+        Ok(report)
+    }
+
+    /// Records that this database now holds every operation `vector` covers, after a complete
+    /// snapshot ([`TransactionReplication::apply_snapshot`](crate::TransactionReplication::apply_snapshot)) of a replica whose
+    /// [`SnapshotInfo::vector`](crate::SnapshotInfo::vector) it is. Operations it covers then
+    /// count as duplicates in [`TransactionReplication::apply_remote`](crate::TransactionReplication::apply_remote). Only raises: entries below what is
+    /// here already change nothing.
+    pub fn merge_version_vector(&mut self, vector: &VersionVector) -> Result<()> {
+        for (origin, seq) in vector.iter() {
+            validate::remote_clock("sequence number", seq).map_err(|e| Error::InvalidSnapshot {
+                record: format!("version vector entry {origin}"),
+                reason: e.to_string(),
+            })?;
+        }
+        for (origin, seq) in vector.iter() {
+            if origin == self.tx.core.node {
+                self.tx.cover_own(seq)?;
+            } else {
+                self.tx.raise_prefix(origin, seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins the records of a snapshot from `peer` into this database (see
+    /// [`Replication::snapshot_page`](crate::Replication::snapshot_page)): each record's state is joined into the stored one, so a
+    /// record edited here concurrently merges field by field, as if the operations had been
+    /// applied. Indexes, counts and watchers follow (the changes come from `peer`), and the
+    /// Lamport clock advances past every stamp seen. Nothing goes to the op log: a snapshot is
+    /// not operations. After the last page, call [`TransactionReplication::merge_version_vector`](crate::TransactionReplication::merge_version_vector) (and
+    /// usually [`TransactionReplication::set_peer_cursor`](crate::TransactionReplication::set_peer_cursor) with the snapshot's position).
+    ///
+    /// Invalid names or values refuse the whole batch before anything is written.
+    pub fn apply_snapshot(
+        &mut self,
+        peer: NodeId,
+        records: &[SnapshotRecord],
+    ) -> Result<SnapshotReport> {
+        for record in records {
+            let invalid = |e: Error| Error::InvalidSnapshot {
+                record: format!("{}/{}", record.collection, record.id),
+                reason: e.to_string(),
+            };
+            validate::collection_name(&record.collection).map_err(invalid)?;
+            if let Some(stamp) = record.state.max_stamp() {
+                validate::remote_clock("lamport", stamp.lamport).map_err(invalid)?;
+            }
+            for (name, field) in &record.state.fields {
+                validate::field(name, &field.value).map_err(invalid)?;
+            }
+        }
+        let mut report = SnapshotReport::default();
+        for record in records {
+            if let Some(stamp) = record.state.max_stamp() {
+                self.tx.core.lamport = self.tx.core.lamport.max(stamp.lamport);
+            }
+            let coll = self.tx.collection(&record.collection, true)?;
+            if self.tx.join(&coll, record, ChangeOrigin::Remote(peer))? {
+                report.applied += 1;
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        Ok(report)
     }
 }

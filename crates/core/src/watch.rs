@@ -39,7 +39,7 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
     pub changes: Vec<Change>,
-    /// Op-log position of the first entry the commit wrote (see `Database::oplog_since`).
+    /// Op-log position of the first entry the commit wrote (see `Replication::oplog_since`).
     pub first_op_seq: Option<u64>,
     /// Op-log position of the last entry the commit wrote.
     pub last_op_seq: Option<u64>,

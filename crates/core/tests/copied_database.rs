@@ -31,8 +31,8 @@ fn uuid(n: u128) -> blazedb_core::Uuid {
 /// Applies each database's whole op log to the other, until neither changes.
 fn exchange(a: &Database, b: &Database) -> Result<(), Error> {
     for _ in 0..3 {
-        b.apply_remote(&all_ops(a))?;
-        a.apply_remote(&all_ops(b))?;
+        b.replication().apply_remote(&all_ops(a))?;
+        a.replication().apply_remote(&all_ops(b))?;
     }
     Ok(())
 }
@@ -50,9 +50,15 @@ fn an_operation_that_differs_under_the_same_id_is_refused_as_a_copy() {
         .unwrap();
 
     let server = Database::in_memory().unwrap();
-    server.apply_remote(&all_ops(&laptop)).unwrap();
+    server
+        .replication()
+        .apply_remote(&all_ops(&laptop))
+        .unwrap();
     let before = server.content_hash().unwrap();
-    let err = server.apply_remote(&all_ops(&desktop)).unwrap_err();
+    let err = server
+        .replication()
+        .apply_remote(&all_ops(&desktop))
+        .unwrap_err();
     let Error::CopiedDatabase { op } = &err else {
         panic!("not a copy error: {err}");
     };
@@ -69,7 +75,10 @@ fn an_operation_that_differs_under_the_same_id_is_refused_as_a_copy() {
     assert_eq!(server.content_hash().unwrap(), before);
 
     // The copy itself refuses the other file's operation under its own id.
-    let err = desktop.apply_remote(&all_ops(&laptop)).unwrap_err();
+    let err = desktop
+        .replication()
+        .apply_remote(&all_ops(&laptop))
+        .unwrap_err();
     assert!(matches!(err, Error::CopiedDatabase { .. }), "{err}");
 }
 
@@ -78,17 +87,26 @@ fn the_same_operation_again_is_a_plain_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let (laptop, desktop) = laptop_and_copy(dir.path());
     let server = Database::in_memory().unwrap();
-    server.apply_remote(&all_ops(&laptop)).unwrap();
+    server
+        .replication()
+        .apply_remote(&all_ops(&laptop))
+        .unwrap();
     // The copy has not written: its operations are the laptop's.
-    let report = server.apply_remote(&all_ops(&desktop)).unwrap();
+    let report = server
+        .replication()
+        .apply_remote(&all_ops(&desktop))
+        .unwrap();
     assert_eq!((report.applied, report.duplicates), (0, 1));
     let id = OpId {
         origin: laptop.node_id(),
         seq: 1,
     };
-    assert_eq!(server.op_digest(id).unwrap(), laptop.op_digest(id).unwrap());
     assert_eq!(
-        server.op_digest(id).unwrap().unwrap(),
+        server.replication().op_digest(id).unwrap(),
+        laptop.replication().op_digest(id).unwrap()
+    );
+    assert_eq!(
+        server.replication().op_digest(id).unwrap().unwrap(),
         all_ops(&laptop)[0].digest()
     );
 }
@@ -98,13 +116,16 @@ fn reidentify_renames_the_unconfirmed_writes_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (laptop, desktop) = laptop_and_copy(dir.path());
     let server = Database::in_memory().unwrap();
-    server.apply_remote(&all_ops(&laptop)).unwrap();
+    server
+        .replication()
+        .apply_remote(&all_ops(&laptop))
+        .unwrap();
     // The server confirmed operation 1 (before the copy, through the file both share).
-    laptop.confirm_own(1).unwrap();
-    desktop.confirm_own(1).unwrap();
+    laptop.replication().confirm_own(1).unwrap();
+    desktop.replication().confirm_own(1).unwrap();
     // A confirmation past what this file issued means nothing.
-    desktop.confirm_own(99).unwrap();
-    assert_eq!(desktop.own_confirmed().unwrap(), 1);
+    desktop.replication().confirm_own(99).unwrap();
+    assert_eq!(desktop.replication().own_confirmed().unwrap(), 1);
 
     laptop
         .insert("notes", fields! {"text" => "laptop"})
@@ -126,9 +147,12 @@ fn reidentify_renames_the_unconfirmed_writes_and_loses_nothing() {
     desktop
         .insert_with_id("notes", uuid(3), fields! {"text" => "kept"})
         .unwrap();
-    server.apply_remote(&all_ops(&laptop)).unwrap();
+    server
+        .replication()
+        .apply_remote(&all_ops(&laptop))
+        .unwrap();
     assert!(matches!(
-        server.apply_remote(&all_ops(&desktop)),
+        server.replication().apply_remote(&all_ops(&desktop)),
         Err(Error::CopiedDatabase { .. })
     ));
 
@@ -140,8 +164,15 @@ fn reidentify_renames_the_unconfirmed_writes_and_loses_nothing() {
     assert_eq!(done.restamped, 3);
     let desktop = Database::open(dir.path().join("desktop.db"), "pw").unwrap();
     assert_eq!(desktop.node_id(), done.new);
-    assert_eq!(desktop.version_vector().unwrap().get(old), 1);
-    assert_eq!(desktop.version_vector().unwrap().get(done.new), 4);
+    assert_eq!(desktop.replication().version_vector().unwrap().get(old), 1);
+    assert_eq!(
+        desktop
+            .replication()
+            .version_vector()
+            .unwrap()
+            .get(done.new),
+        4
+    );
     // Every operation of the op log after the confirmed one is the new node's now.
     let ops = all_ops(&desktop);
     assert_eq!(
@@ -218,30 +249,50 @@ fn every_operation_has_its_digest_here_and_at_a_replica_until_it_is_compacted() 
     let b = Database::in_memory().unwrap();
     // Out of order and in pieces: runs of consecutive sequence numbers per transaction.
     let (early, late) = ops.split_at(700);
-    b.apply_remote(late).unwrap();
-    b.apply_remote(early).unwrap();
-    b.apply_remote(&ops).unwrap();
+    b.replication().apply_remote(late).unwrap();
+    b.replication().apply_remote(early).unwrap();
+    b.replication().apply_remote(&ops).unwrap();
     // One at a time, and in batches of 7: the newest digests of an origin move on as they fill.
     let c = Database::in_memory().unwrap();
     for op in &ops[..100] {
-        c.apply_remote(std::slice::from_ref(op)).unwrap();
+        c.replication()
+            .apply_remote(std::slice::from_ref(op))
+            .unwrap();
     }
     for batch in ops[100..].chunks(7) {
-        c.apply_remote(batch).unwrap();
+        c.replication().apply_remote(batch).unwrap();
     }
     for op in &ops {
-        assert_eq!(a.op_digest(op.id).unwrap(), Some(op.digest()), "{}", op.id);
-        assert_eq!(b.op_digest(op.id).unwrap(), Some(op.digest()), "{}", op.id);
-        assert_eq!(c.op_digest(op.id).unwrap(), Some(op.digest()), "{}", op.id);
+        assert_eq!(
+            a.replication().op_digest(op.id).unwrap(),
+            Some(op.digest()),
+            "{}",
+            op.id
+        );
+        assert_eq!(
+            b.replication().op_digest(op.id).unwrap(),
+            Some(op.digest()),
+            "{}",
+            op.id
+        );
+        assert_eq!(
+            c.replication().op_digest(op.id).unwrap(),
+            Some(op.digest()),
+            "{}",
+            op.id
+        );
     }
     let missing = OpId {
         origin: a.node_id(),
         seq: 1505,
     };
-    assert_eq!(a.op_digest(missing).unwrap(), None);
-    assert_eq!(b.op_digest(missing).unwrap(), None);
+    assert_eq!(a.replication().op_digest(missing).unwrap(), None);
+    assert_eq!(b.replication().op_digest(missing).unwrap(), None);
     // Compacted away: nothing to compare any more.
-    a.compact_oplog(2).unwrap();
-    assert_eq!(a.op_digest(ops[0].id).unwrap(), None);
-    assert_eq!(a.op_digest(ops[2].id).unwrap(), Some(ops[2].digest()));
+    a.replication().compact_oplog(2).unwrap();
+    assert_eq!(a.replication().op_digest(ops[0].id).unwrap(), None);
+    assert_eq!(
+        a.replication().op_digest(ops[2].id).unwrap(),
+        Some(ops[2].digest())
+    );
 }

@@ -105,12 +105,12 @@ fn verify(
         }
     }
     // Data and op log agree: replaying the log rebuilds exactly the stored contents.
-    let new = db.oplog_since(replay.position, usize::MAX)?;
+    let new = db.replication().oplog_since(replay.position, usize::MAX)?;
     if let Some((last, _)) = new.last() {
         replay.position = *last;
     }
     let ops: Vec<Operation> = new.into_iter().map(|(_, o)| o).collect();
-    replay.db.apply_remote(&ops)?;
+    replay.db.replication().apply_remote(&ops)?;
     assert_eq!(
         replay.db.content_hash()?,
         db.content_hash()?,

@@ -21,7 +21,7 @@ fn created_database_reopens_with_its_data() {
         db.get("bugs", id).unwrap().unwrap().get("title"),
         Some(&"Crash".into())
     );
-    assert_eq!(db.lamport(), 1);
+    assert_eq!(db.replication().lamport(), 1);
 }
 
 #[test]
@@ -247,7 +247,7 @@ fn two_handles_on_one_file_see_each_others_writes() {
     assert!(q.explain().unwrap().uses_index());
     assert_eq!(q.run().unwrap()[0].id, id);
     // Op ids stay unique across both handles.
-    let ops = a.oplog_since(0, 100).unwrap();
+    let ops = a.replication().oplog_since(0, 100).unwrap();
     let mut seqs: Vec<u64> = ops.iter().map(|(_, op)| op.id.seq).collect();
     seqs.dedup();
     assert_eq!(seqs, vec![1, 2, 3]);
@@ -268,6 +268,7 @@ fn a_restored_backup_takes_its_own_later_operations_back_exactly_once() {
     a.update("t", x, fields! {"n" => 3}).unwrap();
     a.insert("t", fields! {"n" => 4}).unwrap();
     let mut ops: Vec<_> = a
+        .replication()
         .oplog_since(0, 100)
         .unwrap()
         .into_iter()
@@ -278,25 +279,26 @@ fn a_restored_backup_takes_its_own_later_operations_back_exactly_once() {
     let b = Database::open(&backup, PASSWORD).unwrap();
     assert_eq!(b.node_id(), a.node_id());
     ops.reverse();
-    let report = b.apply_remote(&ops).unwrap();
+    let report = b.replication().apply_remote(&ops).unwrap();
     assert_eq!((report.applied, report.duplicates), (3, 1));
     // Its next operation does not reuse a sequence number the original already used.
     b.insert("t", fields! {"n" => 5}).unwrap();
     let b_ops: Vec<_> = b
+        .replication()
         .oplog_since(0, 100)
         .unwrap()
         .into_iter()
         .map(|(_, o)| o)
         .collect();
     assert_eq!(b_ops.last().unwrap().id.seq, 5);
-    let again = b.apply_remote(&ops).unwrap();
+    let again = b.replication().apply_remote(&ops).unwrap();
     assert_eq!((again.applied, again.duplicates), (0, 4));
-    assert_eq!(b.apply_remote(&b_ops).unwrap().applied, 0);
+    assert_eq!(b.replication().apply_remote(&b_ops).unwrap().applied, 0);
     // After reopening, the bookkeeping survives.
     drop(b);
     let b = Database::open(&backup, PASSWORD).unwrap();
-    assert_eq!(b.apply_remote(&ops).unwrap().applied, 0);
-    a.apply_remote(&b_ops).unwrap();
+    assert_eq!(b.replication().apply_remote(&ops).unwrap().applied, 0);
+    a.replication().apply_remote(&b_ops).unwrap();
     assert_eq!(a.content_hash().unwrap(), b.content_hash().unwrap());
     assert_eq!(b.count("t").unwrap(), 4);
 }

@@ -39,7 +39,7 @@ fn deliver(db: &Database, mut ops: Vec<Operation>, rng: &mut StdRng) {
     while !ops.is_empty() {
         let n = rng.random_range(1..=ops.len());
         let chunk: Vec<Operation> = ops.drain(..n).collect();
-        db.apply_remote(&chunk).unwrap();
+        db.replication().apply_remote(&chunk).unwrap();
     }
 }
 
@@ -118,9 +118,9 @@ fn applying_the_same_operations_twice_changes_nothing() {
     let id = a.insert("t", fields! {"x" => 1}).unwrap();
     a.update("t", id, fields! {"x" => 2}).unwrap();
     let ops = all_ops(&a);
-    let first = b.apply_remote(&ops).unwrap();
+    let first = b.replication().apply_remote(&ops).unwrap();
     let hash = b.content_hash().unwrap();
-    let second = b.apply_remote(&ops).unwrap();
+    let second = b.replication().apply_remote(&ops).unwrap();
     assert_eq!((first.applied, first.duplicates), (2, 0));
     assert_eq!((second.applied, second.duplicates), (0, 2));
     assert_eq!(b.content_hash().unwrap(), hash);
@@ -134,10 +134,11 @@ fn the_clock_advances_past_every_remote_operation() {
     for i in 0..10 {
         a.insert("t", fields! {"i" => i}).unwrap();
     }
-    b.apply_remote(&all_ops(&a)).unwrap();
-    assert_eq!(b.lamport(), 10);
+    b.replication().apply_remote(&all_ops(&a)).unwrap();
+    assert_eq!(b.replication().lamport(), 10);
     let id = b.insert("t", fields! {"i" => 99}).unwrap();
     let mine = b
+        .replication()
         .oplog_since(0, 100)
         .unwrap()
         .into_iter()
@@ -152,13 +153,13 @@ fn a_concurrent_update_does_not_bring_back_a_deleted_record() {
     let a = Database::in_memory().unwrap();
     let b = Database::in_memory().unwrap();
     let id = a.insert("t", fields! {"x" => 1}).unwrap();
-    b.apply_remote(&all_ops(&a)).unwrap();
+    b.replication().apply_remote(&all_ops(&a)).unwrap();
     a.delete("t", id).unwrap();
     // b has not seen the delete, and its update carries a higher Lamport time.
     b.update("t", id, fields! {"x" => 2}).unwrap();
     b.update("t", id, fields! {"x" => 3}).unwrap();
-    a.apply_remote(&all_ops(&b)).unwrap();
-    b.apply_remote(&all_ops(&a)).unwrap();
+    a.replication().apply_remote(&all_ops(&b)).unwrap();
+    b.replication().apply_remote(&all_ops(&a)).unwrap();
     assert_eq!(a.get("t", id).unwrap(), None);
     assert_eq!(b.get("t", id).unwrap(), None);
     assert_eq!(a.count("t").unwrap(), 0);
@@ -175,7 +176,7 @@ fn remote_operations_with_invalid_names_are_refused_whole() {
     bad.id.seq = 2;
     bad.fields = fields! {"id" => 1};
     ops.push(bad);
-    let err = b.apply_remote(&ops).unwrap_err();
+    let err = b.replication().apply_remote(&ops).unwrap_err();
     assert!(matches!(err, Error::InvalidOperation { .. }), "{err}");
     assert_eq!(b.count("t").unwrap(), 0, "nothing of the batch is applied");
 }

@@ -44,14 +44,14 @@ fn update_changes_only_the_named_fields_and_logs_only_changed_ones() {
     .unwrap();
     let r = db.get("bugs", id).unwrap().unwrap();
     assert_eq!(r.fields, fields! {"title" => "Crash", "status" => "closed"});
-    let ops = db.oplog_since(0, 10).unwrap();
+    let ops = db.replication().oplog_since(0, 10).unwrap();
     assert_eq!(ops.len(), 2);
     assert_eq!(ops[1].1.kind, OpKind::Update);
     assert_eq!(ops[1].1.fields, fields! {"status" => "closed"});
     // An update that changes nothing writes nothing.
     db.update("bugs", id, fields! {"status" => "closed"})
         .unwrap();
-    assert_eq!(db.oplog_since(0, 10).unwrap().len(), 2);
+    assert_eq!(db.replication().oplog_since(0, 10).unwrap().len(), 2);
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn delete_removes_the_record_and_logs_a_delete() {
         db.update("bugs", id, fields! {"t" => 2}),
         Err(Error::RecordNotFound { .. })
     ));
-    let ops = db.oplog_since(0, 10).unwrap();
+    let ops = db.replication().oplog_since(0, 10).unwrap();
     assert_eq!(ops.last().unwrap().1.kind, OpKind::Delete);
 }
 
@@ -107,7 +107,7 @@ fn insert_many_and_fetch_all_keep_insertion_order() {
 fn failed_transaction_leaves_no_record_no_op_and_no_clock_tick() {
     let db = db();
     db.insert("bugs", fields! {"a" => 1}).unwrap();
-    let clock = db.lamport();
+    let clock = db.replication().lamport();
     let result: Result<(), Error> = db.transaction(|tx| {
         tx.insert("bugs", fields! {"a" => 2})?;
         tx.insert("new_collection", fields! {"a" => 3})?;
@@ -116,11 +116,11 @@ fn failed_transaction_leaves_no_record_no_op_and_no_clock_tick() {
     assert!(result.is_err());
     assert_eq!(db.count("bugs").unwrap(), 1);
     assert_eq!(db.count("new_collection").unwrap(), 0);
-    assert_eq!(db.oplog_since(0, 10).unwrap().len(), 1);
-    assert_eq!(db.lamport(), clock);
+    assert_eq!(db.replication().oplog_since(0, 10).unwrap().len(), 1);
+    assert_eq!(db.replication().lamport(), clock);
     // The next write reuses neither the rolled-back clock value nor the collection cache.
     db.insert("new_collection", fields! {"a" => 4}).unwrap();
-    assert_eq!(db.lamport(), clock + 1);
+    assert_eq!(db.replication().lamport(), clock + 1);
     assert_eq!(db.count("new_collection").unwrap(), 1);
 }
 
@@ -148,6 +148,7 @@ fn every_write_has_exactly_one_op_in_the_log() {
     db.update("c", a, fields! {"x" => 3}).unwrap();
     db.delete("c", b).unwrap();
     let ops: Vec<_> = db
+        .replication()
         .oplog_since(0, 100)
         .unwrap()
         .into_iter()
@@ -172,10 +173,10 @@ fn every_write_has_exactly_one_op_in_the_log() {
     );
     assert!(ops.iter().all(|o| o.id.origin == db.node_id()));
     // Paging through the log by position.
-    let first = db.oplog_since(0, 2).unwrap();
-    let rest = db.oplog_since(first[1].0, 100).unwrap();
+    let first = db.replication().oplog_since(0, 2).unwrap();
+    let rest = db.replication().oplog_since(first[1].0, 100).unwrap();
     assert_eq!(rest.len(), 2);
-    assert_eq!(db.oplog_head().unwrap(), rest[1].0);
+    assert_eq!(db.replication().oplog_head().unwrap(), rest[1].0);
 }
 
 #[test]
@@ -240,12 +241,13 @@ fn subscribers_are_woken_by_local_and_remote_commits() {
     // A remote change wakes the same subscription, tagged with its origin.
     let b = other.insert("bugs", fields! {"t" => 2}).unwrap();
     let ops: Vec<_> = other
+        .replication()
         .oplog_since(0, 10)
         .unwrap()
         .into_iter()
         .map(|(_, o)| o)
         .collect();
-    db.apply_remote(&ops).unwrap();
+    db.replication().apply_remote(&ops).unwrap();
     let c = sub.recv_timeout(Duration::from_secs(1)).unwrap();
     assert_eq!(c.changes[0].id, b);
     assert_eq!(c.changes[0].origin, ChangeOrigin::Remote(other.node_id()));
@@ -417,13 +419,14 @@ fn a_record_over_the_size_limit_is_refused_without_a_gap_in_the_op_log() {
     })
     .unwrap();
     let seqs: Vec<u64> = db
+        .replication()
         .oplog_since(0, 10)
         .unwrap()
         .iter()
         .map(|(_, o)| o.id.seq)
         .collect();
     assert_eq!(seqs, [1, 2]);
-    assert_eq!(db.lamport(), 2);
+    assert_eq!(db.replication().lamport(), 2);
 }
 
 #[test]
@@ -460,12 +463,12 @@ fn using_the_database_inside_its_own_transaction_is_an_error_not_a_deadlock() {
         ));
         // Another database is fine, and so are the lock-free accessors.
         other.insert("t", fields! {"n" => 3})?;
-        let _ = (db.node_id(), db.lamport());
+        let _ = (db.node_id(), db.replication().lamport());
         Ok(())
     })
     .unwrap();
     assert_eq!(db.count("t").unwrap(), 1);
-    assert_eq!(db.lamport(), 1);
+    assert_eq!(db.replication().lamport(), 1);
     // Another thread simply waits for the lock.
     let d = db.clone();
     std::thread::spawn(move || d.insert("t", fields! {"n" => 4}).unwrap())
@@ -481,7 +484,7 @@ fn a_transactions_operations_share_op_log_entries_of_bounded_size() {
     db.insert_many("t", (0..n as i64).map(|i| fields! {"i" => i}))
         .unwrap();
     db.insert("t", fields! {"i" => -1}).unwrap();
-    let ops = db.oplog_since(0, usize::MAX).unwrap();
+    let ops = db.replication().oplog_since(0, usize::MAX).unwrap();
     let positions: std::collections::BTreeSet<u64> = ops.iter().map(|(p, _)| *p).collect();
     assert_eq!(ops.len(), n + 1);
     assert_eq!(
@@ -491,9 +494,12 @@ fn a_transactions_operations_share_op_log_entries_of_bounded_size() {
     );
     assert_eq!(db.stats().unwrap().oplog_len, (n + 1) as u64);
     // A limit never cuts an entry: asking for one operation returns the whole first entry.
-    let first = db.oplog_since(0, 1).unwrap();
+    let first = db.replication().oplog_since(0, 1).unwrap();
     assert_eq!(first.len(), blazedb_core::OPLOG_ENTRY_MAX_OPS);
-    let rest = db.oplog_since(first[0].0, usize::MAX).unwrap();
+    let rest = db
+        .replication()
+        .oplog_since(first[0].0, usize::MAX)
+        .unwrap();
     assert_eq!(first.len() + rest.len(), n + 1);
 }
 
@@ -502,9 +508,11 @@ fn on_commit_hears_a_commit_that_only_grows_the_op_log_and_subscribers_do_not() 
     let a = db();
     let b = db();
     let id = a.insert("t", fields! {"x" => 1}).unwrap();
-    b.apply_remote(&common::ops_after(&a, 0)).unwrap();
+    b.replication()
+        .apply_remote(&common::ops_after(&a, 0))
+        .unwrap();
     b.delete("t", id).unwrap();
-    let before = a.oplog_head().unwrap();
+    let before = a.replication().oplog_head().unwrap();
     a.update("t", id, fields! {"x" => 2}).unwrap();
     let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
     let _listener = {
@@ -513,8 +521,14 @@ fn on_commit_hears_a_commit_that_only_grows_the_op_log_and_subscribers_do_not() 
     };
     let watching = b.subscribe("t");
     // The update loses to b's delete: nothing visible changes, but b logs the op.
-    let report = b.apply_remote(&common::ops_after(&a, before)).unwrap();
+    let report = b
+        .replication()
+        .apply_remote(&common::ops_after(&a, before))
+        .unwrap();
     assert_eq!(report.applied, 1);
-    assert_eq!(*heard.lock().unwrap(), [(0, Some(b.oplog_head().unwrap()))]);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [(0, Some(b.replication().oplog_head().unwrap()))]
+    );
     assert!(watching.try_recv().is_none());
 }

@@ -22,7 +22,10 @@ fn snapshot_pages(from: &Database, page: usize) -> Vec<Vec<SnapshotRecord>> {
     let mut pages = Vec::new();
     let mut key = None;
     loop {
-        let (records, next) = from.snapshot_page(key.as_ref(), page, usize::MAX).unwrap();
+        let (records, next) = from
+            .replication()
+            .snapshot_page(key.as_ref(), page, usize::MAX)
+            .unwrap();
         assert!(records.len() <= page);
         pages.push(records);
         match next {
@@ -35,15 +38,16 @@ fn snapshot_pages(from: &Database, page: usize) -> Vec<Vec<SnapshotRecord>> {
 /// Sends `from`'s snapshot to `to` page by page, one transaction each; the last one also merges
 /// the vector and sets the cursor, as a sync engine would.
 fn send_snapshot(from: &Database, to: &Database, page: usize) -> SnapshotInfo {
-    let info = from.snapshot_info().unwrap();
+    let info = from.replication().snapshot_info().unwrap();
     let pages = snapshot_pages(from, page);
     let last = pages.len() - 1;
     for (n, records) in pages.iter().enumerate() {
         to.transaction(|tx| {
-            tx.apply_snapshot(from.node_id(), records)?;
+            tx.replication().apply_snapshot(from.node_id(), records)?;
             if n == last {
-                tx.merge_version_vector(&info.vector)?;
-                tx.set_peer_cursor(from.node_id(), info.position)?;
+                tx.replication().merge_version_vector(&info.vector)?;
+                tx.replication()
+                    .set_peer_cursor(from.node_id(), info.position)?;
             }
             Ok(())
         })
@@ -75,7 +79,7 @@ fn busy_database(db: &Database) {
     other
         .update("users", theirs[0], fields! {"admin" => true})
         .unwrap();
-    db.apply_remote(&all_ops(&other)).unwrap();
+    db.replication().apply_remote(&all_ops(&other)).unwrap();
     let bugs = db
         .insert_many(
             "bugs",
@@ -111,15 +115,25 @@ fn a_new_database_catches_up_from_a_snapshot_and_the_operations_after_it() {
     let info = send_snapshot(&a, &b, 7);
     assert_eq!(info.records, 23);
     assert_eq!(contents(&b), contents(&a));
-    assert_eq!(b.version_vector().unwrap(), a.version_vector().unwrap());
-    assert_eq!(b.peer_cursor(a.node_id()).unwrap(), info.position);
-    assert_eq!(b.oplog_head().unwrap(), 0, "a snapshot is not operations");
-    assert!(b.lamport() >= a.lamport());
+    assert_eq!(
+        b.replication().version_vector().unwrap(),
+        a.replication().version_vector().unwrap()
+    );
+    assert_eq!(
+        b.replication().peer_cursor(a.node_id()).unwrap(),
+        info.position
+    );
+    assert_eq!(
+        b.replication().oplog_head().unwrap(),
+        0,
+        "a snapshot is not operations"
+    );
+    assert!(b.replication().lamport() >= a.replication().lamport());
 
     // The server drops what the snapshot covers; later writes come as operations.
-    a.compact_oplog(info.position).unwrap();
+    a.replication().compact_oplog(info.position).unwrap();
     assert!(matches!(
-        a.oplog_since(0, 100),
+        a.replication().oplog_since(0, 100),
         Err(Error::OplogCompacted { .. })
     ));
     let id = a
@@ -132,14 +146,17 @@ fn a_new_database_catches_up_from_a_snapshot_and_the_operations_after_it() {
         .unwrap();
     let later = ops_after(&a, info.position);
     assert_eq!(later.len(), 3);
-    let report = b.apply_remote(&later).unwrap();
+    let report = b.replication().apply_remote(&later).unwrap();
     assert_eq!((report.applied, report.duplicates), (3, 0));
-    let report = b.apply_remote(&covered).unwrap();
+    let report = b.replication().apply_remote(&covered).unwrap();
     assert_eq!((report.applied, report.duplicates), (0, covered.len()));
 
     assert_eq!(contents(&b), contents(&a));
     assert_eq!(b.content_hash().unwrap(), a.content_hash().unwrap());
-    assert_eq!(b.version_vector().unwrap(), a.version_vector().unwrap());
+    assert_eq!(
+        b.replication().version_vector().unwrap(),
+        a.replication().version_vector().unwrap()
+    );
     let open = b.query("bugs").filter(Filter::eq("status", "open"));
     assert!(open.explain().unwrap().uses_index());
     let expected = a
@@ -155,7 +172,7 @@ fn a_new_database_catches_up_from_a_snapshot_and_the_operations_after_it() {
     // The receiver's clock is past everything it received: its next write wins.
     let newest = a.fetch_all("bugs").unwrap()[1].id;
     b.update("bugs", newest, fields! {"status" => "b"}).unwrap();
-    a.apply_remote(&all_ops(&b)).unwrap();
+    a.replication().apply_remote(&all_ops(&b)).unwrap();
     assert_eq!(
         a.get("bugs", newest).unwrap().unwrap().get("status"),
         Some(&Value::from("b"))
@@ -169,7 +186,7 @@ fn a_snapshot_merges_field_by_field_with_concurrent_local_edits() {
     let shared = a.insert("t", fields! {"x" => 0, "y" => 0}).unwrap();
     let doomed = a.insert("t", fields! {"x" => 0}).unwrap();
     let revived = a.insert("t", fields! {"x" => 0}).unwrap();
-    b.apply_remote(&all_ops(&a)).unwrap();
+    b.replication().apply_remote(&all_ops(&a)).unwrap();
     // Concurrent edits, stamps 4..=7 on each side.
     a.update("t", shared, fields! {"x" => 1}).unwrap();
     a.update("t", doomed, fields! {"x" => 1}).unwrap();
@@ -183,8 +200,8 @@ fn a_snapshot_merges_field_by_field_with_concurrent_local_edits() {
     b.insert("t", fields! {"only" => "b"}).unwrap();
 
     let expected = Database::in_memory().unwrap();
-    expected.apply_remote(&all_ops(&a)).unwrap();
-    expected.apply_remote(&all_ops(&b)).unwrap();
+    expected.replication().apply_remote(&all_ops(&a)).unwrap();
+    expected.replication().apply_remote(&all_ops(&b)).unwrap();
     send_snapshot(&a, &b, 2);
     assert_eq!(contents(&b), contents(&expected));
     assert_eq!(
@@ -211,7 +228,7 @@ fn applying_the_same_snapshot_twice_changes_nothing() {
     let sub = b.subscribe("bugs");
 
     let first = b
-        .transaction(|tx| tx.apply_snapshot(a.node_id(), &records))
+        .transaction(|tx| tx.replication().apply_snapshot(a.node_id(), &records))
         .unwrap();
     assert_eq!((first.applied, first.unchanged), (records.len(), 0));
     let commit = sub.recv_timeout(Duration::from_secs(1)).unwrap();
@@ -222,16 +239,16 @@ fn applying_the_same_snapshot_twice_changes_nothing() {
         )
     );
     let hash = b.content_hash().unwrap();
-    let lamport = b.lamport();
+    let lamport = b.replication().lamport();
 
     let second = b
-        .transaction(|tx| tx.apply_snapshot(a.node_id(), &records))
+        .transaction(|tx| tx.replication().apply_snapshot(a.node_id(), &records))
         .unwrap();
     assert_eq!((second.applied, second.unchanged), (0, records.len()));
     assert!(sub.try_recv().is_none(), "nothing to tell watchers");
     assert_eq!(b.content_hash().unwrap(), hash);
-    assert_eq!(b.lamport(), lamport);
-    assert_eq!(b.oplog_head().unwrap(), 0);
+    assert_eq!(b.replication().lamport(), lamport);
+    assert_eq!(b.replication().oplog_head().unwrap(), 0);
 }
 
 #[test]
@@ -239,7 +256,7 @@ fn a_snapshot_that_deletes_a_record_tells_watchers_and_counts() {
     let a = Database::in_memory().unwrap();
     let b = Database::in_memory().unwrap();
     let id = a.insert("t", fields! {"x" => 1}).unwrap();
-    b.apply_remote(&all_ops(&a)).unwrap();
+    b.replication().apply_remote(&all_ops(&a)).unwrap();
     a.delete("t", id).unwrap();
     let sub = b.subscribe_all();
     send_snapshot(&a, &b, 10);
@@ -265,7 +282,7 @@ fn an_invalid_snapshot_record_is_refused_whole() {
     );
     records.push(bad);
     let err = b
-        .transaction(|tx| tx.apply_snapshot(a.node_id(), &records))
+        .transaction(|tx| tx.replication().apply_snapshot(a.node_id(), &records))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err}");
     assert!(
@@ -277,7 +294,7 @@ fn an_invalid_snapshot_record_is_refused_whole() {
     let mut nameless = records[0].clone();
     nameless.collection = String::new();
     let err = b
-        .transaction(|tx| tx.apply_snapshot(a.node_id(), &[nameless]))
+        .transaction(|tx| tx.replication().apply_snapshot(a.node_id(), &[nameless]))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err}");
 }
@@ -290,17 +307,17 @@ fn operations_covered_by_a_merged_vector_are_duplicates_in_the_same_transaction(
         a.insert("t", fields! {"x" => i}).unwrap();
     }
     let ops = all_ops(&a);
-    let info = a.snapshot_info().unwrap();
+    let info = a.replication().snapshot_info().unwrap();
     let records = snapshot_pages(&a, 10).concat();
     let report = b
         .transaction(|tx| {
-            tx.apply_snapshot(a.node_id(), &records)?;
-            tx.merge_version_vector(&info.vector)?;
-            tx.apply_remote(&ops)
+            tx.replication().apply_snapshot(a.node_id(), &records)?;
+            tx.replication().merge_version_vector(&info.vector)?;
+            tx.replication().apply_remote(&ops)
         })
         .unwrap();
     assert_eq!((report.applied, report.duplicates), (0, 4));
-    assert_eq!(b.oplog_head().unwrap(), 0);
+    assert_eq!(b.replication().oplog_head().unwrap(), 0);
 }
 
 #[test]
@@ -312,19 +329,33 @@ fn merging_a_vector_absorbs_operations_waiting_beyond_a_gap() {
     }
     let ops = all_ops(&a);
     // 4 and 6 arrive early and wait beyond the gap at 1.
-    b.apply_remote(&[ops[3].clone(), ops[5].clone()]).unwrap();
-    assert_eq!(b.version_vector().unwrap().get(a.node_id()), 0);
+    b.replication()
+        .apply_remote(&[ops[3].clone(), ops[5].clone()])
+        .unwrap();
+    assert_eq!(
+        b.replication().version_vector().unwrap().get(a.node_id()),
+        0
+    );
     let vector = [(a.node_id(), 3)].into_iter().collect();
-    b.transaction(|tx| tx.merge_version_vector(&vector))
+    b.transaction(|tx| tx.replication().merge_version_vector(&vector))
         .unwrap();
-    assert_eq!(b.version_vector().unwrap().get(a.node_id()), 4);
-    let report = b.apply_remote(&ops).unwrap();
+    assert_eq!(
+        b.replication().version_vector().unwrap().get(a.node_id()),
+        4
+    );
+    let report = b.replication().apply_remote(&ops).unwrap();
     assert_eq!((report.applied, report.duplicates), (1, 5), "only 5 is new");
-    assert_eq!(b.version_vector().unwrap().get(a.node_id()), 6);
+    assert_eq!(
+        b.replication().version_vector().unwrap().get(a.node_id()),
+        6
+    );
     // A smaller vector lowers nothing.
-    b.transaction(|tx| tx.merge_version_vector(&vector))
+    b.transaction(|tx| tx.replication().merge_version_vector(&vector))
         .unwrap();
-    assert_eq!(b.version_vector().unwrap().get(a.node_id()), 6);
+    assert_eq!(
+        b.replication().version_vector().unwrap().get(a.node_id()),
+        6
+    );
 }
 
 #[test]
@@ -344,25 +375,33 @@ fn a_restored_backup_does_not_reuse_sequence_numbers_a_snapshot_covers() {
     let a = Database::open(&path, "pw").unwrap();
     a.insert("t", fields! {"x" => 2}).unwrap();
     a.insert("t", fields! {"x" => 3}).unwrap();
-    server.apply_remote(&all_ops(&a)).unwrap();
+    server.replication().apply_remote(&all_ops(&a)).unwrap();
     drop(a);
 
     let restored = Database::open(&backup, "pw").unwrap();
     send_snapshot(&server, &restored, 10);
     assert_eq!(restored.count("t").unwrap(), 3);
     assert_eq!(
-        restored.version_vector().unwrap().get(restored.node_id()),
+        restored
+            .replication()
+            .version_vector()
+            .unwrap()
+            .get(restored.node_id()),
         3
     );
     restored.insert("t", fields! {"x" => 4}).unwrap();
     let mine: Vec<Operation> = all_ops(&restored);
     assert_eq!(mine.last().unwrap().id.seq, 4);
-    assert_eq!(server.apply_remote(&mine).unwrap().applied, 1);
+    assert_eq!(server.replication().apply_remote(&mine).unwrap().applied, 1);
     drop(restored);
     // The raised sequence number is stored, not just cached.
     let restored = Database::open(&backup, "pw").unwrap();
     assert_eq!(
-        restored.version_vector().unwrap().get(restored.node_id()),
+        restored
+            .replication()
+            .version_vector()
+            .unwrap()
+            .get(restored.node_id()),
         4
     );
 }
@@ -375,17 +414,17 @@ fn the_compacted_start_survives_reopening() {
     for i in 0..4 {
         a.insert("t", fields! {"x" => i}).unwrap();
     }
-    assert_eq!(a.compact_oplog(u64::MAX).unwrap(), 4);
+    assert_eq!(a.replication().compact_oplog(u64::MAX).unwrap(), 4);
     drop(a);
     let a = Database::open(&path, "pw").unwrap();
-    assert_eq!(a.oplog_start().unwrap(), 4);
-    assert_eq!(a.oplog_head().unwrap(), 4);
-    assert_eq!(a.oplog_ops_through(u64::MAX).unwrap(), 4);
+    assert_eq!(a.replication().oplog_start().unwrap(), 4);
+    assert_eq!(a.replication().oplog_head().unwrap(), 4);
+    assert_eq!(a.replication().oplog_ops_through(u64::MAX).unwrap(), 4);
     a.insert("t", fields! {"x" => 4}).unwrap();
-    assert_eq!(a.oplog_head().unwrap(), 5);
+    assert_eq!(a.replication().oplog_head().unwrap(), 5);
     assert_eq!(ops_after(&a, 4).len(), 1);
     assert!(matches!(
-        a.oplog_since(3, 10),
+        a.replication().oplog_since(3, 10),
         Err(Error::OplogCompacted { after: 3, start: 4 })
     ));
     assert_eq!(a.count("t").unwrap(), 5);
@@ -420,7 +459,7 @@ fn random_history(rng: &mut StdRng, steps: usize) -> Vec<Operation> {
             7 => db.delete(coll, id),
             _ => {
                 let from = &writers[rng.random_range(0..writers.len())];
-                db.apply_remote(&all_ops(from)).map(|_| ())
+                db.replication().apply_remote(&all_ops(from)).map(|_| ())
             }
         };
         match outcome {
@@ -437,7 +476,7 @@ fn apply_in_chunks(db: &Database, ops: &[Operation], rng: &mut StdRng) {
     while !rest.is_empty() {
         let n = rng.random_range(1..=rest.len());
         let (chunk, tail) = rest.split_at(n);
-        db.apply_remote(chunk).unwrap();
+        db.replication().apply_remote(chunk).unwrap();
         rest = tail;
     }
 }
@@ -454,7 +493,7 @@ fn snapshot_then_operations(seed: u64, steps: usize) {
     if rng.random_bool(0.3) {
         a.insert("u", fields! {"local" => 1}).unwrap();
     }
-    let info = a.snapshot_info().unwrap();
+    let info = a.replication().snapshot_info().unwrap();
     let b = Database::in_memory().unwrap();
     if rng.random_bool(0.3) {
         b.create_index("t", "a").unwrap();
@@ -466,15 +505,19 @@ fn snapshot_then_operations(seed: u64, steps: usize) {
     loop {
         if !pending.is_empty() && rng.random_bool(0.3) {
             let n = rng.random_range(1..=pending.len());
-            a.apply_remote(&pending[..n]).unwrap();
+            a.replication().apply_remote(&pending[..n]).unwrap();
             pending = &pending[n..];
         }
-        let (records, next) = a.snapshot_page(key.as_ref(), page, usize::MAX).unwrap();
+        let (records, next) = a
+            .replication()
+            .snapshot_page(key.as_ref(), page, usize::MAX)
+            .unwrap();
         b.transaction(|tx| {
-            tx.apply_snapshot(a.node_id(), &records)?;
+            tx.replication().apply_snapshot(a.node_id(), &records)?;
             if next.is_none() {
-                tx.merge_version_vector(&info.vector)?;
-                tx.set_peer_cursor(a.node_id(), info.position)?;
+                tx.replication().merge_version_vector(&info.vector)?;
+                tx.replication()
+                    .set_peer_cursor(a.node_id(), info.position)?;
             }
             Ok(())
         })
@@ -487,13 +530,13 @@ fn snapshot_then_operations(seed: u64, steps: usize) {
     apply_in_chunks(&a, pending, &mut rng);
     let everything = all_ops(&a);
     if rng.random_bool(0.5) {
-        a.compact_oplog(info.position).unwrap();
+        a.replication().compact_oplog(info.position).unwrap();
     }
-    let later = ops_after(&a, b.peer_cursor(a.node_id()).unwrap());
+    let later = ops_after(&a, b.replication().peer_cursor(a.node_id()).unwrap());
     apply_in_chunks(&b, &later, &mut rng);
 
     let c = Database::in_memory().unwrap();
-    c.apply_remote(&everything).unwrap();
+    c.replication().apply_remote(&everything).unwrap();
     assert_eq!(contents(&b), contents(&c), "seed {seed}");
     assert_eq!(contents(&a), contents(&c), "seed {seed}");
     assert_eq!(b.content_hash().unwrap(), c.content_hash().unwrap());
@@ -507,7 +550,10 @@ fn snapshot_then_operations(seed: u64, steps: usize) {
         }
     }
     // Everything b holds, it knows it holds: nothing more than c.
-    let (vb, vc) = (b.version_vector().unwrap(), c.version_vector().unwrap());
+    let (vb, vc) = (
+        b.replication().version_vector().unwrap(),
+        c.replication().version_vector().unwrap(),
+    );
     for (origin, seq) in vb.iter() {
         assert!(seq <= vc.get(origin), "seed {seed}: {vb:?} vs {vc:?}");
     }
@@ -535,30 +581,33 @@ fn absurd_clocks_from_a_peer_are_refused_and_the_file_still_opens() {
 
     let mut op = all_ops(&a).remove(0);
     op.lamport = u64::MAX;
-    let err = b.apply_remote(std::slice::from_ref(&op)).unwrap_err();
+    let err = b
+        .replication()
+        .apply_remote(std::slice::from_ref(&op))
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidOperation { .. }), "{err}");
     assert!(err.to_string().contains("2^62"), "{err}");
     op.lamport = 5;
     op.id.seq = 1 << 63;
-    assert!(b.apply_remote(&[op]).is_err());
+    assert!(b.replication().apply_remote(&[op]).is_err());
 
     let mut records = snapshot_pages(&a, 10).concat();
     for field in records[0].state.fields.values_mut() {
         field.stamp.lamport = u64::MAX - 1;
     }
     let err = b
-        .transaction(|tx| tx.apply_snapshot(a.node_id(), &records))
+        .transaction(|tx| tx.replication().apply_snapshot(a.node_id(), &records))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err}");
-    let mut vector = a.version_vector().unwrap();
+    let mut vector = a.replication().version_vector().unwrap();
     vector.observe(a.node_id(), u64::MAX);
     let err = b
-        .transaction(|tx| tx.merge_version_vector(&vector))
+        .transaction(|tx| tx.replication().merge_version_vector(&vector))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err}");
 
     drop(b);
     let b = Database::open(&path, "pw").unwrap();
     assert_eq!(b.count("t").unwrap(), 0);
-    assert!(b.lamport() < 1 << 62);
+    assert!(b.replication().lamport() < 1 << 62);
 }

@@ -820,7 +820,7 @@ impl MetaStore {
     /// A number that changes whenever the store changes, in this process or another: the
     /// head of its op log.
     pub fn version(&self) -> Result<u64, MetaError> {
-        Ok(self.db.oplog_head()?)
+        Ok(self.db.replication().oplog_head()?)
     }
 
     /// Revokes the device named by its fingerprint or its public key in hex (either case).

@@ -58,7 +58,7 @@ fn device(url: &str, token: &str) -> (Database, RemoteSync) {
 }
 
 fn total_ops(db: &Database) -> u64 {
-    db.oplog_ops_through(u64::MAX).unwrap()
+    db.replication().oplog_ops_through(u64::MAX).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -370,8 +370,8 @@ fn a_device_killed_mid_snapshot_gets_a_whole_new_one_on_restart() {
             )
             .unwrap();
     }
-    let head = hosted.oplog_head().unwrap();
-    assert_eq!(hosted.compact_oplog(head).unwrap(), head);
+    let head = hosted.replication().oplog_head().unwrap();
+    assert_eq!(hosted.replication().compact_oplog(head).unwrap(), head);
 
     let path = dir.path().join("device.blazedb");
     let token = token(&server);
@@ -404,8 +404,8 @@ fn a_device_killed_mid_snapshot_gets_a_whole_new_one_on_restart() {
         hosted.content_hash().unwrap()
     );
     assert_eq!(
-        device.version_vector().unwrap(),
-        hosted.version_vector().unwrap()
+        device.replication().version_vector().unwrap(),
+        hosted.replication().version_vector().unwrap()
     );
     assert_eq!(total_ops(&device), 0, "record states came, not operations");
     server.shutdown();

@@ -456,7 +456,7 @@ fn a_new_device_behind_the_servers_compacted_log_gets_a_snapshot_with_progress()
     assert_eq!(bob.content_hash().unwrap(), alice.content_hash().unwrap());
     assert_eq!(bob.count("bugs").unwrap(), 270);
     assert_eq!(
-        bob.oplog_ops_through(u64::MAX).unwrap(),
+        bob.replication().oplog_ops_through(u64::MAX).unwrap(),
         0,
         "bob got record states, not the compacted operations"
     );

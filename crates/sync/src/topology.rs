@@ -286,7 +286,7 @@ impl Topology {
                 name: n.name.clone(),
                 node_id: n.id.to_string(),
                 local_only: n.engine.is_none(),
-                ops_in_log: n.db.oplog_ops_through(u64::MAX)?,
+                ops_in_log: n.db.replication().oplog_ops_through(u64::MAX)?,
             });
         }
         let mut edges = Vec::with_capacity(self.edges.len());

@@ -257,7 +257,7 @@ fn a_ring_converges_and_forwarding_stops() {
         assert_eq!(d.count("t").unwrap(), 40);
         assert_eq!(d.content_hash().unwrap(), dbs[0].content_hash().unwrap());
         assert_eq!(
-            d.oplog_ops_through(u64::MAX).unwrap(),
+            d.replication().oplog_ops_through(u64::MAX).unwrap(),
             40,
             "each op logged once"
         );
@@ -315,7 +315,7 @@ fn changing_a_mode_while_writing_loses_and_repeats_nothing() {
     assert_eq!(a.content_hash().unwrap(), b.content_hash().unwrap());
     assert_eq!(topology.engine_of(na).unwrap().ops_applied(), 100);
     assert_eq!(topology.engine_of(nb).unwrap().ops_applied(), 100);
-    assert_eq!(a.oplog_ops_through(u64::MAX).unwrap(), 200);
+    assert_eq!(a.replication().oplog_ops_through(u64::MAX).unwrap(), 200);
 }
 
 #[test]
@@ -392,7 +392,10 @@ fn status_reports_pending_acknowledged_and_counted_operations() {
     assert_eq!(s.transport, "in-memory");
     assert_eq!(s.ops_pending, 0);
     assert_eq!(s.ops_sent, 25);
-    assert_eq!(s.last_ack.map(|(p, _)| p), Some(a.oplog_head().unwrap()));
+    assert_eq!(
+        s.last_ack.map(|(p, _)| p),
+        Some(a.replication().oplog_head().unwrap())
+    );
     assert_eq!(s.lag, Duration::ZERO);
     let theirs = &topology.engine_of(nb).unwrap().status().unwrap()[0];
     assert_eq!(theirs.ops_applied, 25);
@@ -509,7 +512,7 @@ fn a_lost_range_makes_the_receiver_pull_again_from_its_cursor() {
     let source = Database::in_memory().unwrap();
     source.insert("t", fields! {"k" => 1}).unwrap();
     source.insert("t", fields! {"k" => 2}).unwrap();
-    let log = source.oplog_since(0, usize::MAX).unwrap();
+    let log = source.replication().oplog_since(0, usize::MAX).unwrap();
     probe.say(Message::Hello {
         protocol_version: PROTOCOL_VERSION,
         node: source.node_id(),
@@ -550,7 +553,10 @@ fn a_lost_range_makes_the_receiver_pull_again_from_its_cursor() {
     });
     probe.wait_for(|m| matches!(m, Message::Ack { position } if *position == log[1].0));
     assert_eq!(db.count("t").unwrap(), 2);
-    assert_eq!(db.peer_cursor(source.node_id()).unwrap(), log[1].0);
+    assert_eq!(
+        db.replication().peer_cursor(source.node_id()).unwrap(),
+        log[1].0
+    );
 }
 
 #[test]
@@ -559,7 +565,7 @@ fn a_pull_from_past_the_end_of_the_log_is_refused_as_another_history() {
     db.insert("t", fields! {"k" => 1}).unwrap();
     probe.say(hello("bugs", PROTOCOL_VERSION));
     probe.say(Message::Pull {
-        from: db.oplog_head().unwrap() + 10,
+        from: db.replication().oplog_head().unwrap() + 10,
         vector: Default::default(),
         checks: Vec::new(),
     });
@@ -617,13 +623,19 @@ fn an_echoed_range_waits_to_ride_with_the_next_batch_and_costs_no_write() {
     let b_status = topology.engine_of(nb).unwrap().status().unwrap()[0].clone();
     assert_eq!(b_status.messages_sent, 3, "{b_status:?}");
     assert_eq!(b_status.ops_pending, 0, "a has everything: nothing pending");
-    assert_eq!(a.peer_cursor(nb).unwrap(), 0);
-    assert_eq!(b.peer_cursor(na).unwrap(), a.oplog_head().unwrap());
+    assert_eq!(a.replication().peer_cursor(nb).unwrap(), 0);
+    assert_eq!(
+        b.replication().peer_cursor(na).unwrap(),
+        a.replication().oplog_head().unwrap()
+    );
     // Within ECHO_FLUSH_AFTER the range goes out alone; a moves its cursor in memory only.
     std::thread::sleep(blazedb_sync::ECHO_FLUSH_AFTER + Duration::from_millis(200));
-    assert_eq!(a.peer_cursor(nb).unwrap(), 0);
+    assert_eq!(a.replication().peer_cursor(nb).unwrap(), 0);
     topology.disconnect(na, nb).unwrap();
-    assert_eq!(a.peer_cursor(nb).unwrap(), b.oplog_head().unwrap());
+    assert_eq!(
+        a.replication().peer_cursor(nb).unwrap(),
+        b.replication().oplog_head().unwrap()
+    );
 }
 
 #[test]

@@ -265,7 +265,7 @@ fn a_new_device_reports_catch_up_progress_against_the_servers_head() {
             })
             .unwrap();
     }
-    let head = server.db.oplog_head().unwrap();
+    let head = server.db.replication().oplog_head().unwrap();
     let db = Database::in_memory().unwrap();
     let sync = server.sync(&db);
     let mut seen = Vec::new();

@@ -81,16 +81,19 @@ fn a_new_database_behind_a_compacted_log_gets_a_snapshot_then_live_operations() 
     let mut topology = Topology::new();
     let na = topology.register(&a, "a").unwrap();
     let start = topology.engine_of(na).unwrap().compact_oplog(5).unwrap();
-    assert_eq!(start, a.oplog_head().unwrap() - 5);
-    assert_eq!(a.oplog_start().unwrap(), start);
+    assert_eq!(start, a.replication().oplog_head().unwrap() - 5);
+    assert_eq!(a.replication().oplog_start().unwrap(), start);
 
     let nb = topology.register(&b, "b").unwrap();
     topology.connect_local(na, nb, Mode::Bidirectional).unwrap();
     assert!(topology.wait_idle(IDLE).unwrap());
     assert_eq!(b.content_hash().unwrap(), a.content_hash().unwrap());
-    assert_eq!(b.version_vector().unwrap(), a.version_vector().unwrap());
     assert_eq!(
-        b.oplog_ops_through(u64::MAX).unwrap(),
+        b.replication().version_vector().unwrap(),
+        a.replication().version_vector().unwrap()
+    );
+    assert_eq!(
+        b.replication().oplog_ops_through(u64::MAX).unwrap(),
         0,
         "a snapshot writes record states, not operations"
     );
@@ -126,7 +129,7 @@ fn a_returning_database_whose_cursor_was_compacted_away_catches_up_and_merges_of
         .unwrap();
     assert!(topology.wait_idle(IDLE).unwrap());
     topology.disconnect(nb, na).unwrap();
-    let logged_before = b.oplog_ops_through(u64::MAX).unwrap();
+    let logged_before = b.replication().oplog_ops_through(u64::MAX).unwrap();
 
     // While b is away: a edits one field of the shared record, b another, and both write.
     a.update("bugs", shared, fields! {"title" => "renamed on a"})
@@ -140,7 +143,11 @@ fn a_returning_database_whose_cursor_was_compacted_away_catches_up_and_merges_of
     b.insert("bugs", fields! {"title" => "written offline on b"})
         .unwrap();
     let start = topology.engine_of(na).unwrap().compact_oplog(0).unwrap();
-    assert_eq!(start, a.oplog_head().unwrap(), "nobody is connected to a");
+    assert_eq!(
+        start,
+        a.replication().oplog_head().unwrap(),
+        "nobody is connected to a"
+    );
     // A restarted engine (nothing recent in memory) can only answer with a snapshot.
     topology.unregister(na).unwrap();
     assert_eq!(topology.register(&a, "a").unwrap(), na);
@@ -149,7 +156,7 @@ fn a_returning_database_whose_cursor_was_compacted_away_catches_up_and_merges_of
     assert!(topology.wait_idle(IDLE).unwrap());
     assert_eq!(b.content_hash().unwrap(), a.content_hash().unwrap());
     assert_eq!(
-        b.oplog_ops_through(u64::MAX).unwrap(),
+        b.replication().oplog_ops_through(u64::MAX).unwrap(),
         logged_before + 2,
         "only b's own offline writes were logged: a's came as a snapshot"
     );
@@ -166,10 +173,11 @@ fn compaction_never_drops_what_a_connected_peer_still_streams_from() {
     probe.wait_for(|m| matches!(m, Message::Ops { .. }));
     // The peer acknowledged nothing past 3: entries after it stay.
     assert_eq!(engine.compact_oplog(0).unwrap(), 3);
-    assert_eq!(db.oplog_start().unwrap(), 3);
+    assert_eq!(db.replication().oplog_start().unwrap(), 3);
     assert_eq!(
-        db.oplog_since(3, usize::MAX).unwrap().len() as u64,
-        db.oplog_ops_through(u64::MAX).unwrap() - db.oplog_ops_through(3).unwrap()
+        db.replication().oplog_since(3, usize::MAX).unwrap().len() as u64,
+        db.replication().oplog_ops_through(u64::MAX).unwrap()
+            - db.replication().oplog_ops_through(3).unwrap()
     );
 }
 
@@ -187,8 +195,8 @@ fn snapshot_parts_keep_to_the_window_and_continue_as_they_are_acknowledged() {
     let extra = db.count("t").unwrap() as usize - records;
     assert!(extra < SNAPSHOT_PART_RECORDS);
     assert_eq!(
-        db.compact_oplog(u64::MAX).unwrap(),
-        db.oplog_head().unwrap()
+        db.replication().compact_oplog(u64::MAX).unwrap(),
+        db.replication().oplog_head().unwrap()
     );
     let (engine, probe) = engine_with_probe(&db);
     pull_as_new_peer(&probe, 0);
@@ -222,7 +230,7 @@ fn snapshot_parts_keep_to_the_window_and_continue_as_they_are_acknowledged() {
     let Message::Snapshot { position, part, .. } = last else {
         unreachable!()
     };
-    assert_eq!(position, db.oplog_head().unwrap());
+    assert_eq!(position, db.replication().oplog_head().unwrap());
     assert_eq!(part as usize, WINDOW + 3);
     let parts: Vec<Message> = probe
         .sent
@@ -260,11 +268,12 @@ fn snapshot_parts_keep_to_the_window_and_continue_as_they_are_acknowledged() {
 
 /// Parts of a snapshot of `source`, as an engine would send them, `per_part` records each.
 fn parts_of(source: &Database, per_part: usize) -> Vec<Message> {
-    let info = source.snapshot_info().unwrap();
+    let info = source.replication().snapshot_info().unwrap();
     let mut parts = Vec::new();
     let mut after = None;
     loop {
         let (records, next) = source
+            .replication()
             .snapshot_page(after.as_ref(), per_part, usize::MAX)
             .unwrap();
         let last = next.is_none();
@@ -292,7 +301,10 @@ fn a_received_snapshot_reports_progress_and_moves_the_cursor_only_with_its_last_
         .unwrap();
     let parts = parts_of(&source, 20);
     assert_eq!(parts.len(), 2);
-    probe.say(hello_from(&source, source.oplog_head().unwrap()));
+    probe.say(hello_from(
+        &source,
+        source.replication().oplog_head().unwrap(),
+    ));
     probe.wait_for(|m| matches!(m, Message::Pull { from: 0, .. }));
 
     probe.say(parts[0].clone());
@@ -301,7 +313,7 @@ fn a_received_snapshot_reports_progress_and_moves_the_cursor_only_with_its_last_
     assert_eq!(status.snapshot_in, Some((20, 40)));
     assert!((status.catch_up_progress() - 0.5).abs() < 1e-9);
     assert_eq!(status.cursor, 0, "the cursor waits for the last part");
-    assert_eq!(db.peer_cursor(source.node_id()).unwrap(), 0);
+    assert_eq!(db.replication().peer_cursor(source.node_id()).unwrap(), 0);
     assert_eq!(
         db.count("t").unwrap(),
         20,
@@ -309,26 +321,33 @@ fn a_received_snapshot_reports_progress_and_moves_the_cursor_only_with_its_last_
     );
 
     probe.say(parts[1].clone());
-    let head = source.oplog_head().unwrap();
+    let head = source.replication().oplog_head().unwrap();
     probe.wait_for(|m| matches!(m, Message::Ack { position } if *position == head));
     let status = &engine.status().unwrap()[0];
     assert_eq!(status.snapshot_in, None);
     assert_eq!(status.catch_up_progress(), 1.0);
-    assert_eq!(db.peer_cursor(source.node_id()).unwrap(), head);
+    assert_eq!(
+        db.replication().peer_cursor(source.node_id()).unwrap(),
+        head
+    );
     assert_eq!(db.content_hash().unwrap(), source.content_hash().unwrap());
     assert_eq!(
-        db.version_vector().unwrap(),
-        source.version_vector().unwrap()
+        db.replication().version_vector().unwrap(),
+        source.replication().version_vector().unwrap()
     );
 
     // The operations the snapshot included count as merged when they come again.
     let ops: Vec<_> = source
+        .replication()
         .oplog_since(0, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(_, op)| op)
         .collect();
-    assert_eq!(db.apply_remote(&ops).unwrap().duplicates, ops.len());
+    assert_eq!(
+        db.replication().apply_remote(&ops).unwrap().duplicates,
+        ops.len()
+    );
 }
 
 #[test]

@@ -315,6 +315,7 @@ impl Sim {
         let own: Vec<Vec<blazedb_core::Operation>> = (0..n)
             .map(|i| {
                 self.db(i)
+                    .replication()
                     .oplog_since(0, usize::MAX)
                     .unwrap()
                     .into_iter()
@@ -328,7 +329,7 @@ impl Sim {
             let expected = Database::in_memory().unwrap();
             let mut expected_ops = 0u64;
             for &x in &sources {
-                expected.apply_remote(&own[x]).unwrap();
+                expected.replication().apply_remote(&own[x]).unwrap();
                 expected_ops += own[x].len() as u64;
             }
             let db = self.db(y);
@@ -338,11 +339,11 @@ impl Sim {
                 "node {y} holds exactly what nodes {sources:?} wrote"
             );
             assert_eq!(
-                db.oplog_ops_through(u64::MAX).unwrap(),
+                db.replication().oplog_ops_through(u64::MAX).unwrap(),
                 expected_ops,
                 "node {y} logged every reachable op once"
             );
-            let vector = db.version_vector().unwrap();
+            let vector = db.replication().version_vector().unwrap();
             for (x, ops) in own.iter().enumerate() {
                 let want = if sources.contains(&x) {
                     ops.len() as u64

@@ -233,7 +233,7 @@ fn sync_survives_a_writer_killed_mid_stream() {
     acceptor.join().unwrap();
 
     let child = Database::open(child_db(dir.path()), PASSWORD).unwrap();
-    let child_ops = child.oplog_ops_through(u64::MAX).unwrap();
+    let child_ops = child.replication().oplog_ops_through(u64::MAX).unwrap();
     assert!(child.count("items").unwrap() as usize >= printed.len());
     assert_eq!(
         parent_db.content_hash().unwrap(),
@@ -241,15 +241,18 @@ fn sync_survives_a_writer_killed_mid_stream() {
         "the parent holds exactly what the child committed"
     );
     assert_eq!(
-        parent_db.oplog_ops_through(u64::MAX).unwrap(),
+        parent_db.replication().oplog_ops_through(u64::MAX).unwrap(),
         child_ops,
         "every op logged once"
     );
     assert_eq!(engine.ops_applied(), child_ops, "every op applied once");
     assert_eq!(engine.ops_duplicate(), 0, "nothing was sent twice");
     assert_eq!(
-        parent_db.peer_cursor(child.node_id()).unwrap(),
-        child.oplog_head().unwrap()
+        parent_db
+            .replication()
+            .peer_cursor(child.node_id())
+            .unwrap(),
+        child.replication().oplog_head().unwrap()
     );
     eprintln!(
         "{} ids printed ({} before the kills), {} ops synced",

@@ -24,7 +24,8 @@ pub fn cases(short: u32, long: u32) -> u32 {
 
 /// The operations in a database's op log after position `after`, without their positions.
 pub fn ops_after(db: &blazedb_core::Database, after: u64) -> Vec<blazedb_core::Operation> {
-    db.oplog_since(after, usize::MAX)
+    db.replication()
+        .oplog_since(after, usize::MAX)
         .expect("the op log is readable")
         .into_iter()
         .map(|(_, op)| op)

@@ -31,7 +31,7 @@ use blazedb_protocol::{CloseCode, Message};
 use crate::error::{Result, SyncError};
 use crate::relay::{ConnectionId, Hold, Relay};
 
-mod session;
+pub(crate) mod session;
 mod worker;
 
 use worker::{DbLog, Worker};
@@ -414,8 +414,8 @@ impl SyncEngine {
             return Err(SyncError::InvalidArgument(e.to_string()));
         }
         let (events, rx) = mpsc::channel();
-        let head = db.oplog_head()?;
-        let oplog_start = db.oplog_start()?;
+        let head = db.replication().oplog_head()?;
+        let oplog_start = db.replication().oplog_start()?;
         let commits = {
             let events = events.clone();
             db.on_commit(move |commit| {

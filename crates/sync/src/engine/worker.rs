@@ -92,7 +92,7 @@ impl SessionLog for DbLog {
     }
 
     fn refresh_head(&mut self) -> blazedb_core::Result<u64> {
-        self.head = self.head.max(self.db.oplog_head()?);
+        self.head = self.head.max(self.db.replication().oplog_head()?);
         Ok(self.head)
     }
 
@@ -103,12 +103,12 @@ impl SessionLog for DbLog {
     fn entries_after(&mut self, from: u64) -> blazedb_core::Result<Option<Vec<(u64, Operation)>>> {
         let entries = match self.recent_after(from) {
             Some(entries) => entries,
-            None => match self.db.oplog_since(from, MAX_BATCH_OPS) {
+            None => match self.db.replication().oplog_since(from, MAX_BATCH_OPS) {
                 Ok(entries) => entries,
                 Err(e @ blazedb_core::Error::OplogCompacted { .. }) => {
                     // Another handle compacted the log under this stream: a snapshot
                     // continues it.
-                    let start = self.db.oplog_start()?;
+                    let start = self.db.replication().oplog_start()?;
                     if start <= self.oplog_start {
                         return Err(e);
                     }
@@ -127,19 +127,19 @@ impl SessionLog for DbLog {
     }
 
     fn peer_cursor(&mut self, peer: NodeId) -> blazedb_core::Result<u64> {
-        self.db.peer_cursor(peer)
+        self.db.replication().peer_cursor(peer)
     }
 
     fn version_vector(&mut self) -> blazedb_core::Result<VersionVector> {
-        self.db.version_vector()
+        self.db.replication().version_vector()
     }
 
     fn op_digest(&mut self, op: OpId) -> blazedb_core::Result<Option<OpDigest>> {
-        self.db.op_digest(op)
+        self.db.replication().op_digest(op)
     }
 
     fn confirm_own(&mut self, seq: u64) -> blazedb_core::Result<()> {
-        self.db.confirm_own(seq)
+        self.db.replication().confirm_own(seq)
     }
 
     fn apply(
@@ -149,18 +149,19 @@ impl SessionLog for DbLog {
         to: u64,
     ) -> blazedb_core::Result<ApplyReport> {
         self.db.transaction(|tx| {
-            let report = tx.apply_remote(ops)?;
-            tx.set_peer_cursor(peer, to)?;
+            let report = tx.replication().apply_remote(ops)?;
+            tx.replication().set_peer_cursor(peer, to)?;
             Ok(report)
         })
     }
 
     fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()> {
-        self.db.transaction(|tx| tx.set_peer_cursor(peer, cursor))
+        self.db
+            .transaction(|tx| tx.replication().set_peer_cursor(peer, cursor))
     }
 
     fn snapshot_info(&mut self) -> blazedb_core::Result<SnapshotInfo> {
-        let info = self.db.snapshot_info()?;
+        let info = self.db.replication().snapshot_info()?;
         self.head = self.head.max(info.position);
         Ok(info)
     }
@@ -171,7 +172,7 @@ impl SessionLog for DbLog {
         records: usize,
         bytes: usize,
     ) -> blazedb_core::Result<(Vec<SnapshotRecord>, Option<SnapshotKey>)> {
-        self.db.snapshot_page(after, records, bytes)
+        self.db.replication().snapshot_page(after, records, bytes)
     }
 
     fn apply_snapshot(
@@ -181,10 +182,10 @@ impl SessionLog for DbLog {
         last: Option<(&VersionVector, u64)>,
     ) -> blazedb_core::Result<usize> {
         self.db.transaction(|tx| {
-            let report = tx.apply_snapshot(peer, records)?;
+            let report = tx.replication().apply_snapshot(peer, records)?;
             if let Some((vector, position)) = last {
-                tx.merge_version_vector(vector)?;
-                tx.set_peer_cursor(peer, position)?;
+                tx.replication().merge_version_vector(vector)?;
+                tx.replication().set_peer_cursor(peer, position)?;
             }
             Ok(report.applied)
         })
@@ -463,13 +464,13 @@ impl Worker {
             .values()
             .filter_map(|c| c.session.streams_from())
             .fold(head.saturating_sub(keep), u64::min);
-        self.log.oplog_start = self.log.db.compact_oplog(through)?;
+        self.log.oplog_start = self.log.db.replication().compact_oplog(through)?;
         Ok(self.log.oplog_start)
     }
 
     fn status(&self, only: Option<ConnectionId>) -> Result<Vec<ConnectionStatus>> {
         let db = &self.log.db;
-        let total = db.oplog_ops_through(u64::MAX)?;
+        let total = db.replication().oplog_ops_through(u64::MAX)?;
         let mut conns: Vec<&Conn> = self
             .connections
             .values()
@@ -481,7 +482,10 @@ impl Worker {
         for c in conns {
             let s = &c.session;
             let ops_pending = if s.options.mode.sends() {
-                total.saturating_sub(db.oplog_ops_through(s.acked.max(s.skipped_to))?)
+                total.saturating_sub(
+                    db.replication()
+                        .oplog_ops_through(s.acked.max(s.skipped_to))?,
+                )
             } else {
                 0
             };

@@ -598,7 +598,10 @@ fn enrolled_setting(server: &str) -> String {
 }
 
 fn is_enrolled(db: &Database, server: &str) -> Result<bool, RemoteError> {
-    Ok(db.local_setting(&enrolled_setting(server))?.is_some())
+    Ok(db
+        .replication()
+        .local_setting(&enrolled_setting(server))?
+        .is_some())
 }
 
 /// The reconnect loop.
@@ -652,7 +655,7 @@ async fn run(
                             });
                             if connected {
                                 enrolled = db
-                                    .set_local_setting(&enrolled_setting(&plan.server), Some(&[1]))
+                                    .replication().set_local_setting(&enrolled_setting(&plan.server), Some(&[1]))
                                     .is_ok();
                             }
                         }

@@ -15,7 +15,11 @@ const SERVER_KEY_SETTING: &str = "sync/server-key/";
 
 /// This database's static key pair, made (with the default suite) and stored on first use.
 pub fn node_keys(db: &Database) -> Result<StaticKeys, RemoteError> {
-    if let Some(stored) = db.local_setting(STATIC_KEY_SETTING)?.map(Zeroizing::new) {
+    if let Some(stored) = db
+        .replication()
+        .local_setting(STATIC_KEY_SETTING)?
+        .map(Zeroizing::new)
+    {
         let (&suite, private) = stored
             .split_first()
             .ok_or(ProtocolError::InvalidStaticKeys {
@@ -27,7 +31,8 @@ pub fn node_keys(db: &Database) -> Result<StaticKeys, RemoteError> {
     let mut stored = Zeroizing::new(Vec::with_capacity(1 + keys.private().len()));
     stored.push(keys.suite().id());
     stored.extend_from_slice(keys.private());
-    db.set_local_setting(STATIC_KEY_SETTING, Some(&stored))?;
+    db.replication()
+        .set_local_setting(STATIC_KEY_SETTING, Some(&stored))?;
     Ok(keys)
 }
 
@@ -36,9 +41,14 @@ pub fn node_keys(db: &Database) -> Result<StaticKeys, RemoteError> {
 /// device key to one node id. The next connection makes a new key pair and needs a new
 /// enrolment token. Returns true when the file had a key.
 pub fn forget_node_keys(db: &Database) -> Result<bool, RemoteError> {
-    let had = db.local_setting(STATIC_KEY_SETTING)?.is_some();
-    db.set_local_setting(STATIC_KEY_SETTING, None)?;
-    db.remove_local_settings(super::client::ENROLLED_SETTING_PREFIX)?;
+    let had = db
+        .replication()
+        .local_setting(STATIC_KEY_SETTING)?
+        .is_some();
+    db.replication()
+        .set_local_setting(STATIC_KEY_SETTING, None)?;
+    db.replication()
+        .remove_local_settings(super::client::ENROLLED_SETTING_PREFIX)?;
     Ok(had)
 }
 
@@ -47,7 +57,10 @@ pub fn pinned_server_key(
     db: &Database,
     server: &str,
 ) -> Result<Option<(Suite, Vec<u8>)>, RemoteError> {
-    let Some(stored) = db.local_setting(&format!("{SERVER_KEY_SETTING}{server}"))? else {
+    let Some(stored) = db
+        .replication()
+        .local_setting(&format!("{SERVER_KEY_SETTING}{server}"))?
+    else {
         return Ok(None);
     };
     let (&suite, key) = stored
@@ -68,7 +81,8 @@ pub fn pin_server_key(
     let mut stored = Vec::with_capacity(1 + key.len());
     stored.push(suite.id());
     stored.extend_from_slice(key);
-    db.set_local_setting(&format!("{SERVER_KEY_SETTING}{server}"), Some(&stored))?;
+    db.replication()
+        .set_local_setting(&format!("{SERVER_KEY_SETTING}{server}"), Some(&stored))?;
     Ok(())
 }
 
@@ -92,11 +106,17 @@ mod tests {
         let db = Database::in_memory().unwrap();
         let first = node_keys(&db).unwrap();
         pin_server_key(&db, "ws://a", Suite::default(), &[7; 32]).unwrap();
-        db.set_local_setting("sync/enrolled/ws://a", Some(&[1]))
+        db.replication()
+            .set_local_setting("sync/enrolled/ws://a", Some(&[1]))
             .unwrap();
         assert!(forget_node_keys(&db).unwrap());
         assert!(!forget_node_keys(&db).unwrap());
-        assert_eq!(db.local_setting("sync/enrolled/ws://a").unwrap(), None);
+        assert_eq!(
+            db.replication()
+                .local_setting("sync/enrolled/ws://a")
+                .unwrap(),
+            None
+        );
         assert!(pinned_server_key(&db, "ws://a").unwrap().is_some());
         assert_ne!(node_keys(&db).unwrap().public(), first.public());
     }
