@@ -48,14 +48,14 @@
 //! failed: the database, the sync engine or the connection to a server.
 
 pub use blazedb_core::{Change, Commit, CommitListener, Database, Subscription, Transaction};
+pub use blazedb_core::{
+    ChangeKind, ChangeOrigin, CollectionStats, Date, Direction, Durability, Fields, Filter, Join,
+    JoinKind, Joined, KeyRange, OpenError, OpenOptions, Plan, Query, Record, Reidentified, Stats,
+    Uuid, Value, ValueTypeError, fields,
+};
 /// The replication side of a database and a transaction (op log, cursors, snapshots), for
 /// tools and custom transports: [`Database::replication`].
 pub use blazedb_core::{Replication, TransactionReplication};
-pub use blazedb_core::{
-    ChangeKind, ChangeOrigin, CollectionStats, Date, Direction, Durability, Fields, Filter, Join,
-    JoinKind, Joined, KeyRange, OpenOptions, Plan, Query, Record, Reidentified, Stats, Uuid, Value,
-    ValueTypeError, fields,
-};
 
 /// The database's own errors (wrong password, missing file, bad record, storage failure).
 pub use blazedb_core::Error as DatabaseError;

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-use blazedb_core::{Database, Direction, Error as DbError, OpenOptions, Uuid};
+use blazedb_core::{Database, Direction, Error as DbError, OpenError, OpenOptions, Uuid};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::Failure;
@@ -136,14 +136,20 @@ pub(crate) fn open_with(ctx: &Ctx, db: &Path, password: Option<&str>) -> Result<
 /// Adds what the command line can do about an error opening a file.
 fn open_error(ctx: &Ctx, db: &Path, e: DbError) -> Failure {
     match e {
-        DbError::WrongPassword { .. } if ctx.no_encryption => Failure::msg(format!(
-            "{} is encrypted or not a BlazeDB database (opened without a password because of \
+        DbError::Open(OpenError::WrongPassword { .. }) if ctx.no_encryption => {
+            Failure::msg(format!(
+                "{} is encrypted or not a BlazeDB database (opened without a password because of \
              --no-encryption)",
-            db.display()
-        )),
-        DbError::NotADatabase { .. } if !ctx.no_encryption && is_plain_sqlite(db) => Failure::msg(
-            format!("{e}; if it is an unencrypted BlazeDB database, pass --no-encryption"),
-        ),
+                db.display()
+            ))
+        }
+        DbError::Open(OpenError::NotADatabase { .. })
+            if !ctx.no_encryption && is_plain_sqlite(db) =>
+        {
+            Failure::msg(format!(
+                "{e}; if it is an unencrypted BlazeDB database, pass --no-encryption"
+            ))
+        }
         e => e.into(),
     }
 }
@@ -200,7 +206,7 @@ fn print(text: &str) -> Result<(), Failure> {
 
 fn init(ctx: &Ctx, db: &Path) -> Result<(), Failure> {
     if db.exists() {
-        return Err(DbError::AlreadyExists { path: db.into() }.into());
+        return Err(DbError::Open(OpenError::AlreadyExists { path: db.into() }).into());
     }
     let created = if ctx.no_encryption {
         OpenOptions::new().create(db)?

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use blazedb_core::{Database, Direction, Error, Filter, JoinKind, Value, fields};
+use blazedb_core::{Database, Direction, Error, Filter, JoinKind, OpenError, Value, fields};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -132,7 +132,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     drop(bugs);
     match Database::open(&bugs_path, "not the password") {
-        Err(e @ Error::WrongPassword { .. }) => println!("7. Opening with a wrong password: {e}"),
+        Err(e @ Error::Open(OpenError::WrongPassword { .. })) => {
+            println!("7. Opening with a wrong password: {e}")
+        }
         other => println!("7. Unexpected: {other:?}"),
     }
     let bugs = Database::open(&bugs_path, password)?;

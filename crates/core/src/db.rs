@@ -13,7 +13,7 @@ use blazedb_format::NodeId;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, OpenError, Result};
 use crate::replication::Replication;
 use crate::schema;
 use crate::watch::Watchers;
@@ -68,7 +68,7 @@ impl OpenOptions {
     pub fn create(&self, path: impl AsRef<Path>) -> Result<Database> {
         let path = path.as_ref();
         if path.exists() {
-            return Err(Error::AlreadyExists { path: path.into() });
+            return Err(Error::Open(OpenError::AlreadyExists { path: path.into() }));
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
         let conn = match self.keyed_connection(path, flags) {
@@ -92,7 +92,7 @@ impl OpenOptions {
         let path = path.as_ref();
         match self.create(path) {
             // Created by someone else in the meantime, or there already: open it.
-            Err(Error::AlreadyExists { .. }) => self.open(path),
+            Err(Error::Open(OpenError::AlreadyExists { .. })) => self.open(path),
             other => other,
         }
     }
@@ -104,10 +104,10 @@ impl OpenOptions {
         let conn = self.keyed_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let app_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
         if app_id != schema::APPLICATION_ID {
-            return Err(Error::NotADatabase {
+            return Err(Error::Open(OpenError::NotADatabase {
                 path: path.into(),
                 reason: "it is an SQLite database of another application".into(),
-            });
+            }));
         }
         let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 2 {
@@ -119,25 +119,29 @@ impl OpenOptions {
             version = 4;
         }
         if version != schema::SCHEMA_VERSION {
-            return Err(Error::UnsupportedSchema {
+            return Err(Error::Open(OpenError::UnsupportedSchema {
                 path: path.into(),
                 found: version,
                 supported: schema::SCHEMA_VERSION,
-            });
+            }));
         }
         self.finish(conn, Some(path.into()))
     }
 
     /// Cheap checks that give a precise error before SQLCipher gives a vague one.
     fn precheck(&self, path: &Path) -> Result<()> {
-        let not_db = |reason: String| Error::NotADatabase {
-            path: path.into(),
-            reason,
+        let not_db = |reason: String| {
+            Error::Open(OpenError::NotADatabase {
+                path: path.into(),
+                reason,
+            })
         };
         let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::DatabaseMissing { path: path.into() });
+                return Err(Error::Open(OpenError::DatabaseMissing {
+                    path: path.into(),
+                }));
             }
             Err(e) => return Err(e.into()),
         };
@@ -157,7 +161,7 @@ impl OpenOptions {
             ));
         }
         if !plain && self.password.is_none() {
-            return Err(Error::WrongPassword { path: path.into() });
+            return Err(Error::Open(OpenError::WrongPassword { path: path.into() }));
         }
         Ok(())
     }
@@ -214,11 +218,11 @@ impl OpenOptions {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
                 Err(KeyError::Other(match self.password {
-                    Some(_) => Error::WrongPassword { path: path.into() },
-                    None => Error::NotADatabase {
+                    Some(_) => Error::Open(OpenError::WrongPassword { path: path.into() }),
+                    None => Error::Open(OpenError::NotADatabase {
                         path: path.into(),
                         reason: "the SQLite header is damaged".into(),
-                    },
+                    }),
                 }))
             }
             Err(e) => Err(KeyError::Other(classify(e))),
@@ -579,6 +583,9 @@ mod tests {
             .open(&path)
             .err()
             .unwrap();
-        assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Open(OpenError::WrongPassword { .. })),
+            "{err}"
+        );
     }
 }

@@ -7,28 +7,18 @@ use uuid::Uuid;
 
 /// Everything that can go wrong in `blazedb-core`.
 ///
-/// The variants separate the caller's mistakes (`RecordNotFound`, `InvalidName`, …), a bad or
-/// foreign file (`WrongPassword`, `NotADatabase`, `Corrupt`), invalid operations or snapshots
+/// The variants separate a file that cannot be opened (`Open`, with an [`OpenError`] inside:
+/// wrong password, not a database, missing, exists, unsupported schema), the caller's
+/// mistakes (`RecordNotFound`, `InvalidName`, …), a damaged file (`Corrupt`), invalid operations or snapshots
 /// from another replica (`InvalidOperation`, `InvalidSnapshot`), a copied database file met
 /// through its operations (`CopiedDatabase`), a reader that fell behind a
 /// compacted op log (`OplogCompacted`) and internal failures (`Storage`, `Io`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("wrong password for {path}, or the file is not a BlazeDB database")]
-    WrongPassword { path: PathBuf },
-    #[error("{path} is not a BlazeDB database: {reason}")]
-    NotADatabase { path: PathBuf, reason: String },
-    #[error("{path} already exists; open it instead of creating it")]
-    AlreadyExists { path: PathBuf },
-    #[error("{path} does not exist; create it first")]
-    DatabaseMissing { path: PathBuf },
-    #[error("{path} uses storage schema version {found}, this build reads version {supported}")]
-    UnsupportedSchema {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
+    /// The file could not be opened or created (see [`OpenError`]).
+    #[error(transparent)]
+    Open(#[from] OpenError),
     #[error("database is corrupt: {0}")]
     Corrupt(String),
     #[error("no record {id} in collection {collection:?}")]
@@ -79,6 +69,28 @@ pub enum Error {
     Storage(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why a database file could not be opened or created. Each names the file: the caller
+/// gave the wrong password or path, or the file is not (or not yet) a BlazeDB database
+/// this build reads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("wrong password for {path}, or the file is not a BlazeDB database")]
+    WrongPassword { path: PathBuf },
+    #[error("{path} is not a BlazeDB database: {reason}")]
+    NotADatabase { path: PathBuf, reason: String },
+    #[error("{path} already exists; open it instead of creating it")]
+    AlreadyExists { path: PathBuf },
+    #[error("{path} does not exist; create it first")]
+    DatabaseMissing { path: PathBuf },
+    #[error("{path} uses storage schema version {found}, this build reads version {supported}")]
+    UnsupportedSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -24,7 +24,7 @@
 //! // The file is encrypted: the wrong password is refused with a typed error.
 //! assert!(matches!(
 //!     Database::open(&path, "wrong"),
-//!     Err(blazedb_core::Error::WrongPassword { .. })
+//!     Err(blazedb_core::Error::Open(blazedb_core::OpenError::WrongPassword { .. }))
 //! ));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -49,7 +49,7 @@ pub use blazedb_format::{
     SnapshotRecord, Stamp, Value, ValueTypeError, VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
-pub use error::{Error, Result};
+pub use error::{Error, OpenError, Result};
 pub use identity::Reidentified;
 pub use join::{Join, JoinKind, Joined};
 pub use query::{Direction, Filter, KeyRange, Plan, Query};

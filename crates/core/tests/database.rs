@@ -3,7 +3,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use blazedb_core::{Database, Error, OpenOptions, Value, fields};
+use blazedb_core::{Database, Error, OpenError, OpenOptions, Value, fields};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -33,7 +33,10 @@ fn wrong_password_is_rejected() {
         .insert("x", fields! {"a" => 1})
         .unwrap();
     let err = Database::open(&path, "not it").unwrap_err();
-    assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::WrongPassword { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("wrong password"));
 }
 
@@ -58,7 +61,7 @@ fn creating_over_an_existing_file_is_refused() {
     Database::create(&path, PASSWORD).unwrap();
     assert!(matches!(
         Database::create(&path, PASSWORD),
-        Err(Error::AlreadyExists { .. })
+        Err(Error::Open(OpenError::AlreadyExists { .. }))
     ));
 }
 
@@ -66,7 +69,10 @@ fn creating_over_an_existing_file_is_refused() {
 fn opening_a_missing_file_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let err = Database::open(dir.path().join("nope"), PASSWORD).unwrap_err();
-    assert!(matches!(err, Error::DatabaseMissing { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::DatabaseMissing { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -83,17 +89,17 @@ fn random_bytes_are_not_a_database() {
     // Indistinguishable from a file under another key: reported as such, never a panic.
     assert!(matches!(
         Database::open(&path, PASSWORD),
-        Err(Error::WrongPassword { .. })
+        Err(Error::Open(OpenError::WrongPassword { .. }))
     ));
     std::fs::write(&path, b"hello").unwrap();
     assert!(matches!(
         Database::open(&path, PASSWORD),
-        Err(Error::NotADatabase { .. })
+        Err(Error::Open(OpenError::NotADatabase { .. }))
     ));
     std::fs::write(&path, b"").unwrap();
     assert!(matches!(
         Database::open(&path, PASSWORD),
-        Err(Error::NotADatabase { .. })
+        Err(Error::Open(OpenError::NotADatabase { .. }))
     ));
 }
 
@@ -106,9 +112,15 @@ fn a_foreign_sqlite_file_is_not_a_blazedb_database() {
         .unwrap();
     drop(conn);
     let err = OpenOptions::new().open(&path).unwrap_err();
-    assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::NotADatabase { .. })),
+        "{err}"
+    );
     let err = Database::open(&path, PASSWORD).unwrap_err();
-    assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::NotADatabase { .. })),
+        "{err}"
+    );
 }
 
 /// A closed encrypted database of 2000 padded records, a few hundred KiB on disk.
@@ -147,7 +159,11 @@ fn truncated_database_gives_a_clear_error() {
             .set_len(cut)
             .unwrap();
         match open_and_read_all(&copy) {
-            Err(Error::Corrupt(_) | Error::NotADatabase { .. } | Error::WrongPassword { .. }) => {}
+            Err(
+                Error::Corrupt(_)
+                | Error::Open(OpenError::NotADatabase { .. })
+                | Error::Open(OpenError::WrongPassword { .. }),
+            ) => {}
             other => panic!("cut at {cut}: expected a clear error, got {other:?}"),
         }
     }
@@ -178,7 +194,7 @@ fn password_change_takes_effect() {
     drop(db);
     assert!(matches!(
         Database::open(&path, PASSWORD),
-        Err(Error::WrongPassword { .. })
+        Err(Error::Open(OpenError::WrongPassword { .. }))
     ));
     let db = Database::open(&path, "new secret").unwrap();
     assert_eq!(db.count("bugs").unwrap(), 2);
@@ -211,7 +227,7 @@ fn unencrypted_database_needs_no_password_and_refuses_one() {
     drop(plain);
     assert!(matches!(
         Database::open(&path, PASSWORD),
-        Err(Error::NotADatabase { .. })
+        Err(Error::Open(OpenError::NotADatabase { .. }))
     ));
 }
 
@@ -222,7 +238,7 @@ fn encrypted_database_opened_without_password_is_refused() {
     Database::create(&path, PASSWORD).unwrap();
     assert!(matches!(
         OpenOptions::new().open(&path),
-        Err(Error::WrongPassword { .. })
+        Err(Error::Open(OpenError::WrongPassword { .. }))
     ));
 }
 
@@ -318,7 +334,10 @@ fn open_or_create_creates_once_then_opens_and_never_overwrites() {
     drop(db);
     // A wrong password is an error, not a new database.
     let err = Database::open_or_create(&path, "nope").unwrap_err();
-    assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::WrongPassword { .. })),
+        "{err}"
+    );
     assert_eq!(
         Database::open(&path, "pw").unwrap().count("notes").unwrap(),
         1

@@ -24,7 +24,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use blazedb_core::{Database, Date, Error as CoreError, NodeId, Record, Uuid, Value, fields};
+use blazedb_core::{
+    Database, Date, Error as CoreError, NodeId, OpenError, Record, Uuid, Value, fields,
+};
 use blazedb_protocol::DatabaseName;
 use blazedb_protocol::enrol::{EnrolmentToken, TOKEN_ID_LEN};
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
@@ -214,7 +216,7 @@ pub(crate) fn restrict_database_files(path: &Path) -> std::io::Result<()> {
 /// Maps the storage layer's "wrong password" to the server's "wrong master key".
 fn open_error(e: CoreError) -> MetaError {
     match e {
-        CoreError::WrongPassword { path } => MetaError::WrongMasterKey { path },
+        CoreError::Open(OpenError::WrongPassword { path }) => MetaError::WrongMasterKey { path },
         other => MetaError::Storage(other),
     }
 }
@@ -456,14 +458,16 @@ impl MetaStore {
         let password = key.password();
         let db = match Database::open(&path, &password) {
             Ok(db) => db,
-            Err(CoreError::DatabaseMissing { .. }) => match Database::create(&path, &password) {
-                Ok(db) => db,
-                // Another process created it a moment ago.
-                Err(CoreError::AlreadyExists { .. }) => {
-                    Database::open(&path, &password).map_err(open_error)?
+            Err(CoreError::Open(OpenError::DatabaseMissing { .. })) => {
+                match Database::create(&path, &password) {
+                    Ok(db) => db,
+                    // Another process created it a moment ago.
+                    Err(CoreError::Open(OpenError::AlreadyExists { .. })) => {
+                        Database::open(&path, &password).map_err(open_error)?
+                    }
+                    Err(e) => return Err(open_error(e)),
                 }
-                Err(e) => return Err(open_error(e)),
-            },
+            }
             Err(e) => return Err(open_error(e)),
         };
         restrict_database_files(&path).map_err(io("cannot restrict the permissions of", &path))?;
@@ -872,7 +876,7 @@ impl MetaStore {
         match Database::create(&path, &self.password) {
             Ok(db) => drop(db),
             // Left over from an interrupted create: it must open with our key.
-            Err(CoreError::AlreadyExists { .. }) => {
+            Err(CoreError::Open(OpenError::AlreadyExists { .. })) => {
                 drop(Database::open(&path, &self.password).map_err(open_error)?)
             }
             Err(e) => return Err(open_error(e)),
