@@ -332,8 +332,9 @@ pub(crate) async fn run<S: Transport>(
 }
 
 /// The device's next message before `deadline` (its time to authenticate), with the session
-/// back. `None` once the connection is over: the device closed or sent something that does
-/// not open or decode, or it was refused here (shutting down, or nothing in time: `late`).
+/// back. `None` once the connection is over: the device closed, or sent something that does
+/// not open or decode (it is told so), or it was refused here (shutting down, or nothing in
+/// time: `late`).
 async fn next_before<S: Transport>(
     mut session: Session<S>,
     deadline: tokio::time::Instant,
@@ -349,7 +350,10 @@ async fn next_before<S: Transport>(
     };
     match next {
         Ok(Ok(message)) => Some((message, session)),
-        Ok(Err(_)) => None,
+        Ok(Err(e)) => {
+            session.end_after(&e).await;
+            None
+        }
         Err(_) => {
             session.refuse(CloseCode::ProtocolError, late).await;
             None

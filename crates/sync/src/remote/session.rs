@@ -88,10 +88,11 @@ impl<S: Transport> Session<S> {
     }
 
     /// Refuses the session: a sealed `Close` with `code` and `reason`, then the WebSocket
-    /// closes (policy violation), reading on until the peer answers the close (at most a
-    /// second): a socket closed with the peer's messages unread would send a TCP reset, which
-    /// can destroy the `Close` before the peer reads it. Waits at most a second for a peer
-    /// that does not read.
+    /// closes (with [`CloseCode::websocket_close_code`]: 1008, policy violation, for the
+    /// refusals), reading on until the peer answers the close (at most a second): a socket
+    /// closed with the peer's messages unread would send a TCP reset, which can destroy the
+    /// `Close` before the peer reads it. Waits at most a second for a peer that does not
+    /// read.
     pub async fn refuse(mut self, code: CloseCode, reason: &str) {
         let close = Message::close(code, reason);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -101,13 +102,31 @@ impl<S: Transport> Session<S> {
             let _ = self
                 .ws
                 .close(Some(CloseFrame {
-                    code: WsCloseCode::Policy,
-                    reason: "session refused".into(),
+                    code: WsCloseCode::from(code.websocket_close_code()),
+                    reason: code.to_string().into(),
                 }))
                 .await;
         })
         .await;
         drain(&mut self.ws).await;
+    }
+
+    /// Ends the session after [`Session::recv`] failed with `error`: a message that opened but
+    /// does not decode is answered with a sealed `Close` saying what is wrong (as
+    /// [`Session::refuse`]); a payload that does not open, or a text message, with a
+    /// WebSocket close 1002 and no sealed reply (the channel has failed, or the WebSocket
+    /// carried something the protocol does not). After anything else (the peer's `Close`,
+    /// the connection broke) nothing more is sent.
+    pub async fn end_after(mut self, error: &RemoteError) {
+        match error {
+            RemoteError::Protocol(e) if !self.channel.is_failed() => {
+                self.refuse(e.close_code(), &e.to_string()).await;
+            }
+            RemoteError::Protocol(_) | RemoteError::WebSocket(_) => {
+                close_failed(&mut self.ws, error).await;
+            }
+            _ => {}
+        }
     }
 
     /// The relay the sync engine drives over this session. Its tasks run on the current tokio
