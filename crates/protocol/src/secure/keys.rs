@@ -183,6 +183,27 @@ mod tests {
     }
 
     #[test]
+    fn p256_public_keys_are_uncompressed_sec1_points_of_the_big_endian_private_scalar() {
+        // d = 1: the public key is the generator G, 04 || Gx || Gy (SEC 2, secp256r1).
+        let mut one = [0; 32];
+        one[31] = 1;
+        let keys = StaticKeys::from_private(Suite::P256AesGcmSha256, &one).unwrap();
+        let public = keys.public();
+        assert_eq!(public.len(), 65);
+        assert_eq!(public[0], 0x04);
+        assert_eq!(
+            public[1..9],
+            [0x6B, 0x17, 0xD1, 0xF2, 0xE1, 0x2C, 0x42, 0x47],
+            "Gx, big-endian"
+        );
+        assert_eq!(
+            public[33..41],
+            [0x4F, 0xE3, 0x42, 0xE2, 0xFE, 0x1A, 0x7F, 0x9B],
+            "Gy, big-endian"
+        );
+    }
+
+    #[test]
     fn debug_output_shows_the_public_key_fingerprint_and_never_the_private_key() {
         let keys = StaticKeys::from_private(Suite::X25519AesGcmSha256, &[0x42; 32]).unwrap();
         let debug = format!("{keys:?}");
