@@ -156,7 +156,9 @@ fn only_authenticated_devices_take_connection_slots_and_a_freed_slot_is_reused()
 fn a_25519_device_enrols_and_syncs_with_the_server_process_beside_a_p256_device() {
     use blazedb_protocol::enrol::EnrolmentToken;
     use blazedb_protocol::secure::Suite;
-    use blazedb_sync::remote::{node_keys_for, pinned_server_key};
+    use blazedb_sync::remote::{
+        RemoteNode, RemoteOptions, SyncExt, node_keys_for, pinned_server_key,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let data = common::init(dir.path());
@@ -212,6 +214,28 @@ fn a_25519_device_enrols_and_syncs_with_the_server_process_beside_a_p256_device(
             .count(),
         1,
         "{devices}"
+    );
+
+    // Without its token, the device keeps to the suite of the key it pinned.
+    drop(x25519_sync);
+    let again = x25519
+        .enable_sync(
+            RemoteNode::new(&server.url, "bugs"),
+            RemoteOptions::default(),
+        )
+        .unwrap();
+    let later = p256
+        .insert("bugs", blazedb_core::fields! {"title" => "later"})
+        .unwrap();
+    p256_sync
+        .wait_synced(Duration::from_secs(30), |_| {})
+        .unwrap();
+    again.wait_synced(Duration::from_secs(30), |_| {}).unwrap();
+    assert!(x25519.get("bugs", later).unwrap().is_some());
+    assert_eq!(
+        ok(&data, &["admin", "device", "list"]).lines().count(),
+        2,
+        "no new device"
     );
 }
 
