@@ -277,6 +277,23 @@ impl CloseCode {
         )
     }
 
+    /// The WebSocket close code (RFC 6455) of the close frame that follows a sealed `Close`
+    /// with this code: 1000 for `Normal`, 1001 for `GoingAway`, 1002 (protocol error) for
+    /// `ProtocolError` and `VersionMismatch`, 1011 (internal error) for `InternalError`,
+    /// and 1008 (policy violation) for the refusals, `Unauthorized`, `UnknownDatabase` and
+    /// `CopiedDatabase`. Informative only: the sealed `Close` says what happened.
+    pub fn websocket_close_code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError | CloseCode::VersionMismatch => 1002,
+            CloseCode::Unauthorized | CloseCode::UnknownDatabase | CloseCode::CopiedDatabase => {
+                1008
+            }
+            CloseCode::InternalError => 1011,
+        }
+    }
+
     /// The byte written on the wire.
     pub fn code(self) -> u8 {
         match self {
@@ -1055,6 +1072,27 @@ mod tests {
                 Err(ProtocolError::UnknownMessageType { code })
             );
         }
+    }
+
+    #[test]
+    fn each_close_code_is_followed_by_its_documented_websocket_close_code() {
+        let codes: Vec<(u8, u16)> = CloseCode::ALL
+            .into_iter()
+            .map(|c| (c.code(), c.websocket_close_code()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (0, 1000),
+                (1, 1001),
+                (2, 1002),
+                (3, 1002),
+                (4, 1008),
+                (5, 1008),
+                (6, 1011),
+                (7, 1008)
+            ]
+        );
     }
 
     #[test]

@@ -78,6 +78,16 @@ pub enum MetaError {
     /// The token was made by another server (its server key is not ours).
     #[error("the enrolment token was made for another server")]
     TokenForeign,
+    /// The device's handshake used another suite than the token's (a device speaks the suite
+    /// of its token).
+    #[error(
+        "the enrolment token is for {token}, but the device connected with {device}; a device \
+         must use the suite of its token"
+    )]
+    TokenSuiteMismatch {
+        token: blazedb_protocol::secure::Suite,
+        device: blazedb_protocol::secure::Suite,
+    },
     /// No such token (never created, or the secret does not match).
     #[error("the enrolment token is not known to this server")]
     TokenUnknown,

@@ -6,6 +6,7 @@
 //! blazedb-server admin init                                 # a new data folder
 //! blazedb-server admin user add ada --team core --role admin
 //! blazedb-server admin token create ada --expires-in 3600   # prints only the token
+//! blazedb-server admin token create ada --suite 25519       # for an X25519 device
 //! blazedb-server admin token list
 //! blazedb-server admin token revoke ID                      # ID from `token list`
 //! blazedb-server admin database create bugs
@@ -19,11 +20,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use blazedb_protocol::secure::Suite;
 use blazedb_server::{
     ConfigOverrides, META_FILE, MasterKey, MetaStore, Server, ServerConfig, ServerError,
     format_date,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -168,6 +170,10 @@ enum TokenCommand {
         /// Seconds until the token expires.
         #[arg(long, value_name = "SECS", default_value_t = 86_400)]
         expires_in: u64,
+        /// The Noise suite the device will speak: the token carries the server's key of that
+        /// suite.
+        #[arg(long, value_enum, default_value_t = SuiteArg::P256)]
+        suite: SuiteArg,
     },
     /// Lists tokens: id, user, expires at, state (tab-separated); never the secret.
     List,
@@ -176,6 +182,26 @@ enum TokenCommand {
         /// The token's id (32 hex characters), as `token list` shows it.
         id: String,
     },
+}
+
+/// A Noise suite, as `--suite` names it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SuiteArg {
+    /// Noise_XX_P256_AESGCM_SHA256 (the default).
+    #[value(name = "p256", alias = "P-256")]
+    P256,
+    /// Noise_XX_25519_AESGCM_SHA256.
+    #[value(name = "25519", alias = "x25519")]
+    X25519,
+}
+
+impl From<SuiteArg> for Suite {
+    fn from(suite: SuiteArg) -> Suite {
+        match suite {
+            SuiteArg::P256 => Suite::P256AesGcmSha256,
+            SuiteArg::X25519 => Suite::X25519AesGcmSha256,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,15 +381,20 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
     let mut print = |line: String| writeln!(out, "{line}").map_err(|e| e.to_string());
     match command {
         AdminCommand::Init => {
+            let keys: Vec<String> = Suite::ALL
+                .into_iter()
+                .filter_map(|suite| meta.server_keys_for(suite))
+                .map(|keys| format!("{} for {}", keys.fingerprint(), keys.suite()))
+                .collect();
             print(format!(
-                "{} server in {} (server key {})",
+                "{} server in {} (server keys {})",
                 if existed {
                     "there already is a"
                 } else {
                     "created a new"
                 },
                 config.data_dir.display(),
-                meta.server_keys().fingerprint()
+                keys.join(", ")
             ))?;
         }
         AdminCommand::User(UserCommand::Add { name, teams, role }) => {
@@ -391,9 +422,14 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
                 ))?;
             }
         }
-        AdminCommand::Token(TokenCommand::Create { user, expires_in }) => {
+        AdminCommand::Token(TokenCommand::Create {
+            user,
+            expires_in,
+            suite,
+        }) => {
+            let suite = Suite::from(suite);
             let token = meta
-                .create_token(&user, Duration::from_secs(expires_in))
+                .create_token_with_suite(&user, Duration::from_secs(expires_in), suite)
                 .map_err(|e| e.to_string())?;
             print(token.to_string())?;
             let expires = blazedb_core::Date::from_unix_millis(
@@ -401,11 +437,14 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
                     i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX),
                 ),
             );
+            let server_key = meta
+                .server_keys_for(suite)
+                .map(|keys| keys.fingerprint())
+                .unwrap_or_default();
             eprintln!(
                 "blazedb-server: one-time enrolment token for user {user:?}, valid until {} \
-                 (server key {})",
+                 (server key {server_key}, {suite})",
                 format_date(expires),
-                meta.server_keys().fingerprint()
             );
         }
         AdminCommand::Token(TokenCommand::List) => {

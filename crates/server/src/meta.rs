@@ -1,6 +1,7 @@
 //! The meta store: `server.blazedb`, a BlazeDB database (encrypted with the master key like
 //! every server file) holding the server's users, enrolled devices, enrolment tokens, the list
-//! of hosted databases, and (as a local setting) the server's own Noise static key pair.
+//! of hosted databases, and (as local settings) the server's own Noise static key pairs, one
+//! per suite.
 //!
 //! Collections and fields:
 //!
@@ -42,7 +43,9 @@ use crate::util::{format_date, from_hex, to_hex};
 pub const META_FILE: &str = "server.blazedb";
 /// The folder of hosted databases, in the data folder.
 pub const DATABASES_DIR: &str = "databases";
-/// The local setting holding the server's static key pair: `[suite id][private key]`.
+/// The local setting holding the server's static key pair of the default suite (P-256):
+/// `[suite id][private key]`. The pair of each other suite is beside it, in
+/// `STATIC_KEY_SETTING/<suite id in hex>` (`sync/static-key/02` for X25519).
 pub const STATIC_KEY_SETTING: &str = blazedb_sync::remote::STATIC_KEY_SETTING;
 /// The role of a user added without one.
 pub const DEFAULT_ROLE: &str = "member";
@@ -167,7 +170,10 @@ pub struct MetaStore {
     db: Database,
     data_dir: PathBuf,
     password: Zeroizing<String>,
+    /// The server's key pair for the default suite.
     keys: StaticKeys,
+    /// Its key pairs for the other suites.
+    other_keys: Vec<StaticKeys>,
 }
 
 impl fmt::Debug for MetaStore {
@@ -175,6 +181,7 @@ impl fmt::Debug for MetaStore {
         f.debug_struct("MetaStore")
             .field("data_dir", &self.data_dir)
             .field("keys", &self.keys)
+            .field("other_keys", &self.other_keys)
             .finish_non_exhaustive()
     }
 }
@@ -436,10 +443,21 @@ fn now_plus(ttl: Duration) -> Date {
     Date::from_unix_millis(Date::now().unix_millis().saturating_add(ms))
 }
 
-/// Loads the server's static key pair from the meta store, or makes and stores one (the
-/// same local setting every BlazeDB node keeps its key in).
-fn load_or_create_keys(db: &Database) -> Result<StaticKeys, MetaError> {
-    blazedb_sync::remote::node_keys(db).map_err(|e| MetaError::Keys(e.to_string()))
+/// Loads the server's static key pairs from the meta store, one per suite, making and storing
+/// those it lacks (the same local settings every BlazeDB node keeps its keys in). A store made
+/// before the server spoke every suite keeps its key and gains the others. Returns the default
+/// suite's pair and the others.
+fn load_or_create_keys(db: &Database) -> Result<(StaticKeys, Vec<StaticKeys>), MetaError> {
+    let load = |suite| {
+        blazedb_sync::remote::node_keys_for(db, suite).map_err(|e| MetaError::Keys(e.to_string()))
+    };
+    let default = load(Suite::default())?;
+    let others = Suite::ALL
+        .into_iter()
+        .filter(|suite| *suite != Suite::default())
+        .map(load)
+        .collect::<Result<_, _>>()?;
+    Ok((default, others))
 }
 
 impl MetaStore {
@@ -471,12 +489,13 @@ impl MetaStore {
             Err(e) => return Err(open_error(e)),
         };
         restrict_database_files(&path).map_err(io("cannot restrict the permissions of", &path))?;
-        let keys = load_or_create_keys(&db)?;
+        let (keys, other_keys) = load_or_create_keys(&db)?;
         Ok(MetaStore {
             db,
             data_dir: data_dir.to_owned(),
             password,
             keys,
+            other_keys,
         })
     }
 
@@ -490,9 +509,17 @@ impl MetaStore {
         &self.data_dir
     }
 
-    /// The server's Noise static key pair.
+    /// The server's Noise static key pair for the default suite (P-256).
     pub fn server_keys(&self) -> &StaticKeys {
         &self.keys
+    }
+
+    /// The server's Noise static key pair for `suite` (it has one for every suite of
+    /// [`Suite::ALL`]).
+    pub fn server_keys_for(&self, suite: Suite) -> Option<&StaticKeys> {
+        std::iter::once(&self.keys)
+            .chain(&self.other_keys)
+            .find(|keys| keys.suite() == suite)
     }
 
     // --- users -------------------------------------------------------------------------
@@ -559,9 +586,21 @@ impl MetaStore {
 
     // --- tokens ------------------------------------------------------------------------
 
-    /// Creates a one-time enrolment token for `user`, valid for `ttl`, and returns its text.
-    /// Only the token's id and the hash of its secret are stored.
+    /// Creates a one-time enrolment token for `user`, valid for `ttl`, for the default suite
+    /// (P-256), and returns its text. Only the token's id and the hash of its secret are
+    /// stored.
     pub fn create_token(&self, user: &str, ttl: Duration) -> Result<Zeroizing<String>, MetaError> {
+        self.create_token_with_suite(user, ttl, Suite::default())
+    }
+
+    /// Like [`MetaStore::create_token`], for `suite`: the token carries the server's key of
+    /// that suite, and the device that enrols with it speaks that suite.
+    pub fn create_token_with_suite(
+        &self,
+        user: &str,
+        ttl: Duration,
+        suite: Suite,
+    ) -> Result<Zeroizing<String>, MetaError> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(MetaError::InvalidArgument(format!(
                 "a token's lifetime must be between 1 second and {} days",
@@ -572,8 +611,10 @@ impl MetaStore {
             return Err(MetaError::UnknownUser(user.to_owned()));
         };
         let user = found.name.as_str();
-        let token =
-            EnrolmentToken::generate(&self.keys).map_err(|e| MetaError::Keys(e.to_string()))?;
+        let keys = self
+            .server_keys_for(suite)
+            .ok_or_else(|| MetaError::Keys(format!("the server has no key pair for {suite}")))?;
+        let token = EnrolmentToken::generate(keys).map_err(|e| MetaError::Keys(e.to_string()))?;
         let now = Date::now();
         self.db.insert_with_id(
             TOKENS,
@@ -590,10 +631,10 @@ impl MetaStore {
         Ok(Zeroizing::new(token.encode()))
     }
 
-    /// Enrols the device with static public key `device_key` (for `suite`) with the token
-    /// `token_text`, and returns the user it now belongs to. The token is marked used in
-    /// the same transaction that enrols the device, so it works exactly once, even with
-    /// several server processes racing.
+    /// Enrols the device with static public key `device_key` (for `suite`, the suite of its
+    /// handshake, which must be the token's) with the token `token_text`, and returns the
+    /// user it now belongs to. The token is marked used in the same transaction that enrols
+    /// the device, so it works exactly once, even with several server processes racing.
     pub fn enrol_device(
         &self,
         token_text: &str,
@@ -602,8 +643,15 @@ impl MetaStore {
     ) -> Result<User, MetaError> {
         let token = EnrolmentToken::parse(token_text)
             .map_err(|e| MetaError::TokenMalformed(e.to_string()))?;
-        if token.server_key() != self.keys.public() || token.server_suite() != self.keys.suite() {
+        let ours = self.server_keys_for(token.server_suite());
+        if ours.is_none_or(|keys| keys.public() != token.server_key()) {
             return Err(MetaError::TokenForeign);
+        }
+        if token.server_suite() != suite {
+            return Err(MetaError::TokenSuiteMismatch {
+                token: token.server_suite(),
+                device: suite,
+            });
         }
         if device_key.len() != suite.public_key_len() {
             return Err(MetaError::InvalidArgument(format!(
@@ -1038,6 +1086,93 @@ mod tests {
         drop(first);
         let again = MetaStore::open_or_create(&data, &key).unwrap();
         assert_eq!(again.server_keys().public(), public);
+    }
+
+    #[test]
+    fn the_server_has_a_key_pair_per_suite_each_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate().unwrap();
+        let data = dir.path().join("data");
+        let first = MetaStore::open_or_create(&data, &key).unwrap();
+        let publics: Vec<Vec<u8>> = Suite::ALL
+            .into_iter()
+            .map(|suite| {
+                let keys = first.server_keys_for(suite).unwrap();
+                assert_eq!(keys.suite(), suite);
+                keys.public().to_vec()
+            })
+            .collect();
+        assert_eq!(first.server_keys().suite(), Suite::default());
+        drop(first);
+        let again = MetaStore::open_or_create(&data, &key).unwrap();
+        for (suite, public) in Suite::ALL.into_iter().zip(&publics) {
+            assert_eq!(again.server_keys_for(suite).unwrap().public(), public);
+        }
+    }
+
+    #[test]
+    fn a_store_made_with_only_a_p256_key_keeps_it_and_gains_an_x25519_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate().unwrap();
+        let data = dir.path().join("data");
+        create_private_dir(&data).unwrap();
+        // A store as servers made it before they had a key per suite: one P-256 key pair.
+        let old = Database::create(data.join(META_FILE), &key.password()).unwrap();
+        let p256 = blazedb_sync::remote::node_keys(&old).unwrap();
+        assert_eq!(p256.suite(), Suite::P256AesGcmSha256);
+        drop(old);
+
+        let upgraded = MetaStore::open_or_create(&data, &key).unwrap();
+        assert_eq!(upgraded.server_keys().public(), p256.public());
+        let x25519 = upgraded
+            .server_keys_for(Suite::X25519AesGcmSha256)
+            .unwrap()
+            .public()
+            .to_vec();
+        drop(upgraded);
+        let again = MetaStore::open_or_create(&data, &key).unwrap();
+        assert_eq!(again.server_keys().public(), p256.public());
+        assert_eq!(
+            again
+                .server_keys_for(Suite::X25519AesGcmSha256)
+                .unwrap()
+                .public(),
+            x25519
+        );
+    }
+
+    #[test]
+    fn a_token_carries_the_server_key_of_its_suite_and_enrols_only_a_device_of_that_suite() {
+        let (_dir, store) = store();
+        store.add_user("ada", &[], None).unwrap();
+        for suite in Suite::ALL {
+            let text = store
+                .create_token_with_suite("ada", Duration::from_secs(60), suite)
+                .unwrap();
+            let token = EnrolmentToken::parse(&text).unwrap();
+            assert_eq!(token.server_suite(), suite);
+            assert_eq!(
+                token.server_key(),
+                store.server_keys_for(suite).unwrap().public()
+            );
+            let other = Suite::ALL.into_iter().find(|s| *s != suite).unwrap();
+            let err = store
+                .enrol_device(&text, &device_key(other), other)
+                .unwrap_err();
+            assert!(
+                matches!(err, MetaError::TokenSuiteMismatch { token, device } if token == suite && device == other),
+                "{err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("a device must use the suite of its token"),
+                "{err}"
+            );
+            // The refusal did not use the token up.
+            let device = device_key(suite);
+            store.enrol_device(&text, &device, suite).unwrap();
+            assert_eq!(store.device(&device).unwrap().unwrap().suite, suite);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_protocol::{CloseCode, Message};
-use blazedb_sync::remote::{RelayOptions, Session, Transport, accept_handshake};
+use blazedb_sync::remote::{RelayOptions, Session, Transport, accept_handshake_with};
 use blazedb_sync::{ConnectOptions, PeerTrust};
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -111,8 +111,10 @@ pub(crate) async fn run<S: Transport>(
 ) {
     let deadline = ticket.deadline();
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    let keys = context.meta.server_keys();
-    let handshake = accept_handshake(ws, keys, &database.name, left());
+    // The initiator names its suite in the first handshake message; the server answers
+    // with its key of that suite.
+    let keys = |suite| context.meta.server_keys_for(suite);
+    let handshake = accept_handshake_with(ws, keys, &database.name, left());
     let session = tokio::select! {
         accepted = handshake => match accepted {
             Ok(session) => session,
@@ -330,8 +332,9 @@ pub(crate) async fn run<S: Transport>(
 }
 
 /// The device's next message before `deadline` (its time to authenticate), with the session
-/// back. `None` once the connection is over: the device closed or sent something that does
-/// not open or decode, or it was refused here (shutting down, or nothing in time: `late`).
+/// back. `None` once the connection is over: the device closed, or sent something that does
+/// not open or decode (it is told so), or it was refused here (shutting down, or nothing in
+/// time: `late`).
 async fn next_before<S: Transport>(
     mut session: Session<S>,
     deadline: tokio::time::Instant,
@@ -347,7 +350,10 @@ async fn next_before<S: Transport>(
     };
     match next {
         Ok(Ok(message)) => Some((message, session)),
-        Ok(Err(_)) => None,
+        Ok(Err(e)) => {
+            session.end_after(&e).await;
+            None
+        }
         Err(_) => {
             session.refuse(CloseCode::ProtocolError, late).await;
             None

@@ -616,6 +616,112 @@ fn replayed_tampered_garbage_and_oversized_frames_close_only_that_connection() {
     server.shutdown();
 }
 
+/// Well-sealed payloads that do not decode as a message, and the reason of the `Close` each
+/// gets (as docs/protocol.md gives them).
+fn undecodable_payloads() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let mut trailing = Message::Ping { nonce: 7 }.encode();
+    trailing.push(0);
+    let mut bad_varint = vec![0xB7, 0x16, 0x04];
+    bad_varint.extend([0xFF; 10]);
+    bad_varint.push(0x01);
+    vec![
+        (
+            "an unknown type",
+            vec![0xB7, 0x16, 0x55],
+            "unknown message type 0x55",
+        ),
+        (
+            "trailing bytes",
+            trailing,
+            "malformed message: 1 unexpected bytes after the end of the item",
+        ),
+        (
+            "a bad varint",
+            bad_varint,
+            "malformed message: varint at byte 3 is too long or overflows 64 bits",
+        ),
+    ]
+}
+
+#[test]
+fn a_sealed_message_that_does_not_decode_gets_a_sealed_protocol_error_close_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        for (what, payload, expected) in undecodable_payloads() {
+            // During the session (after the Hellos), and as the very first message.
+            let device = RawDevice::new();
+            let mut during = enrolled_session(&server, &device).await;
+            let mut first = RawSession::connect(server.local_addr(), DB, &device.keys).await;
+            for (when, session) in [("in the session", &mut during), ("first", &mut first)] {
+                let sealed = session.channel.seal(&payload).unwrap();
+                session
+                    .ws
+                    .send(WsMessage::Binary(sealed.into()))
+                    .await
+                    .unwrap();
+                let (code, reason) = session.close_from_server().await;
+                assert_eq!(code, CloseCode::ProtocolError, "{what} {when}");
+                assert_eq!(reason, expected, "{what} {when}");
+                assert_eq!(
+                    session.closed_by_server().await,
+                    Some(1002),
+                    "{what} {when}"
+                );
+            }
+        }
+    });
+    assert_serves(&server);
+    server.shutdown();
+}
+
+#[test]
+fn a_device_answers_a_sealed_message_that_does_not_decode_with_a_sealed_protocol_error_close() {
+    let rt = threaded_runtime();
+    for (what, payload, expected) in undecodable_payloads() {
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let address = listener.local_addr().unwrap();
+        let keys = StaticKeys::generate(Suite::default()).unwrap();
+        let token = EnrolmentToken::generate(&keys).unwrap().encode();
+        // A server by hand: it takes the device's Enroll and Hello, says hello, then seals
+        // something that is no message.
+        let server = rt.spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async_with_config(stream, Some(websocket_config()))
+                .await
+                .unwrap();
+            let mut session = accept_handshake(ws, &keys, DB, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(matches!(
+                session.recv().await.unwrap(),
+                Message::Enroll { .. }
+            ));
+            assert!(matches!(
+                session.recv().await.unwrap(),
+                Message::Hello { .. }
+            ));
+            session
+                .send(&common::raw::hello_as(blazedb_core::NodeId::random(), DB))
+                .await
+                .unwrap();
+            session.send_payload(&payload).await.unwrap();
+            loop {
+                match session.recv().await {
+                    Ok(_) => continue,
+                    Err(RemoteError::Refused { code, reason }) => break (code, reason),
+                    Err(other) => panic!("no sealed Close: {other}"),
+                }
+            }
+        });
+        let (_db, _sync) = device(&format!("ws://{address}"), &token);
+        let (code, reason) = rt.block_on(server).unwrap();
+        assert_eq!(code, CloseCode::ProtocolError, "{what}");
+        assert_eq!(reason, expected, "{what}");
+    }
+}
+
 #[test]
 fn a_wrong_database_name_and_an_unenrolled_key_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

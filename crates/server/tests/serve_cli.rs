@@ -71,8 +71,19 @@ fn a_database_created_while_the_server_runs_is_served_at_once() {
 fn enrolled_device(
     server: &ServeProcess,
 ) -> (blazedb_core::Database, blazedb_sync::remote::RemoteSync) {
+    enrolled_device_with(server, &[])
+}
+
+/// A device of user ada syncing with `server`, enrolled with a token from
+/// `admin token create ada TOKEN_ARGS`.
+fn enrolled_device_with(
+    server: &ServeProcess,
+    token_args: &[&str],
+) -> (blazedb_core::Database, blazedb_sync::remote::RemoteSync) {
     use blazedb_sync::remote::{RemoteNode, RemoteOptions, SyncExt};
-    let token = ok(&server.data, &["admin", "token", "create", "ada"]);
+    let mut args = vec!["admin", "token", "create", "ada"];
+    args.extend_from_slice(token_args);
+    let token = ok(&server.data, &args);
     let db = blazedb_core::Database::in_memory().unwrap();
     let options = RemoteOptions {
         backoff_initial: Duration::from_millis(20),
@@ -139,6 +150,142 @@ fn only_authenticated_devices_take_connection_slots_and_a_freed_slot_is_reused()
         .wait_synced(Duration::from_secs(30), |_| {})
         .unwrap();
     assert_eq!(health(&server)["connections"], 1);
+}
+
+#[test]
+fn a_25519_device_enrols_and_syncs_with_the_server_process_beside_a_p256_device() {
+    use blazedb_protocol::enrol::EnrolmentToken;
+    use blazedb_protocol::secure::Suite;
+    use blazedb_sync::remote::{
+        RemoteNode, RemoteOptions, SyncExt, node_keys_for, pinned_server_key,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::init(dir.path());
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    ok(&data, &["admin", "user", "add", "ada"]);
+    let token = ok(
+        &data,
+        &["admin", "token", "create", "ada", "--suite", "25519"],
+    );
+    let token = EnrolmentToken::parse(&token).unwrap();
+    assert_eq!(token.server_suite(), Suite::X25519AesGcmSha256);
+    let server = ServeProcess::start(&data, &[]);
+
+    let (x25519, x25519_sync) = enrolled_device_with(&server, &["--suite", "25519"]);
+    let (p256, p256_sync) = enrolled_device(&server);
+    let from_x25519 = x25519
+        .insert("bugs", blazedb_core::fields! {"title" => "from X25519"})
+        .unwrap();
+    let from_p256 = p256
+        .insert("bugs", blazedb_core::fields! {"title" => "from P-256"})
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p256.get("bugs", from_x25519).unwrap().is_none()
+        || x25519.get("bugs", from_p256).unwrap().is_none()
+    {
+        assert!(Instant::now() < deadline, "the devices did not converge");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    x25519_sync
+        .wait_synced(Duration::from_secs(30), |_| {})
+        .unwrap();
+    p256_sync
+        .wait_synced(Duration::from_secs(30), |_| {})
+        .unwrap();
+
+    // Each device speaks its token's suite and pinned the server's key of that suite.
+    let (suite, key) = pinned_server_key(&x25519, &server.url).unwrap().unwrap();
+    assert_eq!(suite, Suite::X25519AesGcmSha256);
+    assert_eq!(key, token.server_key());
+    let (suite, _) = pinned_server_key(&p256, &server.url).unwrap().unwrap();
+    assert_eq!(suite, Suite::P256AesGcmSha256);
+    let devices = ok(&data, &["admin", "device", "list"]);
+    let x25519_key = node_keys_for(&x25519, Suite::X25519AesGcmSha256).unwrap();
+    let line = devices
+        .lines()
+        .find(|line| line.starts_with(&x25519_key.fingerprint()))
+        .unwrap_or_else(|| panic!("the X25519 device is not listed: {devices}"));
+    assert!(line.ends_with("Noise_XX_25519_AESGCM_SHA256"), "{line}");
+    assert_eq!(
+        devices
+            .lines()
+            .filter(|line| line.ends_with("Noise_XX_P256_AESGCM_SHA256"))
+            .count(),
+        1,
+        "{devices}"
+    );
+
+    // Without its token, the device keeps to the suite of the key it pinned.
+    drop(x25519_sync);
+    let again = x25519
+        .enable_sync(
+            RemoteNode::new(&server.url, "bugs"),
+            RemoteOptions::default(),
+        )
+        .unwrap();
+    let later = p256
+        .insert("bugs", blazedb_core::fields! {"title" => "later"})
+        .unwrap();
+    p256_sync
+        .wait_synced(Duration::from_secs(30), |_| {})
+        .unwrap();
+    again.wait_synced(Duration::from_secs(30), |_| {}).unwrap();
+    assert!(x25519.get("bugs", later).unwrap().is_some());
+    assert_eq!(
+        ok(&data, &["admin", "device", "list"]).lines().count(),
+        2,
+        "no new device"
+    );
+}
+
+#[test]
+fn a_handshake_in_an_unknown_suite_is_closed_with_a_whole_reason_naming_it() {
+    use blazedb_protocol::ProtocolError;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::init(dir.path());
+    ok(&data, &["admin", "database", "create", "bugs"]);
+    let server = ServeProcess::start(&data, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, reason) = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            format!("ws://{}/sync/bugs", server.addr),
+            tcp,
+            Some(blazedb_sync::remote::websocket_config()),
+        )
+        .await
+        .unwrap();
+        // Message 1 of a suite 0x03, with a 32-byte ephemeral key.
+        let mut first = vec![0x03];
+        first.extend([9; 32]);
+        ws.send(WsMessage::Binary(first.into())).await.unwrap();
+        common::raw::close_frame(&mut ws)
+            .await
+            .expect("a close frame")
+    });
+    // The peer's fault (a protocol error, not a failure of the server), and the reason whole.
+    assert_eq!(code, 1002);
+    assert_eq!(reason, ProtocolError::UnknownSuite { id: 0x03 }.to_string());
+    assert!(
+        reason.ends_with("0x02 Noise_XX_25519_AESGCM_SHA256)"),
+        "{reason}"
+    );
+
+    // A suite --suite does not know is refused by the admin command, naming the ones it knows.
+    let out = run(
+        &data,
+        &["admin", "token", "create", "ada", "--suite", "448"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("p256") && err.contains("25519"), "{err}");
 }
 
 #[test]

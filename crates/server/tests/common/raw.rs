@@ -167,16 +167,24 @@ impl RawSession {
 
 /// Reads until the server ends the connection; returns its close frame's code, if any.
 pub async fn closed_by_server(ws: &mut WebSocketStream<TcpStream>) -> Option<u16> {
+    close_frame(ws).await.map(|(code, _)| code)
+}
+
+/// Reads until the server ends the connection; returns its close frame's code and reason, if
+/// it sent one.
+pub async fn close_frame(ws: &mut WebSocketStream<TcpStream>) -> Option<(u16, String)> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => panic!("the server did not close the connection"),
             Ok(None) => return None,
             Ok(Some(Err(e))) => {
-                eprintln!("closed_by_server: {e}");
+                eprintln!("close_frame: {e}");
                 return None;
             }
-            Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
             Ok(Some(Ok(_))) => {}
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use blazedb_core::Database;
 use blazedb_protocol::enrol::EnrolmentToken;
-use blazedb_protocol::secure::{StaticKeys, fingerprint};
+use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
 use blazedb_protocol::{CloseCode, Message};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::error::RemoteError;
-use super::keys::{node_keys, pin_server_key, pinned_server_key};
+use super::keys::{node_keys_for, pin_server_key, pinned_server_key};
 use super::relay::RelayOptions;
 use super::session::{connect_handshake, websocket_config};
 use crate::engine::{ConnectOptions, ConnectionStatus, EngineOptions, Mode, SyncEngine};
@@ -236,6 +236,7 @@ struct Plan {
     host: String,
     port: u16,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// This database's key pair for the suite it speaks with the server.
     keys: StaticKeys,
     token: Option<EnrolmentToken>,
 }
@@ -434,9 +435,15 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
         .transpose()
         .map_err(|e| RemoteError::InvalidOption(e.to_string()))?;
     let server = format!("{}://{authority}", if secure { "wss" } else { "ws" });
-    if token.is_none() && pinned_server_key(db, &server)?.is_none() {
-        return Err(RemoteError::NotEnrolled { server });
-    }
+    // The suite of the token until it has enrolled us (the server enrols a key only with a
+    // token of its suite), then the suite of the server key we pinned.
+    let pinned = pinned_server_key(db, &server)?.map(|(suite, _)| suite);
+    let suite: Suite = match (&token, pinned) {
+        (Some(token), _) if !is_enrolled(db, &server)? => token.server_suite(),
+        (_, Some(suite)) => suite,
+        (Some(token), None) => token.server_suite(),
+        (None, None) => return Err(RemoteError::NotEnrolled { server }),
+    };
     Ok(Plan {
         remote: remote.clone(),
         request: format!("{url}/sync/{}", remote.database),
@@ -444,7 +451,7 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
         host: host.to_owned(),
         port,
         tls,
-        keys: node_keys(db)?,
+        keys: node_keys_for(db, suite)?,
         token,
     })
 }
@@ -548,8 +555,9 @@ async fn open(
             options.connect_timeout,
             "connecting to the server",
         )))?;
-    // The key to expect: the pinned one, else the one in the token.
-    let pinned = pinned_server_key(db, &plan.server)?;
+    // The key to expect: the one pinned for our suite, else the one in the token.
+    let pinned =
+        pinned_server_key(db, &plan.server)?.filter(|(suite, _)| *suite == plan.keys.suite());
     let expected = match (&pinned, &plan.token) {
         (Some((_, key)), _) => key.clone(),
         (None, Some(token)) => token.server_key().to_vec(),

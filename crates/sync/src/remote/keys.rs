@@ -8,31 +8,65 @@ use zeroize::Zeroizing;
 
 use super::error::RemoteError;
 
-/// Local setting holding this node's static key pair: suite id, then the private key.
+/// Local setting holding this node's static key pair: suite id, then the private key. It holds
+/// the first key pair the file made (of the default suite unless the first enrolment token
+/// named another); a pair of another suite is kept beside it, under this name, `/` and the
+/// suite id in two hex digits (`sync/static-key/02`).
 pub const STATIC_KEY_SETTING: &str = "sync/static-key";
 /// Prefix of the local settings pinning a server's static key: suite id, then public key.
 const SERVER_KEY_SETTING: &str = "sync/server-key/";
 
 /// This database's static key pair, made (with the default suite) and stored on first use.
 pub fn node_keys(db: &Database) -> Result<StaticKeys, RemoteError> {
-    if let Some(stored) = db
-        .replication()
-        .local_setting(STATIC_KEY_SETTING)?
-        .map(Zeroizing::new)
-    {
-        let (&suite, private) = stored
-            .split_first()
-            .ok_or(ProtocolError::InvalidStaticKeys {
-                what: "the stored static key is empty",
-            })?;
-        return Ok(StaticKeys::from_private(Suite::from_id(suite)?, private)?);
+    match stored_keys(db, STATIC_KEY_SETTING)? {
+        Some(keys) => Ok(keys),
+        None => make_keys(db, STATIC_KEY_SETTING, Suite::default()),
     }
-    let keys = StaticKeys::generate(Suite::default())?;
+}
+
+/// This database's static key pair for `suite`, made and stored on first use. A node speaks
+/// one suite with a server (its enrolment token's), but may hold a pair for each.
+pub fn node_keys_for(db: &Database, suite: Suite) -> Result<StaticKeys, RemoteError> {
+    let setting = match stored_keys(db, STATIC_KEY_SETTING)? {
+        Some(keys) if keys.suite() == suite => return Ok(keys),
+        // The first pair stays where it is (a file made before there was a choice keeps its
+        // key); this suite's pair goes beside it.
+        Some(_) => format!("{STATIC_KEY_SETTING}/{:02x}", suite.id()),
+        None => STATIC_KEY_SETTING.to_owned(),
+    };
+    match stored_keys(db, &setting)? {
+        Some(keys) if keys.suite() == suite => Ok(keys),
+        Some(_) => Err(ProtocolError::InvalidStaticKeys {
+            what: "a stored static key is not of the suite its setting names",
+        }
+        .into()),
+        None => make_keys(db, &setting, suite),
+    }
+}
+
+/// The key pair stored in `setting`, if any.
+fn stored_keys(db: &Database, setting: &str) -> Result<Option<StaticKeys>, RemoteError> {
+    let Some(stored) = db.replication().local_setting(setting)?.map(Zeroizing::new) else {
+        return Ok(None);
+    };
+    let (&suite, private) = stored
+        .split_first()
+        .ok_or(ProtocolError::InvalidStaticKeys {
+            what: "the stored static key is empty",
+        })?;
+    Ok(Some(StaticKeys::from_private(
+        Suite::from_id(suite)?,
+        private,
+    )?))
+}
+
+/// A new key pair of `suite`, stored in `setting`.
+fn make_keys(db: &Database, setting: &str, suite: Suite) -> Result<StaticKeys, RemoteError> {
+    let keys = StaticKeys::generate(suite)?;
     let mut stored = Zeroizing::new(Vec::with_capacity(1 + keys.private().len()));
     stored.push(keys.suite().id());
     stored.extend_from_slice(keys.private());
-    db.replication()
-        .set_local_setting(STATIC_KEY_SETTING, Some(&stored))?;
+    db.replication().set_local_setting(setting, Some(&stored))?;
     Ok(keys)
 }
 
@@ -47,6 +81,8 @@ pub fn forget_node_keys(db: &Database) -> Result<bool, RemoteError> {
         .is_some();
     db.replication()
         .set_local_setting(STATIC_KEY_SETTING, None)?;
+    db.replication()
+        .remove_local_settings(&format!("{STATIC_KEY_SETTING}/"))?;
     db.replication()
         .remove_local_settings(super::client::ENROLLED_SETTING_PREFIX)?;
     Ok(had)
@@ -99,6 +135,48 @@ mod tests {
         let again = node_keys(&db).unwrap();
         assert_eq!(first.public(), again.public());
         assert_eq!(first.suite(), Suite::default());
+    }
+
+    #[test]
+    fn a_database_keeps_its_first_key_and_makes_one_per_other_suite() {
+        let db = Database::in_memory().unwrap();
+        let first = node_keys(&db).unwrap();
+        let x25519 = node_keys_for(&db, Suite::X25519AesGcmSha256).unwrap();
+        assert_eq!(x25519.suite(), Suite::X25519AesGcmSha256);
+        assert_eq!(node_keys(&db).unwrap().public(), first.public());
+        assert_eq!(
+            node_keys_for(&db, Suite::default()).unwrap().public(),
+            first.public()
+        );
+        assert_eq!(
+            node_keys_for(&db, Suite::X25519AesGcmSha256)
+                .unwrap()
+                .public(),
+            x25519.public()
+        );
+        // Forgetting forgets every suite's pair.
+        assert!(forget_node_keys(&db).unwrap());
+        assert_ne!(
+            node_keys_for(&db, Suite::X25519AesGcmSha256)
+                .unwrap()
+                .public(),
+            x25519.public()
+        );
+    }
+
+    #[test]
+    fn a_database_whose_first_key_is_x25519_makes_its_p256_key_beside_it() {
+        let db = Database::in_memory().unwrap();
+        let x25519 = node_keys_for(&db, Suite::X25519AesGcmSha256).unwrap();
+        assert_eq!(node_keys(&db).unwrap().public(), x25519.public());
+        let p256 = node_keys_for(&db, Suite::P256AesGcmSha256).unwrap();
+        assert_eq!(p256.suite(), Suite::P256AesGcmSha256);
+        assert_eq!(
+            node_keys_for(&db, Suite::P256AesGcmSha256)
+                .unwrap()
+                .public(),
+            p256.public()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use blazedb_protocol::secure::SecureChannel;
-use blazedb_protocol::{Capabilities, DEFAULT_COMPRESSION_THRESHOLD, Message};
+use blazedb_protocol::{Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, Message};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -91,12 +91,31 @@ struct Pending<S> {
     first: Option<Message>,
 }
 
+/// One message for the writer: its plain encoding, and its code when it is a `Close` (after
+/// which the writer writes nothing more and closes the WebSocket with the matching code).
+struct Outgoing {
+    plain: Vec<u8>,
+    close: Option<CloseCode>,
+}
+
+impl Outgoing {
+    fn new(message: &Message) -> Outgoing {
+        Outgoing {
+            plain: message.encode(),
+            close: match message {
+                Message::Close { code, .. } => Some(*code),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A connection to a remote node over a secure WebSocket [`Session`]. Made with
 /// [`Session::into_relay`]; hand it to [`crate::SyncEngine::connect`].
 pub struct WsRelay<S> {
     pending: Option<Pending<S>>,
     options: RelayOptions,
-    queue: Option<mpsc::Sender<Vec<u8>>>,
+    queue: Option<mpsc::Sender<Outgoing>>,
     /// Bytes in `queue`, not yet written.
     queued_bytes: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
@@ -157,6 +176,8 @@ impl<S: Transport> Relay for WsRelay<S> {
             ));
         };
         let (queue, queued) = mpsc::channel(self.options.queue_limit.max(1));
+        // Weak: the queue still ends when the engine closes the relay.
+        let queue_for_reader = queue.downgrade();
         self.queue = Some(queue);
         self.inbox = Some(inbox.clone());
         let (sink, stream) = session.ws.split();
@@ -170,6 +191,12 @@ impl<S: Transport> Relay for WsRelay<S> {
         }
         let reader_inbox = inbox.clone();
         let budget = Arc::new(Semaphore::new(self.options.inbound_bytes.max(1)));
+        let parting = Parting {
+            queue: queue_for_reader,
+            queued_bytes: self.queued_bytes.clone(),
+            closed: self.closed.clone(),
+            drain_for: self.options.close_timeout,
+        };
         let reader = read(
             stream,
             channel.clone(),
@@ -177,6 +204,7 @@ impl<S: Transport> Relay for WsRelay<S> {
             inbox,
             self.counters.clone(),
             budget,
+            parting,
         );
         let stop = self.stop.clone();
         let closed = self.closed.clone();
@@ -235,8 +263,8 @@ impl<S: Transport> Relay for WsRelay<S> {
             return Err(SyncError::RelayClosed);
         };
         // Encoded here, so the queue is measured in bytes (the writer compresses and seals).
-        let plain = message.encode();
-        let len = plain.len();
+        let outgoing = Outgoing::new(&message);
+        let len = outgoing.plain.len();
         let queued = self.queued_bytes.load(Ordering::Acquire);
         let full = if queued > 0 && queued.saturating_add(len) > self.options.queue_bytes {
             Some(format!(
@@ -245,7 +273,7 @@ impl<S: Transport> Relay for WsRelay<S> {
         } else {
             // Counted before the writer can see the message (it subtracts what it takes).
             self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-            let sent = queue.try_send(plain);
+            let sent = queue.try_send(outgoing);
             if sent.is_err() {
                 self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             }
@@ -316,6 +344,38 @@ async fn stopped(stop: &mut watch::Receiver<Stop>) {
 /// when the engine itself is gone).
 type ReadEnd = (Option<(WsCloseCode, String)>, Option<String>);
 
+/// What the reader needs to tell a peer that broke the protocol why, with a sealed `Close`.
+struct Parting {
+    /// The writer's queue, while the engine has not closed the relay.
+    queue: mpsc::WeakSender<Outgoing>,
+    queued_bytes: Arc<AtomicUsize>,
+    /// Set once the `Close` is queued: nothing may follow it.
+    closed: Arc<AtomicBool>,
+    /// How long the reader waits for the peer to answer the `Close`.
+    drain_for: Duration,
+}
+
+impl Parting {
+    /// Queues `close` after what is queued already; false when it cannot (the relay is
+    /// closed, or the queue is full).
+    fn queue_close(&self, close: &Message) -> bool {
+        let Some(queue) = self.queue.upgrade() else {
+            return false;
+        };
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let outgoing = Outgoing::new(close);
+        let len = outgoing.plain.len();
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let queued = queue.try_send(outgoing).is_ok();
+        if !queued {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        queued
+    }
+}
+
 /// Reads until the connection ends.
 async fn read<S: Transport>(
     mut stream: SplitStream<WebSocketStream<S>>,
@@ -324,6 +384,7 @@ async fn read<S: Transport>(
     inbox: Inbox,
     counters: Arc<RelayCounters>,
     budget: Arc<Semaphore>,
+    parting: Parting,
 ) -> ReadEnd {
     let limit = budget.available_permits().max(1);
     loop {
@@ -389,9 +450,26 @@ async fn read<S: Transport>(
             Err(e) => {
                 // Decrypt failures (tampering, replay, reordering) and malformed messages
                 // end the connection; nothing more from this peer is trusted.
+                let reason = format!("closing the connection: {e}");
+                let failed = channel
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_failed();
+                // A payload that opened but does not decode leaves the channel working: the
+                // peer is told why with a sealed Close (the writer then closes the
+                // WebSocket), and read on until it answers, so that a reset cannot destroy
+                // the Close before it is read.
+                if !failed && parting.queue_close(&Message::close(e.close_code(), e.to_string())) {
+                    inbox.closed(reason);
+                    let _ = tokio::time::timeout(parting.drain_for, async {
+                        while let Some(Ok(_)) = stream.next().await {}
+                    })
+                    .await;
+                    return (Some((WsCloseCode::Protocol, "protocol error".into())), None);
+                }
                 return (
                     Some((WsCloseCode::Protocol, "protocol error".into())),
-                    Some(format!("closing the connection: {e}")),
+                    Some(reason),
                 );
             }
         }
@@ -413,27 +491,44 @@ struct Writer<S> {
     queued_bytes: Arc<AtomicUsize>,
 }
 
+/// How the writer's queue ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Written {
+    /// The queue closed (the engine closed the relay) and everything in it was written.
+    All,
+    /// A `Close` with this code was written: nothing may follow it.
+    Close(CloseCode),
+    /// Writing failed.
+    Failed,
+}
+
 impl<S: Transport> Writer<S> {
-    /// Writes until the queue closes or the relay stops; false when writing failed.
+    /// Writes until the queue closes, a `Close` is written or the relay stops; false when
+    /// writing failed.
     async fn run(
         mut self,
-        mut queued: mpsc::Receiver<Vec<u8>>,
+        mut queued: mpsc::Receiver<Outgoing>,
         mut stop: watch::Receiver<Stop>,
     ) -> bool {
         let outcome = tokio::select! {
-            outcome = self.write_all(&mut queued) => outcome,
+            outcome = self.write_all(&mut queued) => Some(outcome),
             () = stopped(&mut stop) => None,
         };
-        if outcome == Some(false) {
+        if outcome == Some(Written::Failed) {
             // Sealing fails once the reader found a bad payload (the channel is shared and
             // failed for good); the reader is about to say which close frame to send.
             let _ = tokio::time::timeout(Duration::from_millis(200), stopped(&mut stop)).await;
         }
         let frame = match (outcome, stop.borrow().clone()) {
+            // After a sealed Close, the close frame of its code (docs/protocol.md).
+            (Some(Written::Close(code)), _) => Some((
+                WsCloseCode::from(code.websocket_close_code()),
+                code.to_string(),
+            )),
             // The reader (or a full queue) asked for a close frame: it says why.
             (_, Stop::Abort(Some(frame))) => Some(frame),
             // The engine closed the relay and everything queued was written.
-            (Some(true), _) => Some((WsCloseCode::Normal, String::new())),
+            (Some(Written::All), _) => Some((WsCloseCode::Normal, String::new())),
             _ => None,
         };
         if let Some((code, reason)) = frame {
@@ -447,25 +542,31 @@ impl<S: Transport> Writer<S> {
             .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
-        outcome != Some(false)
+        outcome != Some(Written::Failed)
     }
 
-    /// Writes until the queue is closed (true) or writing fails (false).
-    async fn write_all(&mut self, queued: &mut mpsc::Receiver<Vec<u8>>) -> Option<bool> {
+    /// Writes until the queue is closed, a `Close` is written, or writing fails.
+    async fn write_all(&mut self, queued: &mut mpsc::Receiver<Outgoing>) -> Written {
         while let Some(message) = queued.recv().await {
-            if !self.feed(message).await {
-                return Some(false);
-            }
-            while let Ok(message) = queued.try_recv() {
-                if !self.feed(message).await {
-                    return Some(false);
+            let mut next = Some(message);
+            while let Some(message) = next.take() {
+                let close = message.close;
+                if !self.feed(message.plain).await {
+                    return Written::Failed;
                 }
+                if let Some(code) = close {
+                    return match self.sink.flush().await {
+                        Ok(()) => Written::Close(code),
+                        Err(_) => Written::Failed,
+                    };
+                }
+                next = queued.try_recv().ok();
             }
             if self.sink.flush().await.is_err() {
-                return Some(false);
+                return Written::Failed;
             }
         }
-        Some(true)
+        Written::All
     }
 
     /// Compresses (when worth it), seals and writes one encoded message.

@@ -88,10 +88,11 @@ impl<S: Transport> Session<S> {
     }
 
     /// Refuses the session: a sealed `Close` with `code` and `reason`, then the WebSocket
-    /// closes (policy violation), reading on until the peer answers the close (at most a
-    /// second): a socket closed with the peer's messages unread would send a TCP reset, which
-    /// can destroy the `Close` before the peer reads it. Waits at most a second for a peer
-    /// that does not read.
+    /// closes (with [`CloseCode::websocket_close_code`]: 1008, policy violation, for the
+    /// refusals), reading on until the peer answers the close (at most a second): a socket
+    /// closed with the peer's messages unread would send a TCP reset, which can destroy the
+    /// `Close` before the peer reads it. Waits at most a second for a peer that does not
+    /// read.
     pub async fn refuse(mut self, code: CloseCode, reason: &str) {
         let close = Message::close(code, reason);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -101,13 +102,31 @@ impl<S: Transport> Session<S> {
             let _ = self
                 .ws
                 .close(Some(CloseFrame {
-                    code: WsCloseCode::Policy,
-                    reason: "session refused".into(),
+                    code: WsCloseCode::from(code.websocket_close_code()),
+                    reason: code.to_string().into(),
                 }))
                 .await;
         })
         .await;
         drain(&mut self.ws).await;
+    }
+
+    /// Ends the session after [`Session::recv`] failed with `error`: a message that opened but
+    /// does not decode is answered with a sealed `Close` saying what is wrong (as
+    /// [`Session::refuse`]); a payload that does not open, or a text message, with a
+    /// WebSocket close 1002 and no sealed reply (the channel has failed, or the WebSocket
+    /// carried something the protocol does not). After anything else (the peer's `Close`,
+    /// the connection broke) nothing more is sent.
+    pub async fn end_after(mut self, error: &RemoteError) {
+        match error {
+            RemoteError::Protocol(e) if !self.channel.is_failed() => {
+                self.refuse(e.close_code(), &e.to_string()).await;
+            }
+            RemoteError::Protocol(_) | RemoteError::WebSocket(_) => {
+                close_failed(&mut self.ws, error).await;
+            }
+            _ => {}
+        }
     }
 
     /// The relay the sync engine drives over this session. Its tasks run on the current tokio
@@ -145,27 +164,48 @@ pub(crate) async fn next_binary<S: Transport>(
 }
 
 /// Closes a WebSocket whose handshake failed, saying why in the close frame (the reason is
-/// not secret: it names what was malformed). Waits at most a second.
+/// not secret: it names what was malformed, or the suite this side has no key for). Waits at
+/// most a second.
 async fn close_failed<S: Transport>(ws: &mut WebSocketStream<S>, error: &RemoteError) {
-    let code = match error {
-        RemoteError::Protocol(_) | RemoteError::WebSocket(_) => WsCloseCode::Protocol,
-        RemoteError::Timeout(..) | RemoteError::ServerKeyMismatch { .. } => WsCloseCode::Policy,
-        _ => WsCloseCode::Error,
+    let (code, reason) = match error {
+        // The protocol error's own text: RemoteError's "the peer broke the protocol" would be
+        // wrong for what is not the peer's fault (a suite without a key here), and too long.
+        RemoteError::Protocol(e) if e.close_code() == CloseCode::InternalError => {
+            (WsCloseCode::Error, e.to_string())
+        }
+        RemoteError::Protocol(e) => (WsCloseCode::Protocol, e.to_string()),
+        RemoteError::WebSocket(_) => (WsCloseCode::Protocol, error.to_string()),
+        RemoteError::Timeout(..) | RemoteError::ServerKeyMismatch { .. } => {
+            (WsCloseCode::Policy, error.to_string())
+        }
+        _ => (WsCloseCode::Error, error.to_string()),
     };
-    let mut reason = error.to_string();
-    // A close frame's reason is at most 123 bytes.
-    while reason.len() > 120 {
-        reason.pop();
-    }
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         ws.close(Some(CloseFrame {
             code,
-            reason: reason.into(),
+            reason: close_frame_reason(reason).into(),
         })),
     )
     .await;
     drain(ws).await;
+}
+
+/// Longest reason a WebSocket close frame carries (its payload is at most 125 bytes, 2 of
+/// them the code).
+const MAX_CLOSE_FRAME_REASON: usize = 123;
+
+/// `reason` cut to fit a close frame, at a character boundary and marked with `…` when cut.
+fn close_frame_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_FRAME_REASON {
+        let mut end = MAX_CLOSE_FRAME_REASON - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// After our close frame: reads on (ignoring what comes) until the peer answers it or
@@ -202,24 +242,32 @@ async fn finish<S: Transport>(
     }
 }
 
-/// The responder's side of the handshake, on a server: reads message 1, answers with
-/// message 2 (this side's static key), reads message 3 (the device's). `database` is the
-/// one the device asked for in the URL; it goes into the prologue, so a device that meant
-/// another database fails the handshake. On failure the WebSocket is closed with the reason.
+/// The responder's side of the handshake with one key pair: [`accept_handshake_with`] for
+/// its suite only.
 pub async fn accept_handshake<S: Transport>(
-    mut ws: WebSocketStream<S>,
+    ws: WebSocketStream<S>,
     keys: &StaticKeys,
+    database: &str,
+    timeout: Duration,
+) -> Result<Accepted<S>, RemoteError> {
+    let lookup = |suite| (suite == keys.suite()).then_some(keys);
+    accept_handshake_with(ws, lookup, database, timeout).await
+}
+
+/// The responder's side of the handshake, on a server: reads message 1, answers with
+/// message 2 (this side's static key for the suite message 1 names, from `keys`), reads
+/// message 3 (the device's). `database` is the one the device asked for in the URL; it goes
+/// into the prologue, so a device that meant another database fails the handshake. On
+/// failure the WebSocket is closed with the reason.
+pub async fn accept_handshake_with<'k, S: Transport>(
+    mut ws: WebSocketStream<S>,
+    keys: impl FnOnce(Suite) -> Option<&'k StaticKeys>,
     database: &str,
     timeout: Duration,
 ) -> Result<Accepted<S>, RemoteError> {
     let result = tokio::time::timeout(timeout, async {
         let first = next_binary(&mut ws, "the handshake").await?;
-        let responder = Responder::read_first(
-            |suite| (suite == keys.suite()).then_some(keys),
-            database,
-            PROTOCOL_VERSION,
-            &first,
-        )?;
+        let responder = Responder::read_first(keys, database, PROTOCOL_VERSION, &first)?;
         let (responder, second) = responder.write_second()?;
         ws.send(WsMessage::Binary(second.into())).await?;
         let third = next_binary(&mut ws, "the handshake").await?;
