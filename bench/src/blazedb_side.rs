@@ -74,7 +74,7 @@ impl BlazeServer {
             .expect("create database");
     }
 
-    /// A one-time enrolment token for the bench user.
+    /// A one-time enrollment token for the bench user.
     pub fn token(&self) -> String {
         self.handle()
             .meta()
@@ -134,7 +134,7 @@ pub struct BlazeDevice {
 }
 
 impl BlazeDevice {
-    /// Enrols `db` with `token` and waits until the first session is in sync.
+    /// Enrolls `db` with `token` and waits until the first session is in sync.
     pub fn connect(
         db: Database,
         url: &str,
@@ -324,7 +324,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Enrols and connects `n` devices to `database` (at most 32 handshakes at a time), and
+    /// Enrolls and connects `n` devices to `database` (at most 32 handshakes at a time), and
     /// starts them pulling.
     pub fn connect(
         runtime: &tokio::runtime::Runtime,

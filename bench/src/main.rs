@@ -728,7 +728,7 @@ fn fleet_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
             devices as f64,
         ),
         one(
-            "enrol and connect them all, 32 at a time: s".into(),
+            "enroll and connect them all, 32 at a time: s".into(),
             Unit::Seconds,
             connect_time.as_secs_f64(),
         ),
@@ -839,7 +839,7 @@ fn handshake_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
     let node = NodeId::random();
     let server_key = ctx.server.server_key();
     let addr = ctx.server.addr();
-    // Enrol the key once; the timed connections are those of a known device.
+    // Enroll the key once; the timed connections are those of a known device.
     let token = ctx.server.token();
     let first = ctx
         .rt
@@ -851,7 +851,7 @@ fn handshake_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
             &server_key,
             Some(&token),
         ))
-        .expect("enrol");
+        .expect("enroll");
     ctx.rt.block_on(first.close());
     let mut blaze: Vec<SetupTimes> = Vec::new();
     let mut grpc: Vec<(Duration, Duration)> = Vec::new();
@@ -1009,7 +1009,7 @@ fn bulk_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
         "### 5. Initial sync of a new device\n\n\
          The server's database holds {} bug records (written into its file before any device \
          connected, in transactions of 10,000). A new device (an empty encrypted file, \
-         created before the clock starts) calls `enable_sync` with a fresh token: enrolment, \
+         created before the clock starts) calls `enable_sync` with a fresh token: enrollment, \
          handshake, `Pull` from 0, then either the server streams its op log (zstd-compressed \
          batches) and the device applies it, op-log entry by entry, with its cursor; or, \
          when the server's op log was compacted away after loading, the server sends a \

@@ -668,7 +668,7 @@ fn reidentify(ctx: &Ctx, db_path: &Path) -> Result<(), Failure> {
     );
     if had_key {
         text.push_str(
-            "\nits sync key was replaced: enrol it again with a new token \
+            "\nits sync key was replaced: enroll it again with a new token \
              (blazedb sync FILE --server URL --database NAME --enroll -)",
         );
     }

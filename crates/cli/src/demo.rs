@@ -82,12 +82,12 @@ pub fn run() -> Result<(), Failure> {
     let bob_path = dir.path().join("bob.blazedb");
     let bob = Database::create(&bob_path, "bob's password")?;
     let remote = RemoteNode::new(url.clone(), DATABASE);
-    let enrol = |db: &Database, token: &str| {
+    let enroll = |db: &Database, token: &str| {
         db.enable_sync(remote.clone(), RemoteOptions::default().enroll(token))
             .map_err(|e| fail("enable sync")(e.to_string()))
     };
-    let alice_sync = enrol(&alice, &alice_token)?;
-    let bob_sync = enrol(&bob, &bob_token)?;
+    let alice_sync = enroll(&alice, &alice_token)?;
+    let bob_sync = enroll(&bob, &bob_token)?;
     synced(&alice_sync)?;
     synced(&bob_sync)?;
     println!(

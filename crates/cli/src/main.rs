@@ -285,7 +285,7 @@ Two database files with one node id (one copied from the other, both written) ca
 operations share ids. Sync refuses them with a 'copy' error, and this command repairs the file it
 is run on: the file gets a new node id, and every write made in it after the last one a server or
 peer confirmed is renamed to the new node and syncs again, so nothing written in either file is
-lost. The file's sync key is replaced too (a server binds a key to one node id): enrol it again
+lost. The file's sync key is replaced too (a server binds a key to one node id): enroll it again
 with a new token. Stop every program using the file first.
 
 EXAMPLE:

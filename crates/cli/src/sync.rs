@@ -14,7 +14,7 @@ use crate::commands::{self, Ctx};
 use crate::error::Failure;
 
 pub const HELP: &str = "\
-The first time a database syncs with a server it needs an enrolment token from the server's
+The first time a database syncs with a server it needs an enrollment token from the server's
 administrator (`blazedb-server admin token create USER`). The token names the server's key, so
 even the first connection cannot be intercepted; the database then keeps the server's key and its
 own key pair (encrypted, in the file) and needs no token again.
@@ -33,7 +33,7 @@ EXAMPLES:
   blazedb sync bugs.blazedb --server wss://sync.example.com --database bugs --follow
   blazedb sync bugs.blazedb --server wss://localhost:7420 --database bugs --ca-file cert.pem --once";
 
-/// Where the enrolment token comes from when `--enroll` is not given.
+/// Where the enrollment token comes from when `--enroll` is not given.
 const TOKEN_ENV: &str = "BLAZEDB_ENROLL_TOKEN";
 
 /// The `sync` command's arguments.
@@ -47,7 +47,7 @@ pub struct SyncArgs {
     /// The database's name on the server
     #[arg(long, value_name = "NAME")]
     pub database: String,
-    /// A one-time enrolment token (`-`: read it from standard input); needed only the first time
+    /// A one-time enrollment token (`-`: read it from standard input); needed only the first time
     #[arg(long, value_name = "TOKEN")]
     pub enroll: Option<String>,
     /// Sync until in step, then exit (the default)
@@ -77,11 +77,11 @@ fn token(arg: Option<&str>) -> Result<Option<String>, Failure> {
         Some("-") => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text).map_err(|e| {
-                Failure::io("cannot read the enrolment token from standard input", e)
+                Failure::io("cannot read the enrollment token from standard input", e)
             })?;
             let text = text.trim().to_owned();
             if text.is_empty() {
-                return Err(Failure::msg("standard input held no enrolment token"));
+                return Err(Failure::msg("standard input held no enrollment token"));
             }
             Ok(Some(text))
         }

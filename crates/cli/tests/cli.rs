@@ -1051,7 +1051,7 @@ fn sync_token(server: &blazedb_server::ServerHandle) -> String {
 }
 
 #[test]
-fn sync_once_enrols_with_a_token_from_stdin_and_brings_two_files_in_step() {
+fn sync_once_enrolls_with_a_token_from_stdin_and_brings_two_files_in_step() {
     let s = Sandbox::new();
     let server = sync_server(&s);
     let url = server.url();
@@ -1095,7 +1095,7 @@ fn sync_once_enrols_with_a_token_from_stdin_and_brings_two_files_in_step() {
 }
 
 #[test]
-fn sync_without_enrolment_or_with_a_bad_token_fails_with_one_clear_line() {
+fn sync_without_enrollment_or_with_a_bad_token_fails_with_one_clear_line() {
     let s = Sandbox::new();
     let server = sync_server(&s);
     let url = server.url();
@@ -1116,7 +1116,7 @@ fn sync_without_enrolment_or_with_a_bad_token_fails_with_one_clear_line() {
     let err = sync(&url, "bugs", &[]).fails();
     assert!(err.contains("not enrolled"), "{err}");
     let err = sync(&url, "bugs", &["--enroll", "bzt1_nope"]).fails();
-    assert!(err.contains("invalid enrolment token"), "{err}");
+    assert!(err.contains("invalid enrollment token"), "{err}");
     let err = sync("http://x", "bugs", &[]).fails();
     assert!(err.contains("ws://"), "{err}");
     let err = sync(&url, "nope", &["--enroll", "-"])
@@ -1247,7 +1247,7 @@ fn a_copied_database_file_is_refused_as_a_copy_and_reidentify_repairs_it_with_no
         s.run(&["insert", db, "bugs", &format!(r#"{{"title":"{title}"}}"#)])
             .ok();
     };
-    // The reproduction of the issue: enrol laptop, copy it, write in each, sync each.
+    // The reproduction of the issue: enroll laptop, copy it, write in each, sync each.
     s.init("laptop.blazedb");
     insert("@laptop.blazedb", "before the copy");
     sync("laptop.blazedb", Some(sync_token(&server))).ok();
@@ -1282,8 +1282,8 @@ fn a_copied_database_file_is_refused_as_a_copy_and_reidentify_repairs_it_with_no
 
     let out = s.run(&["reidentify", "@desktop.blazedb"]).ok();
     assert!(out.contains("is node"), "{out}");
-    assert!(out.contains("enrol it again"), "{out}");
-    // A new key: the old enrolment is gone with it.
+    assert!(out.contains("enroll it again"), "{out}");
+    // A new key: the old enrollment is gone with it.
     let err = sync("desktop.blazedb", None).fails();
     assert!(err.contains("not enrolled"), "{err}");
     let out = sync("desktop.blazedb", Some(sync_token(&server))).ok();

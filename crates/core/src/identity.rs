@@ -49,7 +49,7 @@ impl Database {
     /// Takes the only handle: a sync engine or another clone must be closed first, since the
     /// node id is part of every handle. Open the file again afterwards. The file's sync keys
     /// are separate ([`Replication::local_setting`](crate::Replication::local_setting)): a server binds a node id to a device key, so
-    /// a synced file also needs a new key and a new enrolment.
+    /// a synced file also needs a new key and a new enrollment.
     pub fn reidentify(self) -> Result<Reidentified> {
         if Arc::strong_count(&self.inner) > 1 {
             return Err(Error::HandlesOpen(

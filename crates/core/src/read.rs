@@ -414,7 +414,7 @@ impl Replication<'_> {
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
-    /// A setting of this file that is never synced (sync keys, enrolment state), stored
+    /// A setting of this file that is never synced (sync keys, enrollment state), stored
     /// encrypted with everything else. `None` when it was never set.
     pub fn local_setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let core = self.db.read()?;

@@ -92,8 +92,8 @@ pub enum ProtocolError {
     /// not usable.
     #[error("invalid static keys: {what}")]
     InvalidStaticKeys { what: &'static str },
-    /// An enrolment token (typed or pasted by a person) is not one this version can read.
-    #[error("invalid enrolment token: {what}")]
+    /// An enrollment token (typed or pasted by a person) is not one this version can read.
+    #[error("invalid enrollment token: {what}")]
     InvalidToken { what: &'static str },
     /// The cryptography failed on this side (random number generator, exhausted nonces).
     #[error("secure channel failure on this side: {what}")]

@@ -4,7 +4,7 @@
 use std::num::NonZeroU64;
 use std::sync::OnceLock;
 
-use crate::enrol::EnrolmentToken;
+use crate::enroll::EnrollmentToken;
 use crate::error::ProtocolError;
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, encode_frame};
 use crate::message::{Capabilities, Message, PROTOCOL_VERSION};
@@ -112,10 +112,10 @@ fn check_round_trip(message: &Message) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Enrolment tokens
+// Enrollment tokens
 // ---------------------------------------------------------------------------------------------
 
-/// Feeds `data`, as text (invalid UTF-8 replaced), to [`EnrolmentToken::parse`]. Panics when
+/// Feeds `data`, as text (invalid UTF-8 replaced), to [`EnrollmentToken::parse`]. Panics when
 /// parsing panics, when an error is not [`ProtocolError::InvalidToken`], or when a token that
 /// parses
 ///
@@ -125,14 +125,14 @@ fn check_round_trip(message: &Message) {
 /// * shows its secret in `Debug`.
 pub fn token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let token = match EnrolmentToken::parse(&text) {
+    let token = match EnrollmentToken::parse(&text) {
         Ok(token) => token,
         Err(ProtocolError::InvalidToken { .. }) => return,
         Err(error) => panic!("a token was refused with another error: {error}"),
     };
     let encoded = token.encode();
     assert_eq!(encoded, text.trim(), "a token has another spelling");
-    let again = match EnrolmentToken::parse(&encoded) {
+    let again = match EnrollmentToken::parse(&encoded) {
         Ok(again) => again,
         Err(error) => panic!("a re-encoded token does not parse: {error}"),
     };
@@ -146,7 +146,7 @@ pub fn token(data: &[u8]) {
     );
     let shown = format!("{token:?}");
     let body = encoded
-        .get(crate::enrol::TOKEN_PREFIX.len()..)
+        .get(crate::enroll::TOKEN_PREFIX.len()..)
         .unwrap_or_default();
     assert!(!shown.contains(body), "Debug shows the token");
 }

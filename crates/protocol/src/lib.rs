@@ -69,7 +69,7 @@
 //! their static keys, then a [`secure::SecureChannel`] that seals payloads before framing and
 //! opens them after. It is pure too; wiring it into the transports comes with remote sync.
 
-pub mod enrol;
+pub mod enroll;
 mod error;
 mod frame;
 pub mod fuzz;

@@ -17,7 +17,7 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub use crate::name::MAX_DATABASE_NAME_LEN;
 /// Longest reason a [`Message::Close`] may carry, in bytes of UTF-8.
 pub const MAX_CLOSE_REASON_LEN: usize = 1024;
-/// Longest enrolment token a [`Message::Enroll`] may carry, in bytes of UTF-8.
+/// Longest enrollment token a [`Message::Enroll`] may carry, in bytes of UTF-8.
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Largest message a compressed payload may expand to: the frame limit, so compression never
 /// lets a peer make this side hold more than an uncompressed frame could.
@@ -183,7 +183,7 @@ pub enum Message {
         checks: Vec<OpCheck>,
     },
     /// Sent by a device whose static key the server does not know yet, as its first message
-    /// after the secure-channel handshake: a one-time enrolment token an administrator
+    /// after the secure-channel handshake: a one-time enrollment token an administrator
     /// created. The server binds the device's static key to the token's user, or closes
     /// the connection with [`CloseCode::Unauthorized`].
     Enroll {
@@ -376,9 +376,9 @@ fn check_reason(reason: &str) -> Result<(), &'static str> {
 
 fn check_token(token: &str) -> Result<(), &'static str> {
     if token.is_empty() {
-        Err("enrolment token is empty")
+        Err("enrollment token is empty")
     } else if token.len() > MAX_TOKEN_LEN {
-        Err("enrolment token is longer than 512 bytes")
+        Err("enrollment token is longer than 512 bytes")
     } else {
         Ok(())
     }
@@ -1582,10 +1582,10 @@ mod tests {
     }
 
     #[test]
-    fn a_real_enrolment_token_fits_in_an_enroll() {
+    fn a_real_enrollment_token_fits_in_an_enroll() {
         for suite in crate::secure::Suite::ALL {
             let server = crate::secure::StaticKeys::generate(suite).unwrap();
-            let token = crate::enrol::EnrolmentToken::generate(&server)
+            let token = crate::enroll::EnrollmentToken::generate(&server)
                 .unwrap()
                 .encode();
             assert!(token.len() <= MAX_TOKEN_LEN, "{}", token.len());
@@ -1596,14 +1596,14 @@ mod tests {
     #[test]
     fn an_enroll_with_an_empty_or_too_long_token_is_refused() {
         for (token, what) in [
-            (String::new(), "enrolment token is empty"),
+            (String::new(), "enrollment token is empty"),
             (
                 "t".repeat(MAX_TOKEN_LEN + 1),
-                "enrolment token is longer than 512 bytes",
+                "enrollment token is longer than 512 bytes",
             ),
             (
                 "é".repeat(MAX_TOKEN_LEN / 2) + "x",
-                "enrolment token is longer than 512 bytes",
+                "enrollment token is longer than 512 bytes",
             ),
         ] {
             let message = Message::Enroll { token };

@@ -223,7 +223,7 @@ fn capabilities() -> impl Strategy<Value = Capabilities> + Clone {
     ]
 }
 
-/// Enrolment tokens: printable ASCII like a real token, any text, and the longest allowed.
+/// Enrollment tokens: printable ASCII like a real token, any text, and the longest allowed.
 fn token() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => "[ -~]{1,64}",

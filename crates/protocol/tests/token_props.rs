@@ -1,11 +1,11 @@
-//! Property tests of enrolment tokens (`blazedb_protocol::enrol`), through the body of the
+//! Property tests of enrollment tokens (`blazedb_protocol::enroll`), through the body of the
 //! `token` fuzz target.
 //!
 //! Every property runs 256 cases; set `BLAZEDB_LONG=1` to run 10 000.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use blazedb_protocol::enrol::{EnrolmentToken, TOKEN_PREFIX};
+use blazedb_protocol::enroll::{EnrollmentToken, TOKEN_PREFIX};
 use blazedb_protocol::fuzz;
 use blazedb_protocol::secure::{StaticKeys, Suite};
 use proptest::collection::vec;
@@ -23,7 +23,7 @@ fn cases() -> u32 {
 /// A real token for a server with a fixed key of `suite`.
 fn real_token(suite: Suite) -> String {
     let server = StaticKeys::from_private(suite, &[0x42; 32]).unwrap();
-    EnrolmentToken::generate(&server).unwrap().encode()
+    EnrollmentToken::generate(&server).unwrap().encode()
 }
 
 fn suite() -> impl Strategy<Value = Suite> {
@@ -41,7 +41,7 @@ proptest! {
     ) {
         let text = real_token(suite);
         let padded = format!("{before}{text}{after}");
-        let token = EnrolmentToken::parse(&padded).unwrap();
+        let token = EnrollmentToken::parse(&padded).unwrap();
         prop_assert_eq!(token.encode(), text);
         prop_assert_eq!(token.server_suite(), suite);
         fuzz::token(padded.as_bytes());

@@ -90,7 +90,7 @@ pub struct ServerConfig {
     pub max_pending: usize,
     /// Connections that have not authenticated yet, from one source address (IPv6: per /64).
     pub max_pending_per_source: usize,
-    /// Failed authentications (handshakes, enrolments, refused devices) one source may have
+    /// Failed authentications (handshakes, enrollments, refused devices) one source may have
     /// in a minute; past that its connections are dropped for a backoff that doubles, up to
     /// a minute.
     pub max_auth_failures: u32,

@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// Problems with the meta store (`server.blazedb`) and the hosted database files: the
-/// administrator's mistakes (`UserExists`, `InvalidName`, …), a device's failed enrolment
+/// administrator's mistakes (`UserExists`, `InvalidName`, …), a device's failed enrollment
 /// (`Token*`), a wrong master key or damaged file, and storage failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,16 +72,16 @@ pub enum MetaError {
     UnknownDevice(String),
     #[error("{0:?} matches more than one device; give the whole public key in hex")]
     AmbiguousDevice(String),
-    /// The enrolment token does not parse.
-    #[error("the enrolment token is malformed: {0}")]
+    /// The enrollment token does not parse.
+    #[error("the enrollment token is malformed: {0}")]
     TokenMalformed(String),
     /// The token was made by another server (its server key is not ours).
-    #[error("the enrolment token was made for another server")]
+    #[error("the enrollment token was made for another server")]
     TokenForeign,
     /// The device's handshake used another suite than the token's (a device speaks the suite
     /// of its token).
     #[error(
-        "the enrolment token is for {token}, but the device connected with {device}; a device \
+        "the enrollment token is for {token}, but the device connected with {device}; a device \
          must use the suite of its token"
     )]
     TokenSuiteMismatch {
@@ -89,35 +89,35 @@ pub enum MetaError {
         device: blazedb_protocol::secure::Suite,
     },
     /// No such token (never created, or the secret does not match).
-    #[error("the enrolment token is not known to this server")]
+    #[error("the enrollment token is not known to this server")]
     TokenUnknown,
-    #[error("the enrolment token has already been used; create a new one")]
+    #[error("the enrollment token has already been used; create a new one")]
     TokenUsed,
-    #[error("the enrolment token expired; create a new one")]
+    #[error("the enrollment token expired; create a new one")]
     TokenExpired,
     /// An administrator revoked the token before it was used.
-    #[error("the enrolment token was revoked; create a new one")]
+    #[error("the enrollment token was revoked; create a new one")]
     TokenRevoked,
-    /// No enrolment token has this id (`admin token revoke`).
-    #[error("no enrolment token has the id {0:?}; `blazedb-server admin token list` shows them")]
+    /// No enrollment token has this id (`admin token revoke`).
+    #[error("no enrollment token has the id {0:?}; `blazedb-server admin token list` shows them")]
     UnknownToken(String),
     /// A used token cannot be revoked: the device it enrolled is what must go.
     #[error(
-        "enrolment token {id} was already used by device {device}; revoke the device instead \
+        "enrollment token {id} was already used by device {device}; revoke the device instead \
          with `blazedb-server admin device revoke {device}`"
     )]
     TokenAlreadyUsed { id: String, device: String },
     /// The device's key is already enrolled (it needs no token).
     #[error("device {0} is already enrolled")]
     DeviceAlreadyEnrolled(String),
-    /// The device's key was revoked; it cannot enrol again with the same key.
-    #[error("device {0} was revoked; it must make a new key pair to enrol again")]
+    /// The device's key was revoked; it cannot enroll again with the same key.
+    #[error("device {0} was revoked; it must make a new key pair to enroll again")]
     DeviceRevoked(String),
     /// A device said hello with a node id other than the one bound to its key.
     #[error(
         "device {device} is node {bound}, but it said hello as node {claimed}; a device may \
          sync only as the node it first synced as (a database file given a new identity with \
-         `blazedb reidentify` needs a new enrolment token)"
+         `blazedb reidentify` needs a new enrollment token)"
     )]
     NodeMismatch {
         device: String,

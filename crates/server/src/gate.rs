@@ -11,7 +11,7 @@
 //! enrolled slot instead, so strangers can neither hold enrolled slots nor starve each other's
 //! honest neighbours for longer than the deadline.
 //!
-//! Failed authentications (handshakes that fail, refused enrolments and devices) count
+//! Failed authentications (handshakes that fail, refused enrollments and devices) count
 //! against their source: past `max_auth_failures` in a minute the source is refused for a
 //! while that doubles with every further failure (1 s, 2 s, … up to 60 s). Refusals and
 //! failures are logged once a minute in aggregate, not one line each.
@@ -188,7 +188,7 @@ impl Gate {
     }
 
     /// Counts a failed authentication from `source` (a handshake that failed, a refused
-    /// enrolment or device). Returns true for the first failure of the source in a minute,
+    /// enrollment or device). Returns true for the first failure of the source in a minute,
     /// which the caller may log on its own line; later ones are counted in the minute's
     /// summary.
     pub fn failed(&self, source: IpAddr) -> bool {

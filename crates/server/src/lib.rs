@@ -1,5 +1,5 @@
 //! `blazedb-server`: hosts many BlazeDB databases and syncs devices with them over WebSocket
-//! (optionally TLS 1.3), authenticated by Noise static keys that administrators enrol with
+//! (optionally TLS 1.3), authenticated by Noise static keys that administrators enroll with
 //! one-time tokens.
 //!
 //! * [`ServerConfig`]: a TOML file, flags and defaults.

@@ -121,7 +121,7 @@ impl ServeArgs {
 enum Command {
     /// Serve (the default).
     Serve(ServeArgs),
-    /// Manage users, enrolment tokens, devices and databases (works while the server runs).
+    /// Manage users, enrollment tokens, devices and databases (works while the server runs).
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -135,7 +135,7 @@ enum AdminCommand {
     /// Users.
     #[command(subcommand)]
     User(UserCommand),
-    /// One-time enrolment tokens.
+    /// One-time enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Enrolled devices.
@@ -164,7 +164,7 @@ enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Creates a one-time enrolment token for USER and prints it (only it) on stdout.
+    /// Creates a one-time enrollment token for USER and prints it (only it) on stdout.
     Create {
         user: String,
         /// Seconds until the token expires.
@@ -442,7 +442,7 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
                 .map(|keys| keys.fingerprint())
                 .unwrap_or_default();
             eprintln!(
-                "blazedb-server: one-time enrolment token for user {user:?}, valid until {} \
+                "blazedb-server: one-time enrollment token for user {user:?}, valid until {} \
                  (server key {server_key}, {suite})",
                 format_date(expires),
             );

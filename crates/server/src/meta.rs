@@ -1,5 +1,5 @@
 //! The meta store: `server.blazedb`, a BlazeDB database (encrypted with the master key like
-//! every server file) holding the server's users, enrolled devices, enrolment tokens, the list
+//! every server file) holding the server's users, enrolled devices, enrollment tokens, the list
 //! of hosted databases, and (as local settings) the server's own Noise static key pairs, one
 //! per suite.
 //!
@@ -29,7 +29,7 @@ use blazedb_core::{
     Database, Date, Error as CoreError, NodeId, OpenError, Record, Uuid, Value, fields,
 };
 use blazedb_protocol::DatabaseName;
-use blazedb_protocol::enrol::{EnrolmentToken, TOKEN_ID_LEN};
+use blazedb_protocol::enroll::{EnrollmentToken, TOKEN_ID_LEN};
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
@@ -49,7 +49,7 @@ pub const DATABASES_DIR: &str = "databases";
 pub const STATIC_KEY_SETTING: &str = blazedb_sync::remote::STATIC_KEY_SETTING;
 /// The role of a user added without one.
 pub const DEFAULT_ROLE: &str = "member";
-/// Longest lifetime of an enrolment token.
+/// Longest lifetime of an enrollment token.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 /// Longest user, team or role name, in bytes.
 pub const MAX_USER_NAME_LEN: usize = 128;
@@ -84,7 +84,7 @@ pub struct Device {
     pub enrolled_at: Date,
     /// A revoked device is refused at its next connection.
     pub revoked: bool,
-    /// The node id the device syncs as, bound at its first `Hello` after enrolment.
+    /// The node id the device syncs as, bound at its first `Hello` after enrollment.
     pub node: Option<NodeId>,
 }
 
@@ -114,11 +114,11 @@ impl fmt::Display for Device {
     }
 }
 
-/// Where an enrolment token stands, as [`MetaStore::list_tokens`] sees it.
+/// Where an enrollment token stands, as [`MetaStore::list_tokens`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenState {
-    /// Not used, not revoked, not expired: it can still enrol a device.
+    /// Not used, not revoked, not expired: it can still enroll a device.
     Unused,
     /// It enrolled the device with this fingerprint.
     Used { device: String },
@@ -139,7 +139,7 @@ impl fmt::Display for TokenState {
     }
 }
 
-/// An enrolment token as an administrator sees it. It has neither the secret (never stored)
+/// An enrollment token as an administrator sees it. It has neither the secret (never stored)
 /// nor its hash, so a listing cannot help anyone forge a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
@@ -586,7 +586,7 @@ impl MetaStore {
 
     // --- tokens ------------------------------------------------------------------------
 
-    /// Creates a one-time enrolment token for `user`, valid for `ttl`, for the default suite
+    /// Creates a one-time enrollment token for `user`, valid for `ttl`, for the default suite
     /// (P-256), and returns its text. Only the token's id and the hash of its secret are
     /// stored.
     pub fn create_token(&self, user: &str, ttl: Duration) -> Result<Zeroizing<String>, MetaError> {
@@ -594,7 +594,7 @@ impl MetaStore {
     }
 
     /// Like [`MetaStore::create_token`], for `suite`: the token carries the server's key of
-    /// that suite, and the device that enrols with it speaks that suite.
+    /// that suite, and the device that enrolls with it speaks that suite.
     pub fn create_token_with_suite(
         &self,
         user: &str,
@@ -614,7 +614,7 @@ impl MetaStore {
         let keys = self
             .server_keys_for(suite)
             .ok_or_else(|| MetaError::Keys(format!("the server has no key pair for {suite}")))?;
-        let token = EnrolmentToken::generate(keys).map_err(|e| MetaError::Keys(e.to_string()))?;
+        let token = EnrollmentToken::generate(keys).map_err(|e| MetaError::Keys(e.to_string()))?;
         let now = Date::now();
         self.db.insert_with_id(
             TOKENS,
@@ -631,17 +631,17 @@ impl MetaStore {
         Ok(Zeroizing::new(token.encode()))
     }
 
-    /// Enrols the device with static public key `device_key` (for `suite`, the suite of its
+    /// Enrolls the device with static public key `device_key` (for `suite`, the suite of its
     /// handshake, which must be the token's) with the token `token_text`, and returns the
-    /// user it now belongs to. The token is marked used in the same transaction that enrols
+    /// user it now belongs to. The token is marked used in the same transaction that enrolls
     /// the device, so it works exactly once, even with several server processes racing.
-    pub fn enrol_device(
+    pub fn enroll_device(
         &self,
         token_text: &str,
         device_key: &[u8],
         suite: Suite,
     ) -> Result<User, MetaError> {
-        let token = EnrolmentToken::parse(token_text)
+        let token = EnrollmentToken::parse(token_text)
             .map_err(|e| MetaError::TokenMalformed(e.to_string()))?;
         let ours = self.server_keys_for(token.server_suite());
         if ours.is_none_or(|keys| keys.public() != token.server_key()) {
@@ -729,7 +729,7 @@ impl MetaStore {
         })?
     }
 
-    /// Every enrolment token, used or not, by user and creation time.
+    /// Every enrollment token, used or not, by user and creation time.
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, MetaError> {
         let now = Date::now();
         let mut tokens = self
@@ -847,7 +847,7 @@ impl MetaStore {
         })?
     }
 
-    /// Every device, by user and enrolment time.
+    /// Every device, by user and enrollment time.
     pub fn list_devices(&self) -> Result<Vec<Device>, MetaError> {
         let mut devices = self
             .db
@@ -1142,14 +1142,14 @@ mod tests {
     }
 
     #[test]
-    fn a_token_carries_the_server_key_of_its_suite_and_enrols_only_a_device_of_that_suite() {
+    fn a_token_carries_the_server_key_of_its_suite_and_enrolls_only_a_device_of_that_suite() {
         let (_dir, store) = store();
         store.add_user("ada", &[], None).unwrap();
         for suite in Suite::ALL {
             let text = store
                 .create_token_with_suite("ada", Duration::from_secs(60), suite)
                 .unwrap();
-            let token = EnrolmentToken::parse(&text).unwrap();
+            let token = EnrollmentToken::parse(&text).unwrap();
             assert_eq!(token.server_suite(), suite);
             assert_eq!(
                 token.server_key(),
@@ -1157,7 +1157,7 @@ mod tests {
             );
             let other = Suite::ALL.into_iter().find(|s| *s != suite).unwrap();
             let err = store
-                .enrol_device(&text, &device_key(other), other)
+                .enroll_device(&text, &device_key(other), other)
                 .unwrap_err();
             assert!(
                 matches!(err, MetaError::TokenSuiteMismatch { token, device } if token == suite && device == other),
@@ -1170,7 +1170,7 @@ mod tests {
             );
             // The refusal did not use the token up.
             let device = device_key(suite);
-            store.enrol_device(&text, &device, suite).unwrap();
+            store.enroll_device(&text, &device, suite).unwrap();
             assert_eq!(store.device(&device).unwrap().unwrap().suite, suite);
         }
     }
@@ -1190,14 +1190,14 @@ mod tests {
     }
 
     #[test]
-    fn a_token_enrols_exactly_one_device() {
+    fn a_token_enrolls_exactly_one_device() {
         let (_dir, store) = store();
         store.add_user("ada", &["core".into()], None).unwrap();
         let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
         assert!(token.starts_with("bzt1_"));
         let suite = store.server_keys().suite();
         let first = device_key(suite);
-        let user = store.enrol_device(&token, &first, suite).unwrap();
+        let user = store.enroll_device(&token, &first, suite).unwrap();
         assert_eq!(user.name, "ada");
         let device = store.device(&first).unwrap().unwrap();
         assert_eq!(device.user, "ada");
@@ -1205,7 +1205,7 @@ mod tests {
 
         let second = device_key(suite);
         assert!(matches!(
-            store.enrol_device(&token, &second, suite),
+            store.enroll_device(&token, &second, suite),
             Err(MetaError::TokenUsed)
         ));
         assert_eq!(store.device(&second).unwrap(), None);
@@ -1217,7 +1217,7 @@ mod tests {
         let (_dir, store) = store();
         store.add_user("ada", &[], None).unwrap();
         let text = store.create_token("ada", Duration::from_secs(60)).unwrap();
-        let token = EnrolmentToken::parse(&text).unwrap();
+        let token = EnrollmentToken::parse(&text).unwrap();
         let rows = stored(&store, TOKENS);
         assert_eq!(rows.len(), 1);
         let shown = format!("{rows:?}");
@@ -1238,27 +1238,27 @@ mod tests {
         let token = store.create_token("ada", Duration::from_millis(1)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert!(matches!(
-            store.enrol_device(&token, &key, suite),
+            store.enroll_device(&token, &key, suite),
             Err(MetaError::TokenExpired)
         ));
 
-        let unknown = EnrolmentToken::generate(store.server_keys())
+        let unknown = EnrollmentToken::generate(store.server_keys())
             .unwrap()
             .encode();
         assert!(matches!(
-            store.enrol_device(&unknown, &key, suite),
+            store.enroll_device(&unknown, &key, suite),
             Err(MetaError::TokenUnknown)
         ));
 
         let other = StaticKeys::generate(suite).unwrap();
-        let foreign = EnrolmentToken::generate(&other).unwrap().encode();
+        let foreign = EnrollmentToken::generate(&other).unwrap().encode();
         assert!(matches!(
-            store.enrol_device(&foreign, &key, suite),
+            store.enroll_device(&foreign, &key, suite),
             Err(MetaError::TokenForeign)
         ));
 
         assert!(matches!(
-            store.enrol_device("bzt1_nonsense", &key, suite),
+            store.enroll_device("bzt1_nonsense", &key, suite),
             Err(MetaError::TokenMalformed(_))
         ));
         assert!(matches!(
@@ -1273,13 +1273,13 @@ mod tests {
     }
 
     #[test]
-    fn a_revoked_device_stays_known_as_revoked_and_cannot_enrol_again() {
+    fn a_revoked_device_stays_known_as_revoked_and_cannot_enroll_again() {
         let (_dir, store) = store();
         store.add_user("ada", &[], None).unwrap();
         let suite = store.server_keys().suite();
         let key = device_key(suite);
         let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
-        store.enrol_device(&token, &key, suite).unwrap();
+        store.enroll_device(&token, &key, suite).unwrap();
         let fp = fingerprint(&key);
         let revoked = store.revoke_device(&fp.to_uppercase()).unwrap();
         assert!(revoked.revoked);
@@ -1292,17 +1292,17 @@ mod tests {
         ));
         let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
         assert!(matches!(
-            store.enrol_device(&token, &key, suite),
+            store.enroll_device(&token, &key, suite),
             Err(MetaError::DeviceRevoked(_))
         ));
         // The refused attempt did not use the token up.
         let other = device_key(suite);
-        store.enrol_device(&token, &other, suite).unwrap();
+        store.enroll_device(&token, &other, suite).unwrap();
     }
 
     /// The id of a token's text, as `token list` shows it.
     fn id_of(text: &str) -> String {
-        EnrolmentToken::parse(text).unwrap().id_hex()
+        EnrollmentToken::parse(text).unwrap().id_hex()
     }
 
     #[test]
@@ -1314,7 +1314,7 @@ mod tests {
         let unused = store.create_token("ada", Duration::from_secs(60)).unwrap();
         let used = store.create_token("ada", Duration::from_secs(60)).unwrap();
         let key = device_key(suite);
-        store.enrol_device(&used, &key, suite).unwrap();
+        store.enroll_device(&used, &key, suite).unwrap();
         let revoked = store.create_token("bob", Duration::from_secs(60)).unwrap();
         store.revoke_token(&id_of(&revoked)).unwrap();
         let expired = store.create_token("bob", Duration::from_millis(1)).unwrap();
@@ -1363,14 +1363,14 @@ mod tests {
             listed.iter().map(|t| t.to_string()).collect::<String>()
         );
         for text in [&unused, &used, &revoked, &expired] {
-            let token = EnrolmentToken::parse(text).unwrap();
+            let token = EnrollmentToken::parse(text).unwrap();
             assert!(!shown.contains(&text[5..]));
             assert!(!shown.contains(&to_hex(&token.secret_hash())));
         }
     }
 
     #[test]
-    fn a_revoked_token_cannot_enrol_and_the_refusal_says_revoked() {
+    fn a_revoked_token_cannot_enroll_and_the_refusal_says_revoked() {
         let (_dir, store) = store();
         store.add_user("ada", &[], None).unwrap();
         let suite = store.server_keys().suite();
@@ -1382,10 +1382,10 @@ mod tests {
         store.revoke_token(&id_of(&token)).unwrap();
 
         let key = device_key(suite);
-        let err = store.enrol_device(&token, &key, suite).unwrap_err();
+        let err = store.enroll_device(&token, &key, suite).unwrap_err();
         assert!(matches!(err, MetaError::TokenRevoked), "{err}");
         assert!(
-            err.to_string().contains("the enrolment token was revoked"),
+            err.to_string().contains("the enrollment token was revoked"),
             "{err}"
         );
         assert_eq!(store.device(&key).unwrap(), None);
@@ -1395,7 +1395,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         store.revoke_token(&id_of(&expired)).unwrap();
         assert!(matches!(
-            store.enrol_device(&expired, &key, suite),
+            store.enroll_device(&expired, &key, suite),
             Err(MetaError::TokenRevoked)
         ));
     }
@@ -1420,7 +1420,7 @@ mod tests {
         let suite = store.server_keys().suite();
         let token = store.create_token("ada", Duration::from_secs(60)).unwrap();
         let key = device_key(suite);
-        store.enrol_device(&token, &key, suite).unwrap();
+        store.enroll_device(&token, &key, suite).unwrap();
         let err = store.revoke_token(&id_of(&token)).unwrap_err();
         assert!(matches!(err, MetaError::TokenAlreadyUsed { .. }), "{err}");
         let text = err.to_string();

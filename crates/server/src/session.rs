@@ -1,9 +1,9 @@
 //! One sync connection after the WebSocket upgrade: the Noise handshake, the device check
-//! (or its enrolment with a one-time token), then the hosted database's sync engine takes
+//! (or its enrollment with a one-time token), then the hosted database's sync engine takes
 //! the connection over until it ends.
 //!
 //! The device is looked up in the meta store on every connection, so an administrator's
-//! changes (a revoked device, a new enrolment) apply to the next connection; a device
+//! changes (a revoked device, a new enrollment) apply to the next connection; a device
 //! revoked while connected is disconnected within a few seconds (see [`watch_revocations`]).
 
 use std::collections::HashSet;
@@ -99,7 +99,7 @@ enum Admission {
 }
 
 /// Runs one connection to its end. `ticket` is its place among the connections that have
-/// not authenticated: the device must be admitted (handshake, enrolment or key check, its
+/// not authenticated: the device must be admitted (handshake, enrollment or key check, its
 /// node id) before the ticket's deadline; then the ticket is given back and the connection
 /// takes one of the `max_connections` slots until it ends.
 pub(crate) async fn run<S: Transport>(
@@ -193,7 +193,7 @@ pub(crate) async fn run<S: Transport>(
         session
             .refuse(
                 CloseCode::ProtocolError,
-                "a device's first message (after its enrolment) must be Hello",
+                "a device's first message (after its enrollment) must be Hello",
             )
             .await;
         return;
@@ -399,7 +399,7 @@ fn admit(
             },
         },
         None => match first {
-            Message::Enroll { token } => match meta.enrol_device(&token, key, suite) {
+            Message::Enroll { token } => match meta.enroll_device(&token, key, suite) {
                 Ok(user) => {
                     log::info(format_args!(
                         "enrolled device {fingerprint} for user {:?} (database {database:?})",
@@ -417,15 +417,15 @@ fn admit(
                     };
                     Admission::Refused(
                         code,
-                        format!("enrolment refused: {e}"),
-                        Some(format!("refused enrolment of device {fingerprint}: {e}")),
+                        format!("enrollment refused: {e}"),
+                        Some(format!("refused enrollment of device {fingerprint}: {e}")),
                     )
                 }
             },
             _ => Admission::Refused(
                 CloseCode::Unauthorized,
                 format!(
-                    "device key {fingerprint} is not enrolled; enrol it with a token from \
+                    "device key {fingerprint} is not enrolled; enroll it with a token from \
                      `blazedb-server admin token create`"
                 ),
                 Some(format!(

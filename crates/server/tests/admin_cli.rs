@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::enroll::EnrollmentToken;
 use blazedb_protocol::secure::StaticKeys;
 use blazedb_server::{MasterKey, MetaStore};
 use common::{KEY, binary, ok, run};
@@ -60,14 +60,14 @@ fn token_create_prints_only_the_token_on_stdout() {
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
-    let token = EnrolmentToken::parse(&stdout).unwrap();
+    let token = EnrollmentToken::parse(&stdout).unwrap();
     // The token carries this server's key.
     let meta =
         MetaStore::open_or_create(&data, &MasterKey::from_hex(KEY, "test").unwrap()).unwrap();
     assert_eq!(token.server_key(), meta.server_keys().public());
     // The explanation goes to stderr, without the token.
     let err = stderr(&out);
-    assert!(err.contains("one-time enrolment token"), "{err}");
+    assert!(err.contains("one-time enrollment token"), "{err}");
     assert!(!err.contains(stdout.trim()), "{err}");
 }
 
@@ -90,8 +90,8 @@ fn tokens_are_listed_and_an_unused_one_can_be_revoked() {
     assert_eq!(ok(&data, &["admin", "token", "list"]), "");
     let first = ok(&data, &["admin", "token", "create", "ada"]);
     let second = ok(&data, &["admin", "token", "create", "bob"]);
-    let first_id = EnrolmentToken::parse(&first).unwrap().id_hex();
-    let second_id = EnrolmentToken::parse(&second).unwrap().id_hex();
+    let first_id = EnrollmentToken::parse(&first).unwrap().id_hex();
+    let second_id = EnrollmentToken::parse(&second).unwrap().id_hex();
 
     let listed = ok(&data, &["admin", "token", "list"]);
     let lines: Vec<&str> = listed.lines().collect();
@@ -125,10 +125,10 @@ fn tokens_are_listed_and_an_unused_one_can_be_revoked() {
     let suite = meta.server_keys().suite();
     let device = StaticKeys::generate(suite).unwrap();
     let err = meta
-        .enrol_device(&first, device.public(), suite)
+        .enroll_device(&first, device.public(), suite)
         .unwrap_err();
     assert!(err.to_string().contains("was revoked"), "{err}");
-    meta.enrol_device(&second, device.public(), suite).unwrap();
+    meta.enroll_device(&second, device.public(), suite).unwrap();
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn revoking_an_unknown_token_fails_with_a_one_line_error() {
     assert!(out.stdout.is_empty());
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("no enrolment token has the id \"00112233445566778899aabbccddeeff\""),
+        err.contains("no enrollment token has the id \"00112233445566778899aabbccddeeff\""),
         "{err}"
     );
 }
@@ -184,7 +184,7 @@ fn enrolled_devices_are_listed_and_can_be_revoked_by_fingerprint() {
         MetaStore::open_or_create(&data, &MasterKey::from_hex(KEY, "test").unwrap()).unwrap();
     let suite = meta.server_keys().suite();
     let device = StaticKeys::generate(suite).unwrap();
-    meta.enrol_device(&token, device.public(), suite).unwrap();
+    meta.enroll_device(&token, device.public(), suite).unwrap();
 
     let listed = ok(&data, &["admin", "device", "list"]);
     let fingerprint = device.fingerprint();

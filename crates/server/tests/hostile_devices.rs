@@ -97,7 +97,7 @@ fn a_device_cannot_say_hello_as_another_devices_node_nor_change_its_own() {
 
     let rt = runtime();
     rt.block_on(async {
-        // Mallory enrols her own key, then says hello with Ada's node id.
+        // Mallory enrolls her own key, then says hello with Ada's node id.
         let mut mallory = RawDevice::new();
         mallory.node = ada.node_id();
         let mut session =

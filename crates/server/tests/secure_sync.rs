@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blazedb_core::{Database, fields};
-use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::enroll::EnrollmentToken;
 use blazedb_protocol::secure::{StaticKeys, Suite};
 use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION};
 use blazedb_server::ServerHandle;
@@ -683,7 +683,7 @@ fn a_device_answers_a_sealed_message_that_does_not_decode_with_a_sealed_protocol
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let address = listener.local_addr().unwrap();
         let keys = StaticKeys::generate(Suite::default()).unwrap();
-        let token = EnrolmentToken::generate(&keys).unwrap().encode();
+        let token = EnrollmentToken::generate(&keys).unwrap().encode();
         // A server by hand: it takes the device's Enroll and Hello, says hello, then seals
         // something that is no message.
         let server = rt.spawn(async move {
@@ -770,7 +770,7 @@ fn a_wrong_database_name_and_an_unenrolled_key_get_clear_errors() {
 
         // A used token is refused the second time.
         let used = token(&server);
-        let parsed = EnrolmentToken::parse(&used).unwrap();
+        let parsed = EnrollmentToken::parse(&used).unwrap();
         assert_eq!(parsed.server_key(), server.meta().server_keys().public());
         for attempt in 0..2 {
             let device = RawDevice::new();
@@ -810,7 +810,7 @@ fn a_stalled_device_does_not_slow_the_others_and_holds_a_bounded_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path());
     let rt = runtime();
-    // A device that enrols, pulls, and then never reads again.
+    // A device that enrolls, pulls, and then never reads again.
     let stalled_device = RawDevice::new();
     let stalled = rt.block_on(enrolled_session(&server, &stalled_device));
     let (writer, writer_sync) = device(&server.url(), &token(&server));

@@ -153,8 +153,8 @@ fn only_authenticated_devices_take_connection_slots_and_a_freed_slot_is_reused()
 }
 
 #[test]
-fn a_25519_device_enrols_and_syncs_with_the_server_process_beside_a_p256_device() {
-    use blazedb_protocol::enrol::EnrolmentToken;
+fn a_25519_device_enrolls_and_syncs_with_the_server_process_beside_a_p256_device() {
+    use blazedb_protocol::enroll::EnrollmentToken;
     use blazedb_protocol::secure::Suite;
     use blazedb_sync::remote::{
         RemoteNode, RemoteOptions, SyncExt, node_keys_for, pinned_server_key,
@@ -168,7 +168,7 @@ fn a_25519_device_enrols_and_syncs_with_the_server_process_beside_a_p256_device(
         &data,
         &["admin", "token", "create", "ada", "--suite", "25519"],
     );
-    let token = EnrolmentToken::parse(&token).unwrap();
+    let token = EnrollmentToken::parse(&token).unwrap();
     assert_eq!(token.server_suite(), Suite::X25519AesGcmSha256);
     let server = ServeProcess::start(&data, &[]);
 

@@ -1,5 +1,5 @@
 //! Devices syncing through a real server (started in this process with `Server::start_with_key`)
-//! over WebSocket on 127.0.0.1, with the device side of `blazedb-sync`: enrolment with
+//! over WebSocket on 127.0.0.1, with the device side of `blazedb-sync`: enrollment with
 //! one-time tokens, refusals, revocation, shutdown and restart, and nothing readable on disk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -109,7 +109,7 @@ fn two_enrolled_devices_sync_through_the_server() {
 }
 
 #[test]
-fn a_token_enrols_only_one_device_over_the_wire() {
+fn a_token_enrolls_only_one_device_over_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path());
     let token = token(&server);
@@ -177,7 +177,7 @@ fn hello() -> Message {
 }
 
 #[test]
-fn an_unenrolled_device_is_refused_with_a_hint_to_enrol() {
+fn an_unenrolled_device_is_refused_with_a_hint_to_enroll() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path());
     let keys = StaticKeys::generate(server.meta().server_keys().suite()).unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_core::{Database, fields};
-use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::enroll::EnrollmentToken;
 use blazedb_protocol::secure::{StaticKeys, Suite};
 use blazedb_protocol::{CloseCode, Message};
 use blazedb_sync::remote::{
@@ -73,7 +73,7 @@ impl TestServer {
                             .contains(&session.peer_key().to_vec());
                         let first = match session.recv().await {
                             Ok(Message::Enroll { token }) => {
-                                let token = EnrolmentToken::parse(&token).unwrap();
+                                let token = EnrollmentToken::parse(&token).unwrap();
                                 assert_eq!(token.server_key(), keys.public());
                                 enrolled.lock().unwrap().push(session.peer_key().to_vec());
                                 None
@@ -110,7 +110,7 @@ impl TestServer {
     }
 
     fn token(&self) -> String {
-        EnrolmentToken::generate(&self.keys).unwrap().encode()
+        EnrollmentToken::generate(&self.keys).unwrap().encode()
     }
 
     /// Syncs `db` with this server at `url` (the server's own, or a proxy's), enrolling it
@@ -168,7 +168,7 @@ fn two_devices_converge_through_a_server() {
 }
 
 #[test]
-fn a_device_without_token_or_pinned_key_is_told_to_enrol() {
+fn a_device_without_token_or_pinned_key_is_told_to_enroll() {
     let server = TestServer::start();
     let db = Database::in_memory().unwrap();
     let err = db
@@ -182,7 +182,7 @@ fn a_device_without_token_or_pinned_key_is_told_to_enrol() {
 fn a_server_with_another_key_than_the_token_names_is_refused() {
     let server = TestServer::start();
     let impostor_keys = StaticKeys::generate(Suite::default()).unwrap();
-    let token = EnrolmentToken::generate(&impostor_keys).unwrap().encode();
+    let token = EnrollmentToken::generate(&impostor_keys).unwrap().encode();
     let db = Database::in_memory().unwrap();
     let sync = db
         .enable_sync(RemoteNode::new(server.url(), DB), fast().enroll(token))
@@ -225,7 +225,7 @@ fn devices_behind_a_proxy_that_cuts_connections_at_random_bytes_converge() {
     let proxy = fault_proxy::start(&server.runtime, server.address, 7, 6_000, 3);
     let url = format!("ws://{}", proxy.address);
     let devices: Vec<Database> = (0..3).map(|_| Database::in_memory().unwrap()).collect();
-    // Enrol directly (the proxy may cut the enrolment itself; that is tested below too).
+    // Enroll directly (the proxy may cut the enrollment itself; that is tested below too).
     let syncs: Vec<_> = devices
         .iter()
         .map(|db| server.sync_at(db, url.clone()))

@@ -45,7 +45,7 @@ pub fn start_server_with(
     server
 }
 
-/// A one-time enrolment token for `user` on `server`, valid for ten minutes.
+/// A one-time enrollment token for `user` on `server`, valid for ten minutes.
 pub fn token(server: &blazedb_server::ServerHandle, user: &str) -> String {
     server
         .meta()

@@ -624,7 +624,7 @@ mod tests {
             let (mallory_as_initiator, server_side) =
                 handshake_with(&mallory, &server, prologue, prologue).unwrap();
             // Authentication is by static key: the server sees Mallory's key, not the
-            // client's, so an enrolment check refuses her; the client sees Mallory's key, not
+            // client's, so an enrollment check refuses her; the client sees Mallory's key, not
             // the server's, so a pinned server key refuses her.
             assert_eq!(server_side.remote_static(), mallory.public());
             assert_ne!(server_side.remote_static(), client.public());

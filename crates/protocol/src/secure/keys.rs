@@ -110,7 +110,7 @@ impl fmt::Debug for StaticKeys {
     }
 }
 
-/// A short name for a public key, for logs and enrolment lists: the first 8 bytes of its
+/// A short name for a public key, for logs and enrollment lists: the first 8 bytes of its
 /// SHA-256 hash in lowercase hex (16 characters).
 pub fn fingerprint(public_key: &[u8]) -> String {
     let hash = Sha256::digest(public_key);

@@ -100,7 +100,7 @@ impl RawSession {
         })
     }
 
-    /// Connects as `device`, enrols with `token`, says hello and pulls from the start.
+    /// Connects as `device`, enrolls with `token`, says hello and pulls from the start.
     pub async fn enrolled(
         address: SocketAddr,
         database: &str,

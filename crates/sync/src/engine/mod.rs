@@ -161,7 +161,7 @@ pub enum PeerTrust {
     /// The peer is the node with this id and nothing else: its `Hello` must carry this id,
     /// every operation it sends must have been made by this node, and it may not send a
     /// snapshot (a snapshot carries other nodes' writes). A server binds a device's node id
-    /// to its key at enrolment and sets this on the device's link; anything else closes
+    /// to its key at enrollment and sets this on the device's link; anything else closes
     /// the connection with `Unauthorized` before a byte of it is stored.
     Origin(NodeId),
 }
@@ -257,7 +257,7 @@ pub struct ConnectionStatus {
 
 /// What a user does about a copied database file.
 const REIDENTIFY: &str = "give the copy a new identity with `blazedb reidentify FILE` (a copy \
-                          enrolled with a server then needs a new enrolment token)";
+                          enrolled with a server then needs a new enrollment token)";
 
 /// Why a connection closes when operation `op` differs between this database (node `own`)
 /// and the peer (node `peer`): the close reason the peer's user reads.

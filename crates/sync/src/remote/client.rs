@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blazedb_core::Database;
-use blazedb_protocol::enrol::EnrolmentToken;
+use blazedb_protocol::enroll::EnrollmentToken;
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
 use blazedb_protocol::{CloseCode, Message};
 use rustls_pki_types::pem::PemObject;
@@ -52,7 +52,7 @@ impl RemoteNode {
 /// How [`SyncExt::enable_sync`] connects and reconnects.
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
-    /// A one-time enrolment token, needed the first time this database talks to the server.
+    /// A one-time enrollment token, needed the first time this database talks to the server.
     pub enroll_token: Option<String>,
     /// Which way operations flow (default: both).
     pub mode: Mode,
@@ -62,7 +62,7 @@ pub struct RemoteOptions {
     pub ca_file: Option<PathBuf>,
     /// Limit for the TCP (and TLS) connection and the WebSocket upgrade.
     pub connect_timeout: Duration,
-    /// Limit for the Noise handshake (and enrolment).
+    /// Limit for the Noise handshake (and enrollment).
     pub handshake_timeout: Duration,
     /// First wait before reconnecting; doubles after every failed attempt, up to
     /// `backoff_max`. Each wait is drawn at random between half and all of it (jitter), so
@@ -90,13 +90,13 @@ impl Default for RemoteOptions {
 }
 
 impl RemoteOptions {
-    /// Options with an enrolment token.
+    /// Options with an enrollment token.
     pub fn enroll(mut self, token: impl Into<String>) -> RemoteOptions {
         self.enroll_token = Some(token.into());
         self
     }
 
-    /// Options with this enrolment token, or none: what an application that reads an optional
+    /// Options with this enrollment token, or none: what an application that reads an optional
     /// token (a setting, an environment variable) has in hand. `None` clears a token set
     /// before.
     pub fn maybe_enroll(mut self, token: Option<impl Into<String>>) -> RemoteOptions {
@@ -209,7 +209,7 @@ pub trait SyncExt {
     /// Starts keeping this database in step with `remote`, reconnecting whenever the
     /// connection breaks. The first time, `options.enroll_token` must hold a token from the
     /// server's administrator: the token carries the server's key (which this database then
-    /// pins) and lets the server enrol this database's own key.
+    /// pins) and lets the server enroll this database's own key.
     fn enable_sync(
         &self,
         remote: RemoteNode,
@@ -238,13 +238,13 @@ struct Plan {
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// This database's key pair for the suite it speaks with the server.
     keys: StaticKeys,
-    token: Option<EnrolmentToken>,
+    token: Option<EnrollmentToken>,
 }
 
 impl RemoteSync {
     /// Starts keeping `db` in step with `remote`, reconnecting whenever the connection
     /// breaks (the same as [`SyncExt::enable_sync`], without importing the trait). The first
-    /// time, `options` must hold an enrolment token from the server's administrator
+    /// time, `options` must hold an enrollment token from the server's administrator
     /// ([`RemoteOptions::enroll`]).
     pub fn connect(
         db: &Database,
@@ -431,11 +431,11 @@ fn plan(db: &Database, remote: &RemoteNode, options: &RemoteOptions) -> Result<P
     let token = options
         .enroll_token
         .as_deref()
-        .map(EnrolmentToken::parse)
+        .map(EnrollmentToken::parse)
         .transpose()
         .map_err(|e| RemoteError::InvalidOption(e.to_string()))?;
     let server = format!("{}://{authority}", if secure { "wss" } else { "ws" });
-    // The suite of the token until it has enrolled us (the server enrols a key only with a
+    // The suite of the token until it has enrolled us (the server enrolls a key only with a
     // token of its suite), then the suite of the server key we pinned.
     let pinned = pinned_server_key(db, &server)?.map(|(suite, _)| suite);
     let suite: Suite = match (&token, pinned) {
@@ -509,7 +509,7 @@ type BoxedTransport = Box<dyn TransportObject>;
 trait TransportObject: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> TransportObject for T {}
 
-/// One attempt: TCP, TLS, WebSocket upgrade, handshake, enrolment. Returns the session,
+/// One attempt: TCP, TLS, WebSocket upgrade, handshake, enrollment. Returns the session,
 /// ready to become a relay.
 async fn open(
     db: &Database,
@@ -579,7 +579,7 @@ async fn open(
         options.handshake_timeout,
     )
     .await?;
-    // Until a session with the server has got as far as its Hello, enrolment may not have
+    // Until a session with the server has got as far as its Hello, enrollment may not have
     // happened (the connection may have been cut right after Enroll), so the token is sent
     // again; the server ignores it for a key it knows.
     if let Some(token) = &plan.token
@@ -590,17 +590,17 @@ async fn open(
                 token: token.encode(),
             })
             .await?;
-        // Pinned now: a refused enrolment is reported by the server's first message, and a
+        // Pinned now: a refused enrollment is reported by the server's first message, and a
         // key that passed the token check is the server's either way.
         pin_server_key(db, &plan.server, session.suite(), session.peer_key())?;
     }
     Ok(session)
 }
 
-/// Prefix of the local settings marking that a session with a server got past enrolment.
+/// Prefix of the local settings marking that a session with a server got past enrollment.
 pub(super) const ENROLLED_SETTING_PREFIX: &str = "sync/enrolled/";
 
-/// Local setting marking that a session with a server got past enrolment.
+/// Local setting marking that a session with a server got past enrollment.
 fn enrolled_setting(server: &str) -> String {
     format!("{ENROLLED_SETTING_PREFIX}{server}")
 }
@@ -769,7 +769,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_optional_token_sets_or_clears_the_enrolment() {
+    fn an_optional_token_sets_or_clears_the_enrollment() {
         let none: Option<String> = None;
         assert_eq!(
             RemoteOptions::default()

@@ -18,9 +18,9 @@ pub enum RemoteError {
     /// An option cannot be used (a CA file that does not load, …).
     #[error("invalid sync option: {0}")]
     InvalidOption(String),
-    /// This database has no pinned key for the server and no enrolment token was given.
+    /// This database has no pinned key for the server and no enrollment token was given.
     #[error(
-        "this database is not enrolled with {server}: pass an enrolment token (from \
+        "this database is not enrolled with {server}: pass an enrollment token (from \
          `blazedb-server admin token create`)"
     )]
     NotEnrolled { server: String },
@@ -42,7 +42,7 @@ pub enum RemoteError {
     #[error("WebSocket error: {0}")]
     WebSocket(String),
     /// The server's static key is not the one this database pinned (or the one in the
-    /// enrolment token): a man in the middle, or a server that lost its key.
+    /// enrollment token): a man in the middle, or a server that lost its key.
     #[error(
         "the server's key {got} is not the expected {expected}: refusing to talk to it (a man \
          in the middle, or the server's key changed)"
@@ -73,7 +73,7 @@ pub enum RemoteError {
 
 impl RemoteError {
     /// True when trying again cannot help (until someone changes something): a bad URL or
-    /// option, no enrolment, a server key mismatch, an HTTP 400 or 404, or a refusal whose close
+    /// option, no enrollment, a server key mismatch, an HTTP 400 or 404, or a refusal whose close
     /// code [stops retrying](CloseCode::stops_retrying).
     pub fn is_permanent(&self) -> bool {
         match self {

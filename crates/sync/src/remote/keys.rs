@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::error::RemoteError;
 
 /// Local setting holding this node's static key pair: suite id, then the private key. It holds
-/// the first key pair the file made (of the default suite unless the first enrolment token
+/// the first key pair the file made (of the default suite unless the first enrollment token
 /// named another); a pair of another suite is kept beside it, under this name, `/` and the
 /// suite id in two hex digits (`sync/static-key/02`).
 pub const STATIC_KEY_SETTING: &str = "sync/static-key";
@@ -25,7 +25,7 @@ pub fn node_keys(db: &Database) -> Result<StaticKeys, RemoteError> {
 }
 
 /// This database's static key pair for `suite`, made and stored on first use. A node speaks
-/// one suite with a server (its enrolment token's), but may hold a pair for each.
+/// one suite with a server (its enrollment token's), but may hold a pair for each.
 pub fn node_keys_for(db: &Database, suite: Suite) -> Result<StaticKeys, RemoteError> {
     let setting = match stored_keys(db, STATIC_KEY_SETTING)? {
         Some(keys) if keys.suite() == suite => return Ok(keys),
@@ -70,10 +70,10 @@ fn make_keys(db: &Database, setting: &str, suite: Suite) -> Result<StaticKeys, R
     Ok(keys)
 }
 
-/// Forgets this database's static key pair and its enrolments, keeping the server keys it
+/// Forgets this database's static key pair and its enrollments, keeping the server keys it
 /// pinned: for a file given a new node id ([`Database::reidentify`]), since a server binds a
 /// device key to one node id. The next connection makes a new key pair and needs a new
-/// enrolment token. Returns true when the file had a key.
+/// enrollment token. Returns true when the file had a key.
 pub fn forget_node_keys(db: &Database) -> Result<bool, RemoteError> {
     let had = db
         .replication()
@@ -107,7 +107,7 @@ pub fn pinned_server_key(
     Ok(Some((Suite::from_id(suite)?, key.to_vec())))
 }
 
-/// Pins `key` as the static key of `server` (after a successful enrolment).
+/// Pins `key` as the static key of `server` (after a successful enrollment).
 pub fn pin_server_key(
     db: &Database,
     server: &str,

@@ -278,8 +278,8 @@ pub async fn accept_handshake_with<'k, S: Transport>(
 }
 
 /// The initiator's side of the handshake, on a device: writes message 1, reads message 2
-/// and checks that the server's static key is `server_key` (pinned at enrolment, or taken
-/// from the enrolment token) before revealing its own in message 3.
+/// and checks that the server's static key is `server_key` (pinned at enrollment, or taken
+/// from the enrollment token) before revealing its own in message 3.
 pub async fn connect_handshake<S: Transport>(
     mut ws: WebSocketStream<S>,
     keys: &StaticKeys,

@@ -1,4 +1,4 @@
-//! One-time enrolment tokens: how a new device proves to a server that an administrator let
+//! One-time enrollment tokens: how a new device proves to a server that an administrator let
 //! it in, and how it learns the server's static key before its first handshake.
 //!
 //! A token is `bzt1_` followed by unpadded base64url of:
@@ -35,10 +35,10 @@ pub const TOKEN_ID_LEN: usize = 16;
 /// Length of a token's secret.
 pub const TOKEN_SECRET_LEN: usize = 32;
 
-/// A parsed enrolment token. `Debug` shows the id and the server's key fingerprint, never
+/// A parsed enrollment token. `Debug` shows the id and the server's key fingerprint, never
 /// the secret.
 #[derive(Clone)]
-pub struct EnrolmentToken {
+pub struct EnrollmentToken {
     id: [u8; TOKEN_ID_LEN],
     secret: Zeroizing<[u8; TOKEN_SECRET_LEN]>,
     server_suite: Suite,
@@ -49,9 +49,9 @@ fn invalid(what: &'static str) -> ProtocolError {
     ProtocolError::InvalidToken { what }
 }
 
-impl EnrolmentToken {
+impl EnrollmentToken {
     /// A fresh token for a server with `server` static keys: random id and secret.
-    pub fn generate(server: &StaticKeys) -> Result<EnrolmentToken, ProtocolError> {
+    pub fn generate(server: &StaticKeys) -> Result<EnrollmentToken, ProtocolError> {
         let mut id = [0u8; TOKEN_ID_LEN];
         let mut secret = Zeroizing::new([0u8; TOKEN_SECRET_LEN]);
         getrandom::fill(&mut id).map_err(|e| ProtocolError::Crypto {
@@ -60,7 +60,7 @@ impl EnrolmentToken {
         getrandom::fill(secret.as_mut()).map_err(|e| ProtocolError::Crypto {
             what: e.to_string(),
         })?;
-        Ok(EnrolmentToken {
+        Ok(EnrollmentToken {
             id,
             secret,
             server_suite: server.suite(),
@@ -69,7 +69,7 @@ impl EnrolmentToken {
     }
 
     /// Reads a token as an administrator handed it out (surrounding whitespace is ignored).
-    pub fn parse(text: &str) -> Result<EnrolmentToken, ProtocolError> {
+    pub fn parse(text: &str) -> Result<EnrollmentToken, ProtocolError> {
         let body = text
             .trim()
             .strip_prefix(TOKEN_PREFIX)
@@ -90,7 +90,7 @@ impl EnrolmentToken {
         if key.len() != server_suite.public_key_len() {
             return Err(invalid("the server key has the wrong length for its suite"));
         }
-        Ok(EnrolmentToken {
+        Ok(EnrollmentToken {
             id: *id,
             secret: Zeroizing::new(*secret),
             server_suite,
@@ -147,9 +147,9 @@ impl EnrolmentToken {
     }
 }
 
-impl fmt::Debug for EnrolmentToken {
+impl fmt::Debug for EnrollmentToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnrolmentToken")
+        f.debug_struct("EnrollmentToken")
             .field("id", &self.id_hex())
             .field("server_key", &fingerprint(&self.server_key))
             .finish_non_exhaustive()
@@ -166,10 +166,10 @@ mod tests {
     fn a_token_round_trips_through_text() {
         for suite in Suite::ALL {
             let server = StaticKeys::generate(suite).unwrap();
-            let token = EnrolmentToken::generate(&server).unwrap();
+            let token = EnrollmentToken::generate(&server).unwrap();
             let text = token.encode();
             assert!(text.starts_with(TOKEN_PREFIX));
-            let parsed = EnrolmentToken::parse(&format!("  {text}\n")).unwrap();
+            let parsed = EnrollmentToken::parse(&format!("  {text}\n")).unwrap();
             assert_eq!(parsed.id(), token.id());
             assert_eq!(parsed.server_key(), server.public());
             assert_eq!(parsed.server_suite(), suite);
@@ -184,7 +184,7 @@ mod tests {
             (Suite::X25519AesGcmSha256, 113),
         ] {
             let server = StaticKeys::generate(suite).unwrap();
-            let token = EnrolmentToken::generate(&server).unwrap();
+            let token = EnrollmentToken::generate(&server).unwrap();
             let text = token.encode();
             assert_eq!(text.len(), len, "{suite:?}");
             let bytes = URL_SAFE_NO_PAD.decode(&text[TOKEN_PREFIX.len()..]).unwrap();
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn a_token_with_padding_or_the_standard_base64_alphabet_is_refused() {
         let server = StaticKeys::generate(Suite::X25519AesGcmSha256).unwrap();
-        let text = EnrolmentToken::generate(&server).unwrap().encode();
+        let text = EnrollmentToken::generate(&server).unwrap().encode();
         // 81 and 114 bytes are multiples of 3: a token never needs padding and its last
         // character carries no unused bits.
         let body = &text[TOKEN_PREFIX.len()..];
@@ -211,7 +211,7 @@ mod tests {
             format!("{TOKEN_PREFIX}{}", &body[1..]),
             format!("BZT1_{body}"),
         ] {
-            let err = EnrolmentToken::parse(&bad).unwrap_err();
+            let err = EnrollmentToken::parse(&bad).unwrap_err();
             assert!(
                 matches!(err, ProtocolError::InvalidToken { .. }),
                 "{bad}: {err}"
@@ -227,7 +227,7 @@ mod tests {
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
         );
         assert_eq!(text.len(), 113);
-        let token = EnrolmentToken::parse(text).unwrap();
+        let token = EnrollmentToken::parse(text).unwrap();
         assert_eq!(token.id(), [0x01; 16]);
         assert_eq!(token.id_hex(), "01".repeat(16));
         assert_eq!(
@@ -244,8 +244,8 @@ mod tests {
     #[test]
     fn another_tokens_secret_does_not_match() {
         let server = StaticKeys::generate(Suite::default()).unwrap();
-        let a = EnrolmentToken::generate(&server).unwrap();
-        let b = EnrolmentToken::generate(&server).unwrap();
+        let a = EnrollmentToken::generate(&server).unwrap();
+        let b = EnrollmentToken::generate(&server).unwrap();
         assert!(!a.secret_matches(&b.secret_hash()));
         assert!(!a.secret_matches(&[]));
     }
@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn malformed_tokens_are_refused_with_a_reason() {
         let server = StaticKeys::generate(Suite::default()).unwrap();
-        let text = EnrolmentToken::generate(&server).unwrap().encode();
+        let text = EnrollmentToken::generate(&server).unwrap().encode();
         for bad in [
             "",
             "bzt2_abc",
@@ -262,7 +262,7 @@ mod tests {
             &text[..text.len() - 4],
             &format!("{text}AA"),
         ] {
-            let err = EnrolmentToken::parse(bad).unwrap_err();
+            let err = EnrollmentToken::parse(bad).unwrap_err();
             assert!(
                 matches!(err, ProtocolError::InvalidToken { .. }),
                 "{bad}: {err}"
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn debug_never_shows_the_secret() {
         let server = StaticKeys::generate(Suite::default()).unwrap();
-        let token = EnrolmentToken::generate(&server).unwrap();
+        let token = EnrollmentToken::generate(&server).unwrap();
         let shown = format!("{token:?}");
         let secret_hex: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
         assert!(!shown.contains(&secret_hex));
