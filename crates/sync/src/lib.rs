@@ -42,6 +42,8 @@
 
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod relay;
 #[cfg(feature = "remote")]
 pub mod remote;

@@ -33,6 +33,8 @@ use crate::relay::Hold;
 
 mod log;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use log::{Output, SessionLog};
 use snapshot::{SnapshotIn, SnapshotOut};
