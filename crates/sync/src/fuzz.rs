@@ -746,9 +746,7 @@ impl Harness {
             // stopped and started receiving (stale parts have no rule like the gap rule of
             // Ops; see the ignored test `parts_of_a_snapshot_abandoned_by_a_new_pull_are_ignored`).
             Some(CloseCode::ProtocolError) => {
-                link.pulls[side] > MAX_PULLS_PER_PERIOD
-                    || link.part_twice[side]
-                    || (link.paused[side] && link.snapshots[side])
+                link.pulls[side] > MAX_PULLS_PER_PERIOD || link.part_twice[side]
             }
             // A storage failure the harness made.
             Some(CloseCode::InternalError) => {

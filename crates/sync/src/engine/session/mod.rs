@@ -126,6 +126,12 @@ pub(crate) struct Session {
     /// peer has it (so it is not pending).
     pub(crate) skipped_to: u64,
     pub(crate) snapshot_in: Option<SnapshotIn>,
+    /// A `Pull` went out after snapshot parts had arrived (applied or ignored): the rest of
+    /// that snapshot may still come and is ignored until a part 1 starts the one answering
+    /// the new `Pull`.
+    snapshot_abandoned: bool,
+    /// Snapshot parts arrived since our last `Pull`.
+    snapshot_parts_since_pull: bool,
     outputs: Vec<Output>,
 }
 
@@ -161,6 +167,8 @@ impl Session {
             barrier: 0,
             skipped_to: 0,
             snapshot_in: None,
+            snapshot_abandoned: false,
+            snapshot_parts_since_pull: false,
             outputs: Vec::new(),
         }
     }
@@ -483,11 +491,16 @@ impl Session {
             Ok((vector, checks))
         });
         match pull {
-            Ok((vector, checks)) => self.send(Message::Pull {
-                from: self.cursor,
-                vector,
-                checks,
-            }),
+            Ok((vector, checks)) => {
+                let under_way = self.snapshot_in.take().is_some();
+                self.snapshot_abandoned = under_way || self.snapshot_parts_since_pull;
+                self.snapshot_parts_since_pull = false;
+                self.send(Message::Pull {
+                    from: self.cursor,
+                    vector,
+                    checks,
+                });
+            }
             Err(e) => self.internal_error(&e),
         }
     }

@@ -120,6 +120,7 @@ impl Session {
             self.close_with(CloseCode::ProtocolError, "Snapshot before Hello".into());
             return;
         };
+        self.snapshot_parts_since_pull = true;
         if let PeerTrust::Origin(node) = self.options.trust {
             self.close_with(
                 CloseCode::Unauthorized,
@@ -134,8 +135,14 @@ impl Session {
             // Not applied: the peer sends it again after our next Pull.
             return;
         }
+        if part != 1 && self.snapshot_in.is_none() && self.snapshot_abandoned {
+            // The rest of a snapshot our newer Pull replaced (like Ops after a re-pull that do
+            // not continue the cursor): ignored, not acknowledged.
+            return;
+        }
         let expected = self.snapshot_in.as_ref().map_or(1, |s| s.next_part);
         if part == 1 {
+            self.snapshot_abandoned = false;
             // A new snapshot (the peer answers a newer Pull) replaces one under way.
             self.snapshot_in = Some(SnapshotIn {
                 position,

@@ -1276,10 +1276,6 @@ fn after_switching_back_to_receiving_stale_ranges_are_ignored_without_pulling_ag
 }
 
 #[test]
-#[ignore = "parts of a snapshot abandoned by a new Pull (after set_mode stops and starts \
-            receiving) still arrive, and the first one that is not part 1 closes the \
-            connection with ProtocolError; stale Ops get the gap rule (step 4 case 1), stale \
-            snapshot parts get none (found by the sessions fuzz target)"]
 fn parts_of_a_snapshot_abandoned_by_a_new_pull_are_ignored() {
     let mut side = Side::with_mode(Mode::Bidirectional).connected();
     assert_eq!(
