@@ -159,6 +159,7 @@ impl Core {
 
 /// Sizes and counters of a database, for `blazedb stats` and monitoring.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Stats {
     pub node_id: blazedb_format::NodeId,
     pub lamport: u64,
@@ -170,6 +171,7 @@ pub struct Stats {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CollectionStats {
     pub name: String,
     pub records: u64,

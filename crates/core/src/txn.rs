@@ -33,6 +33,7 @@ pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
 /// What [`Replication::apply_remote`](crate::Replication::apply_remote) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// Operations merged for the first time.
     pub applied: usize,
@@ -42,6 +43,7 @@ pub struct ApplyReport {
 
 /// What [`TransactionReplication::apply_snapshot`](crate::TransactionReplication::apply_snapshot) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct SnapshotReport {
     /// Records whose stored state changed.
     pub applied: usize,

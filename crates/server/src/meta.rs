@@ -68,6 +68,7 @@ const MAX_PLAIN_FILE_STEM: usize = 200;
 
 /// A user of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct User {
     pub name: String,
     pub teams: Vec<String>,
@@ -76,6 +77,7 @@ pub struct User {
 
 /// An enrolled device: a Noise static public key that belongs to a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Device {
     /// The static public key.
     pub key: Vec<u8>,
@@ -142,6 +144,7 @@ impl fmt::Display for TokenState {
 /// An enrollment token as an administrator sees it. It has neither the secret (never stored)
 /// nor its hash, so a listing cannot help anyone forge a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TokenInfo {
     /// The token's id in hex (32 characters), as [`MetaStore::revoke_token`] takes it.
     pub id: String,

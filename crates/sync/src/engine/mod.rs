@@ -206,6 +206,7 @@ impl ConnectOptions {
 
 /// The state of one connection, as [`SyncEngine::status`] reports it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionStatus {
     pub id: ConnectionId,
     pub name: String,

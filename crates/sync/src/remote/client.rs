@@ -136,6 +136,7 @@ pub enum RemoteState {
 
 /// A snapshot of [`RemoteSync`]'s state.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RemoteStatus {
     pub state: RemoteState,
     /// The current (or last) connection, as the engine sees it: pending ops, last ack, lag,

@@ -72,6 +72,7 @@ pub(crate) const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Bytes and messages a relay moved, as sealed WebSocket payloads.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct RelayCounters {
     pub payload_bytes_sent: AtomicU64,
     pub payload_bytes_received: AtomicU64,
