@@ -249,6 +249,16 @@ impl Session {
         if !self.is_open() {
             return;
         }
+        if self.peer.is_none() && !matches!(message, Message::Hello { .. } | Message::Close { .. })
+        {
+            // docs/protocol.md: a session starts with the peer's Hello; anything else first
+            // is a protocol error (a Close is still read: it says why the peer gives up).
+            self.close_with(
+                CloseCode::ProtocolError,
+                format!("{} before Hello", message.type_name()),
+            );
+            return;
+        }
         match message {
             Message::Hello {
                 protocol_version,
@@ -732,8 +742,10 @@ impl Session {
                 .map(|(from, vector)| Outbound::starting_at(self.acked.max(*from), vector.clone()));
         }
         if mode.receives() && !old.receives() && self.peer.is_some() {
-            self.repull_pending = false;
+            // This Pull is a re-pull (step 4): what is left of the old stream does not
+            // continue the cursor and is ignored until the answer arrives.
             self.pull(log);
+            self.repull_pending = true;
         }
     }
 

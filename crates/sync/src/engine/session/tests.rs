@@ -1240,9 +1240,6 @@ fn a_failed_snapshot_part_closes_with_internal_error_and_keeps_the_cursor() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "the session answers a Ping (and takes Ack, Pong, SnapshotAck) before Hello; \
-            docs/protocol.md (Errors, Version negotiation) says any message other than Hello \
-            before the peer's Hello is a protocol error"]
 fn any_message_before_hello_closes_the_connection() {
     for message in [
         Message::Ping { nonce: 1 },
@@ -1261,9 +1258,6 @@ fn any_message_before_hello_closes_the_connection() {
 }
 
 #[test]
-#[ignore = "after set_mode starts receiving again, the Pull it sends does not count as the \
-            re-pull of step 4 case 1, so the first stale Ops with from > cursor makes a \
-            second Pull"]
 fn after_switching_back_to_receiving_stale_ranges_are_ignored_without_pulling_again() {
     let mut side = Side::with_mode(Mode::Bidirectional).connected();
     side.set_mode(Mode::WriteOnly);
