@@ -78,7 +78,7 @@ struct Inbound {
     from: u64,
     to: u64,
     ops: Vec<Operation>,
-    _hold: Option<Hold>,
+    hold: Option<Hold>,
 }
 
 /// The protocol state of one connection. Fields read by the engine's status are
@@ -241,14 +241,6 @@ impl Session {
         self.messages_received += 1;
         self.last_heard = now;
         self.pinged = false;
-        if let Message::Ops { from, to, ops } = message {
-            self.on_ops(from, to, ops, hold);
-            return;
-        }
-        self.apply_inbound(log);
-        if !self.is_open() {
-            return;
-        }
         if self.peer.is_none() && !matches!(message, Message::Hello { .. } | Message::Close { .. })
         {
             // docs/protocol.md: a session starts with the peer's Hello; anything else first
@@ -257,6 +249,14 @@ impl Session {
                 CloseCode::ProtocolError,
                 format!("{} before Hello", message.type_name()),
             );
+            return;
+        }
+        if let Message::Ops { from, to, ops } = message {
+            self.on_ops(from, to, ops, hold);
+            return;
+        }
+        self.apply_inbound(log);
+        if !self.is_open() {
             return;
         }
         match message {
@@ -312,10 +312,6 @@ impl Session {
     }
 
     fn on_ops(&mut self, from: u64, to: u64, ops: Vec<Operation>, hold: Option<Hold>) {
-        if self.peer.is_none() {
-            self.close_with(CloseCode::ProtocolError, "Ops before Hello".into());
-            return;
-        }
         if let PeerTrust::Origin(node) = self.options.trust
             && let Some(op) = ops.iter().find(|op| op.id.origin != node)
         {
@@ -337,7 +333,7 @@ impl Session {
                 from,
                 to,
                 ops,
-                _hold: hold,
+                hold,
             });
         }
         // Otherwise (write-only, or the mode just changed): not applied and not
@@ -574,9 +570,9 @@ impl Session {
                 from,
                 to: end,
                 ops: batch,
-                _hold,
+                hold,
             } = inbound;
-            held.push(_hold);
+            held.push(hold);
             if end <= to {
                 duplicate_range = true;
             } else if from > to {
