@@ -1043,11 +1043,7 @@ fn sync_args(db: &str, url: &str) -> Vec<String> {
 }
 
 fn sync_token(server: &blazedb_server::ServerHandle) -> String {
-    server
-        .meta()
-        .create_token("alice", std::time::Duration::from_secs(600))
-        .unwrap()
-        .to_string()
+    blazedb_testkit::server::token(server, "alice")
 }
 
 #[test]

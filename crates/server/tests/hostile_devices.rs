@@ -26,11 +26,7 @@ fn start_server(data: &Path) -> ServerHandle {
 }
 
 fn token(server: &ServerHandle, user: &str) -> String {
-    server
-        .meta()
-        .create_token(user, Duration::from_secs(600))
-        .unwrap()
-        .to_string()
+    blazedb_testkit::server::token(server, user)
 }
 
 fn device(server: &ServerHandle, user: &str) -> (Database, RemoteSync) {

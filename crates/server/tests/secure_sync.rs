@@ -34,11 +34,7 @@ fn start_server(data: &Path) -> ServerHandle {
 }
 
 fn token(server: &ServerHandle) -> String {
-    server
-        .meta()
-        .create_token("alice", Duration::from_secs(600))
-        .unwrap()
-        .to_string()
+    blazedb_testkit::server::token(server, "alice")
 }
 
 fn fast() -> RemoteOptions {

@@ -45,11 +45,7 @@ fn server(dir: &Path) -> ServerHandle {
 }
 
 fn token(server: &ServerHandle) -> String {
-    server
-        .meta()
-        .create_token("ada", Duration::from_secs(600))
-        .unwrap()
-        .to_string()
+    blazedb_testkit::server::token(server, "ada")
 }
 
 fn device(dir: &Path, name: &str) -> Database {
