@@ -25,7 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::error::ProtocolError;
+use crate::error::{CryptoFault, ProtocolError, TokenFault, Unauthorized};
 use crate::secure::{StaticKeys, Suite, fingerprint};
 
 /// The text every token starts with (the format's version).
@@ -45,8 +45,12 @@ pub struct EnrollmentToken {
     server_key: Vec<u8>,
 }
 
-fn invalid(what: &'static str) -> ProtocolError {
-    ProtocolError::InvalidToken { what }
+fn invalid(fault: TokenFault) -> ProtocolError {
+    Unauthorized::Token(fault).into()
+}
+
+fn random_failed(error: getrandom::Error) -> ProtocolError {
+    ProtocolError::crypto(CryptoFault::Random(error))
 }
 
 impl EnrollmentToken {
@@ -54,12 +58,8 @@ impl EnrollmentToken {
     pub fn generate(server: &StaticKeys) -> Result<EnrollmentToken, ProtocolError> {
         let mut id = [0u8; TOKEN_ID_LEN];
         let mut secret = Zeroizing::new([0u8; TOKEN_SECRET_LEN]);
-        getrandom::fill(&mut id).map_err(|e| ProtocolError::Crypto {
-            what: e.to_string(),
-        })?;
-        getrandom::fill(secret.as_mut()).map_err(|e| ProtocolError::Crypto {
-            what: e.to_string(),
-        })?;
+        getrandom::fill(&mut id).map_err(random_failed)?;
+        getrandom::fill(secret.as_mut()).map_err(random_failed)?;
         Ok(EnrollmentToken {
             id,
             secret,
@@ -73,22 +73,22 @@ impl EnrollmentToken {
         let body = text
             .trim()
             .strip_prefix(TOKEN_PREFIX)
-            .ok_or(invalid("it does not start with bzt1_"))?;
+            .ok_or(invalid(TokenFault::Prefix))?;
         let bytes = Zeroizing::new(
             URL_SAFE_NO_PAD
                 .decode(body)
-                .map_err(|_| invalid("it is not valid base64url"))?,
+                .map_err(|_| invalid(TokenFault::Base64))?,
         );
         let (id, rest) = bytes
             .split_first_chunk::<TOKEN_ID_LEN>()
-            .ok_or(invalid("it is too short"))?;
+            .ok_or(invalid(TokenFault::TooShort))?;
         let (secret, rest) = rest
             .split_first_chunk::<TOKEN_SECRET_LEN>()
-            .ok_or(invalid("it is too short"))?;
-        let (&suite, key) = rest.split_first().ok_or(invalid("it is too short"))?;
-        let server_suite = Suite::from_id(suite).map_err(|_| invalid("unknown key suite"))?;
+            .ok_or(invalid(TokenFault::TooShort))?;
+        let (&suite, key) = rest.split_first().ok_or(invalid(TokenFault::TooShort))?;
+        let server_suite = Suite::from_id(suite).map_err(|_| invalid(TokenFault::UnknownSuite))?;
         if key.len() != server_suite.public_key_len() {
-            return Err(invalid("the server key has the wrong length for its suite"));
+            return Err(invalid(TokenFault::KeyLength));
         }
         Ok(EnrollmentToken {
             id: *id,
@@ -161,6 +161,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
 
     #[test]
     fn a_token_round_trips_through_text() {
@@ -213,7 +215,7 @@ mod tests {
         ] {
             let err = EnrollmentToken::parse(&bad).unwrap_err();
             assert!(
-                matches!(err, ProtocolError::InvalidToken { .. }),
+                matches!(err, ProtocolError::Unauthorized(Unauthorized::Token(_))),
                 "{bad}: {err}"
             );
         }
@@ -264,7 +266,7 @@ mod tests {
         ] {
             let err = EnrollmentToken::parse(bad).unwrap_err();
             assert!(
-                matches!(err, ProtocolError::InvalidToken { .. }),
+                matches!(err, ProtocolError::Unauthorized(Unauthorized::Token(_))),
                 "{bad}: {err}"
             );
         }

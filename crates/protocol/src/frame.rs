@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::error::ProtocolError;
+use crate::error::{LocalFailure, Malformed, ProtocolError};
 use crate::message::Message;
 
 /// The frame limit a [`FrameDecoder`] uses unless told otherwise: 16 MiB of payload.
@@ -39,17 +39,18 @@ pub fn encode_frame(message: &Message) -> Vec<u8> {
 }
 
 /// Like [`encode_frame`], but refuses a message the peer would refuse: one that breaks
-/// [`Message::validate`] ([`ProtocolError::Unsendable`]) or whose payload is longer than
-/// `max_frame_len` ([`ProtocolError::MessageTooLarge`]); split large operation batches.
+/// [`Message::validate`] ([`LocalFailure::Unsendable`]) or whose payload is longer than
+/// `max_frame_len` ([`LocalFailure::MessageTooLarge`]); split large operation batches.
 pub fn try_encode_frame(message: &Message, max_frame_len: u32) -> Result<Vec<u8>, ProtocolError> {
     message.validate()?;
     let payload = message.encode();
     match u32::try_from(payload.len()) {
         Ok(len) if len <= max_frame_len => Ok(frame(&payload)),
-        _ => Err(ProtocolError::MessageTooLarge {
+        _ => Err(LocalFailure::MessageTooLarge {
             len: payload.len(),
             max: max_frame_len,
-        }),
+        }
+        .into()),
     }
 }
 
@@ -204,13 +205,16 @@ impl FrameDecoder {
         let len = u32::from_be_bytes(*header);
         let have = available.len() - FRAME_HEADER_LEN;
         if len == 0 {
-            return Err(self.fail(ProtocolError::EmptyFrame));
+            return Err(self.fail(Malformed::EmptyFrame.into()));
         }
         if len > self.max_frame_len {
-            return Err(self.fail(ProtocolError::FrameTooLarge {
-                len,
-                max: self.max_frame_len,
-            }));
+            return Err(self.fail(
+                Malformed::FrameTooLarge {
+                    len,
+                    max: self.max_frame_len,
+                }
+                .into(),
+            ));
         }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if have < len {
@@ -260,6 +264,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
     use crate::message::{CloseCode, OpCheck, PROTOCOL_VERSION};
 
     fn hello() -> Message {
@@ -411,7 +417,7 @@ mod tests {
     fn a_zero_length_frame_is_refused() {
         let mut decoder = FrameDecoder::default();
         push_all(&mut decoder, &[0, 0, 0, 0]);
-        assert_eq!(decoder.next_message(), Err(ProtocolError::EmptyFrame));
+        assert_eq!(decoder.next_message(), Err(Malformed::EmptyFrame.into()));
     }
 
     #[test]
@@ -421,7 +427,10 @@ mod tests {
         assert_eq!(decoder.next_message(), Ok(None));
         push_all(&mut decoder, &[101]);
         let err = decoder.next_message().unwrap_err();
-        assert_eq!(err, ProtocolError::FrameTooLarge { len: 101, max: 100 });
+        assert_eq!(
+            err,
+            ProtocolError::from(Malformed::FrameTooLarge { len: 101, max: 100 })
+        );
         assert_eq!(
             err.to_string(),
             "frame of 101 bytes exceeds the limit of 100 bytes"
@@ -442,7 +451,7 @@ mod tests {
     fn errors_are_final() {
         let mut decoder = FrameDecoder::default();
         push_all(&mut decoder, &[0, 0, 0, 3, 0xB7, 0x16, 0x7E]);
-        let err = ProtocolError::UnknownMessageType { code: 0x7E };
+        let err = ProtocolError::from(Malformed::UnknownMessageType { code: 0x7E });
         assert_eq!(decoder.next_message(), Err(err.clone()));
         push_all(&mut decoder, &encode_frame(&hello()));
         assert_eq!(decoder.next_message(), Err(err.clone()));
@@ -456,7 +465,9 @@ mod tests {
         push_all(&mut decoder, &[0, 0, 0, 2, 0xB8, 0x16]);
         assert_eq!(
             decoder.next_message(),
-            Err(ProtocolError::Decode(DecodeError::BadMagic { found: 0xB8 }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::BadMagic { found: 0xB8 }
+            )))
         );
     }
 
@@ -504,10 +515,10 @@ mod tests {
         let err = try_encode_frame(&hello, len as u32 - 1).unwrap_err();
         assert_eq!(
             err,
-            ProtocolError::MessageTooLarge {
+            ProtocolError::from(LocalFailure::MessageTooLarge {
                 len,
                 max: len as u32 - 1
-            }
+            })
         );
         assert!(!err.is_malformed_input());
         assert_eq!(err.close_code(), CloseCode::InternalError);
@@ -520,9 +531,9 @@ mod tests {
         };
         assert_eq!(
             try_encode_frame(&nameless, DEFAULT_MAX_FRAME_LEN),
-            Err(ProtocolError::Unsendable {
-                what: "database name is empty"
-            })
+            Err(ProtocolError::from(LocalFailure::Unsendable(
+                Rule::DatabaseNameEmpty
+            )))
         );
         for (from, to) in [(3, 3), (4, 3)] {
             let err = try_encode_frame(
@@ -534,7 +545,10 @@ mod tests {
                 DEFAULT_MAX_FRAME_LEN,
             )
             .unwrap_err();
-            assert!(matches!(err, ProtocolError::Unsendable { .. }), "{err}");
+            assert!(
+                matches!(err, ProtocolError::Local(LocalFailure::Unsendable(_))),
+                "{err}"
+            );
             assert_eq!(
                 err.to_string(),
                 "message cannot be sent: ops range is empty or reversed (from must be less than to)"
@@ -570,7 +584,7 @@ mod tests {
             let mut taken = decoder.push(&stream[..cut]);
             if cut >= 4 {
                 let err = decoder.next_message().unwrap_err();
-                prop_assert_eq!(err, ProtocolError::FrameTooLarge { len, max });
+                prop_assert_eq!(err, ProtocolError::from(Malformed::FrameTooLarge { len, max }));
             } else {
                 prop_assert_eq!(decoder.next_message(), Ok(None));
                 prop_assert!(decoder.buf.capacity() <= 2 * stream.len());
@@ -578,7 +592,7 @@ mod tests {
                 prop_assert!(decoder.buf.capacity() <= 2 * stream.len());
                 prop_assert_eq!(
                     decoder.next_message(),
-                    Err(ProtocolError::FrameTooLarge { len, max })
+                    Err(ProtocolError::from(Malformed::FrameTooLarge { len, max }))
                 );
             }
             prop_assert!(taken <= stream.len());

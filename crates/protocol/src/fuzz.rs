@@ -5,7 +5,7 @@ use std::num::NonZeroU64;
 use std::sync::OnceLock;
 
 use crate::enroll::EnrollmentToken;
-use crate::error::ProtocolError;
+use crate::error::{LocalFailure, ProtocolError, Unauthorized};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, encode_frame};
 use crate::message::{Capabilities, Message, PROTOCOL_VERSION};
 use crate::secure::{
@@ -116,7 +116,7 @@ fn check_round_trip(message: &Message) {
 // ---------------------------------------------------------------------------------------------
 
 /// Feeds `data`, as text (invalid UTF-8 replaced), to [`EnrollmentToken::parse`]. Panics when
-/// parsing panics, when an error is not [`ProtocolError::InvalidToken`], or when a token that
+/// parsing panics, when an error is not [`Unauthorized::Token`], or when a token that
 /// parses
 ///
 /// * does not re-encode to the input without its surrounding whitespace (a token has one
@@ -127,7 +127,7 @@ pub fn token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let token = match EnrollmentToken::parse(&text) {
         Ok(token) => token,
-        Err(ProtocolError::InvalidToken { .. }) => return,
+        Err(ProtocolError::Unauthorized(Unauthorized::Token(_))) => return,
         Err(error) => panic!("a token was refused with another error: {error}"),
     };
     let encoded = token.encode();
@@ -345,8 +345,17 @@ fn altered_payload(suite: Suite, input: &[u8]) {
     }
 }
 
-fn check_stays_failed(channel: &mut SecureChannel) {
+/// A failed channel refuses to open and to seal anything, even an empty plaintext.
+pub(crate) fn check_stays_failed(channel: &mut SecureChannel) {
     assert!(channel.is_failed());
-    assert_eq!(channel.open(b"\x00\x10"), Err(ProtocolError::ChannelFailed));
-    assert_eq!(channel.seal(b"close"), Err(ProtocolError::ChannelFailed));
+    for result in [
+        channel.open(b"\x00\x10"),
+        channel.seal(b""),
+        channel.seal(b"close"),
+    ] {
+        assert_eq!(
+            result,
+            Err(ProtocolError::Local(LocalFailure::ChannelFailed))
+        );
+    }
 }

@@ -77,7 +77,11 @@ mod message;
 mod name;
 pub mod secure;
 
-pub use error::ProtocolError;
+pub use error::{
+    CryptoFault, DecompressFault, HandshakeFault, HandshakeMessage, Incompatible, KeyFault,
+    LocalFailure, Malformed, NoiseError, ProtocolError, Rule, SealedFault, TokenFault,
+    Unauthorized,
+};
 pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, encode_frame, try_encode_frame,
 };

@@ -10,7 +10,7 @@ use blazedb_format::{
     Decoder, Encoder, Kind, NodeId, OpDigest, Operation, SnapshotRecord, VersionVector,
 };
 
-use crate::error::ProtocolError;
+use crate::error::{DecompressFault, Incompatible, Malformed, ProtocolError, Rule};
 
 /// The protocol version this code speaks (sent in [`Message::Hello`]).
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -29,17 +29,6 @@ pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
 /// sync path of every write.
 const ZSTD_LEVEL: i32 = 1;
 
-// Message type codes (first body byte); see docs/protocol.md.
-const TYPE_HELLO: u8 = 0x01;
-const TYPE_OPS: u8 = 0x02;
-const TYPE_ACK: u8 = 0x03;
-const TYPE_PING: u8 = 0x04;
-const TYPE_PONG: u8 = 0x05;
-const TYPE_CLOSE: u8 = 0x06;
-const TYPE_PULL: u8 = 0x07;
-const TYPE_ENROLL: u8 = 0x08;
-const TYPE_SNAPSHOT: u8 = 0x09;
-const TYPE_SNAPSHOT_ACK: u8 = 0x0a;
 /// Not a message of its own: a zstd-compressed encoding of another message.
 const TYPE_COMPRESSED: u8 = 0x7f;
 /// The first bytes of a zstd frame (its magic number, 0xFD2FB528 little-endian).
@@ -66,14 +55,6 @@ const MIN_OP_CHECK_LEN: usize = 2 + OpDigest::LEN;
 /// (1), record id (16), record state flags (1) and register count (1). Bounds the record count
 /// by the bytes actually present.
 const MIN_SNAPSHOT_RECORD_LEN: usize = 19;
-
-/// Why a snapshot part number is refused: parts are numbered from 1.
-const SNAPSHOT_PART_ZERO: &str = "snapshot part number is 0 (parts are numbered from 1)";
-/// Why a snapshot part is refused whose records outnumber the whole snapshot.
-const SNAPSHOT_OVER_TOTAL: &str = "snapshot part holds more records than its total";
-
-/// Why an `Ops` range is refused, when decoding (`Invalid`) or sending (`Unsendable`).
-const EMPTY_OPS_RANGE: &str = "ops range is empty or reversed (from must be less than to)";
 
 /// Optional protocol features a node supports, sent in [`Message::Hello`]. A feature is used
 /// on a connection only when both sides announce it; unknown bits are kept and ignored, so a
@@ -118,12 +99,89 @@ impl fmt::Display for Capabilities {
     }
 }
 
-/// One message of the sync protocol.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Message {
+/// Declares [`Message`] from one entry per message: its doc, type byte, fields, how many bytes
+/// to reserve for its encoding, the rules a decoder checks beyond the byte layout
+/// (`validate`), and its body's encoding and decoding. The enum and every per-type `match`
+/// are generated from the entries, so a new message is one entry here (and its section in
+/// docs/protocol.md).
+///
+/// In `validate`, `reserve` and `encode`, the fields are bound by reference; `decode` binds
+/// each field with `let` and the entry's message is built from them.
+macro_rules! messages {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident = $code:literal as $code_const:ident {
+            $( $(#[$field_attr:meta])* $field:ident : $ty:ty ),+ $(,)?
+        }
+        reserve $reserve:block
+        validate $validate:block
+        encode($e:ident) $encode:block
+        decode($d:ident) { $($decode:tt)* }
+    )+) => {
+        // Message type codes (first body byte); see docs/protocol.md.
+        $( const $code_const: u8 = $code; )+
+
+        /// One message of the sync protocol.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Message {
+            $( $(#[$attr])* $name { $( $(#[$field_attr])* $field: $ty ),+ }, )+
+        }
+
+        impl Message {
+            /// The type code written as the first body byte.
+            pub fn type_code(&self) -> u8 {
+                match self { $( Message::$name { .. } => $code_const, )+ }
+            }
+
+            /// A short name of the message type, for logs.
+            pub fn type_name(&self) -> &'static str {
+                match self { $( Message::$name { .. } => stringify!($name), )+ }
+            }
+
+            /// The first rule beyond the byte layout this message breaks.
+            fn check_rules(&self) -> Result<(), Rule> {
+                match self {
+                    $( #[allow(unused_variables)] Message::$name { $($field),+ } => $validate, )+
+                }
+            }
+
+            /// About how many bytes the encoding takes, to reserve them at once.
+            fn encoded_len_hint(&self) -> usize {
+                match self {
+                    $( #[allow(unused_variables)] Message::$name { $($field),+ } => $reserve, )+
+                }
+            }
+
+            /// Writes the type byte and the body.
+            fn encode_body<'a>(&'a self, encoder: &mut Encoder<'a>) {
+                encoder.byte(self.type_code());
+                match self {
+                    $( Message::$name { $($field),+ } => {
+                        let $e = &mut *encoder;
+                        $encode
+                    } )+
+                }
+            }
+
+            /// Reads the body of a message of type `code`.
+            fn decode_body(code: u8, decoder: &mut Decoder<'_>) -> Result<Message, ProtocolError> {
+                Ok(match code {
+                    $( $code_const => {
+                        let $d = &mut *decoder;
+                        $($decode)*
+                        Message::$name { $($field),+ }
+                    } )+
+                    code => return Err(Malformed::UnknownMessageType { code }.into()),
+                })
+            }
+        }
+    };
+}
+
+messages! {
     /// The first message each side sends: who it is and which database it wants to sync.
     /// Versions must match exactly (see [`crate::negotiate_version`]).
-    Hello {
+    Hello = 0x01 as TYPE_HELLO {
         protocol_version: u16,
         node: NodeId,
         /// Name of the database on the receiving side; 1 to [`MAX_DATABASE_NAME_LEN`] bytes (a
@@ -134,7 +192,27 @@ pub enum Message {
         /// The sender's op-log head (its newest position) when it said hello, so the peer
         /// can report catch-up progress. Informational.
         head: u64,
-    },
+    }
+    reserve { 48 + database.len() }
+    validate { check_database(database) }
+    encode(e) {
+        e.varint(u64::from(*protocol_version));
+        e.node(*node);
+        e.key(database);
+        e.varint(capabilities.0);
+        e.varint(*head);
+    }
+    decode(d) {
+        let protocol_version =
+            u16::try_from(d.varint()?).map_err(|_| invalid(Rule::ProtocolVersionTooLarge))?;
+        let node = d.node()?;
+        let database = d.key()?;
+        check_database(database).map_err(invalid)?;
+        let database = database.to_owned();
+        let capabilities = Capabilities(d.varint()?);
+        let head = d.varint()?;
+    }
+
     /// The operations in the sender's op log at the positions in the half-open range
     /// `(from, to]` that the receiver may lack, in op-log order.
     ///
@@ -142,34 +220,90 @@ pub enum Message {
     /// such a message only moves the receiver's cursor to `to`. The ranges of one stream are
     /// contiguous: each `from` is the previous `to` (the first is the [`Message::Pull`]'s
     /// `from`). `from < to` always; a decoder refuses anything else.
-    Ops {
+    Ops = 0x02 as TYPE_OPS {
         /// Exclusive start of the range: the `to` of the previous `Ops` of this stream.
         from: u64,
         /// Inclusive end of the range: the receiver's cursor once it has applied this batch.
         to: u64,
         ops: Vec<Operation>,
-    },
+    }
+    reserve { 64 * ops.len() + 24 }
+    validate { check_range(*from, *to) }
+    encode(e) {
+        e.varint(*from);
+        e.varint(*to);
+        e.varint(ops.len() as u64);
+        for op in ops {
+            e.operation(op);
+        }
+    }
+    decode(d) {
+        let from = d.varint()?;
+        let to = d.varint()?;
+        check_range(from, to).map_err(invalid)?;
+        let count = d.length(MIN_OPERATION_LEN)?;
+        let mut ops = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            ops.push(d.operation()?);
+        }
+    }
+
     /// Acknowledges the `to` of an [`Message::Ops`] received, or the `position` of a snapshot
     /// whose last [`Message::Snapshot`] part was applied: the receiver has durably applied the
     /// sender's op log up to and including `position` (its cursor into the sender's log,
     /// stored with the operations). Informational for the sender (status, lag); correctness
     /// never depends on it.
-    Ack { position: u64 },
+    Ack = 0x03 as TYPE_ACK {
+        position: u64,
+    }
+    reserve { 16 }
+    validate { Ok(()) }
+    encode(e) { e.varint(*position); }
+    decode(d) { let position = d.varint()?; }
+
     /// Asks the peer to answer with a [`Message::Pong`] carrying the same nonce.
-    Ping { nonce: u64 },
+    Ping = 0x04 as TYPE_PING {
+        nonce: u64,
+    }
+    reserve { 16 }
+    validate { Ok(()) }
+    encode(e) { e.varint(*nonce); }
+    decode(d) { let nonce = d.varint()?; }
+
     /// The answer to a [`Message::Ping`].
-    Pong { nonce: u64 },
+    Pong = 0x05 as TYPE_PONG {
+        nonce: u64,
+    }
+    reserve { 16 }
+    validate { Ok(()) }
+    encode(e) { e.varint(*nonce); }
+    decode(d) { let nonce = d.varint()?; }
+
     /// The last message before the sender closes the connection.
-    Close {
+    Close = 0x06 as TYPE_CLOSE {
         code: CloseCode,
         /// Human-readable detail; at most [`MAX_CLOSE_REASON_LEN`] bytes.
         reason: String,
-    },
+    }
+    reserve { 8 + reason.len() }
+    validate { check_reason(reason) }
+    encode(e) {
+        e.byte(code.code());
+        e.key(reason);
+    }
+    decode(d) {
+        let code = d.byte()?;
+        let code = CloseCode::from_code(code).ok_or(Malformed::UnknownCloseCode { code })?;
+        let reason = d.key()?;
+        check_reason(reason).map_err(invalid)?;
+        let reason = reason.to_owned();
+    }
+
     /// "Send me your op log after position `from`, and keep streaming new entries as they are
     /// written; I already have every operation `vector` describes, so you may leave those
     /// out." A later `Pull` on the same connection replaces an earlier one (a receiver that
     /// detected a gap asks again this way).
-    Pull {
+    Pull = 0x07 as TYPE_PULL {
         /// Exclusive start: the receiver's durable cursor into the sender's op log (the `to`
         /// of the last [`Message::Ops`] it applied from this peer; 0 at first).
         from: u64,
@@ -181,22 +315,68 @@ pub enum Message {
         /// database files that share a node id is a copy (see docs/protocol.md, "Copied
         /// databases").
         checks: Vec<OpCheck>,
-    },
+    }
+    reserve { 18 * vector.len() + 24 }
+    // A VersionVector holds only entries with seq >= 1, in node order.
+    validate { check_checks(checks) }
+    encode(e) {
+        e.varint(*from);
+        write_vector(e, vector);
+        e.varint(checks.len() as u64);
+        for check in checks {
+            e.node(check.node);
+            e.varint(check.seq);
+            e.raw(&check.digest.0);
+        }
+    }
+    decode(d) {
+        let from = d.varint()?;
+        let vector = read_vector(d)?;
+        let count = d.length(MIN_OP_CHECK_LEN)?;
+        if count > MAX_PULL_CHECKS {
+            return Err(invalid(Rule::TooManyChecks));
+        }
+        let mut checks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let node = d.node()?;
+            let seq = d.varint()?;
+            if seq == 0 {
+                return Err(invalid(Rule::CheckSeqZero));
+            }
+            let mut digest = [0; OpDigest::LEN];
+            digest.copy_from_slice(d.raw(OpDigest::LEN)?);
+            checks.push(OpCheck {
+                node,
+                seq,
+                digest: OpDigest(digest),
+            });
+        }
+    }
+
     /// Sent by a device whose static key the server does not know yet, as its first message
     /// after the secure-channel handshake: a one-time enrollment token an administrator
     /// created. The server binds the device's static key to the token's user, or closes
     /// the connection with [`CloseCode::Unauthorized`].
-    Enroll {
+    Enroll = 0x08 as TYPE_ENROLL {
         /// The token as the administrator handed it out; 1 to [`MAX_TOKEN_LEN`] bytes.
         token: String,
-    },
+    }
+    reserve { 8 + token.len() }
+    validate { check_token(token) }
+    encode(e) { e.key(token); }
+    decode(d) {
+        let token = d.key()?;
+        check_token(token).map_err(invalid)?;
+        let token = token.to_owned();
+    }
+
     /// Part of a snapshot: the sender's records as full replicated states, sent instead of
     /// `Ops` when the receiver's `Pull.from` is before the start of the sender's (compacted)
     /// op log.
     ///
     /// A decoder checks each part alone (part number, `records.len() <= total`), never
     /// against the other parts of the snapshot; the session rules are in `docs/protocol.md`.
-    Snapshot {
+    Snapshot = 0x09 as TYPE_SNAPSHOT {
         /// The sender's op-log position the snapshot stands for: the receiver's cursor once
         /// it has applied the last part, and the `from` of the `Ops` that follow.
         position: u64,
@@ -210,10 +390,62 @@ pub enum Message {
         /// In the last part only: the operations the snapshot includes (per origin, all up
         /// to the sequence number), which the receiver then counts as merged.
         vector: Option<VersionVector>,
-    },
+    }
+    reserve { 64 * records.len() + 18 * vector.as_ref().map_or(0, VersionVector::len) + 40 }
+    validate { check_snapshot(*part, *total, records.len()) }
+    encode(e) {
+        e.varint(*position);
+        e.varint(u64::from(*part));
+        e.varint(*total);
+        e.varint(records.len() as u64);
+        for record in records {
+            e.key(&record.collection);
+            e.uuid(&record.id);
+            e.record_state(&record.state);
+        }
+        match vector {
+            None => e.byte(0),
+            Some(vector) => {
+                e.byte(1);
+                write_vector(e, vector);
+            }
+        }
+    }
+    decode(d) {
+        let position = d.varint()?;
+        let part = read_part(d)?;
+        let total = d.varint()?;
+        let count = d.length(MIN_SNAPSHOT_RECORD_LEN)?;
+        // Checked before reading the records, so a part cannot make this side decode more
+        // records than it claims to be part of.
+        check_snapshot(part, total, count).map_err(invalid)?;
+        let mut records = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let collection = d.key()?.to_owned();
+            let id = d.uuid()?;
+            let state = d.record_state()?;
+            records.push(SnapshotRecord {
+                collection,
+                id,
+                state,
+            });
+        }
+        let vector = match d.byte()? {
+            0 => None,
+            1 => Some(read_vector(d)?),
+            _ => return Err(invalid(Rule::SnapshotVectorFlag)),
+        };
+    }
+
     /// The receiver has durably applied snapshot part `part` (flow control: the sender keeps
     /// at most a window of unacknowledged parts in flight). `part >= 1`.
-    SnapshotAck { part: u32 },
+    SnapshotAck = 0x0a as TYPE_SNAPSHOT_ACK {
+        part: u32,
+    }
+    reserve { 16 }
+    validate { check_part(*part) }
+    encode(e) { e.varint(u64::from(*part)); }
+    decode(d) { let part = read_part(d)?; }
 }
 
 /// "The operation `seq` of node `node` that I have has digest `digest`", in a
@@ -347,88 +579,90 @@ pub fn negotiate_version(theirs: u16) -> Result<u16, ProtocolError> {
     if theirs == PROTOCOL_VERSION {
         Ok(PROTOCOL_VERSION)
     } else {
-        Err(ProtocolError::VersionMismatch {
+        Err(Incompatible::Version {
             ours: PROTOCOL_VERSION,
             theirs,
-        })
+        }
+        .into())
     }
 }
 
 /// The wire allows any name of 1 to 255 bytes: a name that is not a valid
 /// [`crate::DatabaseName`] is no database anywhere, and is answered `UnknownDatabase`.
-pub(crate) fn check_database(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_database(name: &str) -> Result<(), Rule> {
     if name.is_empty() {
-        Err("database name is empty")
+        Err(Rule::DatabaseNameEmpty)
     } else if name.len() > MAX_DATABASE_NAME_LEN {
-        Err("database name is longer than 255 bytes")
+        Err(Rule::DatabaseNameTooLong)
     } else {
         Ok(())
     }
 }
 
-fn check_reason(reason: &str) -> Result<(), &'static str> {
+fn check_reason(reason: &str) -> Result<(), Rule> {
     if reason.len() > MAX_CLOSE_REASON_LEN {
-        Err("close reason is longer than 1024 bytes")
+        Err(Rule::CloseReasonTooLong)
     } else {
         Ok(())
     }
 }
 
-fn check_token(token: &str) -> Result<(), &'static str> {
+fn check_token(token: &str) -> Result<(), Rule> {
     if token.is_empty() {
-        Err("enrollment token is empty")
+        Err(Rule::TokenEmpty)
     } else if token.len() > MAX_TOKEN_LEN {
-        Err("enrollment token is longer than 512 bytes")
+        Err(Rule::TokenTooLong)
     } else {
         Ok(())
     }
 }
 
-fn check_range(from: u64, to: u64) -> Result<(), &'static str> {
+fn check_range(from: u64, to: u64) -> Result<(), Rule> {
     if from < to {
         Ok(())
     } else {
-        Err(EMPTY_OPS_RANGE)
+        Err(Rule::EmptyOpsRange)
     }
 }
 
-fn check_part(part: u32) -> Result<(), &'static str> {
+fn check_part(part: u32) -> Result<(), Rule> {
     if part == 0 {
-        Err(SNAPSHOT_PART_ZERO)
+        Err(Rule::SnapshotPartZero)
     } else {
         Ok(())
     }
 }
 
-fn check_snapshot(part: u32, total: u64, records: usize) -> Result<(), &'static str> {
+fn check_snapshot(part: u32, total: u64, records: usize) -> Result<(), Rule> {
     check_part(part)?;
     if records as u64 > total {
-        Err(SNAPSHOT_OVER_TOTAL)
+        Err(Rule::SnapshotOverTotal)
     } else {
         Ok(())
     }
 }
 
-const TOO_MANY_CHECKS: &str = "a Pull carries more than 4 operation checks";
-const CHECK_SEQ_ZERO: &str = "an operation check has sequence number 0";
-
-fn check_checks(checks: &[OpCheck]) -> Result<(), &'static str> {
+fn check_checks(checks: &[OpCheck]) -> Result<(), Rule> {
     if checks.len() > MAX_PULL_CHECKS {
-        Err(TOO_MANY_CHECKS)
+        Err(Rule::TooManyChecks)
     } else if checks.iter().any(|c| c.seq == 0) {
-        Err(CHECK_SEQ_ZERO)
+        Err(Rule::CheckSeqZero)
     } else {
         Ok(())
     }
 }
 
-fn invalid(what: &'static str) -> ProtocolError {
-    ProtocolError::Invalid { what }
+fn invalid(rule: Rule) -> ProtocolError {
+    ProtocolError::invalid(rule)
+}
+
+fn decompress_error(fault: DecompressFault) -> ProtocolError {
+    Malformed::Decompress(fault).into()
 }
 
 /// A version vector as `Pull` and `Snapshot` carry it: entry count, then node and sequence
 /// number per entry, in node order (the order of [`VersionVector::iter`]).
-fn write_vector<'a>(e: &mut Encoder<'a>, vector: &VersionVector) {
+fn write_vector(e: &mut Encoder<'_>, vector: &VersionVector) {
     e.varint(vector.len() as u64);
     for (node, seq) in vector.iter() {
         e.node(node);
@@ -446,12 +680,10 @@ fn read_vector(d: &mut Decoder<'_>) -> Result<VersionVector, ProtocolError> {
         let node = d.node()?;
         let seq = d.varint()?;
         if previous.is_some_and(|p| p >= node) {
-            return Err(invalid(
-                "version vector entries are not in strictly increasing node order",
-            ));
+            return Err(invalid(Rule::VectorOutOfOrder));
         }
         if seq == 0 {
-            return Err(invalid("version vector entry has sequence number 0"));
+            return Err(invalid(Rule::VectorSeqZero));
         }
         vector.observe(node, seq);
         previous = Some(node);
@@ -461,8 +693,7 @@ fn read_vector(d: &mut Decoder<'_>) -> Result<VersionVector, ProtocolError> {
 
 /// A snapshot part number: a varint in `1..=u32::MAX`.
 fn read_part(d: &mut Decoder<'_>) -> Result<u32, ProtocolError> {
-    let part = u32::try_from(d.varint()?)
-        .map_err(|_| invalid("snapshot part number does not fit in 32 bits"))?;
+    let part = u32::try_from(d.varint()?).map_err(|_| invalid(Rule::SnapshotPartTooLarge))?;
     check_part(part).map_err(invalid)?;
     Ok(part)
 }
@@ -482,148 +713,19 @@ impl Message {
         Message::Close { code, reason }
     }
 
-    /// The type code written as the first body byte.
-    pub fn type_code(&self) -> u8 {
-        match self {
-            Message::Hello { .. } => TYPE_HELLO,
-            Message::Ops { .. } => TYPE_OPS,
-            Message::Ack { .. } => TYPE_ACK,
-            Message::Ping { .. } => TYPE_PING,
-            Message::Pong { .. } => TYPE_PONG,
-            Message::Close { .. } => TYPE_CLOSE,
-            Message::Pull { .. } => TYPE_PULL,
-            Message::Enroll { .. } => TYPE_ENROLL,
-            Message::Snapshot { .. } => TYPE_SNAPSHOT,
-            Message::SnapshotAck { .. } => TYPE_SNAPSHOT_ACK,
-        }
-    }
-
-    /// A short name of the message type, for logs.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Message::Hello { .. } => "Hello",
-            Message::Ops { .. } => "Ops",
-            Message::Ack { .. } => "Ack",
-            Message::Ping { .. } => "Ping",
-            Message::Pong { .. } => "Pong",
-            Message::Close { .. } => "Close",
-            Message::Pull { .. } => "Pull",
-            Message::Enroll { .. } => "Enroll",
-            Message::Snapshot { .. } => "Snapshot",
-            Message::SnapshotAck { .. } => "SnapshotAck",
-        }
-    }
-
     /// Checks the rules a decoder enforces beyond the byte layout (database name and close
     /// reason lengths, `Ops` range, snapshot part numbers and counts), so a message can be
-    /// checked before it is sent.
+    /// checked before it is sent: a broken rule is [`LocalFailure::Unsendable`](crate::LocalFailure::Unsendable).
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        let rule = match self {
-            Message::Hello { database, .. } => check_database(database),
-            Message::Close { reason, .. } => check_reason(reason),
-            Message::Enroll { token } => check_token(token),
-            Message::Ops { from, to, .. } => check_range(*from, *to),
-            Message::Snapshot {
-                part,
-                total,
-                records,
-                ..
-            } => check_snapshot(*part, *total, records.len()),
-            Message::SnapshotAck { part } => check_part(*part),
-            // A VersionVector holds only entries with seq >= 1, in node order.
-            Message::Pull { checks, .. } => check_checks(checks),
-            Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => Ok(()),
-        };
-        rule.map_err(|what| ProtocolError::Unsendable { what })
+        self.check_rules().map_err(ProtocolError::unsendable)
     }
 
     /// The message as a BlazeBinary item (a frame's payload). Does not check
     /// [`Message::validate`] (an `Ops` with `from >= to` is encoded as it is, and the peer
     /// refuses it); [`crate::try_encode_frame`] does.
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = match self {
-            Message::Ops { ops, .. } => Encoder::with_capacity(Kind::Message, 64 * ops.len() + 24),
-            Message::Pull { vector, .. } => {
-                Encoder::with_capacity(Kind::Message, 18 * vector.len() + 24)
-            }
-            Message::Snapshot {
-                records, vector, ..
-            } => {
-                let entries = vector.as_ref().map_or(0, VersionVector::len);
-                Encoder::with_capacity(Kind::Message, 64 * records.len() + 18 * entries + 40)
-            }
-            _ => Encoder::new(Kind::Message),
-        };
-        e.byte(self.type_code());
-        match self {
-            Message::Hello {
-                protocol_version,
-                node,
-                database,
-                capabilities,
-                head,
-            } => {
-                e.varint(u64::from(*protocol_version));
-                e.node(*node);
-                e.key(database);
-                e.varint(capabilities.0);
-                e.varint(*head);
-            }
-            Message::Ops { from, to, ops } => {
-                e.varint(*from);
-                e.varint(*to);
-                e.varint(ops.len() as u64);
-                for op in ops {
-                    e.operation(op);
-                }
-            }
-            Message::Ack { position } => e.varint(*position),
-            Message::Ping { nonce } | Message::Pong { nonce } => e.varint(*nonce),
-            Message::Close { code, reason } => {
-                e.byte(code.code());
-                e.key(reason);
-            }
-            Message::Pull {
-                from,
-                vector,
-                checks,
-            } => {
-                e.varint(*from);
-                write_vector(&mut e, vector);
-                e.varint(checks.len() as u64);
-                for check in checks {
-                    e.node(check.node);
-                    e.varint(check.seq);
-                    e.raw(&check.digest.0);
-                }
-            }
-            Message::Enroll { token } => e.key(token),
-            Message::Snapshot {
-                position,
-                part,
-                total,
-                records,
-                vector,
-            } => {
-                e.varint(*position);
-                e.varint(u64::from(*part));
-                e.varint(*total);
-                e.varint(records.len() as u64);
-                for record in records {
-                    e.key(&record.collection);
-                    e.uuid(&record.id);
-                    e.record_state(&record.state);
-                }
-                match vector {
-                    None => e.byte(0),
-                    Some(vector) => {
-                        e.byte(1);
-                        write_vector(&mut e, vector);
-                    }
-                }
-            }
-            Message::SnapshotAck { part } => e.varint(u64::from(*part)),
-        }
+        let mut e = Encoder::with_capacity(Kind::Message, self.encoded_len_hint());
+        self.encode_body(&mut e);
         e.finish()
     }
 
@@ -683,153 +785,38 @@ impl Message {
             let len = usize::try_from(len)
                 .ok()
                 .filter(|&len| len <= MAX_DECOMPRESSED_LEN)
-                .ok_or(ProtocolError::Decompress {
-                    what: "announced length exceeds the frame limit".to_owned(),
-                })?;
+                .ok_or(decompress_error(DecompressFault::AnnouncedTooLong))?;
             let frame = payload.get(offset..).unwrap_or_default();
             // Exactly one zstd frame: not a skippable frame, not several frames (which zstd
             // would decompress one after the other), nothing after it.
             let one_frame = frame.starts_with(&ZSTD_MAGIC)
                 && zstd::zstd_safe::find_frame_compressed_size(frame) == Ok(frame.len());
             if !one_frame {
-                return Err(ProtocolError::Decompress {
-                    what: "the payload is not exactly one zstd frame".to_owned(),
-                });
+                return Err(decompress_error(DecompressFault::NotOneFrame));
             }
-            let plain =
-                zstd::bulk::decompress(frame, len).map_err(|e| ProtocolError::Decompress {
-                    what: e.to_string(),
-                })?;
+            // Decompressing into a buffer of the announced capacity: a frame that expands
+            // to more is refused by zstd, not allocated.
+            let mut plain = Vec::with_capacity(len);
+            zstd::zstd_safe::decompress(&mut plain, frame).map_err(|code| {
+                decompress_error(DecompressFault::Corrupt {
+                    reason: zstd::zstd_safe::get_error_name(code),
+                })
+            })?;
             if plain.len() != len {
-                return Err(ProtocolError::Decompress {
-                    what: format!("expanded to {} bytes, {len} announced", plain.len()),
-                });
+                return Err(decompress_error(DecompressFault::LengthMismatch {
+                    expanded: plain.len(),
+                    announced: len,
+                }));
             }
             if plain.get(2) == Some(&TYPE_COMPRESSED) {
-                return Err(ProtocolError::Decompress {
-                    what: "a compressed payload holds another compressed payload".to_owned(),
-                });
+                return Err(decompress_error(DecompressFault::Nested));
             }
             return Message::decode_weighed(&plain);
         }
         let mut d = Decoder::new(payload, Kind::Message)?;
         d.limit_weight(blazedb_format::MAX_DECODED_WEIGHT);
-        let message = match d.byte()? {
-            TYPE_HELLO => {
-                let protocol_version = u16::try_from(d.varint()?)
-                    .map_err(|_| invalid("protocol version does not fit in 16 bits"))?;
-                let node = d.node()?;
-                let database = d.key()?;
-                check_database(database).map_err(invalid)?;
-                let capabilities = Capabilities(d.varint()?);
-                let head = d.varint()?;
-                Message::Hello {
-                    protocol_version,
-                    node,
-                    database: database.to_owned(),
-                    capabilities,
-                    head,
-                }
-            }
-            TYPE_OPS => {
-                let from = d.varint()?;
-                let to = d.varint()?;
-                check_range(from, to).map_err(invalid)?;
-                let count = d.length(MIN_OPERATION_LEN)?;
-                let mut ops = Vec::with_capacity(count.min(1024));
-                for _ in 0..count {
-                    ops.push(d.operation()?);
-                }
-                Message::Ops { from, to, ops }
-            }
-            TYPE_ACK => Message::Ack {
-                position: d.varint()?,
-            },
-            TYPE_PING => Message::Ping { nonce: d.varint()? },
-            TYPE_PONG => Message::Pong { nonce: d.varint()? },
-            TYPE_CLOSE => {
-                let code = d.byte()?;
-                let code =
-                    CloseCode::from_code(code).ok_or(ProtocolError::UnknownCloseCode { code })?;
-                let reason = d.key()?;
-                check_reason(reason).map_err(invalid)?;
-                Message::Close {
-                    code,
-                    reason: reason.to_owned(),
-                }
-            }
-            TYPE_PULL => {
-                let from = d.varint()?;
-                let vector = read_vector(&mut d)?;
-                let count = d.length(MIN_OP_CHECK_LEN)?;
-                if count > MAX_PULL_CHECKS {
-                    return Err(invalid(TOO_MANY_CHECKS));
-                }
-                let mut checks = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let node = d.node()?;
-                    let seq = d.varint()?;
-                    if seq == 0 {
-                        return Err(invalid(CHECK_SEQ_ZERO));
-                    }
-                    let mut digest = [0; OpDigest::LEN];
-                    digest.copy_from_slice(d.raw(OpDigest::LEN)?);
-                    checks.push(OpCheck {
-                        node,
-                        seq,
-                        digest: OpDigest(digest),
-                    });
-                }
-                Message::Pull {
-                    from,
-                    vector,
-                    checks,
-                }
-            }
-            TYPE_ENROLL => {
-                let token = d.key()?;
-                check_token(token).map_err(invalid)?;
-                Message::Enroll {
-                    token: token.to_owned(),
-                }
-            }
-            TYPE_SNAPSHOT => {
-                let position = d.varint()?;
-                let part = read_part(&mut d)?;
-                let total = d.varint()?;
-                let count = d.length(MIN_SNAPSHOT_RECORD_LEN)?;
-                // Checked before reading the records, so a part cannot make this side decode
-                // more records than it claims to be part of.
-                check_snapshot(part, total, count).map_err(invalid)?;
-                let mut records = Vec::with_capacity(count.min(1024));
-                for _ in 0..count {
-                    let collection = d.key()?.to_owned();
-                    let id = d.uuid()?;
-                    let state = d.record_state()?;
-                    records.push(SnapshotRecord {
-                        collection,
-                        id,
-                        state,
-                    });
-                }
-                let vector = match d.byte()? {
-                    0 => None,
-                    1 => Some(read_vector(&mut d)?),
-                    _ => return Err(invalid("snapshot vector flag is neither 0 nor 1")),
-                };
-                Message::Snapshot {
-                    position,
-                    part,
-                    total,
-                    records,
-                    vector,
-                }
-            }
-            TYPE_SNAPSHOT_ACK => Message::SnapshotAck {
-                part: read_part(&mut d)?,
-            },
-            code => return Err(ProtocolError::UnknownMessageType { code }),
-        };
+        let code = d.byte()?;
+        let message = Message::decode_body(code, &mut d)?;
         let weight = d.weight().saturating_add(std::mem::size_of::<Message>());
         d.finish()?;
         Ok((message, weight))
@@ -860,6 +847,8 @@ mod tests {
     };
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
 
     fn node(n: u8) -> NodeId {
         NodeId(Uuid::from_bytes([n; 16]))
@@ -970,16 +959,14 @@ mod tests {
             };
             assert_eq!(
                 Message::decode(&message.encode()),
-                Err(ProtocolError::Invalid {
-                    what: EMPTY_OPS_RANGE
-                }),
+                Err(ProtocolError::from(Malformed::Invalid(Rule::EmptyOpsRange))),
                 "({from}, {to}]"
             );
             assert_eq!(
                 message.validate(),
-                Err(ProtocolError::Unsendable {
-                    what: EMPTY_OPS_RANGE
-                })
+                Err(ProtocolError::from(LocalFailure::Unsendable(
+                    Rule::EmptyOpsRange
+                )))
             );
         }
     }
@@ -1069,7 +1056,7 @@ mod tests {
             bytes.push(0);
             assert_eq!(
                 Message::decode(&bytes),
-                Err(ProtocolError::UnknownMessageType { code })
+                Err(ProtocolError::from(Malformed::UnknownMessageType { code }))
             );
         }
     }
@@ -1118,7 +1105,7 @@ mod tests {
         bytes.extend([8, 0]);
         assert_eq!(
             Message::decode(&bytes),
-            Err(ProtocolError::UnknownCloseCode { code: 8 })
+            Err(ProtocolError::from(Malformed::UnknownCloseCode { code: 8 }))
         );
     }
 
@@ -1128,9 +1115,9 @@ mod tests {
         bytes.push(0);
         assert_eq!(
             Message::decode(&bytes),
-            Err(ProtocolError::Decode(DecodeError::TrailingBytes {
-                count: 1
-            }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::TrailingBytes { count: 1 }
+            )))
         );
     }
 
@@ -1162,11 +1149,11 @@ mod tests {
             };
             assert!(matches!(
                 Message::decode(&message.encode()),
-                Err(ProtocolError::Invalid { .. })
+                Err(ProtocolError::Malformed(Malformed::Invalid(_)))
             ));
             assert!(matches!(
                 message.validate(),
-                Err(ProtocolError::Unsendable { .. })
+                Err(ProtocolError::Local(LocalFailure::Unsendable(_)))
             ));
         }
     }
@@ -1180,9 +1167,9 @@ mod tests {
         bytes.extend([4, b'd', b'b']);
         assert_eq!(
             Message::decode(&bytes),
-            Err(ProtocolError::Invalid {
-                what: "protocol version does not fit in 16 bits"
-            })
+            Err(ProtocolError::from(Malformed::Invalid(
+                Rule::ProtocolVersionTooLarge
+            )))
         );
     }
 
@@ -1194,7 +1181,7 @@ mod tests {
         };
         assert!(matches!(
             Message::decode(&message.encode()),
-            Err(ProtocolError::Invalid { .. })
+            Err(ProtocolError::Malformed(Malformed::Invalid(_)))
         ));
         assert!(message.validate().is_err());
     }
@@ -1205,7 +1192,9 @@ mod tests {
         bytes.extend([0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
         assert!(matches!(
             Message::decode(&bytes),
-            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::LengthTooLarge { .. }
+            )))
         ));
     }
 
@@ -1295,31 +1284,21 @@ mod tests {
             vector: VersionVector::new(),
             checks: (1..=5).map(|n| check(n, 1)).collect(),
         };
-        let invalid = |what| ProtocolError::Unsendable { what };
-        assert_eq!(
-            five.validate(),
-            Err(invalid("a Pull carries more than 4 operation checks"))
-        );
+        let invalid = |rule| ProtocolError::from(LocalFailure::Unsendable(rule));
+        assert_eq!(five.validate(), Err(invalid(Rule::TooManyChecks)));
         assert_eq!(
             Message::decode(&five.encode()),
-            Err(ProtocolError::Invalid {
-                what: "a Pull carries more than 4 operation checks"
-            })
+            Err(ProtocolError::from(Malformed::Invalid(Rule::TooManyChecks)))
         );
         let zero = Message::Pull {
             from: 0,
             vector: VersionVector::new(),
             checks: vec![check(1, 0)],
         };
-        assert_eq!(
-            zero.validate(),
-            Err(invalid("an operation check has sequence number 0"))
-        );
+        assert_eq!(zero.validate(), Err(invalid(Rule::CheckSeqZero)));
         assert_eq!(
             Message::decode(&zero.encode()),
-            Err(ProtocolError::Invalid {
-                what: "an operation check has sequence number 0"
-            })
+            Err(ProtocolError::from(Malformed::Invalid(Rule::CheckSeqZero)))
         );
         // Cut anywhere in a check: refused, never read past the end.
         for len in (bytes.len() - 27)..bytes.len() {
@@ -1329,7 +1308,7 @@ mod tests {
 
     #[test]
     fn a_pull_whose_vector_is_not_strictly_increasing_is_refused() {
-        let unordered = "version vector entries are not in strictly increasing node order";
+        let unordered = Rule::VectorOutOfOrder;
         for entries in [
             &[(Some(2), 1), (Some(1), 1)][..],
             &[(Some(1), 1), (Some(1), 2)],
@@ -1339,7 +1318,7 @@ mod tests {
         ] {
             assert_eq!(
                 Message::decode(&pull_bytes(0, entries)),
-                Err(ProtocolError::Invalid { what: unordered }),
+                Err(ProtocolError::from(Malformed::Invalid(unordered))),
                 "{entries:?}"
             );
         }
@@ -1351,9 +1330,7 @@ mod tests {
         for entries in [&[(Some(1), 0)][..], &[(Some(1), 4), (Some(2), 0)]] {
             assert_eq!(
                 Message::decode(&pull_bytes(3, entries)),
-                Err(ProtocolError::Invalid {
-                    what: "version vector entry has sequence number 0"
-                })
+                Err(ProtocolError::from(Malformed::Invalid(Rule::VectorSeqZero)))
             );
         }
     }
@@ -1364,14 +1341,16 @@ mod tests {
         bytes.extend([0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
         assert!(matches!(
             Message::decode(&bytes),
-            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::LengthTooLarge { .. }
+            )))
         ));
         // Two entries claimed, one present.
         let mut bytes = pull_bytes(0, &[(Some(1), 1)]);
         bytes[4] = 2;
         assert!(matches!(
             Message::decode(&bytes),
-            Err(ProtocolError::Decode(_))
+            Err(ProtocolError::Malformed(Malformed::Decode(_)))
         ));
     }
 
@@ -1448,7 +1427,9 @@ mod tests {
         let value = encode_value(&Value::Int(1));
         assert!(matches!(
             Message::decode(&value),
-            Err(ProtocolError::Decode(DecodeError::WrongKind { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::WrongKind { .. }
+            )))
         ));
     }
 
@@ -1458,7 +1439,9 @@ mod tests {
         bytes.extend([0, 1]); // Normal, reference to string 0 (the table is empty)
         assert!(matches!(
             Message::decode(&bytes),
-            Err(ProtocolError::Decode(DecodeError::BadReference { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::BadReference { .. }
+            )))
         ));
     }
 
@@ -1557,7 +1540,9 @@ mod tests {
         for len in [end_of_database, end_of_database + 3, bytes.len() - 1] {
             assert!(matches!(
                 Message::decode(&bytes[..len]),
-                Err(ProtocolError::Decode(DecodeError::UnexpectedEnd { .. }))
+                Err(ProtocolError::Malformed(Malformed::Decode(
+                    DecodeError::UnexpectedEnd { .. }
+                )))
             ));
         }
     }
@@ -1596,25 +1581,22 @@ mod tests {
     #[test]
     fn an_enroll_with_an_empty_or_too_long_token_is_refused() {
         for (token, what) in [
-            (String::new(), "enrollment token is empty"),
-            (
-                "t".repeat(MAX_TOKEN_LEN + 1),
-                "enrollment token is longer than 512 bytes",
-            ),
-            (
-                "é".repeat(MAX_TOKEN_LEN / 2) + "x",
-                "enrollment token is longer than 512 bytes",
-            ),
+            (String::new(), Rule::TokenEmpty),
+            ("t".repeat(MAX_TOKEN_LEN + 1), Rule::TokenTooLong),
+            ("é".repeat(MAX_TOKEN_LEN / 2) + "x", Rule::TokenTooLong),
         ] {
             let message = Message::Enroll { token };
             assert_eq!(
                 Message::decode(&message.encode()),
-                Err(ProtocolError::Invalid { what })
+                Err(ProtocolError::from(Malformed::Invalid(what)))
             );
-            assert_eq!(message.validate(), Err(ProtocolError::Unsendable { what }));
+            assert_eq!(
+                message.validate(),
+                Err(ProtocolError::from(LocalFailure::Unsendable(what)))
+            );
             assert!(matches!(
                 crate::try_encode_frame(&message, crate::DEFAULT_MAX_FRAME_LEN),
-                Err(ProtocolError::Unsendable { .. })
+                Err(ProtocolError::Local(LocalFailure::Unsendable(_)))
             ));
         }
     }
@@ -1801,26 +1783,26 @@ mod tests {
         ] {
             assert_eq!(
                 Message::decode(&message.encode()),
-                Err(ProtocolError::Invalid {
-                    what: SNAPSHOT_PART_ZERO
-                })
+                Err(ProtocolError::from(Malformed::Invalid(
+                    Rule::SnapshotPartZero
+                )))
             );
             assert_eq!(
                 message.validate(),
-                Err(ProtocolError::Unsendable {
-                    what: SNAPSHOT_PART_ZERO
-                })
+                Err(ProtocolError::from(LocalFailure::Unsendable(
+                    Rule::SnapshotPartZero
+                )))
             );
             assert!(matches!(
                 crate::try_encode_frame(&message, crate::DEFAULT_MAX_FRAME_LEN),
-                Err(ProtocolError::Unsendable { .. })
+                Err(ProtocolError::Local(LocalFailure::Unsendable(_)))
             ));
         }
     }
 
     #[test]
     fn a_part_number_above_32_bits_is_refused() {
-        let too_big = "snapshot part number does not fit in 32 bits";
+        let too_big = Rule::SnapshotPartTooLarge;
         for part in [u64::from(u32::MAX) + 1, 1 << 40, u64::MAX] {
             let mut snapshot = snapshot_bytes(part, 0, 0);
             snapshot.push(0);
@@ -1830,7 +1812,7 @@ mod tests {
             for bytes in [snapshot, e.finish()] {
                 assert_eq!(
                     Message::decode(&bytes),
-                    Err(ProtocolError::Invalid { what: too_big }),
+                    Err(ProtocolError::from(Malformed::Invalid(too_big))),
                     "{part}"
                 );
             }
@@ -1847,16 +1829,18 @@ mod tests {
             bytes.extend([flag, 0]);
             assert_eq!(
                 Message::decode(&bytes),
-                Err(ProtocolError::Invalid {
-                    what: "snapshot vector flag is neither 0 nor 1"
-                }),
+                Err(ProtocolError::from(Malformed::Invalid(
+                    Rule::SnapshotVectorFlag
+                ))),
                 "{flag}"
             );
         }
         // Without a flag at all the part is truncated.
         assert!(matches!(
             Message::decode(&snapshot_bytes(1, 0, 0)),
-            Err(ProtocolError::Decode(DecodeError::UnexpectedEnd { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::UnexpectedEnd { .. }
+            )))
         ));
     }
 
@@ -1867,7 +1851,9 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             Message::decode(&bytes),
-            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::LengthTooLarge { .. }
+            )))
         ));
         // One more record than the bytes hold, even at the smallest record size.
         let mut smallest = snapshot_bytes(1, 2, 1);
@@ -1882,7 +1868,9 @@ mod tests {
         two[6] = 2;
         assert!(matches!(
             Message::decode(&two),
-            Err(ProtocolError::Decode(DecodeError::LengthTooLarge { .. }))
+            Err(ProtocolError::Malformed(Malformed::Decode(
+                DecodeError::LengthTooLarge { .. }
+            )))
         ));
     }
 
@@ -1900,15 +1888,15 @@ mod tests {
         };
         assert_eq!(
             Message::decode(&message.encode()),
-            Err(ProtocolError::Invalid {
-                what: SNAPSHOT_OVER_TOTAL
-            })
+            Err(ProtocolError::from(Malformed::Invalid(
+                Rule::SnapshotOverTotal
+            )))
         );
         assert_eq!(
             message.validate(),
-            Err(ProtocolError::Unsendable {
-                what: SNAPSHOT_OVER_TOTAL
-            })
+            Err(ProtocolError::from(LocalFailure::Unsendable(
+                Rule::SnapshotOverTotal
+            )))
         );
         // As many records as the total, or fewer (a later part holds the rest), are fine.
         for total in [2, 3, u64::MAX] {
@@ -1949,17 +1937,15 @@ mod tests {
         swapped.extend([1, 1, 3]);
         assert_eq!(
             Message::decode(&swapped),
-            Err(ProtocolError::Invalid {
-                what: "version vector entries are not in strictly increasing node order"
-            })
+            Err(ProtocolError::from(Malformed::Invalid(
+                Rule::VectorOutOfOrder
+            )))
         );
         let mut zero = with(vector(&[(0x11, 3)])).encode();
         *zero.last_mut().unwrap() = 0;
         assert_eq!(
             Message::decode(&zero),
-            Err(ProtocolError::Invalid {
-                what: "version vector entry has sequence number 0"
-            })
+            Err(ProtocolError::from(Malformed::Invalid(Rule::VectorSeqZero)))
         );
     }
 
@@ -1975,9 +1961,9 @@ mod tests {
             trailing.push(0);
             assert_eq!(
                 Message::decode(&trailing),
-                Err(ProtocolError::Decode(DecodeError::TrailingBytes {
-                    count: 1
-                }))
+                Err(ProtocolError::Malformed(Malformed::Decode(
+                    DecodeError::TrailingBytes { count: 1 }
+                )))
             );
         }
     }
@@ -2016,7 +2002,10 @@ mod tests {
     }
 
     fn is_decompress_error(result: &Result<Message, ProtocolError>) -> bool {
-        matches!(result, Err(ProtocolError::Decompress { .. }))
+        matches!(
+            result,
+            Err(ProtocolError::Malformed(Malformed::Decompress(_)))
+        )
     }
 
     #[test]
@@ -2196,9 +2185,9 @@ mod tests {
         ] {
             assert_eq!(
                 Message::decode(&compressed_payload(announced, &frame)),
-                Err(ProtocolError::Decompress {
-                    what: "announced length exceeds the frame limit".to_owned()
-                }),
+                Err(ProtocolError::from(Malformed::Decompress(
+                    DecompressFault::AnnouncedTooLong
+                ))),
                 "{announced}"
             );
         }
@@ -2249,9 +2238,9 @@ mod tests {
         for (frames, announced) in cases {
             assert_eq!(
                 Message::decode(&compressed_payload(announced, &frames)),
-                Err(ProtocolError::Decompress {
-                    what: "the payload is not exactly one zstd frame".to_owned()
-                }),
+                Err(ProtocolError::from(Malformed::Decompress(
+                    DecompressFault::NotOneFrame
+                ))),
                 "{frames:02x?}"
             );
         }
@@ -2274,9 +2263,12 @@ mod tests {
         // Shorter than announced.
         assert_eq!(
             Message::decode(&compressed_payload(len + 1, &frame)),
-            Err(ProtocolError::Decompress {
-                what: format!("expanded to {len} bytes, {} announced", len + 1)
-            })
+            Err(ProtocolError::from(Malformed::Decompress(
+                DecompressFault::LengthMismatch {
+                    expanded: plain.len(),
+                    announced: plain.len() + 1
+                }
+            )))
         );
         assert!(Message::decode(&compressed_payload(len, &frame)).is_ok());
     }
@@ -2288,9 +2280,9 @@ mod tests {
         let frame = zstd::bulk::compress(&inner, ZSTD_LEVEL).unwrap();
         assert_eq!(
             Message::decode(&compressed_payload(inner.len() as u64, &frame)),
-            Err(ProtocolError::Decompress {
-                what: "a compressed payload holds another compressed payload".to_owned()
-            })
+            Err(ProtocolError::from(Malformed::Decompress(
+                DecompressFault::Nested
+            )))
         );
     }
 

@@ -13,8 +13,9 @@ use blazedb_format::{
 };
 use blazedb_protocol::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_MAX_FRAME_LEN,
-    FRAME_HEADER_LEN, FrameDecoder, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN, MAX_PULL_CHECKS,
-    MAX_TOKEN_LEN, Message, OpCheck, ProtocolError, encode_frame, fuzz, try_encode_frame,
+    FRAME_HEADER_LEN, FrameDecoder, LocalFailure, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN,
+    MAX_PULL_CHECKS, MAX_TOKEN_LEN, Malformed, Message, OpCheck, ProtocolError, encode_frame, fuzz,
+    try_encode_frame,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -542,9 +543,9 @@ proptest! {
     ) {
         let message = Message::Ops { from, to, ops };
         let refused = Message::decode(&message.encode()).unwrap_err();
-        prop_assert!(matches!(refused, ProtocolError::Invalid { .. }), "{}", refused);
+        prop_assert!(matches!(refused, ProtocolError::Malformed(Malformed::Invalid(_))), "{}", refused);
         let unsendable = try_encode_frame(&message, DEFAULT_MAX_FRAME_LEN).unwrap_err();
-        prop_assert!(matches!(unsendable, ProtocolError::Unsendable { .. }), "{}", unsendable);
+        prop_assert!(matches!(unsendable, ProtocolError::Local(LocalFailure::Unsendable(_))), "{}", unsendable);
     }
 
     /// A Pull written entry by entry decodes exactly when its entries are strictly
@@ -580,7 +581,7 @@ proptest! {
             Ok(other) => prop_assert!(false, "decoded as {:?}", other),
             Err(error) => {
                 prop_assert!(!canonical, "refused {:?}: {}", entries, error);
-                prop_assert!(matches!(error, ProtocolError::Invalid { .. }), "{}", error);
+                prop_assert!(matches!(error, ProtocolError::Malformed(Malformed::Invalid(_))), "{}", error);
             }
         }
     }
@@ -634,7 +635,7 @@ proptest! {
             }
             Err(error) => {
                 prop_assert!(!valid, "refused: {}", error);
-                prop_assert!(matches!(error, ProtocolError::Invalid { .. }), "{}", error);
+                prop_assert!(matches!(error, ProtocolError::Malformed(Malformed::Invalid(_))), "{}", error);
             }
         }
     }

@@ -13,7 +13,7 @@ use blazedb_protocol::secure::{
     Initiator, MAX_CHUNK_PLAINTEXT_LEN, Responder, SecureChannel, StaticKeys, Suite, parse_first,
     sealed_len,
 };
-use blazedb_protocol::{PROTOCOL_VERSION, ProtocolError, fuzz};
+use blazedb_protocol::{Incompatible, LocalFailure, PROTOCOL_VERSION, ProtocolError, fuzz};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -90,8 +90,14 @@ fn plaintext() -> impl Strategy<Value = Vec<u8>> {
 
 fn assert_stays_failed(channel: &mut SecureChannel) {
     assert!(channel.is_failed());
-    assert_eq!(channel.open(&[0, 16]), Err(ProtocolError::ChannelFailed));
-    assert_eq!(channel.seal(b"close"), Err(ProtocolError::ChannelFailed));
+    assert_eq!(
+        channel.open(&[0, 16]),
+        Err(LocalFailure::ChannelFailed.into())
+    );
+    assert_eq!(
+        channel.seal(b"close"),
+        Err(LocalFailure::ChannelFailed.into())
+    );
 }
 
 proptest! {
@@ -174,7 +180,7 @@ proptest! {
             Ok(responder) => {
                 responder.write_second().unwrap();
             }
-            Err(ProtocolError::UnsupportedSuite { suite: other }) => prop_assert_ne!(other, suite),
+            Err(ProtocolError::Incompatible(Incompatible::Suite { suite: other })) => prop_assert_ne!(other, suite),
             Err(err) => prop_assert!(err.is_malformed_input(), "{}", err),
         }
         // Forged second and third messages, at every length including the exact ones.

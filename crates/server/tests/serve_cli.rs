@@ -241,7 +241,7 @@ fn a_25519_device_enrolls_and_syncs_with_the_server_process_beside_a_p256_device
 
 #[test]
 fn a_handshake_in_an_unknown_suite_is_closed_with_a_whole_reason_naming_it() {
-    use blazedb_protocol::ProtocolError;
+    use blazedb_protocol::{Malformed, ProtocolError};
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -272,7 +272,10 @@ fn a_handshake_in_an_unknown_suite_is_closed_with_a_whole_reason_naming_it() {
     });
     // The peer's fault (a protocol error, not a failure of the server), and the reason whole.
     assert_eq!(code, 1002);
-    assert_eq!(reason, ProtocolError::UnknownSuite { id: 0x03 }.to_string());
+    assert_eq!(
+        reason,
+        ProtocolError::from(Malformed::UnknownSuite { id: 0x03 }).to_string()
+    );
     assert!(
         reason.ends_with("0x02 Noise_XX_25519_AESGCM_SHA256)"),
         "{reason}"

@@ -2,6 +2,15 @@
 
 use blazedb_protocol::ProtocolError;
 
+/// A protocol error's text, saying so when the peer is to blame.
+pub(crate) fn protocol_text(error: &ProtocolError) -> String {
+    if error.is_malformed_input() {
+        format!("the peer broke the protocol: {error}")
+    } else {
+        error.to_string()
+    }
+}
+
 /// Everything that can go wrong while syncing. The caller's mistakes (`UnknownNode`,
 /// `LocalOnly`, …), the peer's misbehaviour (`Protocol`, `PeerClosed`) and our own failures
 /// (`Database`, `Io`, `EngineStopped`) are different variants.
@@ -11,8 +20,9 @@ pub enum SyncError {
     /// The local database failed (storage error, corrupt file…).
     #[error("database error: {0}")]
     Database(#[from] blazedb_core::Error),
-    /// The peer sent bytes or messages that break the protocol.
-    #[error("the peer broke the protocol: {0}")]
+    /// The protocol failed: the peer sent bytes or messages that break it, the two sides
+    /// share no version, or this side could not send (see [`ProtocolError`]'s groups).
+    #[error("{}", protocol_text(.0))]
     Protocol(#[from] ProtocolError),
     /// The peer closed the connection, with its reason.
     #[error("the peer closed the connection: {0}")]

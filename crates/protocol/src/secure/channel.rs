@@ -7,7 +7,7 @@ use std::num::NonZeroU64;
 use snow::TransportState;
 
 use super::{Suite, TAG_LEN, fingerprint, local};
-use crate::error::ProtocolError;
+use crate::error::{CryptoFault, LocalFailure, Malformed, ProtocolError, SealedFault};
 use crate::frame::DEFAULT_MAX_FRAME_LEN;
 
 /// The longest Noise message (the Noise specification's limit).
@@ -71,7 +71,7 @@ pub const fn max_plaintext_len(max_sealed: usize) -> usize {
 /// [`REKEY_INTERVAL`] chunks.
 ///
 /// Every error is final: the channel is then **failed**, every later call returns
-/// [`ProtocolError::ChannelFailed`], and the connection must close. The one exception is
+/// [`LocalFailure::ChannelFailed`], and the connection must close. The one exception is
 /// [`SecureChannel::seal`] refusing a plaintext longer than [`MAX_PLAINTEXT_LEN`], which
 /// touches nothing.
 pub struct SecureChannel {
@@ -111,13 +111,14 @@ impl SecureChannel {
     /// [`SecureChannel::open`].
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         if self.failed {
-            return Err(ProtocolError::ChannelFailed);
+            return Err(LocalFailure::ChannelFailed.into());
         }
         if plaintext.len() > MAX_PLAINTEXT_LEN {
-            return Err(ProtocolError::MessageTooLarge {
+            return Err(LocalFailure::MessageTooLarge {
                 len: sealed_len(plaintext.len()),
                 max: DEFAULT_MAX_FRAME_LEN,
-            });
+            }
+            .into());
         }
         let result = self.seal_chunks(plaintext);
         self.failed = result.is_err();
@@ -130,18 +131,19 @@ impl SecureChannel {
         loop {
             let (piece, after) = rest.split_at(rest.len().min(MAX_CHUNK_PLAINTEXT_LEN));
             let len = piece.len() + TAG_LEN;
-            let header = u16::try_from(len).map_err(|_| ProtocolError::Crypto {
-                what: "chunk longer than a Noise message".to_owned(),
-            })?;
+            let header =
+                u16::try_from(len).map_err(|_| ProtocolError::crypto(CryptoFault::ChunkTooLong))?;
             let start = sealed.len() + CHUNK_HEADER_LEN;
             sealed.extend_from_slice(&header.to_be_bytes());
             sealed.resize(start + len, 0);
             let out = sealed.get_mut(start..).unwrap_or_default();
             let written = self.transport.write_message(piece, out).map_err(local)?;
             if written != len {
-                return Err(ProtocolError::Crypto {
-                    what: format!("sealed chunk of {written} bytes, expected {len}"),
-                });
+                return Err(ProtocolError::crypto(CryptoFault::UnexpectedLength {
+                    what: "sealed chunk",
+                    written,
+                    expected: len,
+                }));
             }
             self.sealed_chunks = next_count(self.sealed_chunks)?;
             if self.sealed_chunks.is_multiple_of(self.rekey_interval) {
@@ -157,13 +159,13 @@ impl SecureChannel {
     /// Decrypts a sealed payload from the peer's [`SecureChannel::seal`].
     ///
     /// Fails, and fails the channel, when the payload is longer than [`MAX_SEALED_LEN`]
-    /// ([`ProtocolError::FrameTooLarge`]), is not a sequence of chunks that ends with exactly
-    /// one chunk shorter than a full one ([`ProtocolError::MalformedSealed`]: empty,
+    /// ([`Malformed::FrameTooLarge`]), is not a sequence of chunks that ends with exactly
+    /// one chunk shorter than a full one ([`Malformed::Sealed`]: empty,
     /// truncated, trailing bytes, a chunk shorter than its tag), or when a chunk does not
-    /// decrypt ([`ProtocolError::Decrypt`]). Nothing of a payload that fails is returned.
+    /// decrypt ([`Malformed::Decrypt`]). Nothing of a payload that fails is returned.
     pub fn open(&mut self, sealed: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         if self.failed {
-            return Err(ProtocolError::ChannelFailed);
+            return Err(LocalFailure::ChannelFailed.into());
         }
         let result = self.open_chunks(sealed);
         self.failed = result.is_err();
@@ -172,30 +174,31 @@ impl SecureChannel {
 
     fn open_chunks(&mut self, sealed: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         if sealed.len() > MAX_SEALED_LEN {
-            return Err(ProtocolError::FrameTooLarge {
+            return Err(Malformed::FrameTooLarge {
                 len: u32::try_from(sealed.len()).unwrap_or(u32::MAX),
                 max: DEFAULT_MAX_FRAME_LEN,
-            });
+            }
+            .into());
         }
         if sealed.is_empty() {
-            return Err(malformed_sealed("empty sealed payload"));
+            return Err(malformed_sealed(SealedFault::Empty));
         }
         // Every chunk has at least CHUNK_OVERHEAD bytes, so this is bounded by the input.
         let mut plaintext = Vec::with_capacity(sealed.len());
         let mut rest = sealed;
         loop {
             let Some((header, after)) = rest.split_first_chunk::<CHUNK_HEADER_LEN>() else {
-                return Err(malformed_sealed("truncated chunk header"));
+                return Err(malformed_sealed(SealedFault::TruncatedHeader));
             };
             let len = usize::from(u16::from_be_bytes(*header));
             if len == 0 {
-                return Err(malformed_sealed("zero-length chunk"));
+                return Err(malformed_sealed(SealedFault::ZeroLengthChunk));
             }
             if len < TAG_LEN {
-                return Err(malformed_sealed("chunk shorter than its 16-byte tag"));
+                return Err(malformed_sealed(SealedFault::ShorterThanTag));
             }
             let Some((ciphertext, after)) = after.split_at_checked(len) else {
-                return Err(malformed_sealed("chunk runs past the end of the payload"));
+                return Err(malformed_sealed(SealedFault::PastTheEnd));
             };
             let start = plaintext.len();
             plaintext.resize(start + len - TAG_LEN, 0);
@@ -204,7 +207,7 @@ impl SecureChannel {
                 self.transport
                     .read_message(ciphertext, out)
                     .map_err(|error| match error {
-                        snow::Error::Decrypt => ProtocolError::Decrypt,
+                        snow::Error::Decrypt => Malformed::Decrypt.into(),
                         other => local(other),
                     })?;
             plaintext.truncate(start + read);
@@ -215,14 +218,12 @@ impl SecureChannel {
             rest = after;
             if read < MAX_CHUNK_PLAINTEXT_LEN {
                 if !rest.is_empty() {
-                    return Err(malformed_sealed("bytes after the last chunk"));
+                    return Err(malformed_sealed(SealedFault::BytesAfterLastChunk));
                 }
                 return Ok(plaintext);
             }
             if rest.is_empty() {
-                return Err(malformed_sealed(
-                    "truncated: the payload ends with a full chunk, the last chunk is always shorter",
-                ));
+                return Err(malformed_sealed(SealedFault::EndsWithFullChunk));
             }
         }
     }
@@ -263,14 +264,14 @@ impl SecureChannel {
     }
 }
 
-fn malformed_sealed(what: &'static str) -> ProtocolError {
-    ProtocolError::MalformedSealed { what }
+fn malformed_sealed(fault: SealedFault) -> ProtocolError {
+    Malformed::Sealed(fault).into()
 }
 
 fn next_count(count: u64) -> Result<u64, ProtocolError> {
-    count.checked_add(1).ok_or_else(|| ProtocolError::Crypto {
-        what: "the channel has used up its nonces".to_owned(),
-    })
+    count
+        .checked_add(1)
+        .ok_or_else(|| ProtocolError::crypto(CryptoFault::NoncesExhausted))
 }
 
 impl fmt::Debug for SecureChannel {
@@ -293,6 +294,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
     use crate::message::CloseCode;
     use crate::secure::testing::*;
 
@@ -355,14 +358,17 @@ mod tests {
         let sealed = a.seal(b"once").unwrap();
         assert_eq!(b.open(&sealed).unwrap(), b"once");
         let err = b.open(&sealed).unwrap_err();
-        assert_eq!(err, ProtocolError::Decrypt);
+        assert_eq!(err, ProtocolError::Malformed(Malformed::Decrypt));
         assert!(err.is_malformed_input());
         assert_eq!(err.close_code(), CloseCode::ProtocolError);
         assert_stays_failed(&mut b);
         // Even the next genuine payload is refused: the connection must close.
         let next = a.seal(b"twice").unwrap();
-        assert_eq!(b.open(&next), Err(ProtocolError::ChannelFailed));
-        let err = ProtocolError::ChannelFailed;
+        assert_eq!(
+            b.open(&next),
+            Err(ProtocolError::Local(LocalFailure::ChannelFailed))
+        );
+        let err = ProtocolError::Local(LocalFailure::ChannelFailed);
         assert!(!err.is_malformed_input());
         assert_eq!(err.close_code(), CloseCode::InternalError);
     }
@@ -372,7 +378,10 @@ mod tests {
         let (mut a, mut b) = channels(Suite::X25519AesGcmSha256);
         let first = a.seal(b"first").unwrap();
         let second = a.seal(b"second").unwrap();
-        assert_eq!(b.open(&second), Err(ProtocolError::Decrypt));
+        assert_eq!(
+            b.open(&second),
+            Err(ProtocolError::Malformed(Malformed::Decrypt))
+        );
         assert_stays_failed(&mut b);
         drop(first);
     }
@@ -383,7 +392,7 @@ mod tests {
         let _lost = a.seal(b"lost").unwrap();
         assert_eq!(
             b.open(&a.seal(b"next").unwrap()),
-            Err(ProtocolError::Decrypt)
+            Err(ProtocolError::Malformed(Malformed::Decrypt))
         );
     }
 
@@ -444,7 +453,7 @@ mod tests {
             alter(&mut sealed);
             let err = b.open(&sealed).unwrap_err();
             assert!(
-                matches!(err, ProtocolError::MalformedSealed { .. }),
+                matches!(err, ProtocolError::Malformed(Malformed::Sealed(_))),
                 "{name}: {err}"
             );
             assert!(err.is_malformed_input());
@@ -475,10 +484,11 @@ mod tests {
         let err = b.open(&vec![0; MAX_SEALED_LEN + 1]).unwrap_err();
         assert_eq!(
             err,
-            ProtocolError::FrameTooLarge {
+            Malformed::FrameTooLarge {
                 len: DEFAULT_MAX_FRAME_LEN + 1,
                 max: DEFAULT_MAX_FRAME_LEN
             }
+            .into()
         );
         assert_stays_failed(&mut b);
     }
@@ -489,7 +499,10 @@ mod tests {
         let too_long = vec![0; MAX_PLAINTEXT_LEN + 1];
         let err = a.seal(&too_long).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::MessageTooLarge { .. }),
+            matches!(
+                err,
+                ProtocolError::Local(LocalFailure::MessageTooLarge { .. })
+            ),
             "{err}"
         );
         assert!(!a.is_failed());
@@ -524,7 +537,7 @@ mod tests {
         }
         assert_eq!(
             b.open(&a.seal(b"after").unwrap()),
-            Err(ProtocolError::Decrypt)
+            Err(ProtocolError::Malformed(Malformed::Decrypt))
         );
         assert_stays_failed(&mut b);
     }
@@ -543,7 +556,7 @@ mod tests {
         }
         assert_eq!(
             late.open(&a.seal(b"").unwrap()),
-            Err(ProtocolError::Decrypt)
+            Err(ProtocolError::Malformed(Malformed::Decrypt))
         );
     }
 

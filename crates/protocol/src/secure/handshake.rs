@@ -8,7 +8,10 @@ use snow::{HandshakeState, TransportState};
 
 use super::channel::DEFAULT_REKEY_INTERVAL;
 use super::{SecureChannel, StaticKeys, Suite, TAG_LEN, fingerprint, local};
-use crate::error::ProtocolError;
+use crate::error::{
+    CryptoFault, HandshakeFault, HandshakeMessage, Incompatible, KeyFault, Malformed,
+    ProtocolError, Rule, Unauthorized,
+};
 use crate::message::check_database;
 
 // -------------------------------------------------------------------------------------------
@@ -21,12 +24,12 @@ pub const PROLOGUE_TAG: &[u8; 12] = b"BlazeDB sync";
 /// The prologue both sides hash into the handshake: [`PROLOGUE_TAG`], the protocol version
 /// (`u16`, big-endian), the length of the database name (one byte) and the name (UTF-8, 1 to
 /// 255 bytes). Sides that build different prologues fail the handshake
-/// ([`ProtocolError::Unauthenticated`]). An invalid name is [`ProtocolError::Unsendable`].
+/// ([`Unauthorized::Handshake`]). An invalid name is
+/// [`LocalFailure::Unsendable`](crate::LocalFailure::Unsendable).
 pub fn prologue(version: u16, database: &str) -> Result<Vec<u8>, ProtocolError> {
-    check_database(database).map_err(|what| ProtocolError::Unsendable { what })?;
-    let len = u8::try_from(database.len()).map_err(|_| ProtocolError::Unsendable {
-        what: "database name is longer than 255 bytes",
-    })?;
+    check_database(database).map_err(ProtocolError::unsendable)?;
+    let len = u8::try_from(database.len())
+        .map_err(|_| ProtocolError::unsendable(Rule::DatabaseNameTooLong))?;
     let mut prologue = Vec::with_capacity(PROLOGUE_TAG.len() + 3 + database.len());
     prologue.extend_from_slice(PROLOGUE_TAG);
     prologue.extend_from_slice(&version.to_be_bytes());
@@ -40,53 +43,62 @@ pub fn prologue(version: u16, database: &str) -> Result<Vec<u8>, ProtocolError> 
 /// byte, the exact length, and (P-256) that the key is a point of the curve.
 pub fn parse_first(message: &[u8]) -> Result<(Suite, &[u8]), ProtocolError> {
     let Some((&id, noise)) = message.split_first() else {
-        return Err(handshake_error(
-            "the first handshake message is empty".to_owned(),
-        ));
+        return Err(handshake_error(HandshakeFault::Empty {
+            message: HandshakeMessage::First,
+        }));
     };
     let suite = Suite::from_id(id)?;
-    check_len(message, suite.first_message_len(), "first", suite)?;
+    check_len(
+        message,
+        suite.first_message_len(),
+        HandshakeMessage::First,
+        suite,
+    )?;
     if suite == Suite::P256AesGcmSha256 && p256::PublicKey::from_sec1_bytes(noise).is_err() {
-        return Err(handshake_error(
-            "the first handshake message's ephemeral key is not a P-256 point".to_owned(),
-        ));
+        return Err(handshake_error(HandshakeFault::NotAP256Point));
     }
     Ok((suite, noise))
 }
 
 fn check_len(
-    message: &[u8],
+    bytes: &[u8],
     expected: usize,
-    which: &str,
+    message: HandshakeMessage,
     suite: Suite,
 ) -> Result<(), ProtocolError> {
-    let len = message.len();
-    let what = if len == 0 {
-        format!("the {which} handshake message is empty")
+    let len = bytes.len();
+    let fault = if len == 0 {
+        HandshakeFault::Empty { message }
     } else if len < expected {
-        format!("the {which} handshake message is truncated: {len} bytes, {suite} needs {expected}")
+        HandshakeFault::Truncated {
+            message,
+            len,
+            suite,
+            expected,
+        }
     } else if len > expected {
-        format!(
-            "the {which} handshake message has {} bytes after its end: {len} bytes, {suite} \
-             needs {expected}",
-            len - expected
-        )
+        HandshakeFault::TrailingBytes {
+            message,
+            len,
+            suite,
+            expected,
+        }
     } else {
         return Ok(());
     };
-    Err(handshake_error(what))
+    Err(handshake_error(fault))
 }
 
-fn handshake_error(what: String) -> ProtocolError {
-    ProtocolError::Handshake { what }
+fn handshake_error(fault: HandshakeFault) -> ProtocolError {
+    Malformed::Handshake(fault).into()
 }
 
 /// An error of `snow` while reading the peer's handshake message.
-fn read_error(error: snow::Error, message: &'static str) -> ProtocolError {
+fn read_error(error: snow::Error, message: HandshakeMessage) -> ProtocolError {
     match error {
-        snow::Error::Decrypt => ProtocolError::Unauthenticated { message },
-        snow::Error::Dh => handshake_error(format!("the {message} carries an invalid public key")),
-        snow::Error::Input => handshake_error(format!("the {message} is malformed")),
+        snow::Error::Decrypt => Unauthorized::Handshake { message }.into(),
+        snow::Error::Dh => handshake_error(HandshakeFault::InvalidPublicKey { message }),
+        snow::Error::Input => handshake_error(HandshakeFault::Unreadable { message }),
         other => local(other),
     }
 }
@@ -115,9 +127,11 @@ fn write_message(state: &mut HandshakeState, expected: usize) -> Result<Vec<u8>,
     let mut message = vec![0_u8; expected + TAG_LEN];
     let written = state.write_message(&[], &mut message).map_err(local)?;
     if written != expected {
-        return Err(ProtocolError::Crypto {
-            what: format!("handshake message of {written} bytes, expected {expected}"),
-        });
+        return Err(ProtocolError::crypto(CryptoFault::UnexpectedLength {
+            what: "handshake message",
+            written,
+            expected,
+        }));
     }
     message.truncate(written);
     Ok(message)
@@ -128,14 +142,14 @@ fn write_message(state: &mut HandshakeState, expected: usize) -> Result<Vec<u8>,
 fn read_message(
     state: &mut HandshakeState,
     message: &[u8],
-    which: &'static str,
+    which: HandshakeMessage,
 ) -> Result<(), ProtocolError> {
     let mut payload = vec![0_u8; message.len()];
     let len = state
         .read_message(message, &mut payload)
         .map_err(|error| read_error(error, which))?;
     if len != 0 {
-        return Err(handshake_error(format!("the {which} carries a payload")));
+        return Err(handshake_error(HandshakeFault::Payload { message: which }));
     }
     Ok(())
 }
@@ -144,9 +158,7 @@ fn remote_static(state: &HandshakeState) -> Result<Vec<u8>, ProtocolError> {
     state
         .get_remote_static()
         .map(<[u8]>::to_vec)
-        .ok_or_else(|| ProtocolError::Crypto {
-            what: "the handshake did not learn the peer's static key".to_owned(),
-        })
+        .ok_or_else(|| ProtocolError::crypto(CryptoFault::NoPeerStaticKey))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -210,10 +222,10 @@ impl InitiatorAwaitingSecond {
         check_len(
             message,
             self.suite.second_message_len(),
-            "second",
+            HandshakeMessage::Second,
             self.suite,
         )?;
-        read_message(&mut self.state, message, "second handshake message")?;
+        read_message(&mut self.state, message, HandshakeMessage::Second)?;
         let remote_static = remote_static(&self.state)?;
         Ok(InitiatorReadSecond {
             state: self.state,
@@ -264,7 +276,7 @@ pub struct Responder {
 impl Responder {
     /// Reads the first handshake message ([`parse_first`]) and takes this side's static keys
     /// for its suite from `keys`; a suite `keys` has nothing for is
-    /// [`ProtocolError::UnsupportedSuite`]. `database` and `version` go into the
+    /// [`Incompatible::Suite`]. `database` and `version` go into the
     /// [`prologue`]: the database this side serves on this connection, known to both sides
     /// before the handshake (from the address the initiator connected to, for example).
     pub fn read_first<'k>(
@@ -275,14 +287,14 @@ impl Responder {
     ) -> Result<Responder, ProtocolError> {
         let prologue = prologue(version, database)?;
         let (suite, noise) = parse_first(message)?;
-        let keys = keys(suite).ok_or(ProtocolError::UnsupportedSuite { suite })?;
+        let keys = keys(suite).ok_or(Incompatible::Suite { suite })?;
         if keys.suite() != suite {
-            return Err(ProtocolError::InvalidStaticKeys {
-                what: "the key lookup returned keys of another suite",
-            });
+            return Err(ProtocolError::invalid_static_keys(
+                KeyFault::LookupSuiteMismatch,
+            ));
         }
         let mut state = handshake_state(keys, &prologue, false)?;
-        read_message(&mut state, noise, "first handshake message")?;
+        read_message(&mut state, noise, HandshakeMessage::First)?;
         Ok(Responder { state, suite })
     }
 
@@ -319,8 +331,13 @@ impl ResponderAwaitingThird {
     /// key. The handshake is then complete; check [`Established::remote_static`] (is this
     /// key enrolled for the database?) before using the channel.
     pub fn read_third(mut self, message: &[u8]) -> Result<Established, ProtocolError> {
-        check_len(message, self.suite.third_message_len(), "third", self.suite)?;
-        read_message(&mut self.state, message, "third handshake message")?;
+        check_len(
+            message,
+            self.suite.third_message_len(),
+            HandshakeMessage::Third,
+            self.suite,
+        )?;
+        read_message(&mut self.state, message, HandshakeMessage::Third)?;
         let remote_static = remote_static(&self.state)?;
         Established::new(self.state, self.suite, remote_static)
     }
@@ -444,6 +461,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
     use crate::message::{CloseCode, PROTOCOL_VERSION};
     use crate::secure::testing::*;
 
@@ -462,10 +481,16 @@ mod tests {
         let keys = keys(Suite::X25519AesGcmSha256);
         for name in [String::new(), "x".repeat(256)] {
             let err = Initiator::new(&keys, &name, 1).unwrap_err();
-            assert!(matches!(err, ProtocolError::Unsendable { .. }), "{err}");
+            assert!(
+                matches!(err, ProtocolError::Local(LocalFailure::Unsendable(_))),
+                "{err}"
+            );
             assert!(!err.is_malformed_input());
             let err = Responder::read_first(|_| Some(&keys), &name, 1, &[2; 33]).unwrap_err();
-            assert!(matches!(err, ProtocolError::Unsendable { .. }), "{err}");
+            assert!(
+                matches!(err, ProtocolError::Local(LocalFailure::Unsendable(_))),
+                "{err}"
+            );
         }
     }
 
@@ -545,9 +570,10 @@ mod tests {
             .unwrap_err();
             assert_eq!(
                 err,
-                ProtocolError::Unauthenticated {
-                    message: "second handshake message"
+                Unauthorized::Handshake {
+                    message: HandshakeMessage::Second
                 }
+                .into()
             );
             assert!(err.is_malformed_input());
             assert_eq!(err.close_code(), CloseCode::Unauthorized);
@@ -565,7 +591,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Unauthenticated { .. }),
+            matches!(
+                err,
+                ProtocolError::Unauthorized(Unauthorized::Handshake { .. })
+            ),
             "{err}"
         );
     }
@@ -583,9 +612,10 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            ProtocolError::UnsupportedSuite {
+            Incompatible::Suite {
                 suite: Suite::X25519AesGcmSha256
             }
+            .into()
         );
         assert_eq!(
             err.to_string(),
@@ -606,7 +636,7 @@ mod tests {
             .unwrap();
         let err = Responder::read_first(|_| Some(&wrong), "bugs", 1, &first).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::InvalidStaticKeys { .. }),
+            matches!(err, ProtocolError::Local(LocalFailure::StaticKeys(_))),
             "{err}"
         );
     }
@@ -635,7 +665,10 @@ mod tests {
             let (mut client_channel, mut server_channel) =
                 (client_side.into_channel(), server_side.into_channel());
             let sealed = client_channel.seal(b"secret").unwrap();
-            assert_eq!(server_channel.open(&sealed), Err(ProtocolError::Decrypt));
+            assert_eq!(
+                server_channel.open(&sealed),
+                Err(ProtocolError::Malformed(Malformed::Decrypt))
+            );
             drop((mallory_as_responder, mallory_as_initiator));
         }
     }
@@ -665,7 +698,10 @@ mod tests {
             // because it answers another ephemeral key.
             let err = client_hs.read_second(&server_second).unwrap_err();
             assert!(
-                matches!(err, ProtocolError::Unauthenticated { .. }),
+                matches!(
+                    err,
+                    ProtocolError::Unauthorized(Unauthorized::Handshake { .. })
+                ),
                 "{err}"
             );
             // Forwarding the client's own messages unchanged only makes Mallory a relay: the
@@ -742,9 +778,10 @@ mod tests {
             let err = responder.read_third(&third).unwrap_err();
             assert_eq!(
                 err,
-                ProtocolError::Unauthenticated {
-                    message: "third handshake message"
+                Unauthorized::Handshake {
+                    message: HandshakeMessage::Third
                 }
+                .into()
             );
         }
     }
@@ -761,7 +798,10 @@ mod tests {
         let (_, mut second) = responder.write_second().unwrap();
         second.push(0);
         let err = initiator.read_second(&second).unwrap_err();
-        assert!(matches!(err, ProtocolError::Handshake { .. }), "{err}");
+        assert!(
+            matches!(err, ProtocolError::Malformed(Malformed::Handshake(_))),
+            "{err}"
+        );
         assert!(err.to_string().contains("after its end"), "{err}");
     }
 }

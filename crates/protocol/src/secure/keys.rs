@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::Suite;
-use crate::error::ProtocolError;
+use crate::error::{CryptoFault, KeyFault, ProtocolError};
 
 /// Bytes of a private static key, for every suite.
 pub const PRIVATE_KEY_LEN: usize = 32;
@@ -32,9 +32,8 @@ impl StaticKeys {
         // always a valid X25519 key; a few draws make a failure impossible in practice.
         for _ in 0..8 {
             let mut private = Zeroizing::new([0_u8; PRIVATE_KEY_LEN]);
-            getrandom::fill(private.as_mut_slice()).map_err(|error| ProtocolError::Crypto {
-                what: format!("the operating system's random number generator failed: {error}"),
-            })?;
+            getrandom::fill(private.as_mut_slice())
+                .map_err(|error| ProtocolError::crypto(CryptoFault::Random(error)))?;
             if let Ok(public) = derive_public(suite, &private) {
                 return Ok(StaticKeys {
                     suite,
@@ -43,18 +42,16 @@ impl StaticKeys {
                 });
             }
         }
-        Err(ProtocolError::Crypto {
-            what: "the random number generator keeps producing invalid P-256 keys".to_owned(),
-        })
+        Err(ProtocolError::crypto(CryptoFault::NoValidKey))
     }
 
     /// The key pair with this private key; the public key is derived from it.
     pub fn from_private(suite: Suite, private: &[u8]) -> Result<StaticKeys, ProtocolError> {
         let mut key = Zeroizing::new([0_u8; PRIVATE_KEY_LEN]);
         if private.len() != PRIVATE_KEY_LEN {
-            return Err(ProtocolError::InvalidStaticKeys {
-                what: "the private key is not 32 bytes",
-            });
+            return Err(ProtocolError::invalid_static_keys(
+                KeyFault::PrivateKeyLength,
+            ));
         }
         key.copy_from_slice(private);
         let public = derive_public(suite, &key)?;
@@ -73,9 +70,9 @@ impl StaticKeys {
     ) -> Result<StaticKeys, ProtocolError> {
         let keys = StaticKeys::from_private(suite, private)?;
         if keys.public != public {
-            return Err(ProtocolError::InvalidStaticKeys {
-                what: "the public key does not belong to the private key",
-            });
+            return Err(ProtocolError::invalid_static_keys(
+                KeyFault::PublicKeyMismatch,
+            ));
         }
         Ok(keys)
     }
@@ -120,11 +117,8 @@ pub fn fingerprint(public_key: &[u8]) -> String {
 fn derive_public(suite: Suite, private: &[u8; PRIVATE_KEY_LEN]) -> Result<Vec<u8>, ProtocolError> {
     match suite {
         Suite::P256AesGcmSha256 => {
-            let secret = p256::SecretKey::from_slice(private).map_err(|_| {
-                ProtocolError::InvalidStaticKeys {
-                    what: "the private key is not a P-256 scalar (zero, or not below the group order)",
-                }
-            })?;
+            let secret = p256::SecretKey::from_slice(private)
+                .map_err(|_| ProtocolError::invalid_static_keys(KeyFault::NotAP256Scalar))?;
             Ok(secret
                 .public_key()
                 .to_encoded_point(false)
@@ -142,6 +136,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
     use crate::message::CloseCode;
     use crate::secure::testing::keys;
 
@@ -164,7 +160,7 @@ mod tests {
         let b = keys(Suite::P256AesGcmSha256);
         let err = StaticKeys::from_parts(a.suite(), a.private(), b.public()).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::InvalidStaticKeys { .. }),
+            matches!(err, ProtocolError::Local(LocalFailure::StaticKeys(_))),
             "{err}"
         );
         assert!(!err.is_malformed_input());

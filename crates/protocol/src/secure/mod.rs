@@ -77,14 +77,12 @@ pub use handshake::{
 pub use keys::{PRIVATE_KEY_LEN, StaticKeys, fingerprint};
 pub use suite::Suite;
 
-use crate::error::ProtocolError;
+use crate::error::{CryptoFault, ProtocolError};
 
 /// Bytes of the authentication tag that AES-GCM adds to every encrypted Noise message.
 pub const TAG_LEN: usize = 16;
 
 /// An error of `snow` that is not the peer's doing.
 fn local(error: snow::Error) -> ProtocolError {
-    ProtocolError::Crypto {
-        what: error.to_string(),
-    }
+    ProtocolError::crypto(CryptoFault::Noise(error.into()))
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::{TAG_LEN, local};
-use crate::error::ProtocolError;
+use crate::error::{Malformed, ProtocolError};
 
 /// A Noise protocol the handshake may use. The initiator picks it and names it in the first
 /// handshake message by its [`Suite::id`].
@@ -29,12 +29,12 @@ impl Suite {
         }
     }
 
-    /// The suite named by `id`; [`ProtocolError::UnknownSuite`] for any other byte.
+    /// The suite named by `id`; [`Malformed::UnknownSuite`] for any other byte.
     pub fn from_id(id: u8) -> Result<Suite, ProtocolError> {
         match id {
             0x01 => Ok(Suite::P256AesGcmSha256),
             0x02 => Ok(Suite::X25519AesGcmSha256),
-            _ => Err(ProtocolError::UnknownSuite { id }),
+            _ => Err(Malformed::UnknownSuite { id }.into()),
         }
     }
 
@@ -88,6 +88,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+    #[allow(unused_imports)]
+    use crate::error::*;
     use crate::message::CloseCode;
     use crate::secure::parse_first;
 
@@ -114,7 +116,7 @@ mod tests {
     fn an_unknown_suite_byte_is_refused_with_an_error_naming_the_byte() {
         for id in [0x00, 0x03, 0x7F, 0xFF] {
             let err = Suite::from_id(id).unwrap_err();
-            assert_eq!(err, ProtocolError::UnknownSuite { id });
+            assert_eq!(err, Malformed::UnknownSuite { id }.into());
             assert!(err.to_string().contains(&format!("{id:#04x}")), "{err}");
             assert!(err.is_malformed_input());
             assert_eq!(err.close_code(), CloseCode::ProtocolError);

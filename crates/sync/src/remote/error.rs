@@ -2,7 +2,7 @@
 
 use blazedb_protocol::{CloseCode, ProtocolError};
 
-use crate::error::SyncError;
+use crate::error::{SyncError, protocol_text};
 
 /// Why a connection to (or from) a remote node failed. The caller's mistakes (`InvalidUrl`,
 /// `NotEnrolled`, `InvalidOption`), what the server refused (`HttpRefused`, `Refused`), the
@@ -51,9 +51,14 @@ pub enum RemoteError {
     /// The peer closed the session with a reason during set-up (e.g. an unenrolled key).
     #[error("the peer refused the session ({code}): {reason}")]
     Refused { code: CloseCode, reason: String },
-    /// The peer broke the protocol (handshake, sealed payload, message).
-    #[error("the peer broke the protocol: {0}")]
+    /// The protocol failed: the peer broke it (handshake, sealed payload, message), the two
+    /// sides share no version or suite, or this side failed; [`ProtocolError`] says which.
+    #[error("{}", protocol_text(.0))]
     Protocol(#[from] ProtocolError),
+    /// This database's stored sync keys (its own key pair, a pinned server key) cannot be
+    /// read: the file was altered outside BlazeDB.
+    #[error("this database's stored sync keys are damaged: {what}")]
+    DamagedKeyStore { what: &'static str },
     /// Set-up took too long.
     #[error("timed out after {0:?} {1}")]
     Timeout(std::time::Duration, &'static str),

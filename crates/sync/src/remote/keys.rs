@@ -2,7 +2,6 @@
 //! settings of its own database: encrypted with it, never synced.
 
 use blazedb_core::Database;
-use blazedb_protocol::ProtocolError;
 use blazedb_protocol::secure::{StaticKeys, Suite};
 use zeroize::Zeroizing;
 
@@ -36,10 +35,9 @@ pub fn node_keys_for(db: &Database, suite: Suite) -> Result<StaticKeys, RemoteEr
     };
     match stored_keys(db, &setting)? {
         Some(keys) if keys.suite() == suite => Ok(keys),
-        Some(_) => Err(ProtocolError::InvalidStaticKeys {
+        Some(_) => Err(RemoteError::DamagedKeyStore {
             what: "a stored static key is not of the suite its setting names",
-        }
-        .into()),
+        }),
         None => make_keys(db, &setting, suite),
     }
 }
@@ -49,15 +47,21 @@ fn stored_keys(db: &Database, setting: &str) -> Result<Option<StaticKeys>, Remot
     let Some(stored) = db.replication().local_setting(setting)?.map(Zeroizing::new) else {
         return Ok(None);
     };
-    let (&suite, private) = stored
-        .split_first()
-        .ok_or(ProtocolError::InvalidStaticKeys {
-            what: "the stored static key is empty",
-        })?;
+    let (&suite, private) = stored.split_first().ok_or(RemoteError::DamagedKeyStore {
+        what: "the stored static key is empty",
+    })?;
     Ok(Some(StaticKeys::from_private(
-        Suite::from_id(suite)?,
+        stored_suite(suite)?,
         private,
     )?))
+}
+
+/// The suite a stored key names: one this version knows, or the store is damaged (not the
+/// peer's doing, so not a protocol error).
+fn stored_suite(id: u8) -> Result<Suite, RemoteError> {
+    Suite::from_id(id).map_err(|_| RemoteError::DamagedKeyStore {
+        what: "a stored key names a suite this version does not know",
+    })
 }
 
 /// A new key pair of `suite`, stored in `setting`.
@@ -99,12 +103,10 @@ pub fn pinned_server_key(
     else {
         return Ok(None);
     };
-    let (&suite, key) = stored
-        .split_first()
-        .ok_or(ProtocolError::InvalidStaticKeys {
-            what: "the pinned server key is empty",
-        })?;
-    Ok(Some((Suite::from_id(suite)?, key.to_vec())))
+    let (&suite, key) = stored.split_first().ok_or(RemoteError::DamagedKeyStore {
+        what: "the pinned server key is empty",
+    })?;
+    Ok(Some((stored_suite(suite)?, key.to_vec())))
 }
 
 /// Pins `key` as the static key of `server` (after a successful enrollment).
