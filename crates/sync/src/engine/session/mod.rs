@@ -107,6 +107,11 @@ pub(crate) struct Session {
     pub(crate) outbound: Option<Outbound>,
     /// The highest position the peer acknowledged (or asked to stream from).
     pub(crate) acked: u64,
+    /// The highest position the peer may acknowledge: the `to` of every `Ops` and the
+    /// position of every snapshot sent on this connection, or a `Pull`'s `from` (the peer's
+    /// own cursor). An `Ack` past it is a protocol error: `acked` feeds `set_mode`'s resume
+    /// point and compaction, which must never trust a position the peer cannot have.
+    ackable: u64,
     pub(crate) last_ack: Option<(u64, Instant)>,
     pub(crate) closed_reason: Option<String>,
     pub(crate) peer_close_code: Option<CloseCode>,
@@ -152,6 +157,7 @@ impl Session {
             pulled: None,
             outbound: None,
             acked: 0,
+            ackable: 0,
             last_ack: None,
             closed_reason: None,
             peer_close_code: None,
@@ -197,6 +203,16 @@ impl Session {
 
     fn send(&mut self, message: Message) {
         if self.is_open() {
+            match &message {
+                Message::Ops { to, .. } => self.ackable = self.ackable.max(*to),
+                // Only the last part (with the vector) may be acknowledged.
+                Message::Snapshot {
+                    position,
+                    vector: Some(_),
+                    ..
+                } => self.ackable = self.ackable.max(*position),
+                _ => {}
+            }
             self.messages_sent += 1;
             self.outputs.push(Output::Send(message));
         }
@@ -451,8 +467,9 @@ impl Session {
             return;
         }
         // The peer holds everything up to `from` (as far as it knows): that counts as
-        // acknowledged.
+        // acknowledged, and it may acknowledge it again.
         self.acked = self.acked.max(from);
+        self.ackable = self.ackable.max(from);
         // Kept even while this side does not send, to start streaming when it does.
         self.pulled = Some((from, vector.clone()));
         if self.options.mode.sends() {
@@ -461,6 +478,17 @@ impl Session {
     }
 
     fn on_ack(&mut self, position: u64, now: Instant) {
+        if position > self.ackable {
+            self.close_with(
+                CloseCode::ProtocolError,
+                format!(
+                    "Ack for position {position}, past {}, the last position sent on this \
+                     connection",
+                    self.ackable
+                ),
+            );
+            return;
+        }
         self.acked = self.acked.max(position);
         self.last_ack = Some((position, now));
         if let Some(out) = &mut self.outbound {

@@ -859,6 +859,42 @@ fn a_stream_holds_compaction_back_to_what_the_peer_acknowledged() {
     assert_eq!(side.s.streams_from(), Some(2));
 }
 
+#[test]
+fn a_bogus_ack_is_a_protocol_error() {
+    let mut side = Side::with_mode(Mode::Bidirectional).streaming();
+    side.log.write(1);
+    side.log.write(1);
+    side.round();
+    side.log.write(1);
+    let out = side.recv(ack(3));
+    assert_eq!(
+        closed_with(&out),
+        Some(CloseCode::ProtocolError),
+        "position 3 was never sent: {out:?}"
+    );
+    assert_eq!(side.s.acked, 0, "the bogus position is not taken");
+}
+
+#[test]
+fn an_ack_may_repeat_the_pull_position_or_a_snapshot_position() {
+    let mut side = Side::with_mode(Mode::Bidirectional).connected();
+    side.log.write(1);
+    side.log.write(1);
+    side.recv(pull(2, vector(&[(us(), 2)])));
+    assert!(side.round().is_empty());
+    assert_eq!(closed_with(&side.recv(ack(2))), None, "its own cursor");
+    side.log.write(1);
+    side.log.compact(3);
+    side.recv(pull(1, VersionVector::new()));
+    side.round();
+    assert_eq!(
+        closed_with(&side.recv(ack(3))),
+        None,
+        "the snapshot's position"
+    );
+    assert_eq!(side.s.acked, 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Liveness and closing
 // ---------------------------------------------------------------------------------------------
