@@ -297,8 +297,8 @@ impl Worker {
                     match rx.recv_timeout(wait) {
                         Ok(e) => e,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.for_each_session(|s, _, now, options| {
-                                s.check_liveness(options, now);
+                            self.for_each_session(|s, log, now, options| {
+                                s.check_liveness(log, options, now);
                                 s.flush_if_due(now);
                             });
                             self.answer_waiters();

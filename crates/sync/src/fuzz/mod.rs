@@ -293,7 +293,7 @@ impl Harness {
         self.now += by;
         for side in 0..2 {
             let session = &mut self.link.sessions[side];
-            session.check_liveness(&self.options, self.now);
+            session.check_liveness(&mut self.logs[side], &self.options, self.now);
             session.flush_if_due(self.now);
             self.carry_out(side);
         }

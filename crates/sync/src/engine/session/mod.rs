@@ -251,6 +251,17 @@ impl Session {
         hold: Option<Hold>,
         now: Instant,
     ) {
+        self.handle_message(log, message, hold, now);
+        self.save_cursor_if_ended(log);
+    }
+
+    fn handle_message(
+        &mut self,
+        log: &mut impl SessionLog,
+        message: Message,
+        hold: Option<Hold>,
+        now: Instant,
+    ) {
         if !self.is_open() {
             return;
         }
@@ -578,6 +589,11 @@ impl Session {
     /// the new cursor, then acknowledges. A range that does not continue the cursor (a gap)
     /// makes us pull again from the cursor; ranges we have are acknowledged again.
     pub(crate) fn apply_inbound(&mut self, log: &mut impl SessionLog) {
+        self.apply_queued(log);
+        self.save_cursor_if_ended(log);
+    }
+
+    fn apply_queued(&mut self, log: &mut impl SessionLog) {
         if self.inbound.is_empty() {
             return;
         }
@@ -672,6 +688,15 @@ impl Session {
         }
     }
 
+    /// A session that closed itself (a protocol error, a silent peer, a failed write) saves
+    /// its cursor like one the engine closes: an echo-only advance kept in memory would
+    /// otherwise be lost, and the next connection would get those ranges again.
+    fn save_cursor_if_ended(&mut self, log: &mut impl SessionLog) {
+        if !self.is_open() {
+            self.save_cursor(log);
+        }
+    }
+
     /// Sends the ranges passed over because the peer had everything in them, as one empty
     /// `Ops`, so that the peer's cursor catches up.
     fn flush_deferred(&mut self, now: Instant) {
@@ -719,7 +744,12 @@ impl Session {
     }
 
     /// Pings a peer that went quiet; closes the connection to one silent for too long.
-    pub(crate) fn check_liveness(&mut self, options: &EngineOptions, now: Instant) {
+    pub(crate) fn check_liveness(
+        &mut self,
+        log: &mut impl SessionLog,
+        options: &EngineOptions,
+        now: Instant,
+    ) {
         if !self.is_open() {
             return;
         }
@@ -729,6 +759,7 @@ impl Session {
                 CloseCode::GoingAway,
                 format!("heard nothing from the peer for {} s", silent.as_secs()),
             );
+            self.save_cursor(log);
         } else if silent >= options.ping_after && !self.pinged {
             self.pinged = true;
             let nonce = self.messages_sent;
@@ -771,6 +802,7 @@ impl Session {
             self.pull(log);
             self.repull_pending = true;
         }
+        self.save_cursor_if_ended(log);
     }
 
     /// Sends what the peer pulled and has not got yet, up to the window.
@@ -778,6 +810,7 @@ impl Session {
         if let Err(e) = self.try_pump(log, now) {
             self.internal_error(&e);
         }
+        self.save_cursor_if_ended(log);
     }
 
     fn try_pump(&mut self, log: &mut impl SessionLog, now: Instant) -> blazedb_core::Result<()> {

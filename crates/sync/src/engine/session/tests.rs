@@ -189,7 +189,8 @@ impl Side {
 
     /// The engine's timeout: liveness, then folded ranges that are due.
     fn tick(&mut self) -> Vec<Output> {
-        self.s.check_liveness(&EngineOptions::default(), self.now);
+        self.s
+            .check_liveness(&mut self.log, &EngineOptions::default(), self.now);
         self.s.flush_if_due(self.now);
         self.s.take_outputs()
     }
@@ -915,6 +916,28 @@ fn a_silent_peer_is_pinged_then_closed() {
     side.now = start + options.close_after;
     assert_eq!(closed_with(&side.tick()), Some(CloseCode::GoingAway));
     assert!(!side.s.is_open());
+}
+
+#[test]
+fn a_session_closed_for_silence_saves_a_cursor_that_moved_in_memory() {
+    let options = EngineOptions::default();
+    let mut side = Side::with_mode(Mode::Bidirectional).connected();
+    side.recv(ops(0, 4, Vec::new()));
+    assert_eq!(sent(&side.round()), vec![ack(4)]);
+    assert_eq!(side.log.cursor(peer()), 0, "an empty range is saved later");
+    side.later(options.close_after);
+    assert_eq!(closed_with(&side.tick()), Some(CloseCode::GoingAway));
+    assert_eq!(side.log.cursor(peer()), 4);
+}
+
+#[test]
+fn a_session_closed_for_a_protocol_error_saves_a_cursor_that_moved_in_memory() {
+    let mut side = Side::with_mode(Mode::Bidirectional).connected();
+    side.recv(ops(0, 4, Vec::new()));
+    side.round();
+    let out = side.recv(Message::Enroll { token: "x".into() });
+    assert_eq!(closed_with(&out), Some(CloseCode::ProtocolError));
+    assert_eq!(side.log.cursor(peer()), 4);
 }
 
 #[test]
