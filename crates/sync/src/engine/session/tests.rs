@@ -782,6 +782,18 @@ fn a_write_only_side_ignores_ops_without_acknowledging() {
 }
 
 #[test]
+fn ops_and_a_snapshot_to_a_side_that_never_pulled_are_ignored_not_a_protocol_error() {
+    let mut side = Side::with_mode(Mode::WriteOnly).connected();
+    let mut out = side.recv(ops(0, 1, ops_of(peer(), 1..=1)));
+    out.extend(side.recv(snapshot(3, 1, 1, Some(vector(&[(peer(), 1)])))));
+    out.extend(side.round());
+    assert!(out.is_empty(), "neither refused nor acknowledged: {out:?}");
+    assert!(side.s.is_open());
+    assert!(side.log.digests.is_empty() && side.log.records.is_empty());
+    assert_eq!(side.log.cursor(peer()), 0);
+}
+
+#[test]
 fn an_origin_link_refuses_foreign_operations_and_applies_nothing_queued() {
     let options = ConnectOptions::new(DB).trust(PeerTrust::Origin(peer()));
     let mut side = Side::new(options).connected();
