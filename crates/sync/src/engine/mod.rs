@@ -415,8 +415,9 @@ impl SyncEngine {
             return Err(SyncError::InvalidArgument(e.to_string()));
         }
         let (events, rx) = mpsc::channel();
-        let head = db.replication().oplog_head()?;
-        let oplog_start = db.replication().oplog_start()?;
+        // Listen before reading the head: a commit in between is then both in the head and
+        // in the channel (`DbLog::committed` takes the max, so twice is harmless), never in
+        // neither, which would leave it unsent until the next commit.
         let commits = {
             let events = events.clone();
             db.on_commit(move |commit| {
@@ -429,6 +430,8 @@ impl SyncEngine {
                 }
             })
         };
+        let head = db.replication().oplog_head()?;
+        let oplog_start = db.replication().oplog_start()?;
         let counters = Arc::new(Counters::default());
         let node = db.node_id();
         let worker = Worker::new(
