@@ -1164,6 +1164,67 @@ fn a_pull_before_the_log_start_gets_a_snapshot_then_ops_from_its_position() {
 }
 
 #[test]
+fn a_link_that_does_not_forward_closes_instead_of_sending_a_snapshot() {
+    let options = ConnectOptions::new(DB).forward(false);
+    let mut side = Side::new(options).connected();
+    side.log.write(1);
+    side.log.write(1);
+    side.log.write(1);
+    side.log.compact(2);
+    side.recv(pull(1, VersionVector::new()));
+    let out = side.round();
+    assert_eq!(closed_with(&out), Some(CloseCode::InternalError));
+    assert!(
+        !sent(&out)
+            .iter()
+            .any(|m| matches!(m, Message::Snapshot { .. })),
+        "{out:?}"
+    );
+    assert!(side.s.compacted_past_peer);
+    let reason = side.s.closed_reason.clone().unwrap();
+    assert!(
+        reason.contains("compacted past position 1") && reason.contains("cannot help"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_link_that_does_not_forward_keeps_the_log_from_what_the_peer_certainly_stores() {
+    let options = ConnectOptions::new(DB).forward(false);
+    let mut side = Side::new(options).connected();
+    side.recv(pull(0, VersionVector::new()));
+    assert_eq!(
+        side.log.kept.get(&peer()),
+        Some(&0),
+        "stored at the first Pull, before anything can be compacted"
+    );
+    side.log.write(1);
+    assert_eq!(sent(&side.round()), vec![ops(0, 1, ops_of(us(), 1..=1))]);
+    // Entry 2 holds only another node's operation: nothing for the peer, an empty range.
+    side.log.apply(third(), &ops_of(third(), 1..=1), 1).unwrap();
+    side.round();
+    side.later(ECHO_FLUSH_AFTER);
+    assert_eq!(sent(&side.tick()), vec![ops(1, 2, Vec::new())]);
+    side.recv(ack(2));
+    side.s.save_cursor(&mut side.log);
+    assert_eq!(
+        side.log.kept.get(&peer()),
+        Some(&1),
+        "the peer stores the cursor of the range with operations; the empty one's may be unsaved"
+    );
+}
+
+#[test]
+fn a_link_that_forwards_keeps_nothing_for_its_peer() {
+    let mut side = Side::with_mode(Mode::Bidirectional).streaming();
+    side.log.write(1);
+    side.round();
+    side.recv(ack(1));
+    side.s.save_cursor(&mut side.log);
+    assert!(side.log.kept.is_empty(), "it can send a snapshot instead");
+}
+
+#[test]
 fn a_pull_at_the_log_start_gets_ops() {
     let mut side = Side::with_mode(Mode::Bidirectional).connected();
     side.log.write(1);
