@@ -11,6 +11,7 @@ use blazedb_core::{Database, fields};
 use blazedb_protocol::secure::StaticKeys;
 use blazedb_protocol::{Capabilities, CloseCode, Message, PROTOCOL_VERSION};
 use blazedb_server::{MasterKey, Server, ServerConfig, ServerHandle, TlsConfig};
+use blazedb_sync::SyncEngine;
 use blazedb_sync::remote::{
     RemoteError, RemoteNode, RemoteOptions, RemoteState, RemoteSync, SyncExt, connect_handshake,
     node_keys, websocket_config,
@@ -102,6 +103,88 @@ fn two_enrolled_devices_sync_through_the_server() {
     a.stop();
     b.stop();
     wait_until("the connections are gone", || server.connections() == 0);
+}
+
+/// A device that synced 20 inserts, then went offline and wrote 30 more and an update: its
+/// session with the server has ended.
+fn offline_device_with_unsynced_writes(dir: &Path, server: &ServerHandle) -> Database {
+    let alice = device(dir, "alice");
+    let a = sync(&alice, server, fast().enroll(token(server)));
+    alice
+        .insert_many("bugs", (0..20).map(|i| fields! { "n" => i }))
+        .unwrap();
+    a.wait_synced(WAIT, |_| {}).unwrap();
+    a.stop();
+    wait_until("alice is disconnected", || server.connections() == 0);
+    let offline = alice
+        .insert_many("bugs", (20..50).map(|i| fields! { "n" => i }))
+        .unwrap();
+    alice
+        .update("bugs", offline[0], fields! { "n" => -1 })
+        .unwrap();
+    alice
+}
+
+#[test]
+fn a_device_that_compacted_its_log_while_offline_still_sends_every_write_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    let alice = offline_device_with_unsynced_writes(dir.path(), &server);
+    // Compaction while no connection is open: only what the server durably has may go.
+    let engine = SyncEngine::start(alice.clone(), "bugs").unwrap();
+    let start = engine.compact_oplog(0).unwrap();
+    drop(engine);
+    let head = alice.replication().oplog_head().unwrap();
+    assert!(
+        start > 0 && start < head,
+        "the synced entry goes, the unsynced ones stay: start {start}, head {head}"
+    );
+
+    let a = sync(&alice, &server, fast());
+    a.wait_synced(WAIT, |_| {}).unwrap();
+    let on_server = server.engine_connections("bugs").unwrap().unwrap();
+    assert_eq!(on_server.len(), 1);
+    assert_eq!(
+        (on_server[0].ops_applied, on_server[0].ops_duplicate),
+        (31, 0),
+        "the server merges each offline write once"
+    );
+    let bob = device(dir.path(), "bob");
+    let b = sync(&bob, &server, fast().enroll(token(&server)));
+    b.wait_synced(WAIT, |_| {}).unwrap();
+    assert_eq!(bob.count("bugs").unwrap(), 50);
+    assert_eq!(bob.content_hash().unwrap(), alice.content_hash().unwrap());
+    assert_eq!(
+        bob.replication().oplog_ops_through(u64::MAX).unwrap(),
+        51,
+        "every write of alice, once"
+    );
+    assert_eq!(b.engine().ops_duplicate(), 0);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_device_whose_log_was_compacted_past_the_server_says_why_and_stops_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    let alice = offline_device_with_unsynced_writes(dir.path(), &server);
+    // Compaction by hand, past what the server has: those writes can never reach it.
+    let head = alice.replication().oplog_head().unwrap();
+    alice.replication().compact_oplog(head).unwrap();
+
+    let a = sync(&alice, &server, fast());
+    wait_until("alice gives up", || a.status().state == RemoteState::Failed);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = a.status();
+    assert_eq!(status.state, RemoteState::Failed);
+    assert_eq!(status.sessions, 1, "no retry: it cannot help");
+    let error = status.last_error.unwrap();
+    assert!(
+        error.contains("compacted") && error.contains("reconnecting cannot help"),
+        "{error}"
+    );
+    a.stop();
 }
 
 #[test]

@@ -245,6 +245,11 @@ pub struct ConnectionStatus {
     pub barrier: u64,
     /// Why the connection ended, if it did.
     pub closed_reason: Option<String>,
+    /// The connection ended because this database's op log was compacted past the peer's
+    /// cursor on a link that cannot send a snapshot instead (a device's link to its server):
+    /// the writes in between can never reach the peer, and reconnecting cannot help. Only
+    /// compaction outside [`SyncEngine::compact_oplog`] can cause it.
+    pub log_compacted_past_peer: bool,
     /// The code of the peer's `Close`, when the peer ended the connection with one.
     pub peer_close_code: Option<CloseCode>,
     /// The code of our `Close`, when this side ended the connection with one (a peer that
@@ -415,8 +420,9 @@ impl SyncEngine {
             return Err(SyncError::InvalidArgument(e.to_string()));
         }
         let (events, rx) = mpsc::channel();
-        let head = db.replication().oplog_head()?;
-        let oplog_start = db.replication().oplog_start()?;
+        // Listen before reading the head: a commit in between is then both in the head and
+        // in the channel (`DbLog::committed` takes the max, so twice is harmless), never in
+        // neither, which would leave it unsent until the next commit.
         let commits = {
             let events = events.clone();
             db.on_commit(move |commit| {
@@ -429,6 +435,8 @@ impl SyncEngine {
                 }
             })
         };
+        let head = db.replication().oplog_head()?;
+        let oplog_start = db.replication().oplog_start()?;
         let counters = Arc::new(Counters::default());
         let node = db.node_id();
         let worker = Worker::new(
@@ -518,9 +526,13 @@ impl SyncEngine {
     }
 
     /// Drops op-log entries so that about the newest `keep` remain, but none that a connected
-    /// peer still streams from (it would need a snapshot mid-stream). A peer whose cursor is
-    /// older gets a snapshot when it next pulls (docs/protocol.md, "Snapshots"). Returns the
-    /// new start of the log: the newest position dropped.
+    /// peer still streams from (it would need a snapshot mid-stream), and none after what a
+    /// peer that cannot take a snapshot has durably received, connected or not: on a link
+    /// that does not forward (a device's link to its server), a snapshot cannot replace
+    /// them, and the device's own writes would never reach the server. The engine stores
+    /// that position per such peer at its first `Pull` and on each disconnect. Any other peer
+    /// whose cursor is older gets a snapshot when it next pulls (docs/protocol.md,
+    /// "Snapshots"). Returns the new start of the log: the newest position dropped.
     pub fn compact_oplog(&self, keep: u64) -> Result<u64> {
         self.ask(|reply| Command::CompactOplog { keep, reply })?
     }

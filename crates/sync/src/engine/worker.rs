@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
 use blazedb_core::{
-    ApplyReport, Database, NodeId, OpId, Operation, SnapshotInfo, SnapshotKey, VersionVector,
+    ApplyReport, Database, NodeId, OpId, Operation, SnapshotInfo, SnapshotKey, Uuid, VersionVector,
 };
 use blazedb_format::{OpDigest, SnapshotRecord};
 use blazedb_protocol::{CloseCode, Message};
@@ -20,6 +20,11 @@ use super::{
 };
 use crate::error::{Result, SyncError};
 use crate::relay::{ConnectionId, Hold, Inbox, Relay};
+
+/// The local setting holding, for each peer that cannot take a snapshot from this database
+/// (a link that does not forward), the position of our log it certainly has: 24 bytes per
+/// peer, its node id and the position (big-endian).
+const KEPT_FOR_SETTING: &str = "sync/oplog-kept-for";
 
 /// The engine's database as its sessions see it: the SQLite database, the head and start of
 /// its op log, and the newest small commits kept from commit events so that a caught-up
@@ -63,6 +68,29 @@ impl DbLog {
                 self.recent_ops -= dropped.len();
             }
         }
+    }
+
+    /// The positions [`SessionLog::keep_for`] stored, per peer.
+    fn kept_for(&self) -> blazedb_core::Result<Vec<(NodeId, u64)>> {
+        let stored = self
+            .db
+            .replication()
+            .local_setting(KEPT_FOR_SETTING)?
+            .unwrap_or_default();
+        Ok(stored
+            .chunks_exact(24)
+            .filter_map(|entry| {
+                let node = <[u8; 16]>::try_from(entry.get(..16)?).ok()?;
+                let position = <[u8; 8]>::try_from(entry.get(16..)?).ok()?;
+                Some((NodeId(Uuid::from_bytes(node)), u64::from_be_bytes(position)))
+            })
+            .collect())
+    }
+
+    /// The lowest position a peer that cannot take a snapshot certainly has: compaction must
+    /// not drop entries after it, connected or not.
+    pub(super) fn kept_from(&self) -> blazedb_core::Result<Option<u64>> {
+        Ok(self.kept_for()?.into_iter().map(|(_, p)| p).min())
     }
 
     /// The entries right after position `from`, if the commit events kept them: positions
@@ -158,6 +186,23 @@ impl SessionLog for DbLog {
     fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()> {
         self.db
             .transaction(|tx| tx.replication().set_peer_cursor(peer, cursor))
+    }
+
+    fn keep_for(&mut self, peer: NodeId, position: u64) -> blazedb_core::Result<()> {
+        let mut all = self.kept_for()?;
+        match all.iter_mut().find(|(node, _)| *node == peer) {
+            Some((_, kept)) if *kept >= position => return Ok(()),
+            Some((_, kept)) => *kept = position,
+            None => all.push((peer, position)),
+        }
+        let mut stored = Vec::with_capacity(all.len() * 24);
+        for (node, position) in all {
+            stored.extend_from_slice(node.as_bytes());
+            stored.extend_from_slice(&position.to_be_bytes());
+        }
+        self.db
+            .replication()
+            .set_local_setting(KEPT_FOR_SETTING, Some(&stored))
     }
 
     fn snapshot_info(&mut self) -> blazedb_core::Result<SnapshotInfo> {
@@ -297,8 +342,8 @@ impl Worker {
                     match rx.recv_timeout(wait) {
                         Ok(e) => e,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.for_each_session(|s, _, now, options| {
-                                s.check_liveness(options, now);
+                            self.for_each_session(|s, log, now, options| {
+                                s.check_liveness(log, options, now);
                                 s.flush_if_due(now);
                             });
                             self.answer_waiters();
@@ -459,10 +504,14 @@ impl Worker {
     /// See [`super::SyncEngine::compact_oplog`].
     fn compact_oplog(&mut self, keep: u64) -> Result<u64> {
         let head = self.log.refresh_head()?;
+        // A peer that cannot take a snapshot (a device's server) keeps, connected or not,
+        // every entry after what it certainly has: its own writes could never reach it again.
+        self.for_each_session(|s, log, _, _| s.save_kept(log));
         let through = self
             .connections
             .values()
             .filter_map(|c| c.session.streams_from())
+            .chain(self.log.kept_from()?)
             .fold(head.saturating_sub(keep), u64::min);
         self.log.oplog_start = self.log.db.replication().compact_oplog(through)?;
         Ok(self.log.oplog_start)
@@ -510,6 +559,7 @@ impl Worker {
                 peer_head: s.peer_head,
                 barrier: s.barrier,
                 closed_reason: s.closed_reason.clone(),
+                log_compacted_past_peer: s.compacted_past_peer,
                 peer_close_code: s.peer_close_code,
                 close_code: s.close_code,
                 snapshot_in: s.snapshot_in.as_ref().map(|x| (x.records, x.total)),

@@ -112,7 +112,8 @@ struct Link {
     /// Each side stopped receiving at some point on this connection, so the stream it gets
     /// may have gaps (and it may pull again).
     paused: [bool; 2],
-    /// Each side got a `Snapshot` part, and one numbered 2 or more twice.
+    /// Each side got a `Snapshot` part (never the server on a device link), and one
+    /// numbered 2 or more twice.
     snapshots: [bool; 2],
     part_twice: [bool; 2],
     /// Each side's failed transactions when the connection started.
@@ -136,6 +137,10 @@ struct Harness {
     /// An op log was compacted: a node may have operations by a snapshot (their effect and
     /// their ids in its version vector, not the operations).
     compacted: bool,
+    /// Per side, a compaction dropped entries past the peer's durable cursor while no link
+    /// that sends no snapshot (a device's) had told it to keep them: only such a side may
+    /// close a device link because its log was compacted past the peer.
+    stranded: [bool; 2],
 }
 
 impl Harness {
@@ -157,6 +162,7 @@ impl Harness {
             verified: [0, 0],
             pull_expected: false,
             compacted: false,
+            stranded: [false, false],
         };
         h.start_link();
         h
@@ -293,7 +299,7 @@ impl Harness {
         self.now += by;
         for side in 0..2 {
             let session = &mut self.link.sessions[side];
-            session.check_liveness(&self.options, self.now);
+            session.check_liveness(&mut self.logs[side], &self.options, self.now);
             session.flush_if_due(self.now);
             self.carry_out(side);
         }
@@ -349,16 +355,32 @@ impl Harness {
     }
 
     /// `side` drops its op-log entries up to `keep` positions before its head, but none that
-    /// the connection still streams from, as `SyncEngine::compact_oplog` does.
+    /// the connection still streams from and none after what a peer that cannot take a
+    /// snapshot certainly has, as `SyncEngine::compact_oplog` does.
     fn compact(&mut self, side: usize, keep: u64) {
+        let peer = 1 - side;
         let log = &mut self.logs[side];
+        self.link.sessions[side].save_kept(log);
         let through = self.link.sessions[side]
             .streams_from()
             .into_iter()
+            .chain(log.kept.values().copied())
             .fold(log.head().saturating_sub(keep), u64::min);
         let start = log.start();
         log.compact(through);
         self.compacted |= log.start() > start;
+        let peer_has = self.logs[peer].cursor(node_id(side));
+        if self.logs[side].start() > start.max(peer_has) {
+            // The guarantee: a peer this side keeps its log for is never stranded (by this
+            // compaction; an earlier one, before it was kept, may have).
+            assert!(
+                !self.logs[side].kept.contains_key(&node_id(peer)),
+                "side {side} compacted through {} past position {peer_has}, which a peer \
+                 that cannot take a snapshot has",
+                self.logs[side].start()
+            );
+            self.stranded[side] = true;
+        }
     }
 
     /// May side `side`'s session have closed the way it did?
@@ -374,14 +396,14 @@ impl Harness {
             Some(CloseCode::ProtocolError) => {
                 link.pulls[side] > MAX_PULLS_PER_PERIOD || link.part_twice[side]
             }
-            // A storage failure the harness made.
+            // A storage failure the harness made, or a device whose log was compacted past
+            // the server's cursor before any device link told it to keep it (it sends no
+            // snapshot; see `compact`).
             Some(CloseCode::InternalError) => {
                 self.logs[side].failures > link.failures_at_start[side]
+                    || (link.sessions[side].compacted_past_peer && self.stranded[side])
             }
-            // A server refuses a device's snapshot: a device must not compact past what the
-            // server has (docs/protocol.md, "Trust on a link"), which the compaction step
-            // does not know.
-            Some(CloseCode::Unauthorized) => link.config.device && side == 0 && link.snapshots[0],
+            // A device never sends a snapshot, so the server never refuses one.
             Some(_) => false,
         }
     }
@@ -408,6 +430,10 @@ impl Harness {
             assert!(
                 log.merges.values().all(|n| *n == 1),
                 "side {side} merged an operation twice"
+            );
+            assert!(
+                !(self.link.config.device && side == 0 && self.link.snapshots[0]),
+                "a device sent its server a snapshot"
             );
             let durable = log.cursor(node_id(peer));
             assert!(
@@ -442,6 +468,13 @@ impl Harness {
                 session.acked <= log.head(),
                 "side {side} acked past its head"
             );
+            // What this side keeps its log for is what the peer really stores.
+            if let Some(kept) = log.kept.get(&node_id(peer)) {
+                assert!(
+                    *kept <= peer_log.cursor(node_id(side)),
+                    "side {side} keeps its log from {kept}, past the peer's durable cursor"
+                );
+            }
             if let Some(out) = &session.outbound {
                 assert!(
                     out.in_flight.len() <= WINDOW,
@@ -603,7 +636,7 @@ impl Harness {
 /// | 9 | the clock moves on by `TIME_STEPS[p]` (1 ms to 60 s): liveness (ping after 15 s, close after 45 s) and folded ranges due |
 /// | 10, 11 | `p % 4 + 1` more operations of a third node C reach A / B over another link |
 /// | 12, 13 | A / B switches its mode to `p % 3` (as above) |
-/// | 14 | on A (`p` even) or B, by `p % 8`: 2, 3: its next transaction fails (a storage error); 4, 5: it compacts its op log (keeping 2 positions when `p >= 8`, else none, and never what the connection streams from, like `SyncEngine::compact_oplog`), so a later `Pull` may get a snapshot; otherwise it sends a barrier (a `Ping` the peer answers after all it sent) |
+/// | 14 | on A (`p` even) or B, by `p % 8`: 2, 3: its next transaction fails (a storage error); 4, 5: it compacts its op log (keeping 2 positions when `p >= 8`, else none, and never what the connection streams from nor what a peer that cannot take a snapshot has not certainly received, like `SyncEngine::compact_oplog`), so a later `Pull` may get a snapshot; otherwise it sends a barrier (a `Ping` the peer answers after all it sent) |
 /// | 15 | an engine round on both: everything queued is delivered, then a round on each side |
 ///
 /// A connection whose two sessions both ended (a liveness close, for example) is replaced
@@ -619,7 +652,8 @@ impl Harness {
 ///   snapshot part numbered 2 or more twice (out of order), or a snapshot part after the side
 ///   stopped and started receiving (a known issue: the rest of the abandoned snapshot closes
 ///   the connection); `InternalError` after a storage
-///   failure the input made; `Unauthorized` from A refusing a snapshot on a device link.
+///   failure the input made, or from B on a device link when B's log was compacted past A's
+///   cursor while no device link had told B to keep it (B sends no snapshot there);
 ///   Otherwise a duplicated message is harmless by docs/protocol.md (a repeated `Hello` is
 ///   ignored, a repeated `Ops` is re-acknowledged, a repeated `Pull` restarts the stream
 ///   where it was, `Ack`, `SnapshotAck`, `Ping` and `Pong` are idempotent);
@@ -631,6 +665,9 @@ impl Harness {
 ///   the peer's log that this node lacks (with `forward` off, only the peer's own count);
 /// * a side acknowledged or streamed past its head, or has more than `WINDOW` `Ops` in
 ///   flight;
+/// * B sent A a snapshot on a device link, or a compaction dropped entries past the durable
+///   cursor of a peer that cannot take a snapshot (one the side keeps its log for), or the
+///   position a side keeps its log from is past that peer's durable cursor;
 ///
 /// when the connection the steps left, if both sides are still on it and neither stopped
 /// receiving on it, settles without faults: a side is not idle (something sent is not

@@ -68,6 +68,9 @@ pub(crate) struct MemLog {
     pub(crate) cursors: HashMap<NodeId, u64>,
     pub(crate) own_seq: u64,
     pub(crate) lamport: u64,
+    /// Per peer that cannot take a snapshot, the position of our log it certainly has
+    /// (`keep_for`).
+    pub(crate) kept: HashMap<NodeId, u64>,
     /// The highest own sequence number a peer confirmed (`confirm_own`).
     pub(crate) own_confirmed: u64,
     pub(crate) records: BTreeMap<(String, Uuid), RecordState>,
@@ -102,6 +105,7 @@ impl MemLog {
             cursors: HashMap::new(),
             own_seq: 0,
             lamport: 0,
+            kept: HashMap::new(),
             own_confirmed: 0,
             records: BTreeMap::new(),
             batch_ops: MAX_BATCH_OPS,
@@ -314,6 +318,12 @@ impl SessionLog for MemLog {
 
     fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()> {
         self.set_cursor(peer, cursor);
+        Ok(())
+    }
+
+    fn keep_for(&mut self, peer: NodeId, position: u64) -> blazedb_core::Result<()> {
+        let kept = self.kept.entry(peer).or_insert(position);
+        *kept = (*kept).max(position);
         Ok(())
     }
 

@@ -683,11 +683,13 @@ async fn run(
                     .as_ref()
                     .and_then(|c| c.closed_reason.clone())
                     .unwrap_or_else(|| "the connection ended".into());
-                // Retrying cannot help: the server refused us, or one of the two found that this
-                // file or the server's source is a copy of another database file.
+                // Retrying cannot help: the server refused us, one of the two found that this
+                // file or the server's source is a copy of another database file, or our op log
+                // lost writes the server never got.
                 let refused = last.is_some_and(|c| {
                     c.peer_close_code.is_some_and(CloseCode::stops_retrying)
                         || c.close_code.is_some_and(CloseCode::stops_retrying)
+                        || c.log_compacted_past_peer
                 });
                 if refused {
                     shared.set(RemoteState::Failed, None, Some(reason));

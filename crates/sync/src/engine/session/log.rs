@@ -39,6 +39,10 @@ pub(crate) trait SessionLog {
     ) -> blazedb_core::Result<ApplyReport>;
     /// Saves the cursor into `peer`'s log.
     fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()>;
+    /// Records durably that `peer`, which cannot take a snapshot from us, holds our log up to
+    /// `position` (a stored position only rises): compaction keeps every entry after it,
+    /// since such a peer can get them only as operations.
+    fn keep_for(&mut self, peer: NodeId, position: u64) -> blazedb_core::Result<()>;
     /// Starts reading a snapshot of this database.
     fn snapshot_info(&mut self) -> blazedb_core::Result<SnapshotInfo>;
     /// The next page of the snapshot after `after`, and where the one after continues.

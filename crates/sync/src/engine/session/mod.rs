@@ -55,8 +55,9 @@ pub(crate) struct Outbound {
     /// The peer's version vector as its `Pull` gave it, plus every operation sent to it or
     /// received from it since: operations it certainly has.
     peer_has: VersionVector,
-    /// Unacknowledged `Ops`: their `to` and when they were sent.
-    pub(crate) in_flight: VecDeque<(u64, Instant)>,
+    /// Unacknowledged `Ops`: their `to`, when they were sent, and whether they carried
+    /// operations (then the peer stores its cursor with them before acknowledging).
+    pub(crate) in_flight: VecDeque<(u64, Instant, bool)>,
 }
 
 impl Outbound {
@@ -107,6 +108,21 @@ pub(crate) struct Session {
     pub(crate) outbound: Option<Outbound>,
     /// The highest position the peer acknowledged (or asked to stream from).
     pub(crate) acked: u64,
+    /// The highest position the peer may acknowledge: the `to` of every `Ops` and the
+    /// position of every snapshot sent on this connection, or a `Pull`'s `from` (the peer's
+    /// own cursor). An `Ack` past it is a protocol error: `acked` feeds `set_mode`'s resume
+    /// point and compaction, which must never trust a position the peer cannot have.
+    ackable: u64,
+    /// The highest position of our log the peer certainly stores as its cursor: its first
+    /// `Pull`'s `from` (its durable cursor), or an `Ack` that covers an `Ops` with operations
+    /// (stored with them). An `Ack` of ranges with nothing to apply may run ahead of the
+    /// cursor the peer saved. On a link that sends no snapshot this bounds compaction, saved
+    /// through [`SessionLog::keep_for`]; `kept_saved` is what was saved (`None`: nothing yet).
+    kept: u64,
+    kept_saved: Option<u64>,
+    /// The connection closed because our op log was compacted past the peer's cursor on a
+    /// link that sends no snapshot: a new connection would meet the same gap.
+    pub(crate) compacted_past_peer: bool,
     pub(crate) last_ack: Option<(u64, Instant)>,
     pub(crate) closed_reason: Option<String>,
     pub(crate) peer_close_code: Option<CloseCode>,
@@ -152,6 +168,10 @@ impl Session {
             pulled: None,
             outbound: None,
             acked: 0,
+            ackable: 0,
+            kept: 0,
+            kept_saved: None,
+            compacted_past_peer: false,
             last_ack: None,
             closed_reason: None,
             peer_close_code: None,
@@ -197,6 +217,16 @@ impl Session {
 
     fn send(&mut self, message: Message) {
         if self.is_open() {
+            match &message {
+                Message::Ops { to, .. } => self.ackable = self.ackable.max(*to),
+                // Only the last part (with the vector) may be acknowledged.
+                Message::Snapshot {
+                    position,
+                    vector: Some(_),
+                    ..
+                } => self.ackable = self.ackable.max(*position),
+                _ => {}
+            }
             self.messages_sent += 1;
             self.outputs.push(Output::Send(message));
         }
@@ -229,6 +259,17 @@ impl Session {
     /// Handles one message from the peer. `Ops` are queued (applied together by
     /// [`Session::apply_inbound`]); everything else is handled in order after them.
     pub(crate) fn on_message(
+        &mut self,
+        log: &mut impl SessionLog,
+        message: Message,
+        hold: Option<Hold>,
+        now: Instant,
+    ) {
+        self.handle_message(log, message, hold, now);
+        self.save_cursor_if_ended(log);
+    }
+
+    fn handle_message(
         &mut self,
         log: &mut impl SessionLog,
         message: Message,
@@ -451,20 +492,45 @@ impl Session {
             return;
         }
         // The peer holds everything up to `from` (as far as it knows): that counts as
-        // acknowledged.
+        // acknowledged, and it may acknowledge it again.
         self.acked = self.acked.max(from);
+        self.ackable = self.ackable.max(from);
+        if self.pulled.is_none() {
+            // A first Pull comes from the cursor the peer loaded at Hello: durable. Later
+            // ones may come from a cursor moved in memory only.
+            self.kept = self.kept.max(from);
+        }
         // Kept even while this side does not send, to start streaming when it does.
         self.pulled = Some((from, vector.clone()));
+        // Saved at once: a peer that cannot take a snapshot must be known before our log
+        // can be compacted while it is away.
+        self.save_kept(log);
         if self.options.mode.sends() {
             self.outbound = Some(Outbound::starting_at(from, vector));
         }
     }
 
     fn on_ack(&mut self, position: u64, now: Instant) {
+        if position > self.ackable {
+            self.close_with(
+                CloseCode::ProtocolError,
+                format!(
+                    "Ack for position {position}, past {}, the last position sent on this \
+                     connection",
+                    self.ackable
+                ),
+            );
+            return;
+        }
         self.acked = self.acked.max(position);
         self.last_ack = Some((position, now));
         if let Some(out) = &mut self.outbound {
-            while out.in_flight.front().is_some_and(|(to, _)| *to <= position) {
+            while let Some(&(to, _, carried)) = out.in_flight.front()
+                && to <= position
+            {
+                if carried {
+                    self.kept = self.kept.max(to);
+                }
                 out.in_flight.pop_front();
             }
             if out.in_flight.is_empty() {
@@ -550,6 +616,11 @@ impl Session {
     /// the new cursor, then acknowledges. A range that does not continue the cursor (a gap)
     /// makes us pull again from the cursor; ranges we have are acknowledged again.
     pub(crate) fn apply_inbound(&mut self, log: &mut impl SessionLog) {
+        self.apply_queued(log);
+        self.save_cursor_if_ended(log);
+    }
+
+    fn apply_queued(&mut self, log: &mut impl SessionLog) {
         if self.inbound.is_empty() {
             return;
         }
@@ -636,11 +707,63 @@ impl Session {
     /// Saves a cursor that moved in memory only (see [`Session::apply_inbound`]). Best
     /// effort: if it fails, the peer resends ranges with nothing in them.
     pub(crate) fn save_cursor(&mut self, log: &mut impl SessionLog) {
+        self.save_kept(log);
         let (Some(peer), true) = (self.peer, self.cursor_unsaved) else {
             return;
         };
         if log.save_cursor(peer, self.cursor).is_ok() {
             self.cursor_unsaved = false;
+        }
+    }
+
+    /// On a link that sends no snapshot, saves how much of our log the peer certainly has
+    /// (see `kept`), if that rose. Best effort: a lower stored position only keeps more.
+    pub(crate) fn save_kept(&mut self, log: &mut impl SessionLog) {
+        // Only a peer that pulled wants our log (and only then is `kept` known).
+        let (Some(peer), Some(_)) = (self.peer, &self.pulled) else {
+            return;
+        };
+        if self.sends_snapshots() || self.kept_saved.is_some_and(|saved| saved >= self.kept) {
+            return;
+        }
+        if log.keep_for(peer, self.kept).is_ok() {
+            self.kept_saved = Some(self.kept);
+        }
+    }
+
+    /// Can this side answer a `Pull` from before its log start with a snapshot? Not on a
+    /// link that does not forward: it carries only our own operations, and a snapshot holds
+    /// every node's writes (a server refuses one from a device).
+    fn sends_snapshots(&self) -> bool {
+        self.options.forward
+    }
+
+    /// The peer stands at `from` in our log, which was compacted through `start`, and this
+    /// link cannot send a snapshot instead: the operations in between can never reach it.
+    fn compacted_past_peer(&mut self, from: u64, start: u64) {
+        self.compacted_past_peer = true;
+        let peer = self
+            .peer
+            .map_or_else(|| "the peer".to_owned(), |p| format!("node {p}"));
+        self.close_with(
+            CloseCode::InternalError,
+            format!(
+                "this database's op log was compacted past position {from}, where {peer} \
+                 stands in it (the log now starts after {start}), and this link cannot send a \
+                 snapshot instead (it carries only this node's own operations, as a device's \
+                 link to its server does): the writes in between cannot reach {peer}, and \
+                 reconnecting cannot help. SyncEngine::compact_oplog keeps what such a peer \
+                 has not received; Replication::compact_oplog does not"
+            ),
+        );
+    }
+
+    /// A session that closed itself (a protocol error, a silent peer, a failed write) saves
+    /// its cursor like one the engine closes: an echo-only advance kept in memory would
+    /// otherwise be lost, and the next connection would get those ranges again.
+    fn save_cursor_if_ended(&mut self, log: &mut impl SessionLog) {
+        if !self.is_open() {
+            self.save_cursor(log);
         }
     }
 
@@ -656,7 +779,7 @@ impl Session {
         let (from, to) = (out.wire_to, out.sent_to);
         out.wire_to = to;
         out.deferred_since = None;
-        out.in_flight.push_back((to, now));
+        out.in_flight.push_back((to, now, false));
         self.send(Message::Ops {
             from,
             to,
@@ -691,7 +814,12 @@ impl Session {
     }
 
     /// Pings a peer that went quiet; closes the connection to one silent for too long.
-    pub(crate) fn check_liveness(&mut self, options: &EngineOptions, now: Instant) {
+    pub(crate) fn check_liveness(
+        &mut self,
+        log: &mut impl SessionLog,
+        options: &EngineOptions,
+        now: Instant,
+    ) {
         if !self.is_open() {
             return;
         }
@@ -701,6 +829,7 @@ impl Session {
                 CloseCode::GoingAway,
                 format!("heard nothing from the peer for {} s", silent.as_secs()),
             );
+            self.save_cursor(log);
         } else if silent >= options.ping_after && !self.pinged {
             self.pinged = true;
             let nonce = self.messages_sent;
@@ -743,6 +872,7 @@ impl Session {
             self.pull(log);
             self.repull_pending = true;
         }
+        self.save_cursor_if_ended(log);
     }
 
     /// Sends what the peer pulled and has not got yet, up to the window.
@@ -750,6 +880,7 @@ impl Session {
         if let Err(e) = self.try_pump(log, now) {
             self.internal_error(&e);
         }
+        self.save_cursor_if_ended(log);
     }
 
     fn try_pump(&mut self, log: &mut impl SessionLog, now: Instant) -> blazedb_core::Result<()> {
@@ -761,6 +892,11 @@ impl Session {
                 return Ok(());
             };
             if out.snapshot.is_some() || out.sent_to < log.start() {
+                if !self.sends_snapshots() {
+                    let (from, start) = (out.sent_to, log.start());
+                    self.compacted_past_peer(from, start);
+                    return Ok(());
+                }
                 if !self.pump_snapshot(log, now)? {
                     return Ok(());
                 }
@@ -803,7 +939,7 @@ impl Session {
             }
             let from = std::mem::replace(&mut out.wire_to, to);
             out.deferred_since = None;
-            out.in_flight.push_back((to, now));
+            out.in_flight.push_back((to, now, true));
             self.ops_sent += ops.len() as u64;
             self.send(Message::Ops { from, to, ops });
         }
@@ -843,7 +979,7 @@ impl Session {
         self.outbound
             .as_ref()
             .and_then(|o| o.in_flight.front())
-            .map_or(Duration::ZERO, |(_, sent)| {
+            .map_or(Duration::ZERO, |(_, sent, _)| {
                 now.saturating_duration_since(*sent)
             })
     }

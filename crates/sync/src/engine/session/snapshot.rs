@@ -91,7 +91,8 @@ impl Session {
             out.wire_to = position;
             out.deferred_since = None;
             out.peer_has.merge(vector);
-            out.in_flight.push_back((position, now));
+            // Like an `Ops` with operations: the last part's transaction stores the cursor.
+            out.in_flight.push_back((position, now, true));
         }
         self.send(Message::Snapshot {
             position,
@@ -126,7 +127,9 @@ impl Session {
                 CloseCode::Unauthorized,
                 format!(
                     "node {node} may send only its own operations, and a snapshot carries \
-                     other nodes' writes"
+                     other nodes' writes; a device sends one when its op log was compacted \
+                     past what this server has received, and the writes in between cannot \
+                     reach the server: reconnecting cannot help"
                 ),
             );
             return;

@@ -189,7 +189,8 @@ impl Side {
 
     /// The engine's timeout: liveness, then folded ranges that are due.
     fn tick(&mut self) -> Vec<Output> {
-        self.s.check_liveness(&EngineOptions::default(), self.now);
+        self.s
+            .check_liveness(&mut self.log, &EngineOptions::default(), self.now);
         self.s.flush_if_due(self.now);
         self.s.take_outputs()
     }
@@ -781,6 +782,18 @@ fn a_write_only_side_ignores_ops_without_acknowledging() {
 }
 
 #[test]
+fn ops_and_a_snapshot_to_a_side_that_never_pulled_are_ignored_not_a_protocol_error() {
+    let mut side = Side::with_mode(Mode::WriteOnly).connected();
+    let mut out = side.recv(ops(0, 1, ops_of(peer(), 1..=1)));
+    out.extend(side.recv(snapshot(3, 1, 1, Some(vector(&[(peer(), 1)])))));
+    out.extend(side.round());
+    assert!(out.is_empty(), "neither refused nor acknowledged: {out:?}");
+    assert!(side.s.is_open());
+    assert!(side.log.digests.is_empty() && side.log.records.is_empty());
+    assert_eq!(side.log.cursor(peer()), 0);
+}
+
+#[test]
 fn an_origin_link_refuses_foreign_operations_and_applies_nothing_queued() {
     let options = ConnectOptions::new(DB).trust(PeerTrust::Origin(peer()));
     let mut side = Side::new(options).connected();
@@ -859,6 +872,42 @@ fn a_stream_holds_compaction_back_to_what_the_peer_acknowledged() {
     assert_eq!(side.s.streams_from(), Some(2));
 }
 
+#[test]
+fn a_bogus_ack_is_a_protocol_error() {
+    let mut side = Side::with_mode(Mode::Bidirectional).streaming();
+    side.log.write(1);
+    side.log.write(1);
+    side.round();
+    side.log.write(1);
+    let out = side.recv(ack(3));
+    assert_eq!(
+        closed_with(&out),
+        Some(CloseCode::ProtocolError),
+        "position 3 was never sent: {out:?}"
+    );
+    assert_eq!(side.s.acked, 0, "the bogus position is not taken");
+}
+
+#[test]
+fn an_ack_may_repeat_the_pull_position_or_a_snapshot_position() {
+    let mut side = Side::with_mode(Mode::Bidirectional).connected();
+    side.log.write(1);
+    side.log.write(1);
+    side.recv(pull(2, vector(&[(us(), 2)])));
+    assert!(side.round().is_empty());
+    assert_eq!(closed_with(&side.recv(ack(2))), None, "its own cursor");
+    side.log.write(1);
+    side.log.compact(3);
+    side.recv(pull(1, VersionVector::new()));
+    side.round();
+    assert_eq!(
+        closed_with(&side.recv(ack(3))),
+        None,
+        "the snapshot's position"
+    );
+    assert_eq!(side.s.acked, 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Liveness and closing
 // ---------------------------------------------------------------------------------------------
@@ -879,6 +928,28 @@ fn a_silent_peer_is_pinged_then_closed() {
     side.now = start + options.close_after;
     assert_eq!(closed_with(&side.tick()), Some(CloseCode::GoingAway));
     assert!(!side.s.is_open());
+}
+
+#[test]
+fn a_session_closed_for_silence_saves_a_cursor_that_moved_in_memory() {
+    let options = EngineOptions::default();
+    let mut side = Side::with_mode(Mode::Bidirectional).connected();
+    side.recv(ops(0, 4, Vec::new()));
+    assert_eq!(sent(&side.round()), vec![ack(4)]);
+    assert_eq!(side.log.cursor(peer()), 0, "an empty range is saved later");
+    side.later(options.close_after);
+    assert_eq!(closed_with(&side.tick()), Some(CloseCode::GoingAway));
+    assert_eq!(side.log.cursor(peer()), 4);
+}
+
+#[test]
+fn a_session_closed_for_a_protocol_error_saves_a_cursor_that_moved_in_memory() {
+    let mut side = Side::with_mode(Mode::Bidirectional).connected();
+    side.recv(ops(0, 4, Vec::new()));
+    side.round();
+    let out = side.recv(Message::Enroll { token: "x".into() });
+    assert_eq!(closed_with(&out), Some(CloseCode::ProtocolError));
+    assert_eq!(side.log.cursor(peer()), 4);
 }
 
 #[test]
@@ -1090,6 +1161,67 @@ fn a_pull_before_the_log_start_gets_a_snapshot_then_ops_from_its_position() {
         vec![ops(3, 4, ops_of(us(), 4..=4))],
         "then the log after the snapshot's position"
     );
+}
+
+#[test]
+fn a_link_that_does_not_forward_closes_instead_of_sending_a_snapshot() {
+    let options = ConnectOptions::new(DB).forward(false);
+    let mut side = Side::new(options).connected();
+    side.log.write(1);
+    side.log.write(1);
+    side.log.write(1);
+    side.log.compact(2);
+    side.recv(pull(1, VersionVector::new()));
+    let out = side.round();
+    assert_eq!(closed_with(&out), Some(CloseCode::InternalError));
+    assert!(
+        !sent(&out)
+            .iter()
+            .any(|m| matches!(m, Message::Snapshot { .. })),
+        "{out:?}"
+    );
+    assert!(side.s.compacted_past_peer);
+    let reason = side.s.closed_reason.clone().unwrap();
+    assert!(
+        reason.contains("compacted past position 1") && reason.contains("cannot help"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_link_that_does_not_forward_keeps_the_log_from_what_the_peer_certainly_stores() {
+    let options = ConnectOptions::new(DB).forward(false);
+    let mut side = Side::new(options).connected();
+    side.recv(pull(0, VersionVector::new()));
+    assert_eq!(
+        side.log.kept.get(&peer()),
+        Some(&0),
+        "stored at the first Pull, before anything can be compacted"
+    );
+    side.log.write(1);
+    assert_eq!(sent(&side.round()), vec![ops(0, 1, ops_of(us(), 1..=1))]);
+    // Entry 2 holds only another node's operation: nothing for the peer, an empty range.
+    side.log.apply(third(), &ops_of(third(), 1..=1), 1).unwrap();
+    side.round();
+    side.later(ECHO_FLUSH_AFTER);
+    assert_eq!(sent(&side.tick()), vec![ops(1, 2, Vec::new())]);
+    side.recv(ack(2));
+    side.s.save_cursor(&mut side.log);
+    assert_eq!(
+        side.log.kept.get(&peer()),
+        Some(&1),
+        "the peer stores the cursor of the range with operations; the empty one's may be unsaved"
+    );
+}
+
+#[test]
+fn a_link_that_forwards_keeps_nothing_for_its_peer() {
+    let mut side = Side::with_mode(Mode::Bidirectional).streaming();
+    side.log.write(1);
+    side.round();
+    side.recv(ack(1));
+    side.s.save_cursor(&mut side.log);
+    assert!(side.log.kept.is_empty(), "it can send a snapshot instead");
 }
 
 #[test]
