@@ -50,8 +50,8 @@
 pub use blazedb_core::{Change, Commit, CommitListener, Database, Subscription, Transaction};
 pub use blazedb_core::{
     ChangeKind, ChangeOrigin, CollectionStats, Date, Direction, Durability, Fields, Filter, Join,
-    JoinKind, Joined, KeyRange, OpenError, OpenOptions, Plan, Query, Record, Reidentified, Stats,
-    Uuid, Value, ValueTypeError, fields,
+    JoinKind, Joined, KeyRange, OpenError, OpenOptions, Plan, PurgeReason, Query, Record,
+    Reidentified, Stats, Uuid, Value, ValueTypeError, fields,
 };
 /// The replication side of a database and a transaction (op log, cursors, snapshots), for
 /// tools and custom transports: [`Database::replication`].

@@ -59,7 +59,9 @@ pub use snapshot::{SnapshotInfo, SnapshotKey};
 pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, SnapshotReport, Transaction};
 pub use uuid::Uuid;
 pub use validate::MAX_NAME_BYTES;
-pub use watch::{Change, ChangeKind, ChangeOrigin, Commit, CommitListener, Subscription};
+pub use watch::{
+    Change, ChangeKind, ChangeOrigin, Commit, CommitListener, PurgeReason, Subscription,
+};
 
 impl Database {
     /// Wakes the returned subscription on every commit that changes `collection`, local or

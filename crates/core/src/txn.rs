@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::read::resolve;
 use crate::replication::{Replication, TransactionReplication};
 use crate::validate;
-use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
+use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit, PurgeReason};
 
 /// Most operations in one op-log entry: a transaction's operations share entries of up to this
 /// many, which bounds the memory one entry needs when it is read back or sent.
@@ -840,6 +840,18 @@ impl Replication<'_> {
     pub fn apply_remote(&self, ops: &[Operation]) -> Result<ApplyReport> {
         self.db.transaction(|tx| tx.replication().apply_remote(ops))
     }
+
+    /// Purges the records `ids` of `collection` in one transaction (see
+    /// [`TransactionReplication::purge`]). Returns how many were there.
+    pub fn purge(&self, collection: &str, ids: &[Uuid], reason: PurgeReason) -> Result<usize> {
+        self.db.transaction(|tx| {
+            let mut purged = 0;
+            for &id in ids {
+                purged += usize::from(tx.replication().purge(collection, id, reason)?);
+            }
+            Ok(purged)
+        })
+    }
 }
 
 impl TransactionReplication<'_, '_> {
@@ -860,6 +872,49 @@ impl TransactionReplication<'_, '_> {
                 position.min(i64::MAX as u64) as i64
             ])?;
         Ok(())
+    }
+
+    /// Removes the record `id` of `collection` from this replica only, for `reason`: its row
+    /// and index entries go, and nothing else is written: no op-log entry (so nothing is
+    /// synced or echoed back), no tombstone (the record still exists on the replicas that may
+    /// hold it), and the version vector is unchanged. Watchers get
+    /// [`ChangeKind::Purged`](crate::ChangeKind::Purged) with the reason. Returns whether a
+    /// record (visible or a tombstone) was there.
+    ///
+    /// For a replica that must stop holding a record (it left its scope: selective sync and
+    /// access control). If the record comes back into scope, its full state arrives again
+    /// and is joined as new ([`TransactionReplication::apply_snapshot`]).
+    pub fn purge(&mut self, collection: &str, id: Uuid, reason: PurgeReason) -> Result<bool> {
+        let Some(coll) = self.tx.core.collection(collection, false)? else {
+            return Ok(false);
+        };
+        let Some(state) = self.tx.core.load_state(coll.id, id)? else {
+            return Ok(false);
+        };
+        let conn = &self.tx.core.conn;
+        if let Some(keys) = index_keys(&state, &id, &coll.indexes) {
+            for (index, key) in coll.indexes.iter().zip(keys) {
+                conn.prepare_cached(
+                    "DELETE FROM index_entries WHERE idx = ?1 AND key = ?2 AND id = ?3",
+                )?
+                .execute(params![index.id, key, id.as_bytes().as_slice()])?;
+            }
+        }
+        conn.prepare_cached("DELETE FROM records WHERE coll = ?1 AND id = ?2")?
+            .execute(params![coll.id, id.as_bytes().as_slice()])?;
+        if state.is_visible() {
+            match self.tx.count_deltas.iter_mut().find(|(c, _)| *c == coll.id) {
+                Some((_, d)) => *d -= 1,
+                None => self.tx.count_deltas.push((coll.id, -1)),
+            }
+        }
+        self.tx.changes.push(Change {
+            collection: collection.to_owned(),
+            id,
+            kind: ChangeKind::Purged(reason),
+            origin: ChangeOrigin::Local,
+        });
+        Ok(true)
     }
 
     /// See [`Replication::apply_remote`](crate::Replication::apply_remote).
