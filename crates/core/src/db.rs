@@ -118,6 +118,10 @@ impl OpenOptions {
             schema::upgrade_from_3(&conn)?;
             version = 4;
         }
+        if version == 4 {
+            schema::upgrade_from_4(&conn)?;
+            version = 5;
+        }
         if version != schema::SCHEMA_VERSION {
             return Err(Error::Open(OpenError::UnsupportedSchema {
                 path: path.into(),

@@ -37,6 +37,7 @@ mod ids;
 mod join;
 mod query;
 mod read;
+mod rejections;
 mod replication;
 mod schema;
 mod snapshot;
@@ -45,7 +46,7 @@ mod validate;
 mod watch;
 
 pub use blazedb_format::{
-    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState,
+    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState, RejectCode,
     SnapshotRecord, Stamp, Value, ValueTypeError, VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
@@ -54,6 +55,7 @@ pub use identity::Reidentified;
 pub use join::{Join, JoinKind, Joined};
 pub use query::{Direction, Filter, KeyRange, Plan, Query};
 pub use read::{CollectionStats, Stats};
+pub use rejections::Rejection;
 pub use replication::{Replication, TransactionReplication};
 pub use snapshot::{SnapshotInfo, SnapshotKey};
 pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, SnapshotReport, Transaction};

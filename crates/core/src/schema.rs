@@ -14,7 +14,7 @@ use blazedb_format::NodeId;
 /// `PRAGMA application_id` of every BlazeDB file ("BlzD").
 pub const APPLICATION_ID: i64 = 0x426C_7A44;
 /// `PRAGMA user_version`: the storage schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const DDL: &str = "
 CREATE TABLE node (
@@ -88,6 +88,28 @@ CREATE TABLE op_digests (
 ) WITHOUT ROWID;
 ";
 
+/// Operations a server refused, kept for the application to read and clear (schema version
+/// 5): one row per operation, with the server's code and reason and when it arrived.
+const REJECTIONS: &str = "
+CREATE TABLE IF NOT EXISTS rejections (
+    origin BLOB NOT NULL,
+    seq    INTEGER NOT NULL,
+    code   INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    at     INTEGER NOT NULL,
+    op     BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+";
+
+/// Upgrades a version-4 file to version 5 in one transaction: adds `rejections`.
+pub fn upgrade_from_4(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {REJECTIONS} PRAGMA user_version = 5; COMMIT;"
+    ))?;
+    Ok(())
+}
+
 /// Upgrades a version-2 file to version 3 in one transaction: adds `local_settings`.
 pub fn upgrade_from_2(conn: &Connection) -> Result<()> {
     conn.execute_batch(
@@ -120,6 +142,7 @@ pub fn create(conn: &Connection, node: NodeId) -> Result<()> {
     conn.execute_batch("BEGIN")?;
     conn.execute_batch(DDL)?;
     conn.execute_batch(OP_DIGESTS)?;
+    conn.execute_batch(REJECTIONS)?;
     conn.execute(
         "INSERT INTO node (singleton, node_id) VALUES (1, ?1)",
         params![node.as_bytes().as_slice()],

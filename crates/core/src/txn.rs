@@ -917,6 +917,46 @@ impl TransactionReplication<'_, '_> {
         Ok(true)
     }
 
+    /// Puts `op`, which `server` refused with `code` and `reason`, in the rejection inbox
+    /// ([`Replication::rejections`](crate::Replication::rejections)), and tells watchers
+    /// ([`ChangeKind::Rejected`](crate::ChangeKind::Rejected)). The operation stays in the op
+    /// log: it happened here, and the server's undoing of it comes as a newer operation.
+    /// Returns false when the inbox already holds it (a repeated rejection changes nothing).
+    pub fn reject(
+        &mut self,
+        server: NodeId,
+        op: &Operation,
+        code: blazedb_format::RejectCode,
+        reason: &str,
+    ) -> Result<bool> {
+        let inserted = self
+            .tx
+            .core
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO rejections (origin, seq, code, reason, at, op) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                op.id.origin.as_bytes().as_slice(),
+                op.id.seq as i64,
+                code.code(),
+                reason,
+                Date::now().unix_millis(),
+                encode_operations(std::slice::from_ref(op)),
+            ])?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.tx.changes.push(Change {
+            collection: op.collection.clone(),
+            id: op.record,
+            kind: ChangeKind::Rejected(code),
+            origin: ChangeOrigin::Remote(server),
+        });
+        Ok(true)
+    }
+
     /// See [`Replication::apply_remote`](crate::Replication::apply_remote).
     pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();

@@ -20,6 +20,10 @@ pub enum ChangeKind {
     /// hold (see [`TransactionReplication::purge`](crate::TransactionReplication::purge)).
     /// Not a delete: no tombstone, nothing to sync, and the record still exists elsewhere.
     Purged(PurgeReason),
+    /// A server refused an operation this replica wrote on the record; the operation is in
+    /// the inbox ([`Replication::rejections`](crate::Replication::rejections)), and the
+    /// server's undoing of it arrives as an ordinary change.
+    Rejected(blazedb_format::RejectCode),
 }
 
 /// Why a record was purged from this replica.

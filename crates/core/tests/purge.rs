@@ -1,7 +1,7 @@
 //! Purging: a record leaves this replica without an op-log entry or tombstone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::time::Duration;
+use blazedb_testkit as common;
 
 use blazedb_core::{ChangeKind, ChangeOrigin, Database, Filter, PurgeReason, fields};
 
@@ -61,14 +61,10 @@ fn watchers_learn_which_record_was_purged_and_why() {
     db.replication()
         .purge("bugs", &[id], PurgeReason::PolicyChanged)
         .unwrap();
-    let commit = sub.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(commit.changes.len(), 1);
-    assert_eq!(commit.changes[0].id, id);
-    assert_eq!(
-        commit.changes[0].kind,
-        ChangeKind::Purged(PurgeReason::PolicyChanged)
-    );
-    assert_eq!(commit.changes[0].origin, ChangeOrigin::Local);
+    let change = common::only_change(&sub);
+    assert_eq!(change.id, id);
+    assert_eq!(change.kind, ChangeKind::Purged(PurgeReason::PolicyChanged));
+    assert_eq!(change.origin, ChangeOrigin::Local);
 }
 
 #[test]
@@ -116,9 +112,7 @@ fn a_purged_record_that_comes_back_is_joined_from_its_full_state() {
     let id = a
         .insert("bugs", fields! {"title" => "Crash", "teamId" => "ios"})
         .unwrap();
-    let ops = a.replication().oplog_since(0, 10).unwrap();
-    let ops: Vec<_> = ops.into_iter().map(|(_, op)| op).collect();
-    b.replication().apply_remote(&ops).unwrap();
+    b.replication().apply_remote(&common::all_ops(&a)).unwrap();
     b.replication()
         .purge("bugs", &[id], PurgeReason::AccessChanged)
         .unwrap();
@@ -193,9 +187,7 @@ mod props {
                     a.update("bugs", ids[n], fields! {"team" => Value::Int(team)}).unwrap();
                 }
             }
-            let ops: Vec<_> = a.replication().oplog_since(0, 1_000).unwrap()
-                .into_iter().map(|(_, op)| op).collect();
-            b.replication().apply_remote(&ops).unwrap();
+            b.replication().apply_remote(&common::all_ops(&a)).unwrap();
             let gone: Vec<Uuid> = ids.iter().zip(&purge).filter(|(_, p)| **p).map(|(id, _)| *id).collect();
             b.replication().purge("bugs", &gone, PurgeReason::AccessChanged).unwrap();
             for id in &gone {

@@ -177,18 +177,13 @@ fn a_version_2_file_is_upgraded_on_open() {
     let db = Database::create(&path, "pw").unwrap();
     db.insert("t", fields! {"x" => 1}).unwrap();
     drop(db);
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "key", "pw").unwrap();
-        conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
-            .unwrap();
-        conn.execute_batch(
-            "DROP TABLE local_settings; DROP TABLE op_digests; \
-             ALTER TABLE oplog DROP COLUMN own_seq; ALTER TABLE origins DROP COLUMN recent; \
-             ALTER TABLE origins DROP COLUMN recent_first; PRAGMA user_version = 2;",
-        )
-        .unwrap();
-    }
+    common::alter_file(
+        &path,
+        "pw",
+        "DROP TABLE local_settings; DROP TABLE op_digests; DROP TABLE rejections; \
+         ALTER TABLE oplog DROP COLUMN own_seq; ALTER TABLE origins DROP COLUMN recent; \
+         ALTER TABLE origins DROP COLUMN recent_first; PRAGMA user_version = 2;",
+    );
     let db = Database::open(&path, "pw").unwrap();
     assert_eq!(db.count("t").unwrap(), 1);
     db.replication().set_local_setting("a", Some(b"b")).unwrap();

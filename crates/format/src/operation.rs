@@ -39,6 +39,51 @@ impl OpKind {
     }
 }
 
+/// Why a server refused an operation, as it tells the device that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectCode {
+    /// The collection is read-only for the writer (or not visible to it at all).
+    ReadOnly,
+    /// The write rule refuses the record's state before or after the operation.
+    Forbidden,
+    /// The operation writes a field hidden from the writer.
+    HiddenField,
+}
+
+impl RejectCode {
+    /// Every code, in code order.
+    pub const ALL: [RejectCode; 3] = [
+        RejectCode::ReadOnly,
+        RejectCode::Forbidden,
+        RejectCode::HiddenField,
+    ];
+
+    /// The byte that stands for the code on the wire and on disk.
+    pub fn code(self) -> u8 {
+        match self {
+            RejectCode::ReadOnly => 1,
+            RejectCode::Forbidden => 2,
+            RejectCode::HiddenField => 3,
+        }
+    }
+
+    /// The code written as `code`, if this version knows it.
+    pub fn from_code(code: u8) -> Option<RejectCode> {
+        RejectCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+impl std::fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RejectCode::ReadOnly => "the collection is read-only for this user",
+            RejectCode::Forbidden => "the write rule refuses the record",
+            RejectCode::HiddenField => "the operation writes a hidden field",
+        })
+    }
+}
+
 /// One change, as written to the op log and sent to other replicas.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operation {

@@ -6,6 +6,7 @@
 //! * [`fault_proxy`]: a TCP proxy that cuts connections at random bytes.
 //! * [`bench`]: the benchmarks' record generator, statistics and formatting.
 //! * [`cases`], [`ops_after`], [`all_ops`]: property-test sizes and op-log reads.
+//! * [`alter_file`], [`only_change`]: old files made by hand, and the one change of a commit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod bench;
@@ -35,4 +36,24 @@ pub fn ops_after(db: &blazedb_core::Database, after: u64) -> Vec<blazedb_core::O
 /// Every operation in a database's op log.
 pub fn all_ops(db: &blazedb_core::Database) -> Vec<blazedb_core::Operation> {
     ops_after(db, 0)
+}
+
+/// Runs `sql` on the closed database file at `path` through SQLCipher directly, bypassing
+/// BlazeDB: to make a file of an older schema version, or a damaged one.
+pub fn alter_file(path: &std::path::Path, password: &str, sql: &str) {
+    let conn = rusqlite::Connection::open(path).expect("the file opens");
+    conn.pragma_update(None, "key", password)
+        .expect("the key is set");
+    conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
+        .expect("the HMAC is set");
+    conn.execute_batch(sql).expect("the SQL runs");
+}
+
+/// The one change of the next commit `sub` receives (within 5 s).
+pub fn only_change(sub: &blazedb_core::Subscription) -> blazedb_core::Change {
+    let commit = sub
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("a commit arrives");
+    assert_eq!(commit.changes.len(), 1, "{commit:?}");
+    commit.changes[0].clone()
 }
