@@ -90,16 +90,7 @@ fn the_inbox_survives_reopening_the_encrypted_file() {
 
 #[test]
 fn a_version_4_file_is_upgraded_with_an_empty_inbox() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.blazedb");
-    let db = Database::create(&path, "pw").unwrap();
-    db.insert("t", fields! {"x" => 1}).unwrap();
-    drop(db);
-    common::alter_file(
-        &path,
-        "pw",
-        "DROP TABLE rejections; PRAGMA user_version = 4;",
-    );
+    let (_dir, path) = common::altered_file("DROP TABLE rejections; PRAGMA user_version = 4;");
     let db = Database::open(&path, "pw").unwrap();
     assert_eq!(db.count("t").unwrap(), 1);
     assert!(db.replication().rejections().unwrap().is_empty());

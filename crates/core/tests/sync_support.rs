@@ -172,14 +172,7 @@ fn local_settings_persist_encrypted_and_never_enter_the_op_log() {
 
 #[test]
 fn a_version_2_file_is_upgraded_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.blazedb");
-    let db = Database::create(&path, "pw").unwrap();
-    db.insert("t", fields! {"x" => 1}).unwrap();
-    drop(db);
-    common::alter_file(
-        &path,
-        "pw",
+    let (_dir, path) = common::altered_file(
         "DROP TABLE local_settings; DROP TABLE op_digests; DROP TABLE rejections; \
          ALTER TABLE oplog DROP COLUMN own_seq; ALTER TABLE origins DROP COLUMN recent; \
          ALTER TABLE origins DROP COLUMN recent_first; PRAGMA user_version = 2;",

@@ -6,7 +6,7 @@
 //! * [`fault_proxy`]: a TCP proxy that cuts connections at random bytes.
 //! * [`bench`]: the benchmarks' record generator, statistics and formatting.
 //! * [`cases`], [`ops_after`], [`all_ops`]: property-test sizes and op-log reads.
-//! * [`alter_file`], [`only_change`]: old files made by hand, and the one change of a commit.
+//! * [`altered_file`], [`only_change`]: old files made by hand, and the one change of a commit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod bench;
@@ -38,15 +38,23 @@ pub fn all_ops(db: &blazedb_core::Database) -> Vec<blazedb_core::Operation> {
     ops_after(db, 0)
 }
 
-/// Runs `sql` on the closed database file at `path` through SQLCipher directly, bypassing
-/// BlazeDB: to make a file of an older schema version, or a damaged one.
-pub fn alter_file(path: &std::path::Path, password: &str, sql: &str) {
-    let conn = rusqlite::Connection::open(path).expect("the file opens");
-    conn.pragma_update(None, "key", password)
+/// A database file (password `pw`, one record in collection `t`) altered by `sql` run
+/// through SQLCipher directly, bypassing BlazeDB: a file of an older schema version, or a
+/// damaged one. Returns the directory (keep it alive) and the file's path.
+pub fn altered_file(sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("old.blazedb");
+    let db = blazedb_core::Database::create(&path, "pw").expect("the file is created");
+    db.insert("t", blazedb_core::fields! {"x" => 1})
+        .expect("the record is written");
+    drop(db);
+    let conn = rusqlite::Connection::open(&path).expect("the file opens");
+    conn.pragma_update(None, "key", "pw")
         .expect("the key is set");
     conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")
         .expect("the HMAC is set");
     conn.execute_batch(sql).expect("the SQL runs");
+    (dir, path)
 }
 
 /// The one change of the next commit `sub` receives (within 5 s).
