@@ -1,135 +1,21 @@
-//! `--where`: Mongo-style JSON filters mapped to [`Filter`].
+//! `--where`: Mongo-style JSON filters mapped to [`Filter`], in the language of
+//! [`blazedb_access`] (shared with the server's access rules), without context variables.
 //!
 //! `{"status": "open", "priority": {"$gt": 2}}` is `status = "open" AND priority > 2`. Values
 //! use the JSON mapping of [`crate::json`]; on the field `"id"` a UUID string is read as a UUID.
 
-use blazedb_core::{Filter, Value};
-use serde_json::{Map, Value as Json};
+use blazedb_core::Filter;
 
-use crate::json::{self, JsonError};
-
-const OPERATORS: &str = "$eq, $ne, $gt, $gte, $lt, $lte, $in, $contains, $null";
-const COMBINATORS: &str = "$and, $or, $not";
+use crate::json;
 
 /// Parses the text of `--where`. An empty object (`{}`) matches everything: `None`.
 pub fn parse(text: &str) -> Result<Option<Filter>, String> {
     let json = json::parse(text).map_err(|e| format!("--where: {e}"))?;
-    let filter = from_json(&json).map_err(|e| format!("--where: {e}"))?;
+    let filter = blazedb_access::parse_query(&json).map_err(|e| format!("--where: {e}"))?;
     Ok(match filter {
         Filter::And(list) if list.is_empty() => None,
         f => Some(f),
     })
-}
-
-/// A filter from a JSON object; several entries are combined with AND.
-pub fn from_json(json: &Json) -> Result<Filter, String> {
-    let Json::Object(map) = json else {
-        return Err(format!("a filter must be a JSON object, found {json}"));
-    };
-    let mut parts = Vec::new();
-    for (key, value) in map {
-        match key.as_str() {
-            "$and" | "$or" => {
-                let Json::Array(items) = value else {
-                    return Err(format!("{key} takes an array of filters"));
-                };
-                let list = items.iter().map(from_json).collect::<Result<Vec<_>, _>>()?;
-                parts.push(if key == "$and" {
-                    Filter::And(list)
-                } else {
-                    Filter::Or(list)
-                });
-            }
-            "$not" => parts.push(Filter::Not(Box::new(from_json(value)?))),
-            k if k.starts_with('$') && !k.starts_with("$$") => {
-                return Err(format!(
-                    "unknown operator {k:?} at the top of a filter (expected a field name or \
-                     one of {COMBINATORS})"
-                ));
-            }
-            _ => parts.extend(field_filters(unescape(key), value)?),
-        }
-    }
-    Ok(match parts.len() {
-        1 => parts.pop().unwrap_or(Filter::And(Vec::new())),
-        _ => Filter::And(parts),
-    })
-}
-
-fn unescape(key: &str) -> &str {
-    match key.strip_prefix("$$") {
-        Some(_) => key.get(1..).unwrap_or(key),
-        None => key,
-    }
-}
-
-/// Is this object an operator object (`{"$gt": 2, …}`) rather than a value?
-fn is_operator_object(map: &Map<String, Json>) -> bool {
-    map.keys().any(|k| {
-        k.starts_with('$')
-            && !k.starts_with("$$")
-            && !matches!(k.as_str(), "$uuid" | "$date" | "$bytes" | "$double")
-    })
-}
-
-fn field_filters(field: &str, value: &Json) -> Result<Vec<Filter>, String> {
-    let map = match value {
-        Json::Object(map) if is_operator_object(map) => map,
-        v => return Ok(vec![Filter::Eq(field.into(), operand(field, v)?)]),
-    };
-    let mut out = Vec::new();
-    for (op, v) in map {
-        let f = field.to_owned();
-        out.push(match op.as_str() {
-            "$eq" => Filter::Eq(f, operand(field, v)?),
-            "$ne" => Filter::NotEq(f, operand(field, v)?),
-            "$gt" => Filter::Gt(f, operand(field, v)?),
-            "$gte" => Filter::Gte(f, operand(field, v)?),
-            "$lt" => Filter::Lt(f, operand(field, v)?),
-            "$lte" => Filter::Lte(f, operand(field, v)?),
-            "$in" => {
-                let Json::Array(items) = v else {
-                    return Err(format!("{field}: $in takes an array of values"));
-                };
-                let values = items
-                    .iter()
-                    .map(|x| operand(field, x))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Filter::In(f, values)
-            }
-            "$contains" => match v {
-                Json::String(s) => Filter::Contains(f, s.clone()),
-                _ => return Err(format!("{field}: $contains takes a string")),
-            },
-            "$null" => match v {
-                Json::Bool(true) => Filter::IsNull(f),
-                Json::Bool(false) => Filter::Not(Box::new(Filter::IsNull(f))),
-                _ => return Err(format!("{field}: $null takes true or false")),
-            },
-            other if other.starts_with('$') && !other.starts_with("$$") => {
-                return Err(format!(
-                    "{field}: unknown operator {other:?} (expected one of {OPERATORS})"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "{field}: cannot mix operators and the plain key {other:?} in one object"
-                ));
-            }
-        });
-    }
-    Ok(out)
-}
-
-/// The value an operator compares with. On `"id"` a UUID string means the UUID.
-fn operand(field: &str, v: &Json) -> Result<Value, String> {
-    if field == "id"
-        && let Json::String(s) = v
-        && let Ok(u) = blazedb_core::Uuid::parse_str(s)
-    {
-        return Ok(Value::Uuid(u));
-    }
-    json::to_value(v).map_err(|e: JsonError| format!("{field}: {e}"))
 }
 
 #[cfg(test)]
@@ -137,7 +23,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
-    use blazedb_core::{Date, Uuid};
+    use blazedb_core::{Date, Uuid, Value};
 
     fn p(s: &str) -> Filter {
         parse(s).unwrap().unwrap()

@@ -7,7 +7,6 @@ mod commands;
 mod demo;
 mod error;
 mod filter;
-mod json;
 mod password;
 mod sync;
 mod topology;
@@ -17,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use blazedb_access::json;
 use blazedb_core::Uuid;
 use clap::{Args, Parser, Subcommand};
 

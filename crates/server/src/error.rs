@@ -136,6 +136,9 @@ pub enum MetaError {
         owner: String,
         device: String,
     },
+    /// An access rules file the administrator gave is refused (line and reason).
+    #[error("invalid access rules: {0}")]
+    InvalidRules(#[from] blazedb_access::RulesError),
     /// A stored record does not have the shape this server writes.
     #[error("the meta store is damaged: {0}")]
     Corrupt(String),

@@ -10,6 +10,9 @@
 //! blazedb-server admin token list
 //! blazedb-server admin token revoke ID                      # ID from `token list`
 //! blazedb-server admin database create bugs
+//! blazedb-server admin access set bugs rules.toml          # see docs/access.md
+//! blazedb-server admin access show bugs
+//! blazedb-server admin user update ada --team core --role manager
 //! ```
 //!
 //! The master key comes from `BLAZEDB_MASTER_KEY` or `--master-key-file`, never from a flag
@@ -144,6 +147,22 @@ enum AdminCommand {
     /// Hosted databases.
     #[command(subcommand)]
     Database(DatabaseCommand),
+    /// Access rules of hosted databases (docs/access.md).
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccessCommand {
+    /// Validates a rules file (TOML) and makes it DATABASE's rules, replacing the old ones
+    /// at once; a bad file is refused with its line and reason, and the old rules stay.
+    Set {
+        database: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Prints the rules in force for DATABASE (canonical form).
+    Show { database: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +179,19 @@ enum UserCommand {
     },
     /// Lists users: name, role, teams (tab-separated).
     List,
+    /// Changes a user's teams and role.
+    Update {
+        name: String,
+        /// The user's teams: replaces them all (repeat for several).
+        #[arg(long = "team", value_name = "TEAM", conflicts_with = "no_teams")]
+        teams: Vec<String>,
+        /// Removes the user from every team.
+        #[arg(long)]
+        no_teams: bool,
+        /// The user's new role.
+        #[arg(long)]
+        role: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,6 +393,20 @@ impl Signals {
     }
 }
 
+/// `NAME (role R, teams: A, B)`.
+fn describe(user: &blazedb_server::User) -> String {
+    format!(
+        "{} (role {}, teams: {})",
+        user.name,
+        user.role,
+        if user.teams.is_empty() {
+            "none".to_owned()
+        } else {
+            user.teams.join(", ")
+        }
+    )
+}
+
 fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
     let config = load_config(common, ServeArgs::default())?;
     let store = config.data_dir.join(META_FILE);
@@ -401,15 +447,24 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
             let user = meta
                 .add_user(&name, &teams, role.as_deref())
                 .map_err(|e| e.to_string())?;
+            print(format!("added user {}", describe(&user)))?;
+        }
+        AdminCommand::User(UserCommand::Update {
+            name,
+            teams,
+            no_teams,
+            role,
+        }) => {
+            let teams = (no_teams || !teams.is_empty()).then_some(teams.as_slice());
+            if teams.is_none() && role.is_none() {
+                return Err("nothing to change: give --team, --no-teams or --role".to_owned());
+            }
+            let user = meta
+                .update_user(&name, teams, role.as_deref())
+                .map_err(|e| e.to_string())?;
             print(format!(
-                "added user {} (role {}, teams: {})",
-                user.name,
-                user.role,
-                if user.teams.is_empty() {
-                    "none".to_owned()
-                } else {
-                    user.teams.join(", ")
-                }
+                "updated user {}; devices get it at their next connection",
+                describe(&user)
             ))?;
         }
         AdminCommand::User(UserCommand::List) => {
@@ -475,6 +530,37 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
         AdminCommand::Database(DatabaseCommand::Create { name }) => {
             meta.create_database(&name).map_err(|e| e.to_string())?;
             print(format!("created database {name}"))?;
+        }
+        AdminCommand::Access(AccessCommand::Set { database, file }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let rules = meta.set_access_rules(&database, &text).map_err(|e| {
+                format!("{}: {e}; the rules in force are unchanged", file.display())
+            })?;
+            let roles: Vec<&str> = rules.roles().collect();
+            print(format!(
+                "set the access rules of {database} (roles: {})",
+                if roles.is_empty() {
+                    "none: nobody reads or writes anything".to_owned()
+                } else {
+                    roles.join(", ")
+                }
+            ))?;
+        }
+        AdminCommand::Access(AccessCommand::Show { database }) => {
+            if !meta.has_database(&database).map_err(|e| e.to_string())? {
+                return Err(blazedb_server::MetaError::UnknownDatabase(database).to_string());
+            }
+            match meta.access_rules(&database).map_err(|e| e.to_string())? {
+                Some(rules) if rules.is_empty() => print(format!(
+                    "# {database}: rules that name no role: nobody reads or writes anything"
+                ))?,
+                Some(rules) => print(rules.to_toml().trim_end().to_owned())?,
+                None => print(format!(
+                    "# {database} has no access rules: every enrolled user reads and writes \
+                     everything"
+                ))?,
+            }
         }
         AdminCommand::Database(DatabaseCommand::List) => {
             for name in meta.list_databases().map_err(|e| e.to_string())? {

@@ -12,6 +12,7 @@
 //! | `nodes`     | `device` (fingerprint), `key` (hex): the device a node id is bound to (record id from the node id) |
 //! | `tokens`    | `token_id` (hex), `secret_hash` (SHA-256 of the secret, bytes), `user`, `created_at`, `expires_at`, `used`, `used_by`, `revoked` (absent: false), `revoked_at` |
 //! | `databases` | `name`, `created_at` |
+//! | `access_rules` | `database`, `rules` (the canonical text of its rules, see docs/access.md), `set_at`; no record: the database has no rules |
 //!
 //! Record ids are derived from the natural key (user name, device key, token id, database
 //! name), so uniqueness and "look it up inside a transaction" come from the record id itself.
@@ -20,11 +21,13 @@
 //! reads devices per connection, so administrative changes take effect at the next
 //! connection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use blazedb_access::Rules;
 use blazedb_core::{
     Database, Date, Error as CoreError, NodeId, OpenError, Record, Uuid, Value, fields,
 };
@@ -58,6 +61,7 @@ const USERS: &str = "users";
 const DEVICES: &str = "devices";
 const TOKENS: &str = "tokens";
 const DATABASES: &str = "databases";
+const ACCESS_RULES: &str = "access_rules";
 /// Node id → the device key it is bound to (record id from the node id), so that a node id
 /// belongs to one device at most.
 const NODES: &str = "nodes";
@@ -65,6 +69,9 @@ const NODES: &str = "nodes";
 /// Database names longer than this are stored under a hashed file name, so that the file
 /// name and SQLite's `-wal`/`-shm` companions stay within 255 bytes.
 const MAX_PLAIN_FILE_STEM: usize = 200;
+
+/// Parsed access rules by database name (`None`: the database has none).
+type RulesByDatabase = HashMap<String, Option<Arc<Rules>>>;
 
 /// A user of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +184,9 @@ pub struct MetaStore {
     keys: StaticKeys,
     /// Its key pairs for the other suites.
     other_keys: Vec<StaticKeys>,
+    /// Parsed access rules by database, valid while the store's version is the first field
+    /// (a change by any process moves the version, so the cache never serves old rules).
+    rules_cache: Mutex<(u64, RulesByDatabase)>,
 }
 
 impl fmt::Debug for MetaStore {
@@ -378,6 +388,18 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
+/// Team names in NFKC form, duplicates dropped, in the order given.
+fn normalize_teams(teams: &[String]) -> Result<Vec<String>, MetaError> {
+    let mut unique: Vec<String> = Vec::new();
+    for team in teams {
+        let team = normalize_label("team name", team)?;
+        if !unique.contains(&team) {
+            unique.push(team);
+        }
+    }
+    Ok(unique)
+}
+
 /// Checks a user, team or role name and returns it in Unicode NFKC form (so that look-alikes
 /// such as full-width letters or ligatures are one name): 1 to 128 bytes, no control,
 /// invisible or bidirectional-control characters, no space other than U+0020, none at either
@@ -499,6 +521,7 @@ impl MetaStore {
             password,
             keys,
             other_keys,
+            rules_cache: Mutex::new((u64::MAX, HashMap::new())),
         })
     }
 
@@ -538,13 +561,7 @@ impl MetaStore {
         let name = name.as_str();
         let role = normalize_label("role", role.unwrap_or(DEFAULT_ROLE))?;
         let role = role.as_str();
-        let mut unique: Vec<String> = Vec::new();
-        for team in teams {
-            let team = normalize_label("team name", team)?;
-            if !unique.contains(&team) {
-                unique.push(team);
-            }
-        }
+        let unique = normalize_teams(teams)?;
         let values: Vec<Value> = unique.iter().map(|t| Value::from(t.as_str())).collect();
         let record = fields! {
             "name" => name,
@@ -573,6 +590,42 @@ impl MetaStore {
             .get(USERS, record_id(USERS, name.as_bytes()))?
             .map(|r| user_from(&r))
             .transpose()
+    }
+
+    /// Changes a user's teams (when `teams` is given: the new set) and role (when given).
+    /// Takes effect for devices at their next connection.
+    pub fn update_user(
+        &self,
+        name: &str,
+        teams: Option<&[String]>,
+        role: Option<&str>,
+    ) -> Result<User, MetaError> {
+        let name: String = name.nfkc().collect();
+        let mut changes = blazedb_core::Fields::new();
+        if let Some(teams) = teams {
+            let values: Vec<Value> = normalize_teams(teams)?
+                .iter()
+                .map(|t| Value::from(t.as_str()))
+                .collect();
+            changes.insert("teams".to_owned(), Value::Array(values));
+        }
+        if let Some(role) = role {
+            changes.insert("role".to_owned(), normalize_label("role", role)?.into());
+        }
+        let id = record_id(USERS, name.as_bytes());
+        let user = self.db.transaction(|tx| {
+            let Some(_) = tx.get(USERS, id)? else {
+                return Ok(None);
+            };
+            if !changes.is_empty() {
+                tx.update(USERS, id, changes)?;
+            }
+            tx.get(USERS, id)
+        })?;
+        match user {
+            Some(record) => user_from(&record),
+            None => Err(MetaError::UnknownUser(name)),
+        }
     }
 
     /// Every user, by name.
@@ -969,6 +1022,63 @@ impl MetaStore {
             .collect::<Result<Vec<_>, _>>()?;
         names.sort();
         Ok(names)
+    }
+
+    // --- access rules ---------------------------------------------------------------------
+
+    /// Validates `text` as a rules file and makes it the rules of `database`, replacing any
+    /// (one transaction: a refused file changes nothing). Returns the rules now in force.
+    pub fn set_access_rules(&self, database: &str, text: &str) -> Result<Rules, MetaError> {
+        let rules = Rules::parse(text)?;
+        if !self.has_database(database)? {
+            return Err(MetaError::UnknownDatabase(database.to_owned()));
+        }
+        let id = record_id(ACCESS_RULES, database.as_bytes());
+        let record = fields! {
+            "database" => database,
+            "rules" => rules.to_toml(),
+            "set_at" => Date::now(),
+        };
+        self.db.transaction(|tx| match tx.get(ACCESS_RULES, id)? {
+            Some(_) => tx.update(ACCESS_RULES, id, record),
+            None => tx.insert_with_id(ACCESS_RULES, id, record),
+        })?;
+        Ok(rules)
+    }
+
+    /// The access rules of `database`, or `None` when it has none (every enrolled user reads
+    /// and writes everything). Reads the store; see [`MetaStore::current_access_rules`].
+    pub fn access_rules(&self, database: &str) -> Result<Option<Rules>, MetaError> {
+        let Some(record) = self
+            .db
+            .get(ACCESS_RULES, record_id(ACCESS_RULES, database.as_bytes()))?
+        else {
+            return Ok(None);
+        };
+        let text = field_str(&record, ACCESS_RULES, "rules")?;
+        Rules::parse(&text)
+            .map(Some)
+            .map_err(|e| MetaError::Corrupt(format!("the access rules of {database:?}: {e}")))
+    }
+
+    /// Like [`MetaStore::access_rules`], cheap to call per connection or per operation: parsed
+    /// rules are kept until the store changes (in this process or another, e.g. `admin access
+    /// set` while the server runs), so the caller always sees the rules in force.
+    pub fn current_access_rules(&self, database: &str) -> Result<Option<Arc<Rules>>, MetaError> {
+        let version = self.version()?;
+        let mut cache = self
+            .rules_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.0 != version {
+            *cache = (version, HashMap::new());
+        }
+        if let Some(rules) = cache.1.get(database) {
+            return Ok(rules.clone());
+        }
+        let rules = self.access_rules(database)?.map(Arc::new);
+        cache.1.insert(database.to_owned(), rules.clone());
+        Ok(rules)
     }
 
     /// Opens the hosted database `name` (which must exist).

@@ -135,6 +135,14 @@ impl Server {
         let meta = Arc::new(MetaStore::open_or_create(&config.data_dir, &key)?);
         drop(key);
         let hosted = Hosted::open_all(meta.clone())?;
+        for name in meta.list_databases()? {
+            if meta.access_rules(&name)?.is_none() {
+                log::warn(format_args!(
+                    "database {name} has no access rules: every enrolled user reads and writes \
+                     everything (set them with `blazedb-server admin access set {name} FILE`)"
+                ));
+            }
+        }
 
         let std_listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
@@ -274,6 +282,16 @@ impl ServerHandle {
     /// The meta store (users, tokens, devices, databases), e.g. to create a token in-process.
     pub fn meta(&self) -> &Arc<MetaStore> {
         &self.meta
+    }
+
+    /// The access rules in force for `database` (`None`: it has none, everyone reads and
+    /// writes everything). Cheap: parsed rules are cached until the meta store changes, so
+    /// polling this sees `admin access set` made by another process. Blocking (SQLite).
+    pub fn access_rules(
+        &self,
+        database: &str,
+    ) -> Result<Option<Arc<blazedb_access::Rules>>, ServerError> {
+        Ok(self.meta.current_access_rules(database)?)
     }
 
     /// Sync connections open now.

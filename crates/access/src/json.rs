@@ -1,5 +1,5 @@
-//! The mapping between JSON and BlazeDB [`Value`]s, used by every command that reads or prints
-//! records.
+//! The mapping between JSON and BlazeDB [`Value`]s: the values of filters (`blazedb query
+//! --where`, access rules) and every `blazedb` command that reads or prints records.
 //!
 //! | JSON                                  | Value                                   |
 //! |---------------------------------------|-----------------------------------------|
@@ -252,7 +252,7 @@ pub fn format_date(d: Date) -> Option<String> {
     ))
 }
 
-fn single(key: &str, value: Json) -> Json {
+pub(crate) fn single(key: &str, value: Json) -> Json {
     let mut map = Map::new();
     map.insert(key.to_owned(), value);
     Json::Object(map)

@@ -1,0 +1,421 @@
+//! Rules files: the bug tracker of ACCESS.md, validation errors with their lines, and
+//! properties (canonical text round trip, `may_read` against a reference, no panics).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use blazedb_access::{Rules, RulesError, SecurityContext};
+use blazedb_core::{Filter, Record, Uuid, Value, fields};
+use proptest::prelude::*;
+
+const BUG_TRACKER: &str = r#"
+# rules for database "bugs"; a role or collection not named here sees nothing and writes nothing
+[roles.developer.bugs]
+read  = { teamId = { "$in" = "$teams" } }
+write = { teamId = { "$in" = "$teams" } }
+hidden_fields = ["auditLog"]
+
+[roles.developer.comments]
+read  = {}                                   # every comment
+write = { author = "$user" }
+
+[roles.manager.bugs]
+read  = { teamId = { "$in" = "$teams" } }    # archived ones included
+write = { teamId = { "$in" = "$teams" } }
+
+[roles.manager.reports]
+read  = {}
+write = false                                # read-only collection for this role
+"#;
+
+fn record(fields: blazedb_core::Fields) -> Record {
+    Record {
+        id: Uuid::new_v4(),
+        fields,
+    }
+}
+
+fn alice() -> SecurityContext {
+    SecurityContext::new("alice", ["ios"], "developer", "a1")
+}
+fn bob() -> SecurityContext {
+    SecurityContext::new("bob", ["android"], "developer", "b1")
+}
+fn carol() -> SecurityContext {
+    SecurityContext::new("carol", ["ios", "android"], "manager", "c1")
+}
+
+fn refused(text: &str) -> RulesError {
+    Rules::parse(text).unwrap_err()
+}
+
+#[test]
+fn in_the_bug_tracker_each_developer_reads_and_writes_only_their_teams_bugs() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let ios = record(fields! { "teamId" => "ios", "title" => "crash" });
+    let android = record(fields! { "teamId" => "android", "title" => "typo" });
+    assert!(rules.may_read(&alice(), "bugs", &ios));
+    assert!(!rules.may_read(&alice(), "bugs", &android));
+    assert!(rules.may_read(&bob(), "bugs", &android));
+    assert!(!rules.may_read(&bob(), "bugs", &ios));
+    assert!(rules.may_write(&alice(), "bugs", None, Some(&ios), &["teamId", "title"]));
+    assert!(!rules.may_write(&alice(), "bugs", None, Some(&android), &["teamId"]));
+    assert!(!rules.may_write(&bob(), "bugs", Some(&ios), None, &[]));
+}
+
+#[test]
+fn a_developer_cannot_move_a_bug_to_another_team_nor_write_a_hidden_field() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let ios = record(fields! { "teamId" => "ios" });
+    let moved = Record {
+        id: ios.id,
+        fields: fields! { "teamId" => "android" },
+    };
+    assert!(!rules.may_write(&alice(), "bugs", Some(&ios), Some(&moved), &["teamId"]));
+    assert!(!rules.may_write(&alice(), "bugs", Some(&ios), Some(&ios), &["auditLog"]));
+    assert!(rules.may_write(&alice(), "bugs", Some(&ios), Some(&ios), &["title"]));
+}
+
+#[test]
+fn the_manager_of_both_teams_reads_every_bug_and_reports_but_cannot_write_reports() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let ios = record(fields! { "teamId" => "ios" });
+    let android = record(fields! { "teamId" => "android" });
+    let web = record(fields! { "teamId" => "web" });
+    let report = record(fields! { "week" => 12 });
+    assert!(rules.may_read(&carol(), "bugs", &ios));
+    assert!(rules.may_read(&carol(), "bugs", &android));
+    assert!(!rules.may_read(&carol(), "bugs", &web));
+    assert!(rules.may_read(&carol(), "reports", &report));
+    assert!(!rules.may_write(&carol(), "reports", None, Some(&report), &["week"]));
+    assert!(!rules.may_read(&alice(), "reports", &report));
+    let scope = rules.scope_for(&carol(), "reports").unwrap();
+    assert_eq!(scope.read, Filter::And(vec![]));
+    assert_eq!(scope.write, None);
+}
+
+#[test]
+fn comments_are_read_by_every_developer_and_written_only_by_their_author() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let mine = record(fields! { "author" => "alice", "text" => "+1" });
+    assert!(rules.may_read(&bob(), "comments", &mine));
+    assert!(rules.may_write(&alice(), "comments", Some(&mine), Some(&mine), &["text"]));
+    assert!(!rules.may_write(&bob(), "comments", Some(&mine), Some(&mine), &["text"]));
+    // The manager role does not name comments: invisible and read-only.
+    assert!(!rules.may_read(&carol(), "comments", &mine));
+    assert_eq!(rules.scope_for(&carol(), "comments"), None);
+}
+
+#[test]
+fn a_scope_binds_the_variables_and_lists_the_hidden_fields() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let scope = rules.scope_for(&carol(), "bugs").unwrap();
+    assert_eq!(scope.read, Filter::is_in("teamId", ["ios", "android"]));
+    assert_eq!(
+        scope.write,
+        Some(Filter::is_in("teamId", ["ios", "android"]))
+    );
+    assert!(scope.hidden_fields.is_empty());
+    let scope = rules.scope_for(&alice(), "bugs").unwrap();
+    assert_eq!(scope.hidden_fields, ["auditLog"]);
+}
+
+#[test]
+fn a_role_the_rules_do_not_name_sees_nothing() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let guest = SecurityContext::new("gus", ["ios"], "guest", "g1");
+    let bug = record(fields! { "teamId" => "ios" });
+    assert!(!rules.may_read(&guest, "bugs", &bug));
+    assert!(!rules.may_write(&guest, "bugs", None, Some(&bug), &["teamId"]));
+}
+
+#[test]
+fn the_canonical_text_of_the_bug_tracker_reads_back_as_the_same_rules() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let text = rules.to_toml();
+    assert!(
+        text.starts_with(
+            "[roles.developer.bugs]\nread = { teamId = { \"$in\" = [\"$teams\"] } }\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("[roles.manager.reports]\nread = {}\nwrite = false\n"),
+        "{text}"
+    );
+    assert_eq!(Rules::parse(&text).unwrap(), rules);
+}
+
+#[test]
+fn unknown_keys_operators_variables_and_wrong_types_are_errors_naming_the_line() {
+    let e = refused("[roles.dev.bugs]\nread = {}\nreed = {}\n");
+    assert_eq!(e.line(), 3);
+    assert!(e.to_string().contains("unknown key \"reed\""), "{e}");
+    let e = refused("\n[roles.dev.bugs]\nread = { teamId = { \"$regex\" = \"x\" } }\n");
+    assert_eq!(e.line(), 3);
+    assert!(e.to_string().contains("unknown operator \"$regex\""), "{e}");
+    let e = refused("[roles.dev.bugs]\nwrite = { author = \"$usr\" }\n");
+    assert_eq!(e.line(), 2);
+    assert!(e.to_string().contains("unknown variable \"$usr\""), "{e}");
+    let e = refused("[roles.dev.bugs]\nwrite = true\n");
+    assert!(
+        e.to_string()
+            .contains("must be a filter table or false, found a boolean"),
+        "{e}"
+    );
+    let e = refused("[roles.dev.bugs]\nhidden_fields = [\"a\", 3]\n");
+    assert_eq!(e.line(), 2);
+    assert!(
+        e.to_string()
+            .contains("an array of field names, found an integer"),
+        "{e}"
+    );
+    let e = refused("[roles.dev.bugs]\nhidden_fields = [\"id\"]\n");
+    assert!(
+        e.to_string().contains("the record id cannot be hidden"),
+        "{e}"
+    );
+    let e = refused("[rules.dev.bugs]\nread = {}\n");
+    assert!(
+        e.to_string().contains("unknown key \"rules\" in the file"),
+        "{e}"
+    );
+    let e = refused("roles = 3\n");
+    assert!(
+        e.to_string().contains("roles must be a table of roles"),
+        "{e}"
+    );
+    let e = refused("[roles.dev.bugs]\nread = {\n");
+    assert!(matches!(e, RulesError::Syntax { line: 2, .. }), "{e}");
+    let e = refused("[roles.dev]\nbugs = 1\n");
+    assert!(e.to_string().contains("line 2, column 8"), "{e}");
+}
+
+#[test]
+fn an_error_deep_in_a_multi_line_filter_names_its_own_line() {
+    let text =
+        "[roles.dev.bugs]\nread = { \"$or\" = [\n  { a = 1 },\n  { b = { \"$in\" = 4 } },\n] }\n";
+    let e = refused(text);
+    assert_eq!(e.line(), 4, "{e}");
+    assert!(e.to_string().contains("$in takes an array"), "{e}");
+}
+
+#[test]
+fn toml_dates_and_special_floats_are_values() {
+    let rules = Rules::parse(
+        "[roles.r.c]\nread = { at = { \"$gt\" = 1970-01-01T00:00:01Z }, x = { \"$lt\" = inf } }\n",
+    )
+    .unwrap();
+    let scope = rules
+        .scope_for(&SecurityContext::new("u", ["t"], "r", "d"), "c")
+        .unwrap();
+    assert_eq!(
+        scope.read,
+        Filter::And(vec![
+            Filter::gt("at", blazedb_core::Date::from_unix_millis(1000)),
+            Filter::lt("x", f64::INFINITY),
+        ])
+    );
+    assert_eq!(Rules::parse(&rules.to_toml()).unwrap(), rules);
+}
+
+// --- properties ------------------------------------------------------------------------------
+
+/// A random filter as TOML inline-table text (mostly valid).
+fn arb_filter() -> impl Strategy<Value = String> {
+    let field = prop::sample::select(vec!["a", "teamId", "$odd", "with space", "id", "é"]);
+    let value = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        (-1.0e9f64..1.0e9).prop_map(|d| format!("{d:?}")),
+        "[a-z$]{0,5}".prop_map(|s| format!("{s:?}")),
+        any::<bool>().prop_map(|b| b.to_string()),
+        prop::sample::select(vec![
+            "\"$user\"",
+            "\"$role\"",
+            "\"$device\"",
+            "{ \"$literal\" = \"$x\" }",
+            "1970-01-01T00:00:01.5Z",
+            "{ \"$uuid\" = \"0190c0de-7f00-7abc-8def-0123456789ab\" }",
+            "[1, \"x\", [2.5]]",
+            "{ k = 1, \"$$k\" = \"v\" }",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    let op = prop::sample::select(vec![
+        "$eq",
+        "$ne",
+        "$gt",
+        "$gte",
+        "$lt",
+        "$lte",
+        "$contains",
+    ]);
+    let leaf = prop_oneof![
+        (field.clone(), value.clone()).prop_map(|(f, v)| format!("{f:?} = {v}")),
+        (
+            field.clone(),
+            prop::collection::btree_map(op, value.clone(), 1..3)
+        )
+            .prop_map(|(f, ops)| {
+                let ops: Vec<String> = ops.iter().map(|(o, v)| format!("{o:?} = {v}")).collect();
+                format!("{f:?} = {{ {} }}", ops.join(", "))
+            }),
+        (field.clone(), prop::collection::vec(value, 0..3)).prop_map(|(f, vs)| {
+            format!("{f:?} = {{ \"$in\" = [\"$teams\", {}] }}", vs.join(", "))
+        }),
+        (field, any::<bool>()).prop_map(|(f, b)| format!("{f:?} = {{ \"$null\" = {b} }}")),
+    ]
+    .prop_map(|entry| format!("{{ {entry} }}"));
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3)
+                .prop_map(|l| format!("{{ \"$and\" = [{}] }}", l.join(", "))),
+            prop::collection::vec(inner.clone(), 0..3)
+                .prop_map(|l| format!("{{ \"$or\" = [{}] }}", l.join(", "))),
+            inner.clone().prop_map(|f| format!("{{ \"$not\" = {f} }}")),
+            // Two entries in one table: an implicit AND.
+            (inner.clone(), inner).prop_map(|(a, b)| {
+                let (a, b) = (
+                    a.trim_matches(['{', '}', ' ']),
+                    b.trim_matches(['{', '}', ' ']),
+                );
+                if a.is_empty() || b.is_empty() || a.split(" = ").next() == b.split(" = ").next() {
+                    format!("{{ {a} }}")
+                } else {
+                    format!("{{ {a}, {b} }}")
+                }
+            }),
+        ]
+    })
+}
+
+fn valid_file() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        (
+            prop::sample::select(vec!["developer", "manager", "a role"]),
+            prop::sample::select(vec!["bugs", "reports", "x.y"]),
+            prop_oneof![arb_filter(), Just("false".to_owned())],
+            prop_oneof![arb_filter(), Just("false".to_owned())],
+        ),
+        0..4,
+    )
+    .prop_map(|tables| {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = String::new();
+        for (role, collection, read, write) in tables {
+            if seen.insert((role, collection)) {
+                out.push_str(&format!(
+                    "[roles.{role:?}.{collection:?}]\nread = {read}\nwrite = {write}\n\
+                     hidden_fields = [\"h\"]\n\n"
+                ));
+            }
+        }
+        out
+    })
+}
+
+/// A context-dependent rule with its meaning written out by hand: the reference.
+type Reference = fn(&SecurityContext, &Record) -> bool;
+
+fn text_of(record: &Record, field: &str) -> Option<String> {
+    match record.fields.get(field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+const REFERENCE_RULES: [(&str, Reference); 6] = [
+    ("{}", |_, _| true),
+    ("false", |_, _| false),
+    ("{ teamId = { \"$in\" = \"$teams\" } }", |c, r| {
+        text_of(r, "teamId").is_some_and(|t| c.teams.contains(&t))
+    }),
+    ("{ owner = \"$user\" }", |c, r| {
+        text_of(r, "owner").as_deref() == Some(&c.user)
+    }),
+    (
+        "{ \"$or\" = [{ public = true }, { teamId = { \"$in\" = [\"$teams\", \"shared\"] } }] }",
+        |c, r| {
+            r.fields.get("public") == Some(&Value::Bool(true))
+                || text_of(r, "teamId").is_some_and(|t| t == "shared" || c.teams.contains(&t))
+        },
+    ),
+    ("{ \"$not\" = { owner = \"$user\" } }", |c, r| {
+        text_of(r, "owner").as_deref() != Some(&c.user)
+    }),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_canonical_text_parses_back_to_the_same_rules(file in valid_file()) {
+        // Generated files may be invalid (e.g. `$contains` with a number): those must be
+        // refused cleanly; the valid ones must round-trip.
+        if let Ok(rules) = Rules::parse(&file) {
+            let text = rules.to_toml();
+            let again = Rules::parse(&text)
+                .unwrap_or_else(|e| panic!("{file}\n---\n{text}\n---\n{e}"));
+            prop_assert_eq!(&again, &rules, "{}\n---\n{}", file, text);
+            prop_assert_eq!(again.to_toml(), text);
+        }
+    }
+
+    #[test]
+    fn may_read_equals_the_reference_for_random_rules_records_and_contexts(
+        choice in prop::collection::vec((0usize..2, 0usize..2, 0usize..REFERENCE_RULES.len()), 0..4),
+        user in prop::sample::select(vec!["alice", "bob", "carol"]),
+        teams in prop::sample::subsequence(vec!["ios", "android", "web"], 0..3),
+        role in prop::sample::select(vec!["developer", "manager", "guest"]),
+        collection in prop::sample::select(vec!["bugs", "reports", "other"]),
+        team in prop::sample::select(vec!["ios", "android", "web", "shared"]),
+        owner in prop::sample::select(vec!["alice", "bob", "carol"]),
+        public in any::<bool>(),
+    ) {
+        let roles = ["developer", "manager"];
+        let collections = ["bugs", "reports"];
+        let mut text = String::new();
+        let mut expected = std::collections::BTreeMap::new();
+        for (r, c, k) in choice {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                expected.entry((roles[r], collections[c]))
+            {
+                slot.insert(REFERENCE_RULES[k].1);
+                text.push_str(&format!("[roles.{}.{}]\nread = {}\n", roles[r], collections[c],
+                    REFERENCE_RULES[k].0));
+            }
+        }
+        let rules = Rules::parse(&text).unwrap();
+        let ctx = SecurityContext::new(user, teams, role, "dev");
+        let record = record(fields! { "teamId" => team, "owner" => owner, "public" => public });
+        let reference = expected
+            .get(&(role, collection))
+            .is_some_and(|rule| rule(&ctx, &record));
+        prop_assert_eq!(rules.may_read(&ctx, collection, &record), reference, "{}", text);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics_the_parser(text in "\\PC{0,200}") {
+        let _ = Rules::parse(&text);
+    }
+
+    #[test]
+    fn mutated_valid_files_never_panic_the_parser(
+        file in valid_file(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, "\\PC{0,3}"), 1..4),
+    ) {
+        let mut text = file;
+        for (at, kind, insert) in edits {
+            let boundaries: Vec<usize> =
+                text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+            let i = boundaries[at.index(boundaries.len())];
+            match kind {
+                0 => text.insert_str(i, &insert),
+                1 => { if let Some(c) = text[i..].chars().next() { text.replace_range(i..i + c.len_utf8(), ""); } }
+                _ => text.truncate(i),
+            }
+        }
+        if let Ok(rules) = Rules::parse(&text) {
+            prop_assert_eq!(Rules::parse(&rules.to_toml()).ok(), Some(rules));
+        }
+    }
+}
