@@ -19,6 +19,7 @@ use blazedb_core::{Filter, Record, Value};
 use serde_json::{Map, Value as Json};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::context::SecurityContext;
 use crate::filter::{FilterTemplate, PathSegment, toml_key, toml_string, write_array};
@@ -148,6 +149,21 @@ impl Rules {
             for (role, value) in roles.iter() {
                 let place = format!("[roles.{}]", dotted(&[role.get_ref()]));
                 check_name(role, "a role name", &place, at)?;
+                // The server keeps role names in NFKC form (look-alikes are one name), so a
+                // rule must name a role the same way to ever apply.
+                let role_name: String = role.get_ref().nfkc().collect();
+                if rules.roles.contains_key(&role_name) {
+                    let (line, column) = at(role.span());
+                    return Err(RulesError::Invalid {
+                        line,
+                        column,
+                        place,
+                        reason: format!(
+                            "the role {role_name:?} is named twice (role names are compared in \
+                             Unicode NFKC form)"
+                        ),
+                    });
+                }
                 let collections = table(value, &place, "a table of collections", at)?;
                 let mut per_collection = BTreeMap::new();
                 for (collection, value) in collections.iter() {
@@ -159,9 +175,7 @@ impl Rules {
                     let rule = collection_rule(text, value, &place)?;
                     per_collection.insert(collection.get_ref().to_string(), rule);
                 }
-                rules
-                    .roles
-                    .insert(role.get_ref().to_string(), per_collection);
+                rules.roles.insert(role_name, per_collection);
             }
         }
         Ok(rules)

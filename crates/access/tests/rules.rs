@@ -419,3 +419,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn role_names_are_compared_in_the_nfkc_form_the_server_stores() {
+    // Full-width letters: the server stores this user's role as "developer".
+    let rules = Rules::parse("[roles.\"ｄｅｖｅｌｏｐｅｒ\".bugs]\nread = {}\n").unwrap();
+    assert_eq!(rules.roles().collect::<Vec<_>>(), ["developer"]);
+    assert!(rules.may_read(&alice(), "bugs", &record(fields! {"teamId" => "ios"})));
+    let err = refused(
+        "[roles.developer.bugs]\nread = {}\n\n[roles.\"ｄｅｖｅｌｏｐｅｒ\".comments]\nread = {}\n",
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("line 4,"), "{text}");
+    assert!(text.contains("named twice"), "{text}");
+}
