@@ -73,6 +73,7 @@ pub mod enroll;
 mod error;
 mod frame;
 pub mod fuzz;
+pub mod membership;
 mod message;
 mod name;
 pub mod secure;
