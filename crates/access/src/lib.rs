@@ -6,7 +6,8 @@
 //! * [`FilterTemplate`]: a rule filter with context variables (`$user`, `$teams`, `$role`,
 //!   `$device`), bound to a [`SecurityContext`] with [`FilterTemplate::bind`].
 //! * [`Rules`]: a parsed, validated rules file (TOML), with the evaluation the server needs:
-//!   [`Rules::scope_for`], [`Rules::may_read`], [`Rules::may_write`], and its canonical text
+//!   [`Rules::scope_for`], [`Rules::may_read`], [`Rules::check_write`] (a refusal carries its
+//!   code and reason), and its canonical text
 //!   ([`Rules::to_toml`]).
 //!
 //! ```
@@ -27,9 +28,9 @@
 //! assert!(!rules.may_read(&alice, "bugs", &android_bug));
 //! assert!(!rules.may_read(&alice, "reports", &ios_bug)); // not named: invisible
 //! // Moving a bug to another team fails the check on the state after the write.
-//! assert!(!rules.may_write(&alice, "bugs", Some(&ios_bug), Some(&android_bug), &["teamId"]));
+//! assert!(rules.check_write(&alice, "bugs", Some(&ios_bug), Some(&android_bug), &["teamId"]).is_err());
 //! // A hidden field cannot be written.
-//! assert!(!rules.may_write(&alice, "bugs", Some(&ios_bug), Some(&ios_bug), &["auditLog"]));
+//! assert!(rules.check_write(&alice, "bugs", Some(&ios_bug), Some(&ios_bug), &["auditLog"]).is_err());
 //! # Ok::<(), blazedb_access::RulesError>(())
 //! ```
 //!
@@ -49,4 +50,4 @@ mod rules;
 
 pub use context::SecurityContext;
 pub use filter::{FilterError, FilterTemplate, PathSegment, Variable, parse_query};
-pub use rules::{CollectionRule, CollectionScope, Rules, RulesError};
+pub use rules::{CollectionRule, CollectionScope, Rules, RulesError, WriteRefusal};

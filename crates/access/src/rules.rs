@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 
-use blazedb_core::{Filter, Record, Value};
+use blazedb_core::{Filter, Record, RejectCode, Value};
 use serde_json::{Map, Value as Json};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -238,31 +238,65 @@ impl Rules {
             .is_some_and(|rule| rule.read.bind(ctx).matches(record))
     }
 
-    /// May `ctx` make a write that turns `before` (`None` for an insert) into `after` (`None`
-    /// for a delete), setting `written_fields`? The write filter must match the state before
-    /// (update, delete) and after (insert, update), and no written field may be hidden.
-    pub fn may_write(
+    /// Checks a write that turns `before` (`None` for an insert) into `after` (`None` for a
+    /// delete), setting `written_fields`: the collection must be writable for the role, no
+    /// written field hidden, and the write filter must match the state before (update,
+    /// delete) and after (insert, update). A refusal carries the code and the reason the
+    /// server sends back; the reason names only what the writer itself wrote, never a value
+    /// it may not read.
+    pub fn check_write(
         &self,
         ctx: &SecurityContext,
         collection: &str,
         before: Option<&Record>,
         after: Option<&Record>,
         written_fields: &[&str],
-    ) -> bool {
-        let Some(rule) = self.rule(&ctx.role, collection) else {
-            return false;
+    ) -> Result<(), WriteRefusal> {
+        let refuse = |code, reason: String| Err(WriteRefusal { code, reason });
+        let role = &ctx.role;
+        let Some(rule) = self
+            .rule(role, collection)
+            .filter(|r| !r.write.is_nothing())
+        else {
+            return refuse(
+                RejectCode::ReadOnly,
+                format!("the collection {collection:?} is read-only for the role {role:?}"),
+            );
         };
-        if rule.write.is_nothing()
-            || (before.is_none() && after.is_none())
-            || written_fields
-                .iter()
-                .any(|f| rule.hidden_fields.contains(*f))
+        if let Some(field) = written_fields
+            .iter()
+            .find(|f| rule.hidden_fields.contains(**f))
         {
-            return false;
+            return refuse(
+                RejectCode::HiddenField,
+                format!("the field {field:?} of {collection:?} is hidden from the role {role:?}"),
+            );
         }
         let filter = rule.write.bind(ctx);
-        before.is_none_or(|r| filter.matches(r)) && after.is_none_or(|r| filter.matches(r))
+        let outside = |what| {
+            refuse(
+                RejectCode::Forbidden,
+                format!(
+                    "the record {what} is outside what the role {role:?} may write in {collection:?}"
+                ),
+            )
+        };
+        match (before, after) {
+            (None, None) => outside("(neither before nor after the write)"),
+            (Some(r), _) if !filter.matches(r) => outside("as it was"),
+            (_, Some(r)) if !filter.matches(r) => outside("as written"),
+            _ => Ok(()),
+        }
     }
+}
+
+/// Why a write is refused ([`Rules::check_write`]): what the server tells the writer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+#[non_exhaustive]
+pub struct WriteRefusal {
+    pub code: RejectCode,
+    pub reason: String,
 }
 
 impl fmt::Display for Rules {

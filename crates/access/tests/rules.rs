@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use blazedb_access::{Rules, RulesError, SecurityContext};
-use blazedb_core::{Filter, Record, Uuid, Value, fields};
+use blazedb_access::{Rules, RulesError, SecurityContext, WriteRefusal};
+use blazedb_core::{Filter, Record, RejectCode, Uuid, Value, fields};
 use proptest::prelude::*;
 
 const BUG_TRACKER: &str = r#"
@@ -57,9 +57,21 @@ fn in_the_bug_tracker_each_developer_reads_and_writes_only_their_teams_bugs() {
     assert!(!rules.may_read(&alice(), "bugs", &android));
     assert!(rules.may_read(&bob(), "bugs", &android));
     assert!(!rules.may_read(&bob(), "bugs", &ios));
-    assert!(rules.may_write(&alice(), "bugs", None, Some(&ios), &["teamId", "title"]));
-    assert!(!rules.may_write(&alice(), "bugs", None, Some(&android), &["teamId"]));
-    assert!(!rules.may_write(&bob(), "bugs", Some(&ios), None, &[]));
+    assert!(
+        rules
+            .check_write(&alice(), "bugs", None, Some(&ios), &["teamId", "title"])
+            .is_ok()
+    );
+    assert!(
+        rules
+            .check_write(&alice(), "bugs", None, Some(&android), &["teamId"])
+            .is_err()
+    );
+    assert!(
+        rules
+            .check_write(&bob(), "bugs", Some(&ios), None, &[])
+            .is_err()
+    );
 }
 
 #[test]
@@ -70,9 +82,21 @@ fn a_developer_cannot_move_a_bug_to_another_team_nor_write_a_hidden_field() {
         id: ios.id,
         fields: fields! { "teamId" => "android" },
     };
-    assert!(!rules.may_write(&alice(), "bugs", Some(&ios), Some(&moved), &["teamId"]));
-    assert!(!rules.may_write(&alice(), "bugs", Some(&ios), Some(&ios), &["auditLog"]));
-    assert!(rules.may_write(&alice(), "bugs", Some(&ios), Some(&ios), &["title"]));
+    assert!(
+        rules
+            .check_write(&alice(), "bugs", Some(&ios), Some(&moved), &["teamId"])
+            .is_err()
+    );
+    assert!(
+        rules
+            .check_write(&alice(), "bugs", Some(&ios), Some(&ios), &["auditLog"])
+            .is_err()
+    );
+    assert!(
+        rules
+            .check_write(&alice(), "bugs", Some(&ios), Some(&ios), &["title"])
+            .is_ok()
+    );
 }
 
 #[test]
@@ -86,7 +110,11 @@ fn the_manager_of_both_teams_reads_every_bug_and_reports_but_cannot_write_report
     assert!(rules.may_read(&carol(), "bugs", &android));
     assert!(!rules.may_read(&carol(), "bugs", &web));
     assert!(rules.may_read(&carol(), "reports", &report));
-    assert!(!rules.may_write(&carol(), "reports", None, Some(&report), &["week"]));
+    assert!(
+        rules
+            .check_write(&carol(), "reports", None, Some(&report), &["week"])
+            .is_err()
+    );
     assert!(!rules.may_read(&alice(), "reports", &report));
     let scope = rules.scope_for(&carol(), "reports").unwrap();
     assert_eq!(scope.read, Filter::And(vec![]));
@@ -98,8 +126,16 @@ fn comments_are_read_by_every_developer_and_written_only_by_their_author() {
     let rules = Rules::parse(BUG_TRACKER).unwrap();
     let mine = record(fields! { "author" => "alice", "text" => "+1" });
     assert!(rules.may_read(&bob(), "comments", &mine));
-    assert!(rules.may_write(&alice(), "comments", Some(&mine), Some(&mine), &["text"]));
-    assert!(!rules.may_write(&bob(), "comments", Some(&mine), Some(&mine), &["text"]));
+    assert!(
+        rules
+            .check_write(&alice(), "comments", Some(&mine), Some(&mine), &["text"])
+            .is_ok()
+    );
+    assert!(
+        rules
+            .check_write(&bob(), "comments", Some(&mine), Some(&mine), &["text"])
+            .is_err()
+    );
     // The manager role does not name comments: invisible and read-only.
     assert!(!rules.may_read(&carol(), "comments", &mine));
     assert_eq!(rules.scope_for(&carol(), "comments"), None);
@@ -125,7 +161,11 @@ fn a_role_the_rules_do_not_name_sees_nothing() {
     let guest = SecurityContext::new("gus", ["ios"], "guest", "g1");
     let bug = record(fields! { "teamId" => "ios" });
     assert!(!rules.may_read(&guest, "bugs", &bug));
-    assert!(!rules.may_write(&guest, "bugs", None, Some(&bug), &["teamId"]));
+    assert!(
+        rules
+            .check_write(&guest, "bugs", None, Some(&bug), &["teamId"])
+            .is_err()
+    );
 }
 
 #[test]
@@ -432,4 +472,46 @@ fn role_names_are_compared_in_the_nfkc_form_the_server_stores() {
     let text = err.to_string();
     assert!(text.starts_with("line 4,"), "{text}");
     assert!(text.contains("named twice"), "{text}");
+}
+
+#[test]
+fn a_refused_write_says_which_rule_refused_it() {
+    let rules = Rules::parse(BUG_TRACKER).unwrap();
+    let ios = record(fields! {"teamId" => "ios", "title" => "Crash"});
+    let android = record(fields! {"teamId" => "android", "title" => "Crash"});
+    let code = |result: Result<(), WriteRefusal>| result.unwrap_err().code;
+    assert_eq!(
+        code(rules.check_write(&carol(), "reports", None, Some(&ios), &["week"])),
+        RejectCode::ReadOnly
+    );
+    assert_eq!(
+        code(rules.check_write(&alice(), "unnamed", None, Some(&ios), &["title"])),
+        RejectCode::ReadOnly
+    );
+    let hidden = rules
+        .check_write(
+            &alice(),
+            "bugs",
+            Some(&ios),
+            Some(&ios),
+            &["title", "auditLog"],
+        )
+        .unwrap_err();
+    assert_eq!(hidden.code, RejectCode::HiddenField);
+    assert!(hidden.reason.contains("\"auditLog\""), "{hidden}");
+    let moved = rules
+        .check_write(&alice(), "bugs", Some(&ios), Some(&android), &["teamId"])
+        .unwrap_err();
+    assert_eq!(moved.code, RejectCode::Forbidden);
+    assert!(moved.reason.contains("as written"), "{moved}");
+    let foreign = rules
+        .check_write(&alice(), "bugs", Some(&android), Some(&ios), &["teamId"])
+        .unwrap_err();
+    assert!(foreign.reason.contains("as it was"), "{foreign}");
+    // The reason never shows a value: only what the writer named.
+    assert!(!foreign.reason.contains("android"), "{foreign}");
+    assert_eq!(
+        rules.check_write(&alice(), "bugs", Some(&ios), Some(&ios), &["title"]),
+        Ok(())
+    );
 }
