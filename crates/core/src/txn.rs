@@ -961,47 +961,9 @@ impl TransactionReplication<'_, '_> {
     pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         for op in ops {
-            let invalid = |e: Error| Error::InvalidOperation {
-                op: op.id.to_string(),
-                reason: e.to_string(),
-            };
-            validate::collection_name(&op.collection).map_err(invalid)?;
-            validate::fields(&op.fields).map_err(invalid)?;
-            validate::remote_clock("lamport", op.lamport).map_err(invalid)?;
-            validate::remote_clock("sequence number", op.id.seq).map_err(invalid)?;
-            if op.kind == OpKind::Delete && !op.fields.is_empty() {
-                return Err(invalid(Error::InvalidQuery(
-                    "a delete carries no fields".into(),
-                )));
-            }
-            let known = if op.id.origin == self.tx.core.node {
-                self.tx.core.has_op(op.id)?
-            } else {
-                self.tx.merged_already(op.id)?
-            };
-            if known {
-                // The same id must mean the same operation; if not, one of two files that share
-                // the origin's node id is a copy, and merging on would diverge for ever.
-                if self
-                    .tx
-                    .core
-                    .op_digest(op.id)?
-                    .is_some_and(|here| here != op.digest())
-                {
-                    return Err(Error::CopiedDatabase { op: op.id });
-                }
+            if !self.admit_remote(op)? {
                 report.duplicates += 1;
                 continue;
-            }
-            self.tx.core.lamport = self.tx.core.lamport.max(op.lamport);
-            if op.id.origin == self.tx.core.node {
-                // An operation of ours that this file never saw: it was restored from a backup.
-                // Never reuse its sequence number, and from now on track our own operations in
-                // `merged_ops` (see `Core::has_op`).
-                if self.tx.core.gap_prefix.is_none() {
-                    self.tx.core.gap_prefix = Some(self.tx.core.seq);
-                }
-                self.tx.core.seq = self.tx.core.seq.max(op.id.seq);
             }
             let coll = self.tx.collection(&op.collection, true)?;
             let old = self.tx.core.load_state(coll.id, op.record)?;
@@ -1015,6 +977,107 @@ impl TransactionReplication<'_, '_> {
             report.applied += 1;
         }
         Ok(report)
+    }
+
+    /// Writes, as a local operation, what undoes `refused` (an operation this replica counted
+    /// as received with [`TransactionReplication::skip_remote`] without applying it) on every
+    /// replica that applied it, given the record here. The new operation is newer than
+    /// `refused` (skipping it moved the clock past it) and goes to the op log like any write:
+    /// - the record is not here, or deleted: a delete (undoing an insert or an update);
+    /// - `refused` inserted or deleted it: an insert with every field it has here;
+    /// - `refused` updated it: an update setting each field it wrote to the value here
+    ///   ([`Value::Null`] where the record has no such field), even when unchanged here.
+    ///
+    /// Returns the operation written. It may carry fields the writer of `refused` may not
+    /// read: whoever sends it to that writer must leave them out, as for any operation.
+    pub fn undo_refused(&mut self, refused: &Operation) -> Result<Operation> {
+        let tx = &mut *self.tx;
+        let coll = tx.collection(&refused.collection, true)?;
+        let old = tx.core.load_state(coll.id, refused.record)?;
+        let here = old.as_ref().and_then(RecordState::visible_fields);
+        let (kind, fields) = match (here, refused.kind) {
+            (None, _) => (OpKind::Delete, Fields::new()),
+            (Some(all), OpKind::Insert | OpKind::Delete) => (OpKind::Insert, all),
+            (Some(all), OpKind::Update) => (
+                OpKind::Update,
+                refused
+                    .fields
+                    .keys()
+                    .map(|name| (name.clone(), all.get(name).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            ),
+        };
+        let op = tx.local_op(kind, &refused.collection, refused.record, fields);
+        tx.write(&coll, old, op.clone(), ChangeOrigin::Local, true)?;
+        Ok(op)
+    }
+
+    /// Counts `ops` as received without applying them: for operations a server refused
+    /// (access rules). They change no record and enter no op log (so they are never
+    /// forwarded), but the version vector moves past them, so the sender is not asked for
+    /// them again and nothing is retried forever. The Lamport clock moves past their stamps,
+    /// so the operation that undoes a refused write here is newer than it. Invalid operations
+    /// are refused like in [`TransactionReplication::apply_remote`]; `applied` in the report
+    /// counts the operations skipped.
+    pub fn skip_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        for op in ops {
+            if self.admit_remote(op)? {
+                self.tx.record_op(op.id)?;
+                report.applied += 1;
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Checks a remote operation and advances the clocks past it: true when it is new here,
+    /// false for a duplicate (the same operation again). An operation that is invalid, or
+    /// that differs from the one with its id here (a copied database file), is an error.
+    fn admit_remote(&mut self, op: &Operation) -> Result<bool> {
+        let invalid = |e: Error| Error::InvalidOperation {
+            op: op.id.to_string(),
+            reason: e.to_string(),
+        };
+        validate::collection_name(&op.collection).map_err(invalid)?;
+        validate::fields(&op.fields).map_err(invalid)?;
+        validate::remote_clock("lamport", op.lamport).map_err(invalid)?;
+        validate::remote_clock("sequence number", op.id.seq).map_err(invalid)?;
+        if op.kind == OpKind::Delete && !op.fields.is_empty() {
+            return Err(invalid(Error::InvalidQuery(
+                "a delete carries no fields".into(),
+            )));
+        }
+        let known = if op.id.origin == self.tx.core.node {
+            self.tx.core.has_op(op.id)?
+        } else {
+            self.tx.merged_already(op.id)?
+        };
+        if known {
+            // The same id must mean the same operation; if not, one of two files that share
+            // the origin's node id is a copy, and merging on would diverge for ever.
+            if self
+                .tx
+                .core
+                .op_digest(op.id)?
+                .is_some_and(|here| here != op.digest())
+            {
+                return Err(Error::CopiedDatabase { op: op.id });
+            }
+            return Ok(false);
+        }
+        self.tx.core.lamport = self.tx.core.lamport.max(op.lamport);
+        if op.id.origin == self.tx.core.node {
+            // An operation of ours that this file never saw: it was restored from a backup.
+            // Never reuse its sequence number, and from now on track our own operations in
+            // `merged_ops` (see `Core::has_op`).
+            if self.tx.core.gap_prefix.is_none() {
+                self.tx.core.gap_prefix = Some(self.tx.core.seq);
+            }
+            self.tx.core.seq = self.tx.core.seq.max(op.id.seq);
+        }
+        Ok(true)
     }
 
     /// Records that this database now holds every operation `vector` covers, after a complete

@@ -1,9 +1,17 @@
-//! The rejection inbox: operations a server refused, kept until the application clears them.
+//! Refused operations: the inbox a device keeps, and how a server skips and undoes them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use blazedb_testkit as common;
 
-use blazedb_core::{ChangeKind, ChangeOrigin, Database, NodeId, RejectCode, Uuid, fields};
+use blazedb_core::{
+    ChangeKind, ChangeOrigin, Database, NodeId, OpKind, RejectCode, Uuid, Value, fields,
+};
+
+/// How far `server`'s version vector counts `device`'s operations as received.
+fn received_from(server: &Database, device: &Database) -> u64 {
+    let vector = server.replication().version_vector().unwrap();
+    vector.get(device.node_id())
+}
 
 fn server() -> NodeId {
     NodeId(Uuid::from_u128(0x5e))
@@ -111,4 +119,135 @@ fn every_reject_code_round_trips_through_its_byte() {
     }
     assert_eq!(RejectCode::from_code(0), None);
     assert_eq!(RejectCode::from_code(200), None);
+}
+
+#[test]
+fn a_skipped_operation_changes_nothing_but_counts_as_received() {
+    let device = Database::in_memory().unwrap();
+    let server = Database::in_memory().unwrap();
+    let id = device
+        .insert("bugs", fields! {"teamId" => "android"})
+        .unwrap();
+    let ops = common::all_ops(&device);
+    let report = server
+        .transaction(|tx| tx.replication().skip_remote(&ops))
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    assert_eq!(server.get("bugs", id).unwrap(), None);
+    assert_eq!(server.replication().oplog_head().unwrap(), 0);
+    assert_eq!(received_from(&server, &device), 1);
+    // Sent again, it is a duplicate: never applied, never asked for again.
+    let again = server.replication().apply_remote(&ops).unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 1));
+    assert_eq!(server.get("bugs", id).unwrap(), None);
+}
+
+/// A device and a server that share a record; the device then makes one write.
+struct Refused {
+    device: Database,
+    server: Database,
+    id: Uuid,
+}
+
+impl Refused {
+    fn new() -> Refused {
+        let device = Database::in_memory().unwrap();
+        let server = Database::in_memory().unwrap();
+        let id = server
+            .insert("bugs", fields! {"teamId" => "ios", "title" => "Crash"})
+            .unwrap();
+        device
+            .replication()
+            .apply_remote(&common::all_ops(&server))
+            .unwrap();
+        // The device's clock runs ahead of the server's.
+        for n in 0..20 {
+            device
+                .update("bugs", id, fields! {"n" => n as i64})
+                .unwrap();
+        }
+        server
+            .replication()
+            .apply_remote(&common::all_ops(&device))
+            .unwrap();
+        Refused { device, server, id }
+    }
+
+    /// The server refuses the device's last operation and undoes it; the device applies the
+    /// undoing. Returns the undoing operation.
+    fn refuse_last(&self) -> blazedb_core::Operation {
+        let refused = common::all_ops(&self.device).pop().unwrap();
+        let undo = self
+            .server
+            .transaction(|tx| {
+                tx.replication()
+                    .skip_remote(std::slice::from_ref(&refused))?;
+                tx.replication().undo_refused(&refused)
+            })
+            .unwrap();
+        assert!(undo.lamport > refused.lamport);
+        self.device
+            .replication()
+            .apply_remote(std::slice::from_ref(&undo))
+            .unwrap();
+        assert_eq!(
+            self.device.get("bugs", self.id).unwrap(),
+            self.server.get("bugs", self.id).unwrap()
+        );
+        undo
+    }
+}
+
+#[test]
+fn a_refused_update_is_undone_even_where_the_value_did_not_change() {
+    let r = Refused::new();
+    r.device
+        .update("bugs", r.id, fields! {"teamId" => "android", "secret" => 1})
+        .unwrap();
+    let undo = r.refuse_last();
+    assert_eq!(undo.kind, OpKind::Update);
+    let fields = r.device.get("bugs", r.id).unwrap().unwrap().fields;
+    assert_eq!(fields.get("teamId"), Some(&"ios".into()));
+    // A field the server never had is set to null on both sides.
+    assert_eq!(fields.get("secret"), Some(&Value::Null));
+}
+
+#[test]
+fn a_refused_delete_is_undone_by_recreating_the_record() {
+    let r = Refused::new();
+    let before = r.server.get("bugs", r.id).unwrap();
+    r.device.delete("bugs", r.id).unwrap();
+    assert_eq!(r.refuse_last().kind, OpKind::Insert);
+    assert_eq!(r.device.get("bugs", r.id).unwrap(), before);
+}
+
+#[test]
+fn a_refused_insert_is_undone_by_a_delete() {
+    let r = Refused::new();
+    let new = r
+        .device
+        .insert("bugs", fields! {"teamId" => "android"})
+        .unwrap();
+    let undo = r.refuse_last();
+    assert_eq!(undo.kind, OpKind::Delete);
+    assert_eq!(undo.record, new);
+    assert_eq!(r.device.get("bugs", new).unwrap(), None);
+    assert_eq!(r.server.get("bugs", new).unwrap(), None);
+}
+
+#[test]
+fn an_invalid_operation_is_refused_when_skipped_too() {
+    let device = Database::in_memory().unwrap();
+    let server = Database::in_memory().unwrap();
+    device.insert("bugs", fields! {"x" => 1}).unwrap();
+    let mut op = common::all_ops(&device).remove(0);
+    op.kind = OpKind::Delete;
+    let err = server
+        .transaction(|tx| tx.replication().skip_remote(&[op.clone()]))
+        .unwrap_err();
+    assert!(
+        matches!(err, blazedb_core::Error::InvalidOperation { .. }),
+        "{err}"
+    );
+    assert_eq!(received_from(&server, &device), 0);
 }
