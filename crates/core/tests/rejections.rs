@@ -251,3 +251,52 @@ fn an_invalid_operation_is_refused_when_skipped_too() {
     );
     assert_eq!(received_from(&server, &device), 0);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One write of the device: on record `n % len` (or a new record), of `kind % 3`.
+    type Write = (usize, u8, i64, bool);
+
+    fn records(db: &Database, ids: &[Uuid]) -> Vec<Option<blazedb_core::Record>> {
+        ids.iter().map(|id| db.get("bugs", *id).unwrap()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(common::cases(32, 1_000)))]
+
+        /// Whatever the server accepts or refuses of a device's writes, in any order, once the
+        /// device has the server's operations both hold the same records.
+        #[test]
+        fn refusing_any_writes_converges(writes in proptest::collection::vec(
+            (any::<usize>(), any::<u8>(), 0i64..3, any::<bool>()), 1..25,
+        )) {
+            let r = Refused::new();
+            let mut ids = vec![r.id];
+            for (n, kind, value, accept) in writes as Vec<Write> {
+                let id = ids[n % ids.len()];
+                let visible = r.device.get("bugs", id).unwrap().is_some();
+                match (kind % 3, visible) {
+                    (0, _) => ids.push(r.device.insert("bugs", fields! {"v" => value}).unwrap()),
+                    (1, true) => r.device.update("bugs", id, fields! {"v" => value, "teamId" => "x"}).unwrap(),
+                    (2, true) => r.device.delete("bugs", id).unwrap(),
+                    _ => continue,
+                }
+                let op = common::all_ops(&r.device).pop().unwrap();
+                r.server.transaction(|tx| {
+                    let mut tx = tx.replication();
+                    if accept {
+                        tx.apply_remote(std::slice::from_ref(&op))?;
+                    } else {
+                        tx.skip_remote(std::slice::from_ref(&op))?;
+                        tx.undo_refused(&op)?;
+                    }
+                    Ok(())
+                }).unwrap();
+            }
+            r.device.replication().apply_remote(&common::all_ops(&r.server)).unwrap();
+            prop_assert_eq!(records(&r.device, &ids), records(&r.server, &ids));
+        }
+    }
+}
