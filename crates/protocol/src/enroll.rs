@@ -161,8 +161,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
-    #[allow(unused_imports)]
-    use crate::error::*;
 
     #[test]
     fn a_token_round_trips_through_text() {

@@ -89,7 +89,7 @@ impl ProtocolError {
     }
 
     /// Static keys are not usable.
-    pub fn invalid_static_keys(fault: KeyFault) -> ProtocolError {
+    pub(crate) fn invalid_static_keys(fault: KeyFault) -> ProtocolError {
         LocalFailure::StaticKeys(fault).into()
     }
 }

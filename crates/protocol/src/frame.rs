@@ -264,8 +264,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    #[allow(unused_imports)]
-    use crate::error::*;
+    use crate::error::Rule;
     use crate::message::{CloseCode, OpCheck, PROTOCOL_VERSION};
 
     fn hello() -> Message {

@@ -847,8 +847,7 @@ mod tests {
     };
 
     use super::*;
-    #[allow(unused_imports)]
-    use crate::error::*;
+    use crate::error::LocalFailure;
 
     fn node(n: u8) -> NodeId {
         NodeId(Uuid::from_bytes([n; 16]))

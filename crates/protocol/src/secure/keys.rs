@@ -136,8 +136,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
-    #[allow(unused_imports)]
-    use crate::error::*;
+    use crate::error::LocalFailure;
     use crate::message::CloseCode;
     use crate::secure::testing::keys;
 

@@ -88,8 +88,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
-    #[allow(unused_imports)]
-    use crate::error::*;
     use crate::message::CloseCode;
     use crate::secure::parse_first;
 
