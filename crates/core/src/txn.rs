@@ -643,10 +643,7 @@ impl Transaction<'_> {
         };
         if let Some((kind, delta)) = kind {
             if delta != 0 {
-                match self.count_deltas.iter_mut().find(|(c, _)| *c == coll.id) {
-                    Some((_, d)) => *d += delta,
-                    None => self.count_deltas.push((coll.id, delta)),
-                }
+                self.count(coll.id, delta);
             }
             self.changes.push(Change {
                 collection: collection.to_owned(),
@@ -656,6 +653,14 @@ impl Transaction<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Adds `delta` to the visible-record count of collection `coll`, written at commit.
+    fn count(&mut self, coll: i64, delta: i64) {
+        match self.count_deltas.iter_mut().find(|(c, _)| *c == coll) {
+            Some((_, d)) => *d += delta,
+            None => self.count_deltas.push((coll, delta)),
+        }
     }
 
     fn commit(mut self) -> Result<Commit> {
@@ -903,10 +908,7 @@ impl TransactionReplication<'_, '_> {
         conn.prepare_cached("DELETE FROM records WHERE coll = ?1 AND id = ?2")?
             .execute(params![coll.id, id.as_bytes().as_slice()])?;
         if state.is_visible() {
-            match self.tx.count_deltas.iter_mut().find(|(c, _)| *c == coll.id) {
-                Some((_, d)) => *d -= 1,
-                None => self.tx.count_deltas.push((coll.id, -1)),
-            }
+            self.tx.count(coll.id, -1);
         }
         self.tx.changes.push(Change {
             collection: collection.to_owned(),
