@@ -192,3 +192,29 @@ fn the_server_warns_at_start_about_each_database_without_rules() {
     );
     assert!(!log.contains("database bugs has no access rules"), "{log}");
 }
+
+#[test]
+fn user_update_refuses_a_bad_name_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::init(dir.path());
+    ok(&data, &["admin", "user", "add", "dave", "--team", "ios"]);
+    let before = ok(&data, &["admin", "user", "list"]);
+    for args in [
+        &["admin", "user", "update", "dave", "--team", "a,b"][..],
+        &[
+            "admin",
+            "user",
+            "update",
+            "dave",
+            "--team",
+            "ok",
+            "--role",
+            "bad\u{202e}role",
+        ],
+        &["admin", "user", "update", "dave", "--role", " "],
+    ] {
+        let err = failed(&run(&data, args));
+        assert!(err.contains("invalid"), "{args:?}: {err}");
+        assert_eq!(ok(&data, &["admin", "user", "list"]), before, "{args:?}");
+    }
+}
