@@ -291,7 +291,7 @@ impl SimSession {
                     delivered.fetch_add(ops.len() as u64, Ordering::Relaxed);
                     if self
                         .session
-                        .send(&Message::Ack { position: to })
+                        .send(&Message::ack(to))
                         .await
                         .is_err()
                     {

@@ -333,11 +333,7 @@ fn anatomy(out: &mut String, first: &(u64, Operation)) {
     }
     .encode()
     .len();
-    let ack = Message::Ack {
-        position: *position,
-    }
-    .encode()
-    .len();
+    let ack = Message::ack(*position).encode().len();
     let bug = Bug::nth(0);
     let records = grpc_side::pb::Envelope {
         kind: Some(grpc_side::pb::envelope::Kind::Records(

@@ -9,6 +9,8 @@
 //!   [`Rules::scope_for`], [`Rules::may_read`], [`Rules::check_write`] (a refusal carries its
 //!   code and reason), and its canonical text
 //!   ([`Rules::to_toml`]).
+//! * [`ReadScope`]: what one device may read (the rules bound to its context, narrowed by
+//!   its policy), and the cutting of records and operations down to it.
 //!
 //! ```
 //! use blazedb_access::{Rules, SecurityContext};
@@ -47,7 +49,9 @@ mod context;
 mod filter;
 pub mod json;
 mod rules;
+mod scope;
 
 pub use context::SecurityContext;
 pub use filter::{FilterError, FilterTemplate, PathSegment, Variable, parse_query};
 pub use rules::{CollectionRule, CollectionScope, Rules, RulesError, WriteRefusal};
+pub use scope::{PolicyError, ReadScope, SyncPolicy, WriteScope};

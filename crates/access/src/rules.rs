@@ -216,6 +216,14 @@ impl Rules {
         self.roles.keys().map(String::as_str)
     }
 
+    /// The collections `role` has rules for, with the rules, sorted by name.
+    pub fn collections_of(&self, role: &str) -> impl Iterator<Item = (&str, &CollectionRule)> {
+        self.roles
+            .get(role)
+            .into_iter()
+            .flat_map(|c| c.iter().map(|(name, rule)| (name.as_str(), rule)))
+    }
+
     /// The rule of `role` for `collection`, if the file names it.
     pub fn rule(&self, role: &str, collection: &str) -> Option<&CollectionRule> {
         self.roles.get(role)?.get(collection)

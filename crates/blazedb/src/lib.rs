@@ -51,7 +51,7 @@ pub use blazedb_core::{Change, Commit, CommitListener, Database, Subscription, T
 pub use blazedb_core::{
     ChangeKind, ChangeOrigin, CollectionStats, Date, Direction, Durability, Fields, Filter, Join,
     JoinKind, Joined, KeyRange, OpenError, OpenOptions, Plan, PurgeReason, Query, Record,
-    Reidentified, Stats, Uuid, Value, ValueTypeError, fields,
+    Reidentified, RejectCode, Stats, Uuid, Value, ValueTypeError, fields,
 };
 /// The replication side of a database and a transaction (op log, cursors, snapshots), for
 /// tools and custom transports: [`Database::replication`].
@@ -65,8 +65,8 @@ pub use blazedb_core::Error as DatabaseError;
 pub mod sync {
     pub use blazedb_sync::{
         ConnectOptions, ConnectionId, ConnectionStatus, DatabaseName, EngineOptions, Graph,
-        GraphEdge, GraphNode, InMemoryRelay, Inbox, Mode, PeerTrust, Relay, SyncEngine, SyncError,
-        Topology, UnixRelay, UnixRelayListener,
+        GraphEdge, GraphNode, InMemoryRelay, Inbox, Mode, PeerTrust, PolicyError, ReadScope, Relay,
+        SyncEngine, SyncError, SyncPolicy, Topology, UnixRelay, UnixRelayListener, WriteScope,
     };
 }
 
@@ -76,6 +76,7 @@ pub mod remote {
     pub use blazedb_sync::remote::{
         RemoteError, RemoteNode, RemoteOptions, RemoteState, RemoteStatus, RemoteSync,
     };
+    pub use blazedb_sync::{PolicyError, SyncPolicy};
 }
 
 /// Any BlazeDB error: which part failed, with that part's own error inside.

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use blazedb_sync::Mode;
+use std::collections::HashSet;
+
+use blazedb_core::{Database, Uuid};
 use blazedb_sync::remote::{RemoteNode, RemoteOptions, RemoteState, RemoteStatus, SyncExt};
+use blazedb_sync::{Mode, SyncPolicy};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::{self, Ctx};
@@ -28,10 +31,17 @@ syncing, reconnecting after failures, until interrupted; writes other programs m
 are sent within 200 ms, and every change of connection state is
 reported on stderr.
 
+With --collections, --exclude-collections, --where and --exclude-field the database asks the
+server for less than the access rules allow (a sync policy); records that leave what it asks
+for are removed from this file only. Writes the server refuses (access rules) are undone here
+by the server and kept in the file's rejection inbox; each is printed once per run.
+
 EXAMPLES:
   BLAZEDB_ENROLL_TOKEN=bzt1_... blazedb sync bugs.blazedb --server ws://127.0.0.1:7420 --database bugs
   blazedb sync bugs.blazedb --server wss://sync.example.com --database bugs --follow
-  blazedb sync bugs.blazedb --server wss://localhost:7420 --database bugs --ca-file cert.pem --once";
+  blazedb sync bugs.blazedb --server wss://localhost:7420 --database bugs --ca-file cert.pem --once
+  blazedb sync bugs.blazedb --server ws://127.0.0.1:7420 --database bugs --collections bugs \\
+      --where '{\"status\": \"open\"}' --exclude-field auditLog";
 
 /// Where the enrollment token comes from when `--enroll` is not given.
 const TOKEN_ENV: &str = "BLAZEDB_ENROLL_TOKEN";
@@ -66,6 +76,49 @@ pub struct SyncArgs {
     /// With --once: give up after this many seconds
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = crate::topology::parse_timeout)]
     pub timeout: Duration,
+    /// Sync only these collections (comma-separated); records of others already here are
+    /// removed from this file, not from the server
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub collections: Vec<String>,
+    /// Do not sync these collections (comma-separated)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub exclude_collections: Vec<String>,
+    /// Sync only records matching this filter (the language of `query --where`)
+    #[arg(long = "where", value_name = "JSON")]
+    pub filter: Option<String>,
+    /// Do not sync this field (repeat for more)
+    #[arg(long = "exclude-field", value_name = "FIELD")]
+    pub exclude_fields: Vec<String>,
+}
+
+/// The sync policy the flags ask for, if any.
+fn policy(args: &SyncArgs) -> Result<Option<SyncPolicy>, Failure> {
+    let mut policy = SyncPolicy::new()
+        .collections(args.collections.iter().filter(|c| !c.is_empty()))
+        .exclude_collections(args.exclude_collections.iter().filter(|c| !c.is_empty()))
+        .exclude_fields(args.exclude_fields.iter());
+    if let Some(filter) = &args.filter {
+        policy = policy
+            .filter_json(filter)
+            .map_err(|e| Failure::msg(format!("--where: {e}")))?;
+    }
+    Ok((!policy.is_everything()).then_some(policy))
+}
+
+/// Prints the writes the server refused that are not printed yet (they stay in the file's
+/// rejection inbox).
+fn print_rejections(db: &Database, seen: &mut HashSet<(Uuid, u64)>) {
+    let Ok(rejections) = db.replication().rejections() else {
+        return;
+    };
+    for r in rejections {
+        if seen.insert((r.op.id.origin.0, r.op.id.seq)) {
+            eprintln!(
+                "blazedb: the server refused a write to {}/{} ({}): {}",
+                r.op.collection, r.op.record, r.code, r.reason
+            );
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -97,14 +150,18 @@ pub fn run(ctx: &Ctx, args: &SyncArgs) -> Result<(), Failure> {
     let db = commands::open(ctx, &args.db)?;
     let mut options = RemoteOptions::default().mode(args.mode).maybe_enroll(token);
     options.ca_file = args.ca_file.clone();
+    options.policy = policy(args)?;
     let remote = RemoteNode::new(args.server.clone(), args.database.clone());
     let sync = db
         .enable_sync(remote, options)
         .map_err(|e| Failure::msg(e.to_string()))?;
+    let mut seen = HashSet::new();
     if args.follow {
-        follow(&sync)
+        follow(&sync, &db, &mut seen)
     } else {
-        once(&sync, &args.db, args.timeout)
+        let result = once(&sync, &args.db, args.timeout);
+        print_rejections(&db, &mut seen);
+        result
     }
 }
 
@@ -113,10 +170,25 @@ fn summary(status: &RemoteStatus) -> String {
         .connection
         .as_ref()
         .map_or((0, 0), |c| (c.ops_sent, c.ops_applied));
-    format!(
+    let mut line = format!(
         "{sent} operations sent, {applied} received; {} bytes out, {} bytes in",
         status.bytes_sent, status.bytes_received
-    )
+    );
+    if let Some(c) = &status.connection {
+        if c.rejections_received > 0 {
+            line.push_str(&format!(
+                "; {} writes refused by the server",
+                c.rejections_received
+            ));
+        }
+        if c.records_purged > 0 {
+            line.push_str(&format!(
+                "; {} records left this file's scope",
+                c.records_purged
+            ));
+        }
+    }
+    line
 }
 
 fn once(
@@ -172,9 +244,14 @@ fn once(
     }
 }
 
-fn follow(sync: &blazedb_sync::remote::RemoteSync) -> Result<(), Failure> {
+fn follow(
+    sync: &blazedb_sync::remote::RemoteSync,
+    db: &Database,
+    seen: &mut HashSet<(Uuid, u64)>,
+) -> Result<(), Failure> {
     let mut last: Option<String> = None;
     loop {
+        print_rejections(db, seen);
         // Other programs may write to the file meanwhile: their commits do not wake this
         // process's engine, so it looks for new op-log entries at every round.
         let _ = sync.engine().rescan();

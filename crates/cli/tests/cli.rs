@@ -1091,6 +1091,101 @@ fn sync_once_enrolls_with_a_token_from_stdin_and_brings_two_files_in_step() {
 }
 
 #[test]
+fn sync_asks_for_less_with_flags_and_prints_the_writes_the_server_refused() {
+    let s = Sandbox::new();
+    let server = sync_server(&s);
+    let url = server.url();
+    server
+        .meta()
+        .update_user("alice", Some(&["ios".to_owned()]), Some("developer"))
+        .unwrap();
+    server
+        .meta()
+        .set_access_rules(
+            "bugs",
+            "[roles.developer.bugs]\nread = {}\nwrite = { teamId = { \"$in\" = \"$teams\" } }\n",
+        )
+        .unwrap();
+    s.init("a.blazedb");
+    s.init("b.blazedb");
+    let mine = s
+        .run(&[
+            "insert",
+            "@a.blazedb",
+            "bugs",
+            r#"{"teamId":"ios","status":"open","notes":"n"}"#,
+        ])
+        .ok();
+    let closed = s
+        .run(&[
+            "insert",
+            "@a.blazedb",
+            "bugs",
+            r#"{"teamId":"ios","status":"closed"}"#,
+        ])
+        .ok();
+    let theirs = s
+        .run(&[
+            "insert",
+            "@a.blazedb",
+            "bugs",
+            r#"{"teamId":"android","status":"open"}"#,
+        ])
+        .ok();
+    let mut args = sync_args("a.blazedb", &url);
+    args.extend(["--enroll".to_owned(), "-".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&args).stdin(&sync_token(&server)).output();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the server refused a write to bugs/{}",
+            theirs.trim()
+        )) && stderr.contains("outside what the role \"developer\" may write"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("1 writes refused")
+    );
+    // The server undid it here too.
+    s.run(&["get", "@a.blazedb", "bugs", theirs.trim()]).fails();
+
+    let mut args = sync_args("b.blazedb", &url);
+    args.extend(
+        [
+            "--enroll",
+            "-",
+            "--collections",
+            "bugs,comments",
+            "--where",
+            r#"{"status":"open"}"#,
+            "--exclude-field",
+            "notes",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s.run(&args).stdin(&sync_token(&server)).ok();
+    let got = s.run(&["get", "@b.blazedb", "bugs", mine.trim()]).ok();
+    assert!(got.contains("open") && !got.contains("notes"), "{got}");
+    s.run(&["get", "@b.blazedb", "bugs", closed.trim()]).fails();
+
+    // A bad filter is the user's mistake, said before anything connects.
+    let mut args = sync_args("b.blazedb", &url);
+    args.extend([
+        "--where".to_owned(),
+        r#"{"status":{"$regex":"x"}}"#.to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = s.run(&args).fails();
+    assert!(err.contains("--where") && err.contains("$regex"), "{err}");
+    server.shutdown();
+}
+
+#[test]
 fn sync_without_enrollment_or_with_a_bad_token_fails_with_one_clear_line() {
     let s = Sandbox::new();
     let server = sync_server(&s);

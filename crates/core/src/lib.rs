@@ -46,8 +46,8 @@ mod validate;
 mod watch;
 
 pub use blazedb_format::{
-    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, Record, RecordState, RejectCode,
-    SnapshotRecord, Stamp, Value, ValueTypeError, VersionVector, fields,
+    self as format, Date, Fields, NodeId, OpId, OpKind, Operation, PurgeReason, Record,
+    RecordState, RejectCode, SnapshotRecord, Stamp, Value, ValueTypeError, VersionVector, fields,
 };
 pub use db::{Database, Durability, OpenOptions};
 pub use error::{Error, OpenError, Result};
@@ -61,9 +61,7 @@ pub use snapshot::{SnapshotInfo, SnapshotKey};
 pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, SnapshotReport, Transaction};
 pub use uuid::Uuid;
 pub use validate::MAX_NAME_BYTES;
-pub use watch::{
-    Change, ChangeKind, ChangeOrigin, Commit, CommitListener, PurgeReason, Subscription,
-};
+pub use watch::{Change, ChangeKind, ChangeOrigin, Commit, CommitListener, Subscription};
 
 impl Database {
     /// Wakes the returned subscription on every commit that changes `collection`, local or

@@ -312,6 +312,16 @@ impl Database {
 }
 
 impl Replication<'_> {
+    /// A record's full replicated state (tombstones and field stamps included), as a
+    /// snapshot would carry it; `None` when this database has never seen the record.
+    pub fn record_state(&self, collection: &str, id: Uuid) -> Result<Option<RecordState>> {
+        let mut core = self.db.read()?;
+        let Some(coll) = core.collection(collection, false)? else {
+            return Ok(None);
+        };
+        core.load_state(coll.id, id)
+    }
+
     /// Operations in the op log after position `after` (0 for the start), oldest first. A
     /// committed transaction is one op-log entry (or several of up to `OPLOG_ENTRY_MAX_OPS`
     /// operations) and all operations of an entry carry its position, so a sync cursor that

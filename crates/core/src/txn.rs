@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::read::resolve;
 use crate::replication::{Replication, TransactionReplication};
 use crate::validate;
-use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit, PurgeReason};
+use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
+use blazedb_format::PurgeReason;
 
 /// Most operations in one op-log entry: a transaction's operations share entries of up to this
 /// many, which bounds the memory one entry needs when it is read back or sent.

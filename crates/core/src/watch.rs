@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use blazedb_format::{NodeId, Operation};
+use blazedb_format::{NodeId, Operation, PurgeReason};
 use uuid::Uuid;
 
 /// What happened to a record.
@@ -24,32 +24,6 @@ pub enum ChangeKind {
     /// the inbox ([`Replication::rejections`](crate::Replication::rejections)), and the
     /// server's undoing of it arrives as an ordinary change.
     Rejected(blazedb_format::RejectCode),
-}
-
-/// Why a record was purged from this replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum PurgeReason {
-    /// A change to the record itself moved it out of what this replica may read (its team
-    /// changed, for example).
-    RecordChanged,
-    /// The access rules, or the user's teams or role, changed.
-    AccessChanged,
-    /// This replica asked for less (its sync policy narrowed).
-    PolicyChanged,
-    /// This device was revoked: it may hold nothing of the database any more.
-    DeviceRevoked,
-}
-
-impl std::fmt::Display for PurgeReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PurgeReason::RecordChanged => "the record changed and left this device's scope",
-            PurgeReason::AccessChanged => "the access rules or the user's teams or role changed",
-            PurgeReason::PolicyChanged => "this device's sync policy no longer asks for it",
-            PurgeReason::DeviceRevoked => "this device was revoked",
-        })
-    }
 }
 
 /// Where a change came from.

@@ -384,6 +384,17 @@ impl<'a> Encoder<'a> {
     }
 
     pub fn record_state(&mut self, state: &'a RecordState) {
+        self.write_record_state(state, false);
+    }
+
+    /// A record state for the wire, where most fields carry the stamp of the record's
+    /// insert: like [`Encoder::record_state`], except that each field's stamp is one byte 0
+    /// when it equals `created`, or 1 and the stamp.
+    pub fn record_state_compact(&mut self, state: &'a RecordState) {
+        self.write_record_state(state, true);
+    }
+
+    fn write_record_state(&mut self, state: &'a RecordState, compact: bool) {
         let flags = u8::from(state.created.is_some()) | (u8::from(state.deleted.is_some()) << 1);
         self.byte(flags);
         if let Some(s) = state.created {
@@ -396,7 +407,14 @@ impl<'a> Encoder<'a> {
         for (k, f) in &state.fields {
             self.key(k);
             self.value(&f.value);
-            self.stamp(f.stamp);
+            if !compact {
+                self.stamp(f.stamp);
+            } else if Some(f.stamp) == state.created {
+                self.byte(0);
+            } else {
+                self.byte(1);
+                self.stamp(f.stamp);
+            }
         }
     }
 
@@ -802,6 +820,15 @@ impl<'a> Decoder<'a> {
     }
 
     pub fn record_state(&mut self) -> Result<RecordState> {
+        self.read_record_state(false)
+    }
+
+    /// Reads what [`Encoder::record_state_compact`] wrote.
+    pub fn record_state_compact(&mut self) -> Result<RecordState> {
+        self.read_record_state(true)
+    }
+
+    fn read_record_state(&mut self, compact: bool) -> Result<RecordState> {
         let offset = self.pos;
         let flags = self.byte()?;
         if flags > 0b11 {
@@ -820,7 +847,7 @@ impl<'a> Decoder<'a> {
         } else {
             None
         };
-        let n = self.length(4)?;
+        let n = self.length(if compact { 3 } else { 4 })?;
         let mut state = RecordState {
             created,
             deleted,
@@ -836,7 +863,21 @@ impl<'a> Decoder<'a> {
                     + MAP_ENTRY_WEIGHT,
             )?;
             let value = self.value()?;
-            let stamp = self.stamp()?;
+            let stamp = if compact {
+                let at = self.pos;
+                match (self.byte()?, created) {
+                    (0, Some(created)) => created,
+                    (1, _) => self.stamp()?,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            offset: at,
+                            what: "field stamp marker is neither 0 (with a created stamp) nor 1",
+                        });
+                    }
+                }
+            } else {
+                self.stamp()?
+            };
             state
                 .fields
                 .insert(k.to_owned(), FieldState { value, stamp });

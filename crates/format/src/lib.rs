@@ -31,7 +31,7 @@ pub use codec::{
 };
 pub use ids::{NodeId, OpId, Stamp};
 pub use merge::{Effect, FieldState, RecordState, SnapshotRecord};
-pub use operation::{OpDigest, OpKind, Operation, RejectCode};
+pub use operation::{OpDigest, OpKind, Operation, PurgeReason, RejectCode};
 pub use sort_key::{class_prefix, sort_key, write_sort_key};
 pub use uuid::Uuid;
 pub use value::{Date, Fields, Record, Value, ValueClass, ValueTypeError};

@@ -84,6 +84,57 @@ impl std::fmt::Display for RejectCode {
     }
 }
 
+/// Why a record was purged from this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PurgeReason {
+    /// A change to the record itself moved it out of what this replica may read (its team
+    /// changed, for example).
+    RecordChanged,
+    /// The access rules, or the user's teams or role, changed.
+    AccessChanged,
+    /// This replica asked for less (its sync policy narrowed).
+    PolicyChanged,
+    /// This device was revoked: it may hold nothing of the database any more.
+    DeviceRevoked,
+}
+
+impl PurgeReason {
+    /// Every reason, in code order.
+    pub const ALL: [PurgeReason; 4] = [
+        PurgeReason::RecordChanged,
+        PurgeReason::AccessChanged,
+        PurgeReason::PolicyChanged,
+        PurgeReason::DeviceRevoked,
+    ];
+
+    /// The byte that stands for the reason on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            PurgeReason::RecordChanged => 1,
+            PurgeReason::AccessChanged => 2,
+            PurgeReason::PolicyChanged => 3,
+            PurgeReason::DeviceRevoked => 4,
+        }
+    }
+
+    /// The reason written as `code`, if this version knows it.
+    pub fn from_code(code: u8) -> Option<PurgeReason> {
+        PurgeReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl std::fmt::Display for PurgeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PurgeReason::RecordChanged => "the record changed and left this device's scope",
+            PurgeReason::AccessChanged => "the access rules or the user's teams or role changed",
+            PurgeReason::PolicyChanged => "this device's sync policy no longer asks for it",
+            PurgeReason::DeviceRevoked => "this device was revoked",
+        })
+    }
+}
+
 /// One change, as written to the op log and sent to other replicas.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operation {

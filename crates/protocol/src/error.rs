@@ -113,6 +113,12 @@ pub enum Malformed {
     /// A `Close` message carries a close code this version of the protocol does not know.
     #[error("unknown close code {code}")]
     UnknownCloseCode { code: u8 },
+    /// An `Ack` carries a rejection code this version of the protocol does not know.
+    #[error("unknown rejection code {code}")]
+    UnknownRejectCode { code: u8 },
+    /// A `Purge` message carries a reason this version of the protocol does not know.
+    #[error("unknown purge reason {code}")]
+    UnknownPurgeReason { code: u8 },
     /// A message is well-formed BlazeBinary but breaks a protocol rule.
     #[error("invalid message: {0}")]
     Invalid(Rule),
@@ -231,6 +237,20 @@ pub enum Rule {
     SnapshotOverTotal,
     /// A snapshot vector flag other than 0 and 1.
     SnapshotVectorFlag,
+    /// A membership summary level above [`crate::membership::MAX_LEVEL`].
+    DigestLevelTooHigh,
+    /// A `Reconcile` whose bucket count is not 2^level.
+    DigestBucketCount,
+    /// A `Held` bucket number not below 2^level.
+    HeldBucketOutOfRange,
+    /// `Held` bucket numbers not in strictly increasing order.
+    HeldBucketsOutOfOrder,
+    /// A rejection reason over [`crate::MAX_REJECT_REASON_LEN`] bytes.
+    RejectReasonTooLong,
+    /// A rejection of an operation with sequence number 0.
+    RejectSeqZero,
+    /// A `Policy` filter over [`crate::MAX_POLICY_FILTER_LEN`] bytes.
+    PolicyFilterTooLong,
 }
 
 impl fmt::Display for Rule {
@@ -276,6 +296,29 @@ impl fmt::Display for Rule {
                 f.write_str("snapshot part holds more records than its total")
             }
             Rule::SnapshotVectorFlag => f.write_str("snapshot vector flag is neither 0 nor 1"),
+            Rule::DigestLevelTooHigh => write!(
+                f,
+                "membership summary level is above {}",
+                crate::membership::MAX_LEVEL
+            ),
+            Rule::DigestBucketCount => {
+                f.write_str("membership summary does not have 2^level buckets")
+            }
+            Rule::RejectReasonTooLong => write!(
+                f,
+                "rejection reason is longer than {} bytes",
+                crate::MAX_REJECT_REASON_LEN
+            ),
+            Rule::RejectSeqZero => f.write_str("rejected operation has sequence number 0"),
+            Rule::PolicyFilterTooLong => write!(
+                f,
+                "policy filter is longer than {} bytes",
+                crate::MAX_POLICY_FILTER_LEN
+            ),
+            Rule::HeldBucketOutOfRange => f.write_str("Held bucket number is not below 2^level"),
+            Rule::HeldBucketsOutOfOrder => {
+                f.write_str("Held bucket numbers are not in strictly increasing order")
+            }
         }
     }
 }

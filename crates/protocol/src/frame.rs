@@ -295,10 +295,10 @@ mod tests {
     #[test]
     fn the_documented_frames_are_exact() {
         assert_eq!(
-            encode_frame(&Message::Ack { position: 300 }),
-            [0, 0, 0, 5, 0xB7, 0x16, 0x03, 0xAC, 0x02]
+            encode_frame(&Message::ack(300)),
+            [0, 0, 0, 6, 0xB7, 0x16, 0x03, 0xAC, 0x02, 0x00]
         );
-        let mut hello = vec![0, 0, 0, 0x1D, 0xB7, 0x16, 0x01, 0x02, 0x00];
+        let mut hello = vec![0, 0, 0, 0x1D, 0xB7, 0x16, 0x01, 0x03, 0x00];
         hello.extend([0x11; 16]);
         hello.extend([0x08, b'b', b'u', b'g', b's']);
         hello.extend([0x01, 0xAC, 0x02]); // capabilities: ZSTD; head: 300
@@ -400,7 +400,7 @@ mod tests {
     fn several_frames_in_one_chunk_come_out_in_order() {
         let messages = [
             hello(),
-            Message::Ack { position: 3 },
+            Message::ack(3),
             Message::close(CloseCode::Normal, "bye"),
         ];
         let stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();

@@ -74,6 +74,7 @@ mod error;
 mod frame;
 pub mod fuzz;
 pub mod membership;
+pub use membership::RecordKey;
 mod message;
 mod name;
 pub mod secure;
@@ -88,7 +89,7 @@ pub use frame::{
 };
 pub use message::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, MAX_CLOSE_REASON_LEN,
-    MAX_DECOMPRESSED_LEN, MAX_PULL_CHECKS, MAX_TOKEN_LEN, Message, OpCheck, PROTOCOL_VERSION,
-    negotiate_version,
+    MAX_DECOMPRESSED_LEN, MAX_POLICY_FILTER_LEN, MAX_PULL_CHECKS, MAX_REJECT_REASON_LEN,
+    MAX_TOKEN_LEN, Message, OpCheck, PROTOCOL_VERSION, Rejection, negotiate_version,
 };
 pub use name::{DatabaseName, InvalidDatabaseName, MAX_DATABASE_NAME_LEN};

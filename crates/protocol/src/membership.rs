@@ -1,10 +1,11 @@
 //! [`MembershipDigest`]: a small summary of a set of record ids, so that a device and a server
 //! can find which records one holds and the other does not without listing them all.
 //!
-//! Selective sync needs it (docs/access.md, "How reads will be enforced"). When a session
-//! starts, and when a device's scope changes, the device summarises the records it holds and
-//! the server summarises the records the device may see. Only the buckets whose hashes differ
-//! need their ids exchanged. Matching summaries cost a few bytes, and a difference of `d`
+//! Keys are `(collection, id)` pairs ([`RecordKey`]). Selective sync needs it (docs/access.md,
+//! "How reads are enforced"; docs/protocol.md, "Selective sync"). When a session starts (and
+//! when filtering starts on an open connection), the server summarises the records the device
+//! may see and the device the records it holds. Only the buckets whose hashes differ need
+//! their ids exchanged. Matching summaries cost a few bytes, and a difference of `d`
 //! records costs about `d` buckets of ids.
 //!
 //! A bucket's hash is the XOR of the 64-bit hashes of its ids, so adding or removing one id
@@ -21,16 +22,43 @@ pub const MAX_LEVEL: u8 = 12;
 /// About how many ids a bucket holds at the level [`MembershipDigest::level_for`] picks.
 const IDS_PER_BUCKET: usize = 16;
 
-/// The 64-bit hash of one id: the first 8 bytes of its SHA-256. Record ids are UUIDv7, whose
-/// first bytes are a timestamp, so they are hashed before bucketing, to spread them evenly.
-pub fn id_hash(id: &Uuid) -> u64 {
-    let digest: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+/// One record, named as everywhere in the protocol: its collection and its id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey {
+    pub collection: String,
+    pub id: Uuid,
+}
+
+impl RecordKey {
+    pub fn new(collection: impl Into<String>, id: Uuid) -> RecordKey {
+        RecordKey {
+            collection: collection.into(),
+            id,
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.collection, self.id)
+    }
+}
+
+/// The 64-bit hash of one record key: the first 8 bytes of the SHA-256 of the collection
+/// name's length (8 bytes, big-endian), the name and the id. Record ids are UUIDv7, whose first bytes are a timestamp, so keys are hashed
+/// before bucketing, to spread them evenly.
+pub fn key_hash(key: &RecordKey) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update((key.collection.len() as u64).to_be_bytes());
+    hasher.update(key.collection.as_bytes());
+    hasher.update(key.id.as_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
     let (first, _) = digest.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
     u64::from_be_bytes(*first)
 }
 
-/// A summary of a set of record ids: 2^`level` buckets, each the XOR of the hashes
-/// ([`id_hash`]) of the ids that fall in it (by the hash's top `level` bits).
+/// A summary of a set of record keys: 2^`level` buckets, each the XOR of the hashes
+/// ([`key_hash`]) of the ids that fall in it (by the hash's top `level` bits).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipDigest {
     level: u8,
@@ -64,10 +92,10 @@ impl MembershipDigest {
     }
 
     /// The summary of `ids` at `level`.
-    pub fn of<'a>(level: u8, ids: impl IntoIterator<Item = &'a Uuid>) -> MembershipDigest {
+    pub fn of<'a>(level: u8, keys: impl IntoIterator<Item = &'a RecordKey>) -> MembershipDigest {
         let mut digest = MembershipDigest::empty(level);
-        for id in ids {
-            digest.toggle(id);
+        for key in keys {
+            digest.toggle(key);
         }
         digest
     }
@@ -82,15 +110,27 @@ impl MembershipDigest {
         &self.buckets
     }
 
-    /// The bucket `id` falls in at this summary's level.
-    pub fn bucket_of(&self, id: &Uuid) -> usize {
-        bucket(id_hash(id), self.level)
+    /// The bucket `key` falls in at this summary's level.
+    pub fn bucket_of(&self, key: &RecordKey) -> usize {
+        bucket(key_hash(key), self.level)
+    }
+
+    /// The bucket `key` falls in at `level` (at most [`MAX_LEVEL`]).
+    pub fn bucket_at(level: u8, key: &RecordKey) -> usize {
+        bucket(key_hash(key), level.min(MAX_LEVEL))
+    }
+
+    /// A summary made of bucket hashes received from a peer; `None` unless there are
+    /// exactly 2^`level` of them and `level` is at most [`MAX_LEVEL`].
+    pub fn from_buckets(level: u8, buckets: Vec<u64>) -> Option<MembershipDigest> {
+        (level <= MAX_LEVEL && buckets.len() == 1 << level)
+            .then_some(MembershipDigest { level, buckets })
     }
 
     /// Adds `id` if it is not counted, removes it if it is: the set must know which (XOR
     /// cannot tell). Adding an id twice cancels it out.
-    pub fn toggle(&mut self, id: &Uuid) {
-        let hash = id_hash(id);
+    pub fn toggle(&mut self, key: &RecordKey) {
+        let hash = key_hash(key);
         if let Some(slot) = self.buckets.get_mut(bucket(hash, self.level)) {
             *slot ^= hash;
         }
@@ -136,8 +176,34 @@ mod tests {
 
     use super::*;
 
-    fn ids(seeds: &BTreeSet<u128>) -> Vec<Uuid> {
-        seeds.iter().map(|s| Uuid::from_u128(*s)).collect()
+    fn key(seed: u128) -> RecordKey {
+        RecordKey::new("bugs", Uuid::from_u128(seed))
+    }
+
+    fn ids(seeds: &BTreeSet<u128>) -> Vec<RecordKey> {
+        seeds.iter().map(|s| key(*s)).collect()
+    }
+
+    #[test]
+    fn one_id_in_two_collections_is_two_keys() {
+        let id = Uuid::from_u128(7);
+        let a = MembershipDigest::of(0, &[RecordKey::new("bugs", id)]);
+        let b = MembershipDigest::of(0, &[RecordKey::new("comments", id)]);
+        assert_ne!(a, b);
+        let both = MembershipDigest::of(
+            0,
+            &[RecordKey::new("bugs", id), RecordKey::new("comments", id)],
+        );
+        assert_ne!(both, MembershipDigest::empty(0));
+    }
+
+    #[test]
+    fn received_buckets_must_fit_the_level() {
+        assert!(MembershipDigest::from_buckets(2, vec![0; 4]).is_some());
+        assert!(MembershipDigest::from_buckets(2, vec![0; 3]).is_none());
+        assert!(
+            MembershipDigest::from_buckets(MAX_LEVEL + 1, vec![0; 1 << (MAX_LEVEL + 1)]).is_none()
+        );
     }
 
     #[test]
@@ -178,9 +244,9 @@ mod tests {
             let ids = ids(&seeds);
             let before = MembershipDigest::of(level, &ids);
             let mut after = before.clone();
-            after.toggle(&Uuid::from_u128(extra));
+            after.toggle(&key(extra));
             prop_assert_ne!(&after, &before);
-            after.toggle(&Uuid::from_u128(extra));
+            after.toggle(&key(extra));
             prop_assert_eq!(after, before);
         }
 
@@ -199,15 +265,15 @@ mod tests {
             let db = MembershipDigest::of(level, &ids(&b));
             let differing: BTreeSet<usize> = da.differing(&db).unwrap().into_iter().collect();
             for seed in a.symmetric_difference(&b) {
-                prop_assert!(differing.contains(&da.bucket_of(&Uuid::from_u128(*seed))));
+                prop_assert!(differing.contains(&da.bucket_of(&key(*seed))));
             }
             for seed in a.intersection(&b) {
-                let n = da.bucket_of(&Uuid::from_u128(*seed));
+                let n = da.bucket_of(&key(*seed));
                 if !differing.contains(&n) {
                     continue;
                 }
                 // A differing bucket must hold some id of the difference.
-                prop_assert!(a.symmetric_difference(&b).any(|s| da.bucket_of(&Uuid::from_u128(*s)) == n));
+                prop_assert!(a.symmetric_difference(&b).any(|s| da.bucket_of(&key(*s)) == n));
             }
             prop_assert!(differing.len() <= a.symmetric_difference(&b).count());
         }

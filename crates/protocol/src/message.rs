@@ -7,16 +7,21 @@
 use std::fmt;
 
 use blazedb_format::{
-    Decoder, Encoder, Kind, NodeId, OpDigest, Operation, SnapshotRecord, VersionVector,
+    Decoder, Encoder, Kind, NodeId, OpDigest, OpId, Operation, PurgeReason, RejectCode,
+    SnapshotRecord, VersionVector,
 };
+
+use crate::membership::{MAX_LEVEL, RecordKey};
 
 use crate::error::{DecompressFault, Incompatible, Malformed, ProtocolError, Rule};
 
 /// The protocol version this code speaks (sent in [`Message::Hello`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 pub use crate::name::MAX_DATABASE_NAME_LEN;
 /// Longest reason a [`Message::Close`] may carry, in bytes of UTF-8.
 pub const MAX_CLOSE_REASON_LEN: usize = 1024;
+/// Longest reason a [`Rejection`] may carry, in bytes of UTF-8.
+pub const MAX_REJECT_REASON_LEN: usize = 1024;
 /// Longest enrollment token a [`Message::Enroll`] may carry, in bytes of UTF-8.
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Largest message a compressed payload may expand to: the frame limit, so compression never
@@ -255,11 +260,37 @@ messages! {
     /// never depends on it.
     Ack = 0x03 as TYPE_ACK {
         position: u64,
+        /// The operations of the acknowledged range that the receiver refused (a server
+        /// enforcing access rules), each with its code and reason; every other operation
+        /// of the range was accepted. A refusal never holds back what follows it.
+        rejected: Vec<Rejection>,
     }
-    reserve { 16 }
-    validate { Ok(()) }
-    encode(e) { e.varint(*position); }
-    decode(d) { let position = d.varint()?; }
+    reserve { 16 + rejected.iter().map(|r| 32 + r.reason.len()).sum::<usize>() }
+    validate { check_rejections(rejected) }
+    encode(e) {
+        e.varint(*position);
+        e.varint(rejected.len() as u64);
+        for rejection in rejected {
+            e.node(rejection.op.origin);
+            e.varint(rejection.op.seq);
+            e.byte(rejection.code.code());
+            e.key(&rejection.reason);
+        }
+    }
+    decode(d) {
+        let position = d.varint()?;
+        let count = d.length(MIN_REJECTION_LEN)?;
+        let mut rejected = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let origin = d.node()?;
+            let seq = d.varint()?;
+            let code = d.byte()?;
+            let code = RejectCode::from_code(code).ok_or(Malformed::UnknownRejectCode { code })?;
+            let reason = d.key()?.to_owned();
+            rejected.push(Rejection { op: OpId { origin, seq }, code, reason });
+        }
+        check_rejections(&rejected).map_err(invalid)?;
+    }
 
     /// Asks the peer to answer with a [`Message::Pong`] carrying the same nonce.
     Ping = 0x04 as TYPE_PING {
@@ -446,6 +477,157 @@ messages! {
     validate { check_part(*part) }
     encode(e) { e.varint(u64::from(*part)); }
     decode(d) { let part = read_part(d)?; }
+
+    /// Sent by a side that filters what it sends (a server enforcing access rules): the
+    /// summary of the records the receiver may read, as [`crate::membership`] describes,
+    /// at the start of a session and whenever what the receiver may read changes. The
+    /// receiver answers with [`Message::Held`].
+    Reconcile = 0x0b as TYPE_RECONCILE {
+        /// The summary has 2^`level` buckets; at most [`MAX_LEVEL`].
+        level: u8,
+        /// The bucket hashes, in bucket order: exactly 2^`level` of them.
+        buckets: Vec<u64>,
+    }
+    reserve { 8 + 8 * buckets.len() }
+    validate { check_digest(*level, buckets.len()) }
+    encode(e) {
+        e.byte(*level);
+        for bucket in buckets {
+            e.raw(&bucket.to_be_bytes());
+        }
+    }
+    decode(d) {
+        let level = d.byte()?;
+        if level > MAX_LEVEL {
+            return Err(invalid(Rule::DigestLevelTooHigh));
+        }
+        let mut buckets = Vec::with_capacity(1 << level);
+        for _ in 0..1usize << level {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(d.raw(8)?);
+            buckets.push(u64::from_be_bytes(bytes));
+        }
+    }
+
+    /// The answer to a [`Message::Reconcile`]: the buckets whose hashes differ from the
+    /// sender's own summary at that level, and every record the sender holds in them.
+    Held = 0x0c as TYPE_HELD {
+        /// The level of the summary answered.
+        level: u8,
+        /// The differing buckets, in increasing order, each below 2^`level`.
+        buckets: Vec<u32>,
+        /// The records the sender holds in those buckets.
+        records: Vec<RecordKey>,
+    }
+    reserve { 8 + 4 * buckets.len() + 24 * records.len() }
+    validate { check_held(*level, buckets) }
+    encode(e) {
+        e.byte(*level);
+        e.varint(buckets.len() as u64);
+        for bucket in buckets {
+            e.varint(u64::from(*bucket));
+        }
+        write_keys(e, records);
+    }
+    decode(d) {
+        let level = d.byte()?;
+        let count = d.length(1)?;
+        let mut buckets = Vec::with_capacity(count.min(1 << MAX_LEVEL));
+        for _ in 0..count {
+            let bucket = u32::try_from(d.varint()?).map_err(|_| invalid(Rule::HeldBucketOutOfRange))?;
+            buckets.push(bucket);
+        }
+        check_held(level, &buckets).map_err(invalid)?;
+        let records = read_keys(d)?;
+    }
+
+    /// Records that entered the receiver's scope, as full replicated states (the fields it
+    /// may not read removed): the receiver joins them into its copies, like snapshot
+    /// records. They move no cursor.
+    Records = 0x0d as TYPE_RECORDS {
+        records: Vec<SnapshotRecord>,
+    }
+    reserve { 64 * records.len() + 8 }
+    validate { Ok(()) }
+    encode(e) {
+        e.varint(records.len() as u64);
+        for record in records {
+            e.key(&record.collection);
+            e.uuid(&record.id);
+            e.record_state_compact(&record.state);
+        }
+    }
+    decode(d) {
+        let count = d.length(MIN_SNAPSHOT_RECORD_LEN)?;
+        let mut records = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let collection = d.key()?.to_owned();
+            let id = d.uuid()?;
+            let state = d.record_state_compact()?;
+            records.push(SnapshotRecord {
+                collection,
+                id,
+                state,
+            });
+        }
+    }
+
+    /// What the sender asks for (a device's sync policy): only these collections (all
+    /// when `only` is empty), not those in `except`, records matching `filter` (a filter of
+    /// `blazedb query --where`, as JSON text; empty: all), without the fields in
+    /// `exclude_fields`. The receiver sends only what both this and its own rules allow,
+    /// from now on and as a difference from what it sent before. Sent after `Hello`, before
+    /// the first `Pull`, and again whenever the policy changes; an empty policy asks for
+    /// everything.
+    Policy = 0x0f as TYPE_POLICY {
+        only: Vec<String>,
+        except: Vec<String>,
+        filter: String,
+        exclude_fields: Vec<String>,
+    }
+    reserve { 16 + filter.len() + 24 * (only.len() + except.len() + exclude_fields.len()) }
+    validate { check_policy(filter) }
+    encode(e) {
+        write_names(e, only);
+        write_names(e, except);
+        e.key(filter);
+        write_names(e, exclude_fields);
+    }
+    decode(d) {
+        let only = read_names(d)?;
+        let except = read_names(d)?;
+        let filter = d.key()?.to_owned();
+        check_policy(&filter).map_err(invalid)?;
+        let exclude_fields = read_names(d)?;
+    }
+
+    /// Records that left the receiver's scope: it removes its copies without a tombstone or
+    /// an op-log entry (they still exist elsewhere), and tells its application why.
+    Purge = 0x0e as TYPE_PURGE {
+        reason: PurgeReason,
+        records: Vec<RecordKey>,
+    }
+    reserve { 8 + 24 * records.len() }
+    validate { Ok(()) }
+    encode(e) {
+        e.byte(reason.code());
+        write_keys(e, records);
+    }
+    decode(d) {
+        let code = d.byte()?;
+        let reason = PurgeReason::from_code(code).ok_or(Malformed::UnknownPurgeReason { code })?;
+        let records = read_keys(d)?;
+    }
+}
+
+/// One operation a receiver refused, in a [`Message::Ack`]: which, why (a code the
+/// device's application can act on), and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rejection {
+    pub op: OpId,
+    pub code: RejectCode,
+    /// At most [`MAX_REJECT_REASON_LEN`] bytes.
+    pub reason: String,
 }
 
 /// "The operation `seq` of node `node` that I have has digest `digest`", in a
@@ -480,11 +662,15 @@ pub enum CloseCode {
     /// from the one with the same id here. Reconnecting does not help; the copy needs a new
     /// identity (`blazedb reidentify`).
     CopiedDatabase,
+    /// The server's administrator revoked this device: it may hold nothing of the database
+    /// any more (its client removes the synced records, by default). Reconnecting does not
+    /// help.
+    Revoked,
 }
 
 impl CloseCode {
     /// Every close code, in code order.
-    pub const ALL: [CloseCode; 8] = [
+    pub const ALL: [CloseCode; 9] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -493,6 +679,7 @@ impl CloseCode {
         CloseCode::UnknownDatabase,
         CloseCode::InternalError,
         CloseCode::CopiedDatabase,
+        CloseCode::Revoked,
     ];
 
     /// True when reconnecting cannot help: the peer refused this node or this database (or
@@ -506,6 +693,7 @@ impl CloseCode {
                 | CloseCode::UnknownDatabase
                 | CloseCode::VersionMismatch
                 | CloseCode::CopiedDatabase
+                | CloseCode::Revoked
         )
     }
 
@@ -519,9 +707,10 @@ impl CloseCode {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
             CloseCode::ProtocolError | CloseCode::VersionMismatch => 1002,
-            CloseCode::Unauthorized | CloseCode::UnknownDatabase | CloseCode::CopiedDatabase => {
-                1008
-            }
+            CloseCode::Unauthorized
+            | CloseCode::UnknownDatabase
+            | CloseCode::CopiedDatabase
+            | CloseCode::Revoked => 1008,
             CloseCode::InternalError => 1011,
         }
     }
@@ -537,6 +726,7 @@ impl CloseCode {
             CloseCode::UnknownDatabase => 5,
             CloseCode::InternalError => 6,
             CloseCode::CopiedDatabase => 7,
+            CloseCode::Revoked => 8,
         }
     }
 
@@ -551,6 +741,7 @@ impl CloseCode {
             5 => CloseCode::UnknownDatabase,
             6 => CloseCode::InternalError,
             7 => CloseCode::CopiedDatabase,
+            8 => CloseCode::Revoked,
             _ => return None,
         })
     }
@@ -567,6 +758,7 @@ impl fmt::Display for CloseCode {
             CloseCode::UnknownDatabase => "unknown database",
             CloseCode::InternalError => "internal error",
             CloseCode::CopiedDatabase => "copied database",
+            CloseCode::Revoked => "device revoked",
         })
     }
 }
@@ -692,6 +884,95 @@ fn read_vector(d: &mut Decoder<'_>) -> Result<VersionVector, ProtocolError> {
 }
 
 /// A snapshot part number: a varint in `1..=u32::MAX`.
+/// The fewest bytes one [`Rejection`] can take: node reference (1), sequence number (1),
+/// code (1), reason (1).
+const MIN_REJECTION_LEN: usize = 4;
+
+fn check_rejections(rejected: &[Rejection]) -> Result<(), Rule> {
+    if rejected
+        .iter()
+        .any(|r| r.reason.len() > MAX_REJECT_REASON_LEN)
+    {
+        Err(Rule::RejectReasonTooLong)
+    } else if rejected.iter().any(|r| r.op.seq == 0) {
+        Err(Rule::RejectSeqZero)
+    } else {
+        Ok(())
+    }
+}
+
+/// The fewest bytes one [`RecordKey`] can take: collection back-reference (1), id (16).
+const MIN_RECORD_KEY_LEN: usize = 17;
+
+fn check_digest(level: u8, buckets: usize) -> Result<(), Rule> {
+    if level > MAX_LEVEL {
+        Err(Rule::DigestLevelTooHigh)
+    } else if buckets != 1 << level {
+        Err(Rule::DigestBucketCount)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_held(level: u8, buckets: &[u32]) -> Result<(), Rule> {
+    if level > MAX_LEVEL {
+        return Err(Rule::DigestLevelTooHigh);
+    }
+    if buckets.iter().any(|b| u64::from(*b) >= 1 << level) {
+        return Err(Rule::HeldBucketOutOfRange);
+    }
+    if buckets.windows(2).any(|w| matches!(w, [a, b] if a >= b)) {
+        return Err(Rule::HeldBucketsOutOfOrder);
+    }
+    Ok(())
+}
+
+/// Longest filter a [`Message::Policy`] may carry, in bytes.
+pub const MAX_POLICY_FILTER_LEN: usize = 16 * 1024;
+
+fn check_policy(filter: &str) -> Result<(), Rule> {
+    if filter.len() > MAX_POLICY_FILTER_LEN {
+        Err(Rule::PolicyFilterTooLong)
+    } else {
+        Ok(())
+    }
+}
+
+fn write_names<'a>(e: &mut Encoder<'a>, names: &'a [String]) {
+    e.varint(names.len() as u64);
+    for name in names {
+        e.key(name);
+    }
+}
+
+fn read_names(d: &mut Decoder<'_>) -> Result<Vec<String>, ProtocolError> {
+    let count = d.length(1)?;
+    let mut names = Vec::with_capacity(count.min(256));
+    for _ in 0..count {
+        names.push(d.key()?.to_owned());
+    }
+    Ok(names)
+}
+
+fn write_keys<'a>(e: &mut Encoder<'a>, keys: &'a [RecordKey]) {
+    e.varint(keys.len() as u64);
+    for key in keys {
+        e.key(&key.collection);
+        e.uuid(&key.id);
+    }
+}
+
+fn read_keys(d: &mut Decoder<'_>) -> Result<Vec<RecordKey>, ProtocolError> {
+    let count = d.length(MIN_RECORD_KEY_LEN)?;
+    let mut keys = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        let collection = d.key()?.to_owned();
+        let id = d.uuid()?;
+        keys.push(RecordKey { collection, id });
+    }
+    Ok(keys)
+}
+
 fn read_part(d: &mut Decoder<'_>) -> Result<u32, ProtocolError> {
     let part = u32::try_from(d.varint()?).map_err(|_| invalid(Rule::SnapshotPartTooLarge))?;
     check_part(part).map_err(invalid)?;
@@ -699,6 +980,14 @@ fn read_part(d: &mut Decoder<'_>) -> Result<u32, ProtocolError> {
 }
 
 impl Message {
+    /// An `Ack` of everything up to `position`, refusing nothing.
+    pub fn ack(position: u64) -> Message {
+        Message::Ack {
+            position,
+            rejected: Vec::new(),
+        }
+    }
+
     /// A `Close` message; a reason longer than [`MAX_CLOSE_REASON_LEN`] bytes is cut at the
     /// last character boundary that fits, so the message is always sendable.
     pub fn close(code: CloseCode, reason: impl Into<String>) -> Message {
@@ -999,8 +1288,8 @@ mod tests {
 
     #[test]
     fn an_ack_round_trips() {
-        round_trip(&Message::Ack { position: 0 });
-        round_trip(&Message::Ack { position: u64::MAX });
+        round_trip(&Message::ack(0));
+        round_trip(&Message::ack(u64::MAX));
     }
 
     #[test]
@@ -1050,7 +1339,7 @@ mod tests {
     #[test]
     fn an_unknown_message_type_is_refused() {
         // 0x7f is taken too (compressed payloads), but is not a message of its own.
-        for code in [0x00, 0x0B, 0x7E, 0x80, 0xFF] {
+        for code in [0x00, 0x10, 0x7E, 0x80, 0xFF] {
             let mut bytes = header(code);
             bytes.push(0);
             assert_eq!(
@@ -1076,7 +1365,8 @@ mod tests {
                 (4, 1008),
                 (5, 1008),
                 (6, 1011),
-                (7, 1008)
+                (7, 1008),
+                (8, 1008)
             ]
         );
     }
@@ -1093,7 +1383,8 @@ mod tests {
                 CloseCode::VersionMismatch,
                 CloseCode::Unauthorized,
                 CloseCode::UnknownDatabase,
-                CloseCode::CopiedDatabase
+                CloseCode::CopiedDatabase,
+                CloseCode::Revoked
             ]
         );
     }
@@ -1101,16 +1392,16 @@ mod tests {
     #[test]
     fn an_unknown_close_code_is_refused() {
         let mut bytes = header(TYPE_CLOSE);
-        bytes.extend([8, 0]);
+        bytes.extend([9, 0]);
         assert_eq!(
             Message::decode(&bytes),
-            Err(ProtocolError::from(Malformed::UnknownCloseCode { code: 8 }))
+            Err(ProtocolError::from(Malformed::UnknownCloseCode { code: 9 }))
         );
     }
 
     #[test]
     fn trailing_bytes_after_a_message_are_refused() {
-        let mut bytes = Message::Ack { position: 5 }.encode();
+        let mut bytes = Message::ack(5).encode();
         bytes.push(0);
         assert_eq!(
             Message::decode(&bytes),
@@ -1390,7 +1681,7 @@ mod tests {
                 to: 1,
                 ops: vec![],
             },
-            Message::Ack { position: 1 },
+            Message::ack(1),
             Message::Ping { nonce: 1 },
             Message::Pong { nonce: 1 },
             Message::close(CloseCode::Normal, ""),
@@ -1410,6 +1701,26 @@ mod tests {
                 vector: None,
             },
             Message::SnapshotAck { part: 1 },
+            Message::Reconcile {
+                level: 0,
+                buckets: vec![0],
+            },
+            Message::Held {
+                level: 0,
+                buckets: vec![0],
+                records: vec![],
+            },
+            Message::Records { records: vec![] },
+            Message::Purge {
+                reason: PurgeReason::AccessChanged,
+                records: vec![],
+            },
+            Message::Policy {
+                only: vec![],
+                except: vec![],
+                filter: String::new(),
+                exclude_fields: vec![],
+            },
         ];
         for (i, message) in messages.iter().enumerate() {
             assert_eq!(usize::from(message.type_code()), i + 1);
@@ -1452,7 +1763,7 @@ mod tests {
         assert!(!err.is_malformed_input());
         assert_eq!(
             err.to_string(),
-            "protocol version mismatch: we speak version 2, the peer speaks 3"
+            "protocol version mismatch: we speak version 3, the peer speaks 4"
         );
     }
 
@@ -2295,7 +2606,7 @@ mod tests {
             ops: vec![],
         }
         .encode();
-        let mut trailing = Message::Ack { position: 1 }.encode();
+        let mut trailing = Message::ack(1).encode();
         trailing.push(0);
         let value = encode_value(&Value::Int(1));
         for plain in [reversed, trailing, value] {

@@ -9,13 +9,13 @@
 
 use blazedb_format::{
     Date, Encoder, FieldState, Fields, Kind, NodeId, OpDigest, OpId, OpKind, Operation,
-    RecordState, SnapshotRecord, Stamp, Uuid, Value, VersionVector,
+    PurgeReason, RecordState, RejectCode, SnapshotRecord, Stamp, Uuid, Value, VersionVector,
 };
 use blazedb_protocol::{
     Capabilities, CloseCode, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_MAX_FRAME_LEN,
     FRAME_HEADER_LEN, FrameDecoder, LocalFailure, MAX_CLOSE_REASON_LEN, MAX_DATABASE_NAME_LEN,
-    MAX_PULL_CHECKS, MAX_TOKEN_LEN, Malformed, Message, OpCheck, ProtocolError, encode_frame, fuzz,
-    try_encode_frame,
+    MAX_PULL_CHECKS, MAX_REJECT_REASON_LEN, MAX_TOKEN_LEN, Malformed, Message, OpCheck,
+    ProtocolError, RecordKey, Rejection, encode_frame, fuzz, try_encode_frame,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -288,7 +288,9 @@ fn message() -> impl Strategy<Value = Message> {
                 vector,
                 checks
             }),
-        counter().prop_map(|position| Message::Ack { position }),
+        counter().prop_map(Message::ack),
+        (counter(), vec(rejection(), 1..4))
+            .prop_map(|(position, rejected)| Message::Ack { position, rejected }),
         counter().prop_map(|nonce| Message::Ping { nonce }),
         counter().prop_map(|nonce| Message::Pong { nonce }),
         (close_code(), reason).prop_map(|(code, reason)| Message::Close { code, reason }),
@@ -296,7 +298,69 @@ fn message() -> impl Strategy<Value = Message> {
         // Parts large enough to be compressed at the default threshold.
         snapshot(vec(snapshot_record(), 10..40)),
         part().prop_map(|part| Message::SnapshotAck { part }),
+        (0..=6u8, any::<u64>()).prop_map(|(level, seed)| Message::Reconcile {
+            level,
+            buckets: (0..1u64 << level)
+                .map(|n| seed.wrapping_mul(n + 1))
+                .collect(),
+        }),
+        (
+            0..=12u8,
+            proptest::collection::btree_set(any::<u32>(), 0..8),
+            vec(record_key(), 0..6)
+        )
+            .prop_map(|(level, buckets, records)| Message::Held {
+                level,
+                buckets: buckets
+                    .into_iter()
+                    .map(|b| b % (1 << level))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                records,
+            }),
+        vec(snapshot_record(), 0..4).prop_map(|records| Message::Records { records }),
+        (select(PurgeReason::ALL.to_vec()), vec(record_key(), 0..6))
+            .prop_map(|(reason, records)| Message::Purge { reason, records }),
+        (
+            vec(string(), 0..3),
+            vec(string(), 0..3),
+            string(),
+            vec(string(), 0..3)
+        )
+            .prop_map(|(only, except, filter, exclude_fields)| Message::Policy {
+                only,
+                except,
+                filter,
+                exclude_fields,
+            }),
     ]
+}
+
+fn rejection() -> impl Strategy<Value = Rejection> {
+    (
+        node(),
+        1..u64::MAX,
+        select(RejectCode::ALL.to_vec()),
+        prop_oneof![
+            Just(String::new()),
+            string(),
+            (0..=MAX_REJECT_REASON_LEN).prop_map(|n| "r".repeat(n))
+        ],
+    )
+        .prop_map(|(origin, seq, code, reason)| Rejection {
+            op: OpId { origin, seq },
+            code,
+            reason,
+        })
+}
+
+fn record_key() -> impl Strategy<Value = RecordKey> {
+    (
+        prop_oneof![Just("bugs".to_owned()), Just("comments".to_owned())],
+        any::<u128>(),
+    )
+        .prop_map(|(collection, id)| RecordKey::new(collection, Uuid::from_u128(id)))
 }
 
 /// How a stream is cut into the chunks a transport receives.
@@ -737,7 +801,7 @@ fn the_fuzz_target_round_trips_a_clean_stream_in_every_chunk_size() {
             to: 9,
             ops: vec![],
         },
-        Message::Ack { position: 9 },
+        Message::ack(9),
         Message::Ping { nonce: 7 },
         Message::close(CloseCode::GoingAway, "restart"),
     ];

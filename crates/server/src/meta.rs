@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use blazedb_access::Rules;
+use blazedb_access::{ReadScope, Rules, SecurityContext, WriteScope};
 use blazedb_core::{
     Database, Date, Error as CoreError, NodeId, OpenError, Record, Uuid, Value, fields,
 };
@@ -1079,6 +1079,27 @@ impl MetaStore {
         let rules = self.access_rules(database)?.map(Arc::new);
         cache.1.insert(database.to_owned(), rules.clone());
         Ok(rules)
+    }
+
+    /// What the device `fingerprint` of user `user` may read and write of `database` under
+    /// the rules in force: `None` when the database has no rules (everything), nothing at
+    /// all for a user the store no longer has. The context comes from this store only.
+    pub fn device_access(
+        &self,
+        database: &str,
+        user: &str,
+        fingerprint: &str,
+    ) -> Result<Option<(ReadScope, WriteScope)>, MetaError> {
+        let Some(rules) = self.current_access_rules(database)? else {
+            return Ok(None);
+        };
+        let ctx = match self.user(user)? {
+            Some(user) => SecurityContext::new(user.name, user.teams, user.role, fingerprint),
+            // No role: no rule applies, so nothing is readable or writable.
+            None => SecurityContext::new(user, Vec::<String>::new(), "", fingerprint),
+        };
+        let read = ReadScope::from_rules(&rules, &ctx);
+        Ok(Some((read, WriteScope::new(rules, ctx))))
     }
 
     /// Opens the hosted database `name` (which must exist).

@@ -165,6 +165,7 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let initially_revoked = meta.revoked_keys()?;
         let (revoked_tx, revoked_rx) = watch::channel(Arc::new(initially_revoked));
+        let (version_tx, version_rx) = watch::channel(meta.version()?);
         raise_open_file_limit();
         let gate = Gate::new(GateLimits {
             total: config.max_pending,
@@ -178,6 +179,7 @@ impl Server {
                 meta: meta.clone(),
                 send_queue: config.send_queue,
                 revoked: revoked_rx,
+                meta_version: version_rx,
                 gate: gate.clone(),
                 permits: Arc::new(Semaphore::new(config.max_connections)),
                 max_connections: config.max_connections,
@@ -199,6 +201,7 @@ impl Server {
         runtime.spawn(session::watch_revocations(
             meta.clone(),
             revoked_tx,
+            version_tx,
             shutdown_rx.clone(),
         ));
         runtime.spawn(log_gate_summaries(gate.clone(), shutdown_rx.clone()));

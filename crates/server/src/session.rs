@@ -10,6 +10,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use blazedb_access::{ReadScope, WriteScope};
+use blazedb_core::PurgeReason;
 use blazedb_protocol::{CloseCode, Message};
 use blazedb_sync::remote::{RelayOptions, Session, Transport, accept_handshake_with};
 use blazedb_sync::{ConnectOptions, PeerTrust};
@@ -36,6 +38,9 @@ pub(crate) struct SessionContext {
     pub send_queue: usize,
     /// Updated by [`watch_revocations`].
     pub revoked: watch::Receiver<Revoked>,
+    /// The meta store's version, updated by [`watch_revocations`]: a change may be new
+    /// access rules, or a user's new teams or role.
+    pub meta_version: watch::Receiver<u64>,
     /// The budget of connections that have not authenticated (and failures per source).
     pub gate: Arc<Gate>,
     /// One permit per authenticated connection, `max_connections` in all.
@@ -49,6 +54,7 @@ pub(crate) struct SessionContext {
 pub(crate) async fn watch_revocations(
     meta: Arc<MetaStore>,
     revoked: watch::Sender<Revoked>,
+    meta_version: watch::Sender<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut seen = None;
@@ -70,6 +76,11 @@ pub(crate) async fn watch_revocations(
         match read {
             Ok(Ok((version, keys))) => {
                 seen = Some(version);
+                meta_version.send_if_modified(|current| {
+                    let changed = *current != version;
+                    *current = version;
+                    changed
+                });
                 if let Some(keys) = keys {
                     revoked.send_if_modified(|current| {
                         let changed = **current != keys;
@@ -161,7 +172,7 @@ pub(crate) async fn run<S: Transport>(
     let (user, first) = match admission {
         Admission::Known { user, first } => (user, first),
         Admission::Refused(code, reason, line) => {
-            if code == CloseCode::Unauthorized {
+            if matches!(code, CloseCode::Unauthorized | CloseCode::Revoked) {
                 if ticket.failed()
                     && let Some(line) = line
                 {
@@ -247,6 +258,24 @@ pub(crate) async fn run<S: Transport>(
         return;
     };
 
+    // What the device may read: decided here, from the server's store, never from what the
+    // device says.
+    let mut version = context.meta_version.clone();
+    version.borrow_and_update();
+    let access = match device_access(&context.meta, &database.name, &user, &fingerprint).await {
+        Ok(access) => access,
+        Err(reason) => {
+            log::error(format_args!("{reason}"));
+            session
+                .refuse(
+                    CloseCode::InternalError,
+                    "the server failed to read the access rules",
+                )
+                .await;
+            return;
+        }
+    };
+
     let relay = session.into_relay(
         Some(hello),
         RelayOptions {
@@ -255,10 +284,13 @@ pub(crate) async fn run<S: Transport>(
         },
     );
     let mut finished = relay.finished();
-    let options = ConnectOptions::new(database.name.clone())
+    let mut options = ConnectOptions::new(database.name.clone())
         .name(format!("device {fingerprint} ({user})"))
         // A device link carries the device's own operations, nothing else.
         .trust(PeerTrust::Origin(node));
+    options.scope = access.as_ref().map(|(read, _)| read.clone());
+    options.write_scope = access.as_ref().map(|(_, write)| write.clone());
+    let mut access = access;
     let mut revoked = context.revoked.clone();
     let id = match database.engine.connect(relay, options) {
         Ok(id) => id,
@@ -276,6 +308,31 @@ pub(crate) async fn run<S: Transport>(
         tokio::select! {
             () = crate::stopped(&mut finished) => break false,
             () = crate::stopped(&mut shutdown) => break true,
+            changed = version.changed() => {
+                if changed.is_err() {
+                    crate::stopped(&mut finished).await;
+                    break false;
+                }
+                version.borrow_and_update();
+                // New rules, or the user's teams or role changed: the device gets the
+                // difference at once, on this connection.
+                match device_access(&context.meta, &database.name, &user, &fingerprint).await {
+                    Ok(new) if new != access => {
+                        access = new.clone();
+                        let engine = database.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let (read, write) = new.unzip();
+                            // Writes first: nothing the device may no longer write is
+                            // accepted while it learns what it may read.
+                            engine.engine.set_write_scope(id, write)?;
+                            engine.engine.set_scope(id, read, PurgeReason::AccessChanged)
+                        })
+                        .await;
+                    }
+                    Ok(_) => {}
+                    Err(reason) => log::error(format_args!("{reason}")),
+                }
+            }
             changed = revoked.changed() => {
                 if changed.is_err() {
                     // The watcher is gone (shutting down); only `finished` matters now.
@@ -289,7 +346,7 @@ pub(crate) async fn run<S: Transport>(
                     ));
                     let _ = database.engine.disconnect_with(
                         id,
-                        CloseCode::Unauthorized,
+                        CloseCode::Revoked,
                         format!(
                             "device key {fingerprint} was revoked by the server's administrator"
                         ),
@@ -329,6 +386,28 @@ pub(crate) async fn run<S: Transport>(
         engine.engine.disconnect(id)
     })
     .await;
+}
+
+/// What device `fingerprint` of `user` may read and write of `database` (see
+/// [`MetaStore::device_access`]), or the reason the server cannot tell.
+async fn device_access(
+    meta: &Arc<MetaStore>,
+    database: &str,
+    user: &str,
+    fingerprint: &str,
+) -> Result<Option<(ReadScope, WriteScope)>, String> {
+    let (meta, database, user, fingerprint) = (
+        meta.clone(),
+        database.to_owned(),
+        user.to_owned(),
+        fingerprint.to_owned(),
+    );
+    let context =
+        format!("reading what device {fingerprint} ({user}) may read and write of {database:?}");
+    tokio::task::spawn_blocking(move || meta.device_access(&database, &user, &fingerprint))
+        .await
+        .map_err(|_| format!("{context} failed"))?
+        .map_err(|e| format!("{context} failed: {e}"))
 }
 
 /// The device's next message before `deadline` (its time to authenticate), with the session
@@ -383,7 +462,7 @@ fn admit(
     };
     match device {
         Some(device) if device.revoked => Admission::Refused(
-            CloseCode::Unauthorized,
+            CloseCode::Revoked,
             format!("device key {fingerprint} was revoked by the server's administrator"),
             Some(format!(
                 "refused revoked device {fingerprint} ({}) for database {database:?}",

@@ -296,10 +296,36 @@ fn a_revoked_device_is_refused_at_its_next_connection() {
     server.meta().revoke_device(&fingerprint).unwrap();
 
     // The key is pinned now: no token needed, and none would help.
-    let s = sync(&db, &server, fast());
+    db.insert("bugs", fields! { "n" => 1 }).unwrap();
+    let kept = RemoteOptions {
+        purge_on_revoke: false,
+        ..fast()
+    };
+    let s = sync(&db, &server, kept);
     let err = s.wait_synced(WAIT, |_| {}).unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
     assert_eq!(s.status().state, RemoteState::Failed);
+    assert_eq!(
+        db.count("bugs").unwrap(),
+        1,
+        "purge_on_revoke is off: the file keeps it"
+    );
+    s.stop();
+
+    let watch = db.subscribe("bugs");
+    let s = sync(&db, &server, fast());
+    let err = s.wait_synced(WAIT, |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("records of the database were removed"),
+        "{err}"
+    );
+    assert_eq!(db.count("bugs").unwrap(), 0);
+    let commit = watch.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        commit.changes[0].kind,
+        blazedb_core::ChangeKind::Purged(blazedb_core::PurgeReason::DeviceRevoked)
+    );
 }
 
 #[test]
@@ -308,6 +334,7 @@ fn a_device_revoked_by_the_admin_command_while_connected_is_disconnected() {
     let server = server(dir.path());
     let db = device(dir.path(), "stolen-laptop");
     let s = sync(&db, &server, fast().enroll(token(&server)));
+    db.insert("bugs", fields! { "secret" => "plans" }).unwrap();
     s.wait_synced(WAIT, |_| {}).unwrap();
     assert_eq!(server.connections(), 1);
     let fingerprint = node_keys(&db).unwrap().fingerprint();
@@ -326,6 +353,12 @@ fn a_device_revoked_by_the_admin_command_while_connected_is_disconnected() {
     });
     let error = s.status().last_error.unwrap_or_default();
     assert!(error.contains("revoked"), "{error}");
+    // It removed the database's records, and said so.
+    assert!(
+        error.contains("1 records of the database were removed"),
+        "{error}"
+    );
+    assert_eq!(db.count("bugs").unwrap(), 0);
     assert_eq!(
         s.status().sessions,
         1,

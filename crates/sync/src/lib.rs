@@ -50,6 +50,7 @@ pub mod remote;
 mod topology;
 mod unix;
 
+pub use blazedb_access::{PolicyError, ReadScope, SyncPolicy, WriteScope};
 pub use blazedb_protocol::{DatabaseName, InvalidDatabaseName};
 pub use engine::{
     ConnectOptions, ConnectionStatus, ECHO_FLUSH_AFTER, EngineOptions, MAX_BATCH_OPS, Mode,

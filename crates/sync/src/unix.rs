@@ -814,8 +814,8 @@ mod tests {
         assert_eq!(client.kind(), "unix");
         client.send(hello()).unwrap();
         assert_eq!(next_message(&server_rx), hello());
-        server.send(Message::Ack { position: 42 }).unwrap();
-        assert_eq!(next_message(&client_rx), Message::Ack { position: 42 });
+        server.send(Message::ack(42)).unwrap();
+        assert_eq!(next_message(&client_rx), Message::ack(42));
         match client_rx.try_recv() {
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
             _ => panic!("only one event was expected"),

@@ -551,7 +551,7 @@ fn a_lost_range_makes_the_receiver_pull_again_from_its_cursor() {
         to: log[1].0,
         ops: log.iter().map(|(_, op)| op.clone()).collect(),
     });
-    probe.wait_for(|m| matches!(m, Message::Ack { position } if *position == log[1].0));
+    probe.wait_for(|m| matches!(m, Message::Ack { position, .. } if *position == log[1].0));
     assert_eq!(db.count("t").unwrap(), 2);
     assert_eq!(
         db.replication().peer_cursor(source.node_id()).unwrap(),

@@ -129,12 +129,7 @@ fn payloads(action: &Action, node: NodeId, next: &mut u64) -> Vec<Vec<u8>> {
             .encode(),
         ],
         Action::Ping(nonce) => vec![Message::Ping { nonce: *nonce }.encode()],
-        Action::Ack(position) => vec![
-            Message::Ack {
-                position: *position,
-            }
-            .encode(),
-        ],
+        Action::Ack(position) => vec![Message::ack(*position).encode()],
         Action::SnapshotAck(part) => vec![Message::SnapshotAck { part: *part }.encode()],
         Action::Hello => vec![hello(node).encode()],
         Action::Garbage(bytes) => vec![bytes.clone()],

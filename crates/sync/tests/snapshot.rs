@@ -322,7 +322,7 @@ fn a_received_snapshot_reports_progress_and_moves_the_cursor_only_with_its_last_
 
     probe.say(parts[1].clone());
     let head = source.replication().oplog_head().unwrap();
-    probe.wait_for(|m| matches!(m, Message::Ack { position } if *position == head));
+    probe.wait_for(|m| matches!(m, Message::Ack { position, .. } if *position == head));
     let status = &engine.status().unwrap()[0];
     assert_eq!(status.snapshot_in, None);
     assert_eq!(status.catch_up_progress(), 1.0);

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blazedb_core::{CommitListener, Database, NodeId, OpId, Operation};
+use blazedb_access::{ReadScope, SyncPolicy, WriteScope};
+use blazedb_core::{CommitListener, Database, NodeId, OpId, Operation, PurgeReason};
 use blazedb_protocol::{CloseCode, Message};
 
 use crate::error::{Result, SyncError};
@@ -147,6 +148,18 @@ pub struct ConnectOptions {
     /// application links databases it owns. A server sets [`PeerTrust::Origin`] on every
     /// device link.
     pub trust: PeerTrust,
+    /// What the peer may read, when this side filters what it sends (a server enforcing
+    /// access rules on a device's link); `None`: everything. Change it while connected with
+    /// [`SyncEngine::set_scope`].
+    pub scope: Option<ReadScope>,
+    /// What the peer may write, when this side checks the operations it sends (a server
+    /// enforcing access rules); `None`: everything. A refused operation is counted as
+    /// received, undone everywhere by a newer operation, and reported in the `Ack`.
+    pub write_scope: Option<WriteScope>,
+    /// What this side asks the peer for (a device's sync policy), sent after `Hello`; the
+    /// peer sends only what both this and its own rules allow. Change it while connected
+    /// with [`SyncEngine::set_policy`].
+    pub policy: Option<SyncPolicy>,
 }
 
 /// Whose operations a connection's peer may send, decided by the side that accepts the
@@ -176,7 +189,29 @@ impl ConnectOptions {
             mode: Mode::Bidirectional,
             forward: true,
             trust: PeerTrust::Relay,
+            scope: None,
+            write_scope: None,
+            policy: None,
         }
+    }
+
+    /// Asks the peer for less (see [`ConnectOptions::policy`]).
+    pub fn policy(mut self, policy: SyncPolicy) -> ConnectOptions {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Sends the peer only what `scope` lets it read (see [`ConnectOptions::scope`]).
+    pub fn scope(mut self, scope: ReadScope) -> ConnectOptions {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// Accepts from the peer only what `scope` lets it write (see
+    /// [`ConnectOptions::write_scope`]).
+    pub fn write_scope(mut self, scope: WriteScope) -> ConnectOptions {
+        self.write_scope = Some(scope);
+        self
     }
 
     /// Sets whose operations the peer may send (see [`PeerTrust`]).
@@ -259,6 +294,20 @@ pub struct ConnectionStatus {
     pub snapshot_in: Option<(u64, u64)>,
     /// A snapshot being sent to the peer: (records sent so far, records in all).
     pub snapshot_out: Option<(u64, u64)>,
+    /// With a scope ([`ConnectOptions::scope`]): how many records the peer holds, as far as
+    /// this side knows; record states sent because records entered its scope; records it
+    /// was told to purge.
+    pub scoped_records_held: Option<usize>,
+    pub states_sent: u64,
+    pub purges_sent: u64,
+    /// Record states this side joined, and records it purged, because the peer filters
+    /// what it sends (a server enforcing access rules).
+    pub states_applied: u64,
+    pub records_purged: u64,
+    /// Operations of the peer this side refused ([`ConnectOptions::write_scope`]), and
+    /// operations of ours the peer refused (now in the rejection inbox).
+    pub ops_refused: u64,
+    pub rejections_received: u64,
 }
 
 /// What a user does about a copied database file.
@@ -324,7 +373,7 @@ pub(crate) enum Command {
     Connect {
         id: ConnectionId,
         relay: Box<dyn Relay>,
-        options: ConnectOptions,
+        options: Box<ConnectOptions>,
     },
     Disconnect {
         id: ConnectionId,
@@ -335,6 +384,22 @@ pub(crate) enum Command {
     SetMode {
         id: ConnectionId,
         mode: Mode,
+        reply: Sender<Result<()>>,
+    },
+    SetScope {
+        id: ConnectionId,
+        scope: Option<Box<ReadScope>>,
+        reason: PurgeReason,
+        reply: Sender<Result<()>>,
+    },
+    SetWriteScope {
+        id: ConnectionId,
+        scope: Option<Box<WriteScope>>,
+        reply: Sender<Result<()>>,
+    },
+    SetPolicy {
+        id: ConnectionId,
+        policy: Option<Box<SyncPolicy>>,
         reply: Sender<Result<()>>,
     },
     Status {
@@ -476,7 +541,7 @@ impl SyncEngine {
         self.command(Command::Connect {
             id,
             relay: Box::new(relay),
-            options,
+            options: Box::new(options),
         })?;
         Ok(id)
     }
@@ -507,6 +572,40 @@ impl SyncEngine {
     /// sending resumes from what the peer acknowledged (the peer skips what it already has).
     pub fn set_mode(&self, id: ConnectionId, mode: Mode) -> Result<()> {
         self.ask(|reply| Command::SetMode { id, mode, reply })?
+    }
+
+    /// Replaces what a connection's peer may read (see [`ConnectOptions::scope`]) while it
+    /// runs: the peer gets the full states of records that entered its scope and a purge of
+    /// those that left it, with `reason`, without reconnecting or downloading again what it
+    /// keeps. `None` lifts the filter.
+    pub fn set_scope(
+        &self,
+        id: ConnectionId,
+        scope: Option<ReadScope>,
+        reason: PurgeReason,
+    ) -> Result<()> {
+        let scope = scope.map(Box::new);
+        self.ask(|reply| Command::SetScope {
+            id,
+            scope,
+            reason,
+            reply,
+        })?
+    }
+
+    /// Replaces what this side asks the peer for on a connection (see
+    /// [`ConnectOptions::policy`]): the peer sends the records that now enter it and purges
+    /// those that leave it, without reconnecting or sending again what stays.
+    pub fn set_policy(&self, id: ConnectionId, policy: Option<SyncPolicy>) -> Result<()> {
+        let policy = policy.map(Box::new);
+        self.ask(|reply| Command::SetPolicy { id, policy, reply })?
+    }
+
+    /// Replaces what a connection's peer may write (see [`ConnectOptions::write_scope`]),
+    /// from its next operation on.
+    pub fn set_write_scope(&self, id: ConnectionId, scope: Option<WriteScope>) -> Result<()> {
+        let scope = scope.map(Box::new);
+        self.ask(|reply| Command::SetWriteScope { id, scope, reply })?
     }
 
     /// Sends the peer a barrier: a `Ping` that the peer answers after everything it sent

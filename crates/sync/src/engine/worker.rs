@@ -8,10 +8,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
 use blazedb_core::{
-    ApplyReport, Database, NodeId, OpId, Operation, SnapshotInfo, SnapshotKey, Uuid, VersionVector,
+    ApplyReport, Database, NodeId, OpId, Operation, PurgeReason, RecordState, RejectCode,
+    SnapshotInfo, SnapshotKey, Uuid, VersionVector,
 };
 use blazedb_format::{OpDigest, SnapshotRecord};
-use blazedb_protocol::{CloseCode, Message};
+use blazedb_protocol::{CloseCode, Message, RecordKey};
 
 use super::session::{Output, Session, SessionLog};
 use super::{
@@ -40,7 +41,13 @@ pub(super) struct DbLog {
     recent: VecDeque<(u64, Arc<[Operation]>)>,
     /// Operations in `recent`.
     recent_ops: usize,
+    /// Record states read since the database last changed: every scoped connection asks
+    /// for the same records after a commit, and reads them once.
+    states: HashMap<RecordKey, Option<RecordState>>,
 }
+
+/// Most record states kept in [`DbLog::states`].
+const STATE_CACHE: usize = 4096;
 
 impl DbLog {
     pub(super) fn new(db: Database, head: u64, oplog_start: u64) -> DbLog {
@@ -51,11 +58,13 @@ impl DbLog {
             oplog_start,
             recent: VecDeque::new(),
             recent_ops: 0,
+            states: HashMap::new(),
         }
     }
 
     /// The database committed entries `first..=last` holding `ops`.
     fn committed(&mut self, first: u64, last: u64, ops: Arc<[Operation]>) {
+        self.states.clear();
         self.head = self.head.max(last);
         // Keep single-entry commits to stream without reading them back.
         if first == last && !ops.is_empty() && ops.len() <= RECENT_OPS {
@@ -120,6 +129,8 @@ impl SessionLog for DbLog {
     }
 
     fn refresh_head(&mut self) -> blazedb_core::Result<u64> {
+        // Another handle may have written.
+        self.states.clear();
         self.head = self.head.max(self.db.replication().oplog_head()?);
         Ok(self.head)
     }
@@ -175,11 +186,90 @@ impl SessionLog for DbLog {
         peer: NodeId,
         ops: &[Operation],
         to: u64,
+        covered: Option<&VersionVector>,
     ) -> blazedb_core::Result<ApplyReport> {
+        self.states.clear();
         self.db.transaction(|tx| {
             let report = tx.replication().apply_remote(ops)?;
+            if let Some(covered) = covered {
+                tx.replication().merge_version_vector(covered)?;
+            }
             tx.replication().set_peer_cursor(peer, to)?;
             Ok(report)
+        })
+    }
+
+    fn apply_refusing(
+        &mut self,
+        peer: NodeId,
+        ops: &[Operation],
+        refused: &[bool],
+        to: u64,
+    ) -> blazedb_core::Result<(ApplyReport, Vec<Operation>)> {
+        self.states.clear();
+        self.db.transaction(|tx| {
+            let mut report = ApplyReport::default();
+            let mut undone = Vec::new();
+            for (op, refused) in ops
+                .iter()
+                .zip(refused.iter().chain(std::iter::repeat(&false)))
+            {
+                let one = std::slice::from_ref(op);
+                if *refused {
+                    // Counted as received (never asked for again), then undone everywhere
+                    // by a newer operation of ours.
+                    if tx.replication().skip_remote(one)?.applied > 0 {
+                        undone.push(tx.replication().undo_refused(op)?);
+                    }
+                } else {
+                    let r = tx.replication().apply_remote(one)?;
+                    report.applied += r.applied;
+                    report.duplicates += r.duplicates;
+                }
+            }
+            tx.replication().set_peer_cursor(peer, to)?;
+            Ok((report, undone))
+        })
+    }
+
+    fn reject(
+        &mut self,
+        peer: NodeId,
+        refused: &[(Operation, RejectCode, String)],
+    ) -> blazedb_core::Result<()> {
+        self.db.transaction(|tx| {
+            for (op, code, reason) in refused {
+                tx.replication().reject(peer, op, *code, reason)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn record_state(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<RecordState>> {
+        if let Some(state) = self.states.get(key) {
+            return Ok(state.clone());
+        }
+        let state = self
+            .db
+            .replication()
+            .record_state(&key.collection, key.id)?;
+        if self.states.len() >= STATE_CACHE {
+            self.states.clear();
+        }
+        self.states.insert(key.clone(), state.clone());
+        Ok(state)
+    }
+
+    fn purge(&mut self, keys: &[RecordKey], reason: PurgeReason) -> blazedb_core::Result<usize> {
+        self.states.clear();
+        self.db.transaction(|tx| {
+            let mut purged = 0;
+            for key in keys {
+                if tx.replication().purge(&key.collection, key.id, reason)? {
+                    purged += 1;
+                }
+            }
+            Ok(purged)
         })
     }
 
@@ -226,6 +316,7 @@ impl SessionLog for DbLog {
         records: &[SnapshotRecord],
         last: Option<(&VersionVector, u64)>,
     ) -> blazedb_core::Result<usize> {
+        self.states.clear();
         self.db.transaction(|tx| {
             let report = tx.replication().apply_snapshot(peer, records)?;
             if let Some((vector, position)) = last {
@@ -428,7 +519,7 @@ impl Worker {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Connect { id, relay, options } => self.on_connect(id, relay, options),
+            Command::Connect { id, relay, options } => self.on_connect(id, relay, *options),
             Command::Disconnect { id, close, reply } => {
                 self.with_session(id, |s, log| {
                     s.apply_inbound(log);
@@ -462,6 +553,29 @@ impl Worker {
             }
             Command::SetMode { id, mode, reply } => {
                 let _ = reply.send(self.set_mode(id, mode));
+            }
+            Command::SetScope {
+                id,
+                scope,
+                reason,
+                reply,
+            } => {
+                let result = self
+                    .with_session(id, |s, log| s.set_scope(log, scope.map(|b| *b), reason))
+                    .ok_or(SyncError::UnknownConnection(id.0));
+                let _ = reply.send(result);
+            }
+            Command::SetPolicy { id, policy, reply } => {
+                let result = self
+                    .with_session(id, |s, _| s.set_policy(policy.map(|b| *b)))
+                    .ok_or(SyncError::UnknownConnection(id.0));
+                let _ = reply.send(result);
+            }
+            Command::SetWriteScope { id, scope, reply } => {
+                let result = self
+                    .with_session(id, |s, _| s.options.write_scope = scope.map(|b| *b))
+                    .ok_or(SyncError::UnknownConnection(id.0));
+                let _ = reply.send(result);
             }
             Command::Status { only, reply } => {
                 let _ = reply.send(self.status(only));
@@ -563,6 +677,13 @@ impl Worker {
                 peer_close_code: s.peer_close_code,
                 close_code: s.close_code,
                 snapshot_in: s.snapshot_in.as_ref().map(|x| (x.records, x.total)),
+                scoped_records_held: s.options.scope.as_ref().map(|_| s.held.len()),
+                states_sent: s.states_sent,
+                purges_sent: s.purges_sent,
+                states_applied: s.states_applied,
+                records_purged: s.records_purged,
+                ops_refused: s.ops_refused,
+                rejections_received: s.rejections_received,
                 snapshot_out: s
                     .outbound
                     .as_ref()

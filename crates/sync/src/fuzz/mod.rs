@@ -351,7 +351,7 @@ impl Harness {
         let ops: Vec<Operation> = (from + 1..=to).map(|seq| make_op(c, seq, seq)).collect();
         // A storage failure meant for the session may hit C's link instead: C tries again
         // later, from the same cursor.
-        let _ = self.logs[side].apply(c, &ops, to);
+        let _ = self.logs[side].apply(c, &ops, to, None);
     }
 
     /// `side` drops its op-log entries up to `keep` positions before its head, but none that

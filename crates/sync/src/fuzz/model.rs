@@ -13,10 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use blazedb_core::{
-    ApplyReport, Date, NodeId, OpId, OpKind, Operation, RecordState, SnapshotInfo, SnapshotKey,
-    SnapshotRecord, Uuid, Value, VersionVector,
+    ApplyReport, Date, NodeId, OpId, OpKind, Operation, PurgeReason, RecordState, RejectCode,
+    SnapshotInfo, SnapshotKey, SnapshotRecord, Uuid, Value, VersionVector,
 };
 use blazedb_format::OpDigest;
+use blazedb_protocol::RecordKey;
 
 use crate::engine::MAX_BATCH_OPS;
 use crate::engine::session::SessionLog;
@@ -74,6 +75,8 @@ pub(crate) struct MemLog {
     /// The highest own sequence number a peer confirmed (`confirm_own`).
     pub(crate) own_confirmed: u64,
     pub(crate) records: BTreeMap<(String, Uuid), RecordState>,
+    /// The rejection inbox: our operations a peer refused.
+    pub(crate) rejections: BTreeMap<OpId, (RejectCode, String)>,
     /// Most operations [`SessionLog::entries_after`] returns (whole entries, so one entry
     /// may exceed it): small values make streams of many `Ops`.
     pub(crate) batch_ops: usize,
@@ -108,6 +111,7 @@ impl MemLog {
             kept: HashMap::new(),
             own_confirmed: 0,
             records: BTreeMap::new(),
+            rejections: BTreeMap::new(),
             batch_ops: MAX_BATCH_OPS,
             snapshot_part_records: crate::engine::SNAPSHOT_PART_RECORDS,
             fail_next: false,
@@ -130,6 +134,44 @@ impl MemLog {
         }
         self.vector.observe(self.node, self.own_seq);
         self.append(ops)
+    }
+
+    #[cfg(test)]
+    /// Writes one operation of our own of `kind` on `collection`/`record` with `fields`, in
+    /// its own transaction; returns the entry's position.
+    pub(crate) fn write_op(
+        &mut self,
+        kind: OpKind,
+        collection: &str,
+        record: Uuid,
+        fields: blazedb_core::Fields,
+    ) -> u64 {
+        self.own_seq += 1;
+        self.lamport += 1;
+        let op = Operation {
+            id: OpId {
+                origin: self.node,
+                seq: self.own_seq,
+            },
+            lamport: self.lamport,
+            wall: Date::from_unix_millis(1_700_000_000_000),
+            kind,
+            collection: collection.to_owned(),
+            record,
+            fields,
+        };
+        self.hold(&op);
+        self.vector.observe(self.node, self.own_seq);
+        self.append(vec![op])
+    }
+
+    #[cfg(test)]
+    /// The records held (not deleted), with their visible fields.
+    pub(crate) fn live(&self) -> BTreeMap<(String, Uuid), blazedb_core::Fields> {
+        self.records
+            .iter()
+            .filter_map(|(key, state)| state.visible_fields().map(|f| (key.clone(), f)))
+            .collect()
     }
 
     /// The next entry's position leaves `n` numbers out.
@@ -266,6 +308,7 @@ impl SessionLog for MemLog {
         peer: NodeId,
         ops: &[Operation],
         to: u64,
+        covered: Option<&VersionVector>,
     ) -> blazedb_core::Result<ApplyReport> {
         if std::mem::take(&mut self.fail_next) {
             self.failures += 1;
@@ -310,10 +353,107 @@ impl SessionLog for MemLog {
         if !new.is_empty() {
             self.append(new);
         }
+        for (origin, seq) in covered.iter().flat_map(|v| v.iter()) {
+            self.raise(origin, seq);
+        }
         self.set_cursor(peer, to);
         self.applies += 1;
         self.duplicates += report.duplicates as u64;
         Ok(report)
+    }
+
+    fn apply_refusing(
+        &mut self,
+        peer: NodeId,
+        ops: &[Operation],
+        refused: &[bool],
+        to: u64,
+    ) -> blazedb_core::Result<(ApplyReport, Vec<Operation>)> {
+        let mut report = ApplyReport::default();
+        let mut undone = Vec::new();
+        for (op, refused) in ops.iter().zip(refused) {
+            if !*refused {
+                let r = self.apply(peer, std::slice::from_ref(op), to, None)?;
+                report.applied += r.applied;
+                report.duplicates += r.duplicates;
+                continue;
+            }
+            if self.has(op.id) {
+                continue;
+            }
+            // Counted as received, then undone by a newer operation of ours (as
+            // `TransactionReplication::undo_refused` does).
+            self.digests.insert(op.id, op.digest());
+            if op.id.seq == self.vector.get(op.id.origin) + 1 {
+                self.raise(op.id.origin, op.id.seq);
+            } else {
+                self.beyond.insert(op.id);
+            }
+            self.lamport = self.lamport.max(op.lamport);
+            let here = self
+                .records
+                .get(&(op.collection.clone(), op.record))
+                .and_then(RecordState::visible_fields);
+            let (kind, fields) = match (here, op.kind) {
+                (None, _) => (OpKind::Delete, blazedb_core::Fields::new()),
+                (Some(all), OpKind::Insert | OpKind::Delete) => (OpKind::Insert, all),
+                (Some(all), OpKind::Update) => (
+                    OpKind::Update,
+                    op.fields
+                        .keys()
+                        .map(|n| (n.clone(), all.get(n).cloned().unwrap_or(Value::Null)))
+                        .collect(),
+                ),
+            };
+            self.own_seq += 1;
+            self.lamport += 1;
+            let undo = Operation {
+                id: OpId {
+                    origin: self.node,
+                    seq: self.own_seq,
+                },
+                lamport: self.lamport,
+                wall: op.wall,
+                kind,
+                collection: op.collection.clone(),
+                record: op.record,
+                fields,
+            };
+            self.hold(&undo);
+            self.vector.observe(self.node, self.own_seq);
+            self.append(vec![undo.clone()]);
+            undone.push(undo);
+        }
+        self.set_cursor(peer, to);
+        Ok((report, undone))
+    }
+
+    fn reject(
+        &mut self,
+        _peer: NodeId,
+        refused: &[(Operation, RejectCode, String)],
+    ) -> blazedb_core::Result<()> {
+        for (op, code, reason) in refused {
+            self.rejections
+                .entry(op.id)
+                .or_insert((*code, reason.clone()));
+        }
+        Ok(())
+    }
+
+    fn record_state(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<RecordState>> {
+        Ok(self.records.get(&(key.collection.clone(), key.id)).cloned())
+    }
+
+    fn purge(&mut self, keys: &[RecordKey], _reason: PurgeReason) -> blazedb_core::Result<usize> {
+        Ok(keys
+            .iter()
+            .filter(|key| {
+                self.records
+                    .remove(&(key.collection.clone(), key.id))
+                    .is_some()
+            })
+            .count())
     }
 
     fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()> {

@@ -30,6 +30,7 @@ use super::relay::RelayOptions;
 use super::session::{connect_handshake, websocket_config};
 use crate::engine::{ConnectOptions, ConnectionStatus, EngineOptions, Mode, SyncEngine};
 use crate::relay::ConnectionId;
+use blazedb_access::SyncPolicy;
 
 /// A database on a sync server: the server's URL (`ws://host:port` or `wss://host:port`)
 /// and the database's name there.
@@ -71,6 +72,15 @@ pub struct RemoteOptions {
     pub backoff_max: Duration,
     pub relay: RelayOptions,
     pub engine: EngineOptions,
+    /// What to ask the server for (default: everything the rules allow); change it while
+    /// syncing with [`RemoteSync::update_policy`].
+    pub policy: Option<SyncPolicy>,
+    /// When the server says this device was revoked (`Close { Revoked }`, over the
+    /// authenticated channel), remove every record of the database from this file (no
+    /// tombstones, nothing synced; watchers get
+    /// [`PurgeReason::DeviceRevoked`](blazedb_core::PurgeReason::DeviceRevoked)). On by
+    /// default: a revoked device is usually a lost or stolen one.
+    pub purge_on_revoke: bool,
 }
 
 impl Default for RemoteOptions {
@@ -85,6 +95,8 @@ impl Default for RemoteOptions {
             backoff_max: Duration::from_secs(30),
             relay: RelayOptions::default(),
             engine: EngineOptions::default(),
+            policy: None,
+            purge_on_revoke: true,
         }
     }
 }
@@ -107,6 +119,12 @@ impl RemoteOptions {
     /// Options with a mode.
     pub fn mode(mut self, mode: Mode) -> RemoteOptions {
         self.mode = mode;
+        self
+    }
+
+    /// Options asking the server for less than the rules allow.
+    pub fn policy(mut self, policy: SyncPolicy) -> RemoteOptions {
+        self.policy = Some(policy);
         self
     }
 
@@ -186,6 +204,8 @@ struct Shared {
     bytes_sent: Arc<AtomicU64>,
     bytes_received: Arc<AtomicU64>,
     server_key: Mutex<Option<String>>,
+    /// The policy each new connection asks for.
+    policy: Mutex<Option<SyncPolicy>>,
 }
 
 impl Shared {
@@ -259,7 +279,10 @@ impl RemoteSync {
             &remote.database,
             options.engine,
         )?);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            policy: Mutex::new(options.policy.clone()),
+            ..Shared::default()
+        });
         shared.set(RemoteState::Connecting { attempt: 1 }, None, None);
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -280,6 +303,33 @@ impl RemoteSync {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Asks the server for `policy` from now on (`None`: everything the rules allow): it
+    /// sends the records that enter it and purges those that leave it
+    /// ([`PurgeReason::PolicyChanged`](blazedb_core::PurgeReason::PolicyChanged)), on the
+    /// open connection without reconnecting, and on every later one.
+    pub fn update_policy(&self, policy: Option<SyncPolicy>) -> Result<(), RemoteError> {
+        *self
+            .shared
+            .policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = policy.clone();
+        let connection = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|(_, id, _)| *id);
+        if let Some(id) = connection {
+            match self.engine.set_policy(id, policy) {
+                // The connection ended meanwhile: the next one asks with the new policy.
+                Ok(()) | Err(crate::error::SyncError::UnknownConnection(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The engine that syncs this database (for its counters and status).
@@ -613,6 +663,35 @@ fn is_enrolled(db: &Database, server: &str) -> Result<bool, RemoteError> {
         .is_some())
 }
 
+/// Removes every record of `db` (a revoked device): purged, so nothing is synced or
+/// tombstoned, in one transaction. Returns how many were removed.
+fn purge_everything(db: &Database) -> Result<usize, blazedb_core::Error> {
+    let mut keys: Vec<(String, blazedb_core::Uuid)> = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = db
+            .replication()
+            .snapshot_page(after.as_ref(), 1000, 1 << 20)?;
+        keys.extend(page.into_iter().map(|r| (r.collection, r.id)));
+        match next {
+            Some(key) => after = Some(key),
+            None => break,
+        }
+    }
+    db.transaction(|tx| {
+        let mut removed = 0;
+        for (collection, id) in &keys {
+            if tx
+                .replication()
+                .purge(collection, *id, blazedb_core::PurgeReason::DeviceRevoked)?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    })
+}
+
 /// The reconnect loop.
 async fn run(
     db: Database,
@@ -637,10 +716,15 @@ async fn run(
                 let mut finished = relay.finished();
                 // A server accepts only this node's own operations from it (the device link's
                 // trust): what came from other nodes reached the server by their own links.
-                let connect = ConnectOptions::new(plan.remote.database.clone())
+                let mut connect = ConnectOptions::new(plan.remote.database.clone())
                     .mode(options.mode)
                     .forward(false)
                     .name(format!("{}/{}", plan.server, plan.remote.database));
+                connect.policy = shared
+                    .policy
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 let id = match engine.connect(relay, connect) {
                     Ok(id) => id,
                     Err(e) => {
@@ -686,11 +770,26 @@ async fn run(
                 // Retrying cannot help: the server refused us, one of the two found that this
                 // file or the server's source is a copy of another database file, or our op log
                 // lost writes the server never got.
-                let refused = last.is_some_and(|c| {
+                let refused = last.as_ref().is_some_and(|c| {
                     c.peer_close_code.is_some_and(CloseCode::stops_retrying)
                         || c.close_code.is_some_and(CloseCode::stops_retrying)
                         || c.log_compacted_past_peer
                 });
+                let revoked = last
+                    .as_ref()
+                    .is_some_and(|c| c.peer_close_code == Some(CloseCode::Revoked));
+                if revoked && options.purge_on_revoke {
+                    let reason = match purge_everything(&db) {
+                        Ok(n) => format!(
+                            "{reason}; {n} records of the database were removed from this file"
+                        ),
+                        Err(e) => format!(
+                            "{reason}; removing the database's records from this file failed: {e}"
+                        ),
+                    };
+                    shared.set(RemoteState::Failed, None, Some(reason));
+                    return;
+                }
                 if refused {
                     shared.set(RemoteState::Failed, None, Some(reason));
                     return;

@@ -2,10 +2,11 @@
 //! ([`SessionLog`]) and the actions it asks of its connection ([`Output`]).
 
 use blazedb_core::{
-    ApplyReport, NodeId, OpId, Operation, SnapshotInfo, SnapshotKey, VersionVector,
+    ApplyReport, NodeId, OpId, Operation, PurgeReason, RecordState, RejectCode, SnapshotInfo,
+    SnapshotKey, VersionVector,
 };
 use blazedb_format::{OpDigest, SnapshotRecord};
-use blazedb_protocol::{CloseCode, Message};
+use blazedb_protocol::{CloseCode, Message, RecordKey};
 
 /// What a session reads from and writes to its database. The engine implements it on the
 /// SQLite database (with its cache of recent entries); tests implement it on a `Vec`.
@@ -31,12 +32,37 @@ pub(crate) trait SessionLog {
     /// A peer confirmed our own operation `seq` as we have it.
     fn confirm_own(&mut self, seq: u64) -> blazedb_core::Result<()>;
     /// Merges `ops` from `peer` and sets the cursor into its log to `to`, in one transaction.
+    /// With `covered` (a peer that filters what it sends), also counts every operation the
+    /// vector describes as here: the ones left out were not for us.
     fn apply(
         &mut self,
         peer: NodeId,
         ops: &[Operation],
         to: u64,
+        covered: Option<&VersionVector>,
     ) -> blazedb_core::Result<ApplyReport>;
+    /// Like [`SessionLog::apply`] for a peer whose writes are checked: the operations marked
+    /// in `refused` are counted as received without being applied, and each is undone by a
+    /// new operation of ours (in the same transaction), which is returned.
+    fn apply_refusing(
+        &mut self,
+        peer: NodeId,
+        ops: &[Operation],
+        refused: &[bool],
+        to: u64,
+    ) -> blazedb_core::Result<(ApplyReport, Vec<Operation>)>;
+    /// Puts our own operations that `peer` refused into the rejection inbox, in one
+    /// transaction.
+    fn reject(
+        &mut self,
+        peer: NodeId,
+        refused: &[(Operation, RejectCode, String)],
+    ) -> blazedb_core::Result<()>;
+    /// A record's full replicated state here, if this database has seen it.
+    fn record_state(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<RecordState>>;
+    /// Removes records that left what this database may hold, without a trace (no
+    /// tombstone, no op-log entry), in one transaction. Returns how many were here.
+    fn purge(&mut self, keys: &[RecordKey], reason: PurgeReason) -> blazedb_core::Result<usize>;
     /// Saves the cursor into `peer`'s log.
     fn save_cursor(&mut self, peer: NodeId, cursor: u64) -> blazedb_core::Result<()>;
     /// Records durably that `peer`, which cannot take a snapshot from us, holds our log up to

@@ -32,11 +32,15 @@ use super::{
 use crate::relay::Hold;
 
 mod log;
+mod scope;
+#[cfg(test)]
+mod scope_tests;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use log::{Output, SessionLog};
+use scope::Held;
 use snapshot::{SnapshotIn, SnapshotOut};
 
 /// The sending half of a session: where the peer asked us to stream from, and what we think
@@ -148,12 +152,34 @@ pub(crate) struct Session {
     snapshot_abandoned: bool,
     /// Snapshot parts arrived since our last `Pull`.
     snapshot_parts_since_pull: bool,
+    /// With a scope: the records the peer holds, as far as we know.
+    pub(crate) held: Held,
+    /// What the rules let the peer read (`options.scope` is this narrowed by the peer's
+    /// policy), and the policy the peer asked for.
+    pub(crate) base_scope: Option<blazedb_access::ReadScope>,
+    peer_policy: Option<blazedb_access::SyncPolicy>,
+    /// The peer filters what it sends us (it sent a `Reconcile`, `Records` or `Purge`).
+    peer_filters: bool,
+    /// Record states sent because a record entered the peer's scope, and records purged
+    /// from it; record states joined and records purged here on the peer's word.
+    pub(crate) states_sent: u64,
+    pub(crate) purges_sent: u64,
+    pub(crate) states_applied: u64,
+    pub(crate) records_purged: u64,
+    /// The peer's operations this side refused (it checks writes), and our own operations
+    /// the peer refused.
+    pub(crate) ops_refused: u64,
+    pub(crate) rejections_received: u64,
+    /// Operations of ours that undo a refused write of the peer: sent to it with its hidden
+    /// fields set to null (not left out), so that what it wrote there is overwritten.
+    blank_for_peer: std::collections::HashSet<OpId>,
     outputs: Vec<Output>,
 }
 
 impl Session {
     /// A new session that has sent nothing yet.
     pub(crate) fn new(local_name: &str, options: ConnectOptions, now: Instant) -> Session {
+        let base_scope = options.scope.clone();
         Session {
             local_name: local_name.to_owned(),
             options,
@@ -189,6 +215,17 @@ impl Session {
             snapshot_in: None,
             snapshot_abandoned: false,
             snapshot_parts_since_pull: false,
+            held: Held::default(),
+            base_scope,
+            peer_policy: None,
+            peer_filters: false,
+            states_sent: 0,
+            purges_sent: 0,
+            states_applied: 0,
+            records_purged: 0,
+            ops_refused: 0,
+            rejections_received: 0,
+            blank_for_peer: std::collections::HashSet::new(),
             outputs: Vec::new(),
         }
     }
@@ -213,6 +250,9 @@ impl Session {
             head: log.head(),
         };
         self.send(hello);
+        if let Some(policy) = self.options.policy.clone() {
+            self.send_policy(Some(&policy));
+        }
     }
 
     fn send(&mut self, message: Message) {
@@ -313,7 +353,16 @@ impl Session {
                 vector,
                 checks,
             } => self.on_pull(log, from, vector, &checks, now),
-            Message::Ack { position } => self.on_ack(position, now),
+            Message::Ack { position, rejected } => {
+                let before = self.acked;
+                self.on_ack(position, now);
+                if !rejected.is_empty()
+                    && self.is_open()
+                    && let Err(e) = self.on_rejected(log, before, position, rejected)
+                {
+                    self.internal_error(&e);
+                }
+            }
             Message::SnapshotAck { part } => {
                 if let Some(snapshot) = self.outbound.as_mut().and_then(|o| o.snapshot.as_mut()) {
                     snapshot.acked(part);
@@ -340,6 +389,32 @@ impl Session {
             Message::Close { code, reason } => {
                 self.peer_close_code = Some(code);
                 self.end(format!("the peer closed the connection ({code}): {reason}"));
+            }
+            Message::Reconcile { level, buckets } => {
+                if let Err(e) = self.on_reconcile(log, level, buckets) {
+                    self.internal_error(&e);
+                }
+            }
+            Message::Held {
+                level,
+                buckets,
+                records,
+            } => {
+                if let Err(e) = self.on_held(log, level, &buckets, records) {
+                    self.internal_error(&e);
+                }
+            }
+            Message::Records { records } => self.on_records(log, records),
+            Message::Policy {
+                only,
+                except,
+                filter,
+                exclude_fields,
+            } => self.on_policy(log, only, except, &filter, exclude_fields),
+            Message::Purge { reason, records } => {
+                if let Err(e) = self.on_purge(log, reason, records) {
+                    self.internal_error(&e);
+                }
             }
             // Queued above, before anything else was looked at.
             Message::Ops { .. } => {}
@@ -495,7 +570,8 @@ impl Session {
         // acknowledged, and it may acknowledge it again.
         self.acked = self.acked.max(from);
         self.ackable = self.ackable.max(from);
-        if self.pulled.is_none() {
+        let first_pull = self.pulled.is_none();
+        if first_pull {
             // A first Pull comes from the cursor the peer loaded at Hello: durable. Later
             // ones may come from a cursor moved in memory only.
             self.kept = self.kept.max(from);
@@ -507,6 +583,14 @@ impl Session {
         self.save_kept(log);
         if self.options.mode.sends() {
             self.outbound = Some(Outbound::starting_at(from, vector));
+            // A scoped peer's holdings are compared once per session, before any Ops:
+            // afterwards every record sent, purged or written keeps them known.
+            if (first_pull || !self.held.known)
+                && self.is_scoped()
+                && let Err(e) = self.start_reconcile(log)
+            {
+                self.internal_error(&e);
+            }
         }
     }
 
@@ -547,11 +631,14 @@ impl Session {
         }
         let peer = self.peer;
         let own = log.node();
+        // A scoped peer holds our operations with hidden fields removed, so their digests
+        // differ from ours: only its own operation is compared.
+        let own_check = (!self.is_scoped()).then_some(own);
         let pull = log.version_vector().and_then(|vector| {
             // The peer's operation we have last, and our own last: the peer compares their
             // digests with its own (see `check_ops`).
             let mut checks = Vec::new();
-            for node in peer.into_iter().chain([own]) {
+            for node in peer.into_iter().chain(own_check) {
                 let seq = vector.get(node);
                 if seq == 0 {
                     continue;
@@ -584,6 +671,11 @@ impl Session {
     fn check_ops(&mut self, log: &mut impl SessionLog, peer: NodeId, checks: &[OpCheck]) -> bool {
         let own = log.node();
         for check in checks {
+            if self.is_scoped() && check.node != peer {
+                // The peer holds operations of other nodes as its scope showed them (see
+                // `pull`): their digests are not comparable.
+                continue;
+            }
             let op = OpId {
                 origin: check.node,
                 seq: check.seq,
@@ -662,11 +754,31 @@ impl Session {
             self.repull_pending = false;
             self.cursor = to;
             self.cursor_unsaved = true;
-            self.send(Message::Ack { position: to });
+            self.send(Message::ack(to));
         } else if to > start {
             self.repull_pending = false;
-            match log.apply(peer, &ops, to) {
-                Ok(report) => {
+            let covered = self.covered_by(log.node(), &ops);
+            let refusals = match self.check_writes(log, &ops) {
+                Ok(refusals) => refusals,
+                Err(e) => {
+                    self.internal_error(&e);
+                    return;
+                }
+            };
+            let applied = if refusals.is_empty() {
+                log.apply(peer, &ops, to, covered.as_ref())
+                    .map(|report| (report, Vec::new()))
+            } else {
+                let refused: Vec<bool> = ops
+                    .iter()
+                    .map(|op| refusals.iter().any(|r| r.op == op.id))
+                    .collect();
+                log.apply_refusing(peer, &ops, &refused, to)
+            };
+            match applied {
+                Ok((report, undone)) => {
+                    self.peer_wrote(&ops);
+                    self.refused_from_peer(&refusals, &undone);
                     self.cursor = to;
                     self.cursor_unsaved = false;
                     self.ops_applied += report.applied as u64;
@@ -676,7 +788,10 @@ impl Session {
                             out.peer_has.observe_op(op.id);
                         }
                     }
-                    self.send(Message::Ack { position: to });
+                    self.send(Message::Ack {
+                        position: to,
+                        rejected: refusals,
+                    });
                 }
                 Err(blazedb_core::Error::CopiedDatabase { op }) => {
                     self.close_with(CloseCode::CopiedDatabase, copy_reason(log.node(), peer, op));
@@ -695,7 +810,7 @@ impl Session {
                 }
             }
         } else if duplicate_range {
-            self.send(Message::Ack { position: start });
+            self.send(Message::ack(start));
         }
         drop(held);
         if gap && !self.repull_pending {
@@ -915,11 +1030,13 @@ impl Session {
                 return Ok(());
             };
             let (own, forward) = (log.node(), self.options.forward);
+            let mut filtered = self.filter_for_scope(log, entries)?;
+            self.send_filtered_extras(&mut filtered);
             let Some(out) = &mut self.outbound else {
                 return Ok(());
             };
-            let mut ops = Vec::with_capacity(entries.len());
-            for (_, op) in entries {
+            let mut ops = Vec::with_capacity(filtered.ops.len());
+            for op in filtered.ops {
                 if out.peer_has.contains(op.id) || (!forward && op.id.origin != own) {
                     continue;
                 }

@@ -58,6 +58,7 @@ impl Session {
         };
         let (records, next) =
             log.snapshot_page(after.as_ref(), SNAPSHOT_PART_RECORDS, SNAPSHOT_PART_BYTES)?;
+        let records = self.filter_snapshot_page(records);
         let Some(out) = self.outbound.as_mut() else {
             return Ok(false);
         };
@@ -185,7 +186,7 @@ impl Session {
                     if let Some(out) = &mut self.outbound {
                         out.peer_has.merge(&vector);
                     }
-                    self.send(Message::Ack { position });
+                    self.send(Message::ack(position));
                 }
             }
             Err(e @ blazedb_core::Error::InvalidSnapshot { .. }) => self.close_with(

@@ -74,7 +74,7 @@ fn ops(from: u64, to: u64, ops: Vec<Operation>) -> Message {
 }
 
 fn ack(position: u64) -> Message {
-    Message::Ack { position }
+    Message::ack(position)
 }
 
 fn snapshot(position: u64, part: u32, records: u64, vector: Option<VersionVector>) -> Message {
@@ -338,7 +338,7 @@ fn after_hello_a_receiving_side_pulls_from_its_cursor_with_its_vector_and_checks
     let mut side = Side::with_mode(Mode::Bidirectional);
     side.log.write(2);
     let theirs = ops_of(peer(), 1..=3);
-    side.log.apply(peer(), &theirs, 7).unwrap();
+    side.log.apply(peer(), &theirs, 7, None).unwrap();
     let mut side = side.started();
     let out = side.recv(hello(peer(), 9));
     assert_eq!(
@@ -491,7 +491,9 @@ fn pulls_spread_over_more_than_10_s_stay_under_the_limit() {
 fn a_pull_streams_the_log_after_from_leaving_out_what_its_vector_holds() {
     let mut side = Side::with_mode(Mode::Bidirectional).connected();
     side.log.write(2); // 1: us#1, us#2
-    side.log.apply(third(), &ops_of(third(), 1..=2), 2).unwrap(); // 2: third#1, third#2
+    side.log
+        .apply(third(), &ops_of(third(), 1..=2), 2, None)
+        .unwrap(); // 2: third#1, third#2
     side.log.write(1); // 3: us#3
     side.recv(pull(0, vector(&[(us(), 1), (third(), 1)])));
     assert_eq!(
@@ -589,7 +591,9 @@ fn with_forward_off_only_our_own_operations_are_sent() {
     let options = ConnectOptions::new(DB).forward(false);
     let mut side = Side::new(options).streaming();
     side.log.write(1); // 1
-    side.log.apply(third(), &ops_of(third(), 1..=1), 1).unwrap(); // 2
+    side.log
+        .apply(third(), &ops_of(third(), 1..=1), 1, None)
+        .unwrap(); // 2
     side.log.write(1); // 3
     assert_eq!(
         sent(&side.round()),
@@ -1046,7 +1050,9 @@ fn nothing_is_handled_after_the_session_ended() {
 #[test]
 fn switching_to_receiving_pulls_again_from_the_durable_cursor() {
     let mut side = Side::with_mode(Mode::WriteOnly);
-    side.log.apply(peer(), &ops_of(peer(), 1..=1), 3).unwrap();
+    side.log
+        .apply(peer(), &ops_of(peer(), 1..=1), 3, None)
+        .unwrap();
     let mut side = side.connected();
     let out = sent(&side.set_mode(Mode::Bidirectional));
     assert!(
@@ -1201,7 +1207,9 @@ fn a_link_that_does_not_forward_keeps_the_log_from_what_the_peer_certainly_store
     side.log.write(1);
     assert_eq!(sent(&side.round()), vec![ops(0, 1, ops_of(us(), 1..=1))]);
     // Entry 2 holds only another node's operation: nothing for the peer, an empty range.
-    side.log.apply(third(), &ops_of(third(), 1..=1), 1).unwrap();
+    side.log
+        .apply(third(), &ops_of(third(), 1..=1), 1, None)
+        .unwrap();
     side.round();
     side.later(ECHO_FLUSH_AFTER);
     assert_eq!(sent(&side.tick()), vec![ops(1, 2, Vec::new())]);
