@@ -55,7 +55,7 @@ impl BlazeServer {
         }
     }
 
-    fn handle(&self) -> &ServerHandle {
+    pub fn handle(&self) -> &ServerHandle {
         self.handle.as_ref().expect("running")
     }
 
@@ -298,6 +298,12 @@ impl SimSession {
                         break;
                     }
                 }
+                Ok(Message::Records { records }) => {
+                    // Records that entered the device's scope (a server enforcing rules).
+                    let now = Instant::now();
+                    notes.extend(records.iter().map(|r| (r.id, now)));
+                    delivered.fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
                 Ok(Message::Ping { nonce }) => {
                     if self.session.send(&Message::Pong { nonce }).await.is_err() {
                         break;
@@ -333,6 +339,17 @@ impl Fleet {
         n: usize,
     ) -> Fleet {
         let tokens: Vec<String> = (0..n).map(|_| server.token()).collect();
+        Fleet::connect_with(runtime, server, database, tokens)
+    }
+
+    /// Like [`Fleet::connect`], one device per token (each token names its user).
+    pub fn connect_with(
+        runtime: &tokio::runtime::Runtime,
+        server: &BlazeServer,
+        database: &str,
+        tokens: Vec<String>,
+    ) -> Fleet {
+        let n = tokens.len();
         let server_key = Arc::new(server.server_key());
         let addr = server.addr();
         let start = Instant::now();

@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "bench")]
 
+mod access;
 mod blazedb_side;
 mod grpc_side;
 mod proxy;
@@ -56,6 +57,10 @@ struct Config {
     handshake_warmup: usize,
     /// Records a new device syncs from scratch.
     bulk: usize,
+    /// Records per team in the access section's permission change (and in all for its
+    /// bytes row), and inserts its device pushes.
+    access_records: usize,
+    access_push: usize,
 }
 
 impl Config {
@@ -74,6 +79,8 @@ impl Config {
                 handshakes: 20,
                 handshake_warmup: 2,
                 bulk: 5_000,
+                access_records: 1_000,
+                access_push: 1_000,
             }
         } else {
             Config {
@@ -89,6 +96,8 @@ impl Config {
                 handshakes: 200,
                 handshake_warmup: 10,
                 bulk: 100_000,
+                access_records: 10_000,
+                access_push: 10_000,
             }
         }
     }
@@ -1042,17 +1051,22 @@ fn main() {
         machine()
     )
     .unwrap();
-    let mut sections: [String; 5] = Default::default();
-    bytes_section(&ctx, &cfg, &mut sections[0]);
-    eprint!("{}", sections[0]);
-    latency_section(&ctx, &cfg, &mut sections[1]);
-    eprint!("{}", sections[1]);
-    handshake_section(&ctx, &cfg, &mut sections[3]);
-    eprint!("{}", sections[3]);
-    fleet_section(&ctx, &cfg, &mut sections[2]);
-    eprint!("{}", sections[2]);
-    bulk_section(&ctx, &cfg, &mut sections[4]);
-    eprint!("{}", sections[4]);
+    let mut sections: [String; 6] = Default::default();
+    // `--access-only`: just section 6 (while working on access rules).
+    if !std::env::args().any(|a| a == "--access-only") {
+        bytes_section(&ctx, &cfg, &mut sections[0]);
+        eprint!("{}", sections[0]);
+        latency_section(&ctx, &cfg, &mut sections[1]);
+        eprint!("{}", sections[1]);
+        handshake_section(&ctx, &cfg, &mut sections[3]);
+        eprint!("{}", sections[3]);
+        fleet_section(&ctx, &cfg, &mut sections[2]);
+        eprint!("{}", sections[2]);
+        bulk_section(&ctx, &cfg, &mut sections[4]);
+        eprint!("{}", sections[4]);
+    }
+    access::access_section(&ctx, &cfg, &mut sections[5]);
+    eprint!("{}", sections[5]);
     for s in &sections {
         out.push_str(s);
     }

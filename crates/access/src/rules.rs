@@ -260,41 +260,53 @@ impl Rules {
         after: Option<&Record>,
         written_fields: &[&str],
     ) -> Result<(), WriteRefusal> {
-        let refuse = |code, reason: String| Err(WriteRefusal { code, reason });
-        let role = &ctx.role;
-        let Some(rule) = self
-            .rule(role, collection)
-            .filter(|r| !r.write.is_nothing())
-        else {
-            return refuse(
-                RejectCode::ReadOnly,
-                format!("the collection {collection:?} is read-only for the role {role:?}"),
-            );
-        };
-        if let Some(field) = written_fields
-            .iter()
-            .find(|f| rule.hidden_fields.contains(**f))
-        {
-            return refuse(
-                RejectCode::HiddenField,
-                format!("the field {field:?} of {collection:?} is hidden from the role {role:?}"),
-            );
-        }
-        let filter = rule.write.bind(ctx);
-        let outside = |what| {
-            refuse(
-                RejectCode::Forbidden,
-                format!(
-                    "the record {what} is outside what the role {role:?} may write in {collection:?}"
-                ),
-            )
-        };
-        match (before, after) {
-            (None, None) => outside("(neither before nor after the write)"),
-            (Some(r), _) if !filter.matches(r) => outside("as it was"),
-            (_, Some(r)) if !filter.matches(r) => outside("as written"),
-            _ => Ok(()),
-        }
+        let rule = self
+            .rule(&ctx.role, collection)
+            .filter(|r| !r.write.is_nothing());
+        let filter = rule.map(|r| r.write.bind(ctx));
+        let bound = rule
+            .zip(filter.as_ref())
+            .map(|(r, f)| (f, &r.hidden_fields));
+        check_bound(&ctx.role, collection, bound, before, after, written_fields)
+    }
+}
+
+/// [`Rules::check_write`] with the role's rule for the collection already bound: its write
+/// filter and hidden fields, `None` when the role may not write the collection.
+pub(crate) fn check_bound(
+    role: &str,
+    collection: &str,
+    rule: Option<(&Filter, &BTreeSet<String>)>,
+    before: Option<&Record>,
+    after: Option<&Record>,
+    written_fields: &[&str],
+) -> Result<(), WriteRefusal> {
+    let refuse = |code, reason: String| Err(WriteRefusal { code, reason });
+    let Some((filter, hidden)) = rule else {
+        return refuse(
+            RejectCode::ReadOnly,
+            format!("the collection {collection:?} is read-only for the role {role:?}"),
+        );
+    };
+    if let Some(field) = written_fields.iter().find(|f| hidden.contains(**f)) {
+        return refuse(
+            RejectCode::HiddenField,
+            format!("the field {field:?} of {collection:?} is hidden from the role {role:?}"),
+        );
+    }
+    let outside = |what| {
+        refuse(
+            RejectCode::Forbidden,
+            format!(
+                "the record {what} is outside what the role {role:?} may write in {collection:?}"
+            ),
+        )
+    };
+    match (before, after) {
+        (None, None) => outside("(neither before nor after the write)"),
+        (Some(r), _) if !filter.matches(r) => outside("as it was"),
+        (_, Some(r)) if !filter.matches(r) => outside("as written"),
+        _ => Ok(()),
     }
 }
 

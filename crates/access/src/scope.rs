@@ -7,7 +7,7 @@ use std::sync::Arc;
 use blazedb_core::{Fields, Filter, OpKind, Operation, Record, RecordState, Uuid, Value};
 
 use crate::context::SecurityContext;
-use crate::rules::{Rules, WriteRefusal};
+use crate::rules::{Rules, WriteRefusal, check_bound};
 
 /// What a device may write: the rules in force bound to its context. The server checks
 /// every operation a device sends with [`WriteScope::check`].
@@ -15,16 +15,32 @@ use crate::rules::{Rules, WriteRefusal};
 pub struct WriteScope {
     rules: Arc<Rules>,
     ctx: SecurityContext,
+    /// Per collection the role may write: its write filter bound to `ctx`, and the fields
+    /// it may not write (bound once, not per operation).
+    writable: BTreeMap<String, (Filter, BTreeSet<String>)>,
 }
 
 impl WriteScope {
     pub fn new(rules: Arc<Rules>, ctx: SecurityContext) -> WriteScope {
-        WriteScope { rules, ctx }
+        let writable = rules
+            .collections_of(&ctx.role)
+            .filter(|(_, rule)| !rule.write().is_nothing())
+            .map(|(collection, rule)| {
+                let hidden = rule.hidden_fields().map(str::to_owned).collect();
+                (collection.to_owned(), (rule.write().bind(&ctx), hidden))
+            })
+            .collect();
+        WriteScope {
+            rules,
+            ctx,
+            writable,
+        }
     }
 
     /// Checks `op` against the record's state here before it (`None`: never seen): the
     /// write rule must match the record as it was (update, delete) and as the operation
-    /// leaves it (insert, update), and no field it writes may be hidden.
+    /// leaves it (insert, update), and no field it writes may be hidden. The same answer as
+    /// [`Rules::check_write`].
     pub fn check(&self, op: &Operation, before: Option<&RecordState>) -> Result<(), WriteRefusal> {
         let record = |state: &RecordState| {
             state.visible_fields().map(|fields| Record {
@@ -33,13 +49,26 @@ impl WriteScope {
             })
         };
         let before_record = before.and_then(record);
-        let mut after = before.cloned().unwrap_or_default();
-        after.apply(op);
-        let after_record = record(&after);
+        let after_record = if before.is_none() && op.kind == OpKind::Insert {
+            // A new record is what the insert writes (the common case: no state to build).
+            Some(Record {
+                id: op.record,
+                fields: op.fields.clone(),
+            })
+        } else {
+            let mut after = before.cloned().unwrap_or_default();
+            after.apply(op);
+            record(&after)
+        };
         let written: Vec<&str> = op.fields.keys().map(String::as_str).collect();
-        self.rules.check_write(
-            &self.ctx,
+        let rule = self
+            .writable
+            .get(&op.collection)
+            .map(|(filter, hidden)| (filter, hidden));
+        check_bound(
+            &self.ctx.role,
             &op.collection,
+            rule,
             before_record.as_ref(),
             after_record.as_ref(),
             &written,
@@ -290,6 +319,13 @@ impl ReadScope {
         })
     }
 
+    /// May the peer read `record` of `collection` (its fields as they are, hidden ones
+    /// included)? Like [`ReadScope::may_read`], without copying the fields.
+    pub fn may_read_record(&self, collection: &str, record: &Record) -> bool {
+        self.view(collection)
+            .is_some_and(|view| view.read.matches(record))
+    }
+
     /// May the peer read the record whose replicated state is `state`? A deleted record is
     /// never readable.
     pub fn may_read_state(&self, collection: &str, id: Uuid, state: &RecordState) -> bool {
@@ -439,6 +475,70 @@ write = {}
         assert!(stripped.fields.contains_key("teamId"));
         assert!(!stripped.fields.contains_key("auditLog"));
         assert!(scope.may_read_state("bugs", insert.record, &state));
+    }
+
+    #[test]
+    fn a_write_scope_answers_as_the_rules_do() {
+        let rules = Arc::new(Rules::parse(RULES).unwrap());
+        let ctx = SecurityContext::new("alice", ["ios"], "developer", "d1");
+        let scope = WriteScope::new(rules.clone(), ctx.clone());
+        let mut ios = RecordState::default();
+        ios.apply(&op(OpKind::Insert, fields! { "teamId" => "ios" }));
+        let cases = [
+            (op(OpKind::Insert, fields! { "teamId" => "ios" }), None),
+            (op(OpKind::Insert, fields! { "teamId" => "android" }), None),
+            (
+                Operation {
+                    lamport: 2,
+                    ..op(OpKind::Update, fields! { "teamId" => "android" })
+                },
+                Some(&ios),
+            ),
+            (op(OpKind::Update, fields! { "title" => "x" }), Some(&ios)),
+            (
+                op(OpKind::Update, fields! { "auditLog" => "x" }),
+                Some(&ios),
+            ),
+            (op(OpKind::Delete, fields! {}), Some(&ios)),
+            (
+                Operation {
+                    collection: "comments".into(),
+                    ..op(OpKind::Insert, fields! { "text" => "hi" })
+                },
+                None,
+            ),
+        ];
+        let record =
+            |state: &RecordState, id| state.visible_fields().map(|fields| Record { id, fields });
+        let mut outcomes = Vec::new();
+        for (op, before) in cases {
+            let mut after = before.cloned().unwrap_or_default();
+            after.apply(&op);
+            let written: Vec<&str> = op.fields.keys().map(String::as_str).collect();
+            let expected = rules.check_write(
+                &ctx,
+                &op.collection,
+                before.and_then(|b| record(b, op.record)).as_ref(),
+                record(&after, op.record).as_ref(),
+                &written,
+            );
+            let got = scope.check(&op, before);
+            assert_eq!(got, expected, "{op:?}");
+            outcomes.push(got.map_err(|r| r.code));
+        }
+        use blazedb_core::RejectCode::*;
+        assert_eq!(
+            outcomes,
+            [
+                Ok(()),
+                Err(Forbidden),
+                Err(Forbidden),
+                Ok(()),
+                Err(HiddenField),
+                Ok(()),
+                Err(ReadOnly)
+            ]
+        );
     }
 
     #[test]

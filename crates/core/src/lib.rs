@@ -58,7 +58,9 @@ pub use read::{CollectionStats, Stats};
 pub use rejections::Rejection;
 pub use replication::{Replication, TransactionReplication};
 pub use snapshot::{SnapshotInfo, SnapshotKey};
-pub use txn::{ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, SnapshotReport, Transaction};
+pub use txn::{
+    ApplyReport, MAX_RECORD_BYTES, OPLOG_ENTRY_MAX_OPS, Refused, SnapshotReport, Transaction,
+};
 pub use uuid::Uuid;
 pub use validate::MAX_NAME_BYTES;
 pub use watch::{Change, ChangeKind, ChangeOrigin, Commit, CommitListener, Subscription};

@@ -23,6 +23,8 @@ use crate::read::resolve;
 use crate::replication::{Replication, TransactionReplication};
 use crate::validate;
 use crate::watch::{Change, ChangeKind, ChangeOrigin, Commit};
+use std::convert::Infallible;
+
 use blazedb_format::PurgeReason;
 
 /// Most operations in one op-log entry: a transaction's operations share entries of up to this
@@ -40,6 +42,15 @@ pub struct ApplyReport {
     pub applied: usize,
     /// Operations already in the op log, skipped.
     pub duplicates: usize,
+}
+
+/// An operation [`TransactionReplication::apply_remote_checked`] refused: its index in the
+/// batch, the refusal, and the operation of ours that undoes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused<R> {
+    pub index: usize,
+    pub refusal: R,
+    pub undo: Operation,
 }
 
 /// What [`TransactionReplication::apply_snapshot`](crate::TransactionReplication::apply_snapshot) did.
@@ -962,24 +973,56 @@ impl TransactionReplication<'_, '_> {
 
     /// See [`Replication::apply_remote`](crate::Replication::apply_remote).
     pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
+        let (report, _) = self.apply_remote_checked(ops, |_, _| Ok::<(), Infallible>(()))?;
+        Ok(report)
+    }
+
+    /// Like [`TransactionReplication::apply_remote`] for a writer whose operations are
+    /// checked (a server enforcing access rules): `check` sees each new operation with the
+    /// record's state here just before it (after the operations accepted before it), and
+    /// an operation it refuses is counted as received without being applied
+    /// ([`TransactionReplication::skip_remote`]) and undone at once
+    /// ([`TransactionReplication::undo_refused`]). Returns the report (`applied` counts the
+    /// accepted operations) and, per refused operation, its index in `ops`, the refusal and
+    /// the operation that undoes it. Duplicates are never checked: they were ruled on when
+    /// they first came.
+    pub fn apply_remote_checked<R>(
+        &mut self,
+        ops: &[Operation],
+        mut check: impl FnMut(&Operation, Option<&RecordState>) -> std::result::Result<(), R>,
+    ) -> Result<(ApplyReport, Vec<Refused<R>>)> {
         let mut report = ApplyReport::default();
-        for op in ops {
+        let mut refused = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
             if !self.admit_remote(op)? {
                 report.duplicates += 1;
                 continue;
             }
             let coll = self.tx.collection(&op.collection, true)?;
             let old = self.tx.core.load_state(coll.id, op.record)?;
-            self.tx.write(
-                &coll,
-                old,
-                op.clone(),
-                ChangeOrigin::Remote(op.id.origin),
-                false,
-            )?;
-            report.applied += 1;
+            match check(op, old.as_ref()) {
+                Ok(()) => {
+                    self.tx.write(
+                        &coll,
+                        old,
+                        op.clone(),
+                        ChangeOrigin::Remote(op.id.origin),
+                        false,
+                    )?;
+                    report.applied += 1;
+                }
+                Err(refusal) => {
+                    self.tx.record_op(op.id)?;
+                    let undo = self.undo_refused(op)?;
+                    refused.push(Refused {
+                        index,
+                        refusal,
+                        undo,
+                    });
+                }
+            }
         }
-        Ok(report)
+        Ok((report, refused))
     }
 
     /// Writes, as a local operation, what undoes `refused` (an operation this replica counted
@@ -992,7 +1035,9 @@ impl TransactionReplication<'_, '_> {
     ///   ([`Value::Null`] where the record has no such field), even when unchanged here.
     ///
     /// Returns the operation written. It may carry fields the writer of `refused` may not
-    /// read: whoever sends it to that writer must leave them out, as for any operation.
+    /// read: whoever sends it to that writer must not send their values (the sync engine
+    /// sends null there, so that what the writer wrote is overwritten without revealing
+    /// anything).
     pub fn undo_refused(&mut self, refused: &Operation) -> Result<Operation> {
         let tx = &mut *self.tx;
         let coll = tx.collection(&refused.collection, true)?;

@@ -300,3 +300,62 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_checked_batch_applies_what_the_check_accepts_and_undoes_the_rest_in_one_transaction() {
+    let r = Refused::new();
+    r.device
+        .update("bugs", r.id, fields! {"title" => "Crash on start"})
+        .unwrap();
+    r.device
+        .update("bugs", r.id, fields! {"teamId" => "android"})
+        .unwrap();
+    let other = r
+        .device
+        .insert("bugs", fields! {"teamId" => "web"})
+        .unwrap();
+    let ops: Vec<_> = common::all_ops(&r.device)
+        .into_iter()
+        .rev()
+        .take(3)
+        .rev()
+        .collect();
+    // Refuse whatever leaves the record outside team ios; each check sees the state the
+    // accepted operations before it left.
+    let (report, refused) = r
+        .server
+        .transaction(|tx| {
+            tx.replication().apply_remote_checked(&ops, |op, before| {
+                let mut after = before.cloned().unwrap_or_default();
+                after.apply(op);
+                match after.visible_field("teamId") {
+                    Some(team) if *team == Value::from("ios") => Ok(()),
+                    _ => Err(format!("{} leaves ios", op.id)),
+                }
+            })
+        })
+        .unwrap();
+    assert_eq!((report.applied, report.duplicates), (1, 0));
+    assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
+    let server_copy = r.server.get("bugs", r.id).unwrap().unwrap().fields;
+    assert_eq!(server_copy.get("title"), Some(&"Crash on start".into()));
+    assert_eq!(server_copy.get("teamId"), Some(&"ios".into()));
+    assert_eq!(r.server.get("bugs", other).unwrap(), None);
+    // The undoing operations bring the device back in step; the same batch again is all
+    // duplicates, never checked again.
+    let undos: Vec<_> = refused.iter().map(|r| r.undo.clone()).collect();
+    r.device.replication().apply_remote(&undos).unwrap();
+    assert_eq!(
+        r.device.get("bugs", r.id).unwrap(),
+        r.server.get("bugs", r.id).unwrap()
+    );
+    assert_eq!(r.device.get("bugs", other).unwrap(), None);
+    let (again, refused) = r
+        .server
+        .transaction(|tx| {
+            tx.replication()
+                .apply_remote_checked(&ops, |_, _| Err::<(), _>("never asked"))
+        })
+        .unwrap();
+    assert_eq!((again.applied, again.duplicates, refused.len()), (0, 3, 0));
+}

@@ -883,7 +883,6 @@ fn read_vector(d: &mut Decoder<'_>) -> Result<VersionVector, ProtocolError> {
     Ok(vector)
 }
 
-/// A snapshot part number: a varint in `1..=u32::MAX`.
 /// The fewest bytes one [`Rejection`] can take: node reference (1), sequence number (1),
 /// code (1), reason (1).
 const MIN_REJECTION_LEN: usize = 4;
@@ -973,6 +972,7 @@ fn read_keys(d: &mut Decoder<'_>) -> Result<Vec<RecordKey>, ProtocolError> {
     Ok(keys)
 }
 
+/// A snapshot part number: a varint in `1..=u32::MAX`.
 fn read_part(d: &mut Decoder<'_>) -> Result<u32, ProtocolError> {
     let part = u32::try_from(d.varint()?).map_err(|_| invalid(Rule::SnapshotPartTooLarge))?;
     check_part(part).map_err(invalid)?;

@@ -48,19 +48,28 @@ pub(crate) struct SessionContext {
     pub max_connections: usize,
 }
 
-/// Keeps `revoked` up to date until `shutdown`: every [`REVOCATION_CHECK`], one cheap read
-/// of the meta store's version, and the list of revoked keys only when it changed (an
-/// `admin device revoke` in another process changes it).
+/// Keeps `revoked` and `meta_version` up to date until `shutdown`: after every commit of
+/// this process's meta store and at least every [`REVOCATION_CHECK`], one cheap read of the
+/// store's version, and the list of revoked keys only when it changed (an `admin device
+/// revoke` in another process changes it).
 pub(crate) async fn watch_revocations(
     meta: Arc<MetaStore>,
     revoked: watch::Sender<Revoked>,
     meta_version: watch::Sender<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A change made through this process's store (the library API, a test) is seen at once;
+    // one made by another process (`blazedb-server admin ...`) within REVOCATION_CHECK.
+    let committed = Arc::new(tokio::sync::Notify::new());
+    let _listener = {
+        let committed = committed.clone();
+        meta.database().on_commit(move |_| committed.notify_one())
+    };
     let mut seen = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(REVOCATION_CHECK) => {}
+            () = committed.notified() => {}
             () = crate::stopped(&mut shutdown) => return,
         }
         let meta = meta.clone();

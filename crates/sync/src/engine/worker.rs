@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
+use blazedb_access::WriteScope;
 use blazedb_core::{
     ApplyReport, Database, NodeId, OpId, Operation, PurgeReason, RecordState, RejectCode,
     SnapshotInfo, SnapshotKey, Uuid, VersionVector,
@@ -14,7 +15,7 @@ use blazedb_core::{
 use blazedb_format::{OpDigest, SnapshotRecord};
 use blazedb_protocol::{CloseCode, Message, RecordKey};
 
-use super::session::{Output, Session, SessionLog};
+use super::session::{Checked, Output, RecordView, Session, SessionLog};
 use super::{
     Command, ConnectOptions, ConnectionStatus, Counters, EngineOptions, Event, MAX_BATCH_OPS,
     MAX_EVENTS_PER_ROUND, Mode, RECENT_ENTRIES, RECENT_OPS,
@@ -43,7 +44,7 @@ pub(super) struct DbLog {
     recent_ops: usize,
     /// Record states read since the database last changed: every scoped connection asks
     /// for the same records after a commit, and reads them once.
-    states: HashMap<RecordKey, Option<RecordState>>,
+    states: HashMap<RecordKey, Option<Arc<RecordView>>>,
 }
 
 /// Most record states kept in [`DbLog::states`].
@@ -199,36 +200,24 @@ impl SessionLog for DbLog {
         })
     }
 
-    fn apply_refusing(
+    fn apply_checked(
         &mut self,
         peer: NodeId,
         ops: &[Operation],
-        refused: &[bool],
         to: u64,
-    ) -> blazedb_core::Result<(ApplyReport, Vec<Operation>)> {
+        write: &WriteScope,
+    ) -> blazedb_core::Result<Checked> {
         self.states.clear();
         self.db.transaction(|tx| {
-            let mut report = ApplyReport::default();
-            let mut undone = Vec::new();
-            for (op, refused) in ops
-                .iter()
-                .zip(refused.iter().chain(std::iter::repeat(&false)))
-            {
-                let one = std::slice::from_ref(op);
-                if *refused {
-                    // Counted as received (never asked for again), then undone everywhere
-                    // by a newer operation of ours.
-                    if tx.replication().skip_remote(one)?.applied > 0 {
-                        undone.push(tx.replication().undo_refused(op)?);
-                    }
-                } else {
-                    let r = tx.replication().apply_remote(one)?;
-                    report.applied += r.applied;
-                    report.duplicates += r.duplicates;
-                }
-            }
+            let (report, refused) = tx
+                .replication()
+                .apply_remote_checked(ops, |op, before| write.check(op, before))?;
             tx.replication().set_peer_cursor(peer, to)?;
-            Ok((report, undone))
+            let refused = refused
+                .into_iter()
+                .filter_map(|r| ops.get(r.index).map(|op| (op.id, r.refusal, r.undo)))
+                .collect();
+            Ok(Checked { report, refused })
         })
     }
 
@@ -246,18 +235,23 @@ impl SessionLog for DbLog {
     }
 
     fn record_state(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<RecordState>> {
-        if let Some(state) = self.states.get(key) {
-            return Ok(state.clone());
+        Ok(self.record_view(key)?.map(|view| view.state.clone()))
+    }
+
+    fn record_view(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<Arc<RecordView>>> {
+        if let Some(view) = self.states.get(key) {
+            return Ok(view.clone());
         }
-        let state = self
+        let view = self
             .db
             .replication()
-            .record_state(&key.collection, key.id)?;
+            .record_state(&key.collection, key.id)?
+            .map(|state| Arc::new(RecordView::of(key, state)));
         if self.states.len() >= STATE_CACHE {
             self.states.clear();
         }
-        self.states.insert(key.clone(), state.clone());
-        Ok(state)
+        self.states.insert(key.clone(), view.clone());
+        Ok(view)
     }
 
     fn purge(&mut self, keys: &[RecordKey], reason: PurgeReason) -> blazedb_core::Result<usize> {

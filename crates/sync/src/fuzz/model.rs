@@ -20,7 +20,8 @@ use blazedb_format::OpDigest;
 use blazedb_protocol::RecordKey;
 
 use crate::engine::MAX_BATCH_OPS;
-use crate::engine::session::SessionLog;
+use crate::engine::session::{Checked, SessionLog};
+use blazedb_access::WriteScope;
 
 /// Operation `seq` of node `origin` at Lamport time `lamport`: an insert (an update when
 /// `seq` is a multiple of 3) of one of eight records of collection `bugs`, so that the writes
@@ -362,25 +363,31 @@ impl SessionLog for MemLog {
         Ok(report)
     }
 
-    fn apply_refusing(
+    fn apply_checked(
         &mut self,
         peer: NodeId,
         ops: &[Operation],
-        refused: &[bool],
         to: u64,
-    ) -> blazedb_core::Result<(ApplyReport, Vec<Operation>)> {
+        write: &WriteScope,
+    ) -> blazedb_core::Result<Checked> {
         let mut report = ApplyReport::default();
-        let mut undone = Vec::new();
-        for (op, refused) in ops.iter().zip(refused) {
-            if !*refused {
+        let mut refused = Vec::new();
+        for op in ops {
+            let before = self
+                .records
+                .get(&(op.collection.clone(), op.record))
+                .cloned();
+            let refusal = if self.has(op.id) {
+                None
+            } else {
+                write.check(op, before.as_ref()).err()
+            };
+            let Some(refusal) = refusal else {
                 let r = self.apply(peer, std::slice::from_ref(op), to, None)?;
                 report.applied += r.applied;
                 report.duplicates += r.duplicates;
                 continue;
-            }
-            if self.has(op.id) {
-                continue;
-            }
+            };
             // Counted as received, then undone by a newer operation of ours (as
             // `TransactionReplication::undo_refused` does).
             self.digests.insert(op.id, op.digest());
@@ -422,10 +429,10 @@ impl SessionLog for MemLog {
             self.hold(&undo);
             self.vector.observe(self.node, self.own_seq);
             self.append(vec![undo.clone()]);
-            undone.push(undo);
+            refused.push((op.id, refusal, undo));
         }
         self.set_cursor(peer, to);
-        Ok((report, undone))
+        Ok(Checked { report, refused })
     }
 
     fn reject(

@@ -1,9 +1,13 @@
 //! What a session needs from the outside: the database it reads and writes
 //! ([`SessionLog`]) and the actions it asks of its connection ([`Output`]).
 
+use std::sync::Arc;
+
+use blazedb_access::{WriteRefusal, WriteScope};
+
 use blazedb_core::{
-    ApplyReport, NodeId, OpId, Operation, PurgeReason, RecordState, RejectCode, SnapshotInfo,
-    SnapshotKey, VersionVector,
+    ApplyReport, NodeId, OpId, Operation, PurgeReason, Record, RecordState, RejectCode,
+    SnapshotInfo, SnapshotKey, VersionVector,
 };
 use blazedb_format::{OpDigest, SnapshotRecord};
 use blazedb_protocol::{CloseCode, Message, RecordKey};
@@ -41,16 +45,17 @@ pub(crate) trait SessionLog {
         to: u64,
         covered: Option<&VersionVector>,
     ) -> blazedb_core::Result<ApplyReport>;
-    /// Like [`SessionLog::apply`] for a peer whose writes are checked: the operations marked
-    /// in `refused` are counted as received without being applied, and each is undone by a
-    /// new operation of ours (in the same transaction), which is returned.
-    fn apply_refusing(
+    /// Like [`SessionLog::apply`] for a peer whose writes are checked against `write`: each
+    /// new operation on the record as the accepted ones before it leave it. A refused one
+    /// is counted as received without being applied and undone by a new operation of ours,
+    /// in the same transaction.
+    fn apply_checked(
         &mut self,
         peer: NodeId,
         ops: &[Operation],
-        refused: &[bool],
         to: u64,
-    ) -> blazedb_core::Result<(ApplyReport, Vec<Operation>)>;
+        write: &WriteScope,
+    ) -> blazedb_core::Result<Checked>;
     /// Puts our own operations that `peer` refused into the rejection inbox, in one
     /// transaction.
     fn reject(
@@ -60,6 +65,13 @@ pub(crate) trait SessionLog {
     ) -> blazedb_core::Result<()>;
     /// A record's full replicated state here, if this database has seen it.
     fn record_state(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<RecordState>>;
+    /// The same, shared, with the record as an application reads it (`None` when deleted):
+    /// what every filtering connection evaluates after a commit.
+    fn record_view(&mut self, key: &RecordKey) -> blazedb_core::Result<Option<Arc<RecordView>>> {
+        Ok(self
+            .record_state(key)?
+            .map(|state| Arc::new(RecordView::of(key, state))))
+    }
     /// Removes records that left what this database may hold, without a trace (no
     /// tombstone, no op-log entry), in one transaction. Returns how many were here.
     fn purge(&mut self, keys: &[RecordKey], reason: PurgeReason) -> blazedb_core::Result<usize>;
@@ -86,6 +98,30 @@ pub(crate) trait SessionLog {
         records: &[SnapshotRecord],
         last: Option<(&VersionVector, u64)>,
     ) -> blazedb_core::Result<usize>;
+}
+
+/// What [`SessionLog::apply_checked`] did: the report of the accepted operations, and per
+/// refused one its refusal and the operation that undoes it.
+#[derive(Debug, Default)]
+pub(crate) struct Checked {
+    pub(crate) report: ApplyReport,
+    pub(crate) refused: Vec<(OpId, WriteRefusal, Operation)>,
+}
+
+/// A record's replicated state and its visible record, read once and shared.
+#[derive(Debug)]
+pub(crate) struct RecordView {
+    pub(crate) state: RecordState,
+    pub(crate) record: Option<Record>,
+}
+
+impl RecordView {
+    pub(crate) fn of(key: &RecordKey, state: RecordState) -> RecordView {
+        let record = state
+            .visible_fields()
+            .map(|fields| Record { id: key.id, fields });
+        RecordView { state, record }
+    }
 }
 
 /// What the connection must do, in order.

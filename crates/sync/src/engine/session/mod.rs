@@ -39,7 +39,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use log::{Output, SessionLog};
+pub(crate) use log::{Checked, Output, RecordView, SessionLog};
 use scope::Held;
 use snapshot::{SnapshotIn, SnapshotOut};
 
@@ -758,27 +758,19 @@ impl Session {
         } else if to > start {
             self.repull_pending = false;
             let covered = self.covered_by(log.node(), &ops);
-            let refusals = match self.check_writes(log, &ops) {
-                Ok(refusals) => refusals,
-                Err(e) => {
-                    self.internal_error(&e);
-                    return;
-                }
-            };
-            let applied = if refusals.is_empty() {
-                log.apply(peer, &ops, to, covered.as_ref())
-                    .map(|report| (report, Vec::new()))
-            } else {
-                let refused: Vec<bool> = ops
-                    .iter()
-                    .map(|op| refusals.iter().any(|r| r.op == op.id))
-                    .collect();
-                log.apply_refusing(peer, &ops, &refused, to)
+            let applied = match self.options.write_scope.clone() {
+                Some(write) => log.apply_checked(peer, &ops, to, &write),
+                None => log
+                    .apply(peer, &ops, to, covered.as_ref())
+                    .map(|report| Checked {
+                        report,
+                        refused: Vec::new(),
+                    }),
             };
             match applied {
-                Ok((report, undone)) => {
+                Ok(Checked { report, refused }) => {
                     self.peer_wrote(&ops);
-                    self.refused_from_peer(&refusals, &undone);
+                    let refusals = self.refused_from_peer(refused);
                     self.cursor = to;
                     self.cursor_unsaved = false;
                     self.ops_applied += report.applied as u64;

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use blazedb_access::{ReadScope, SyncPolicy};
+use blazedb_access::{ReadScope, SyncPolicy, WriteRefusal};
 use blazedb_core::{OpKind, Operation, PurgeReason, RecordState, SnapshotRecord, VersionVector};
 use blazedb_protocol::membership::MembershipDigest;
 use blazedb_protocol::{CloseCode, Message, RecordKey, Rejection};
@@ -489,32 +489,34 @@ impl Session {
         op: &Operation,
         out: &mut Filtered,
     ) -> blazedb_core::Result<Decision> {
-        let state = log.record_state(key)?;
-        let readable = state
+        let view = log.record_view(key)?;
+        let readable = view
             .as_ref()
-            .is_some_and(|s| scope.may_read_state(&key.collection, key.id, s));
+            .and_then(|v| v.record.as_ref())
+            .is_some_and(|r| scope.may_read_record(&key.collection, r));
         let held = self.held.keys.contains(key);
         Ok(match (readable, held) {
             (true, true) => Decision::Send,
             (true, false) => {
                 self.held.keys.insert(key.clone());
-                if state.as_ref().is_some_and(|s| is_exactly(s, op)) {
+                if view.as_ref().is_some_and(|v| is_exactly(&v.state, op)) {
                     // A new record that nothing else touched yet: its insert is its whole
                     // state, and cheaper to send than the state.
                     return Ok(Decision::Send);
                 }
-                if let Some(state) = state {
+                if let Some(view) = view {
                     out.entered.push(SnapshotRecord {
                         collection: key.collection.clone(),
                         id: key.id,
-                        state: scope.strip_state(&key.collection, &state),
+                        state: scope.strip_state(&key.collection, &view.state),
                     });
                 }
                 Decision::Skip
             }
             (false, true) => {
                 self.held.keys.remove(key);
-                if state.as_ref().is_some_and(|s| !s.is_visible()) && op.kind == OpKind::Delete {
+                if view.as_ref().is_some_and(|v| !v.state.is_visible()) && op.kind == OpKind::Delete
+                {
                     // Deleted: the peer deletes its copy as everyone does.
                     Decision::Send
                 } else {
@@ -575,53 +577,27 @@ impl Session {
         }
     }
 
-    /// Checks the peer's operations against what it may write (when this side checks),
-    /// each on the record as the accepted ones before it in the batch leave it. Operations
-    /// already here were ruled on when they first came.
-    pub(super) fn check_writes(
+    /// Counts what this side refused of the peer's operations and returns the rejections
+    /// for its `Ack`. The operations that undo its writes carry null, not the value, in the
+    /// fields it may not read (see [`ReadScope::blank_hidden`]).
+    pub(super) fn refused_from_peer(
         &mut self,
-        log: &mut impl SessionLog,
-        ops: &[Operation],
-    ) -> blazedb_core::Result<Vec<Rejection>> {
-        let Some(write) = self.options.write_scope.clone() else {
-            return Ok(Vec::new());
-        };
-        let mut states: HashMap<RecordKey, Option<RecordState>> = HashMap::new();
-        let mut refused = Vec::new();
-        for op in ops {
-            if log.op_digest(op.id)?.is_some() {
-                continue;
-            }
-            let key = RecordKey::new(op.collection.clone(), op.record);
-            let state = match states.get(&key) {
-                Some(state) => state.clone(),
-                None => log.record_state(&key)?,
-            };
-            match write.check(op, state.as_ref()) {
-                Ok(()) => {
-                    let mut after = state.unwrap_or_default();
-                    after.apply(op);
-                    states.insert(key, Some(after));
+        refused: Vec<(blazedb_core::OpId, WriteRefusal, Operation)>,
+    ) -> Vec<Rejection> {
+        self.ops_refused += refused.len() as u64;
+        refused
+            .into_iter()
+            .map(|(op, refusal, undo)| {
+                if undo.kind == OpKind::Update {
+                    self.blank_for_peer.insert(undo.id);
                 }
-                Err(refusal) => refused.push(Rejection {
-                    op: op.id,
+                Rejection {
+                    op,
                     code: refusal.code,
                     reason: refusal.reason,
-                }),
-            }
-        }
-        Ok(refused)
-    }
-
-    /// Counts what the peer had refused; the operations that undo its writes carry null,
-    /// not the value, in the fields it may not read (see [`ReadScope::blank_hidden`]).
-    pub(super) fn refused_from_peer(&mut self, refused: &[Rejection], undone: &[Operation]) {
-        self.ops_refused += refused.len() as u64;
-        for op in undone {
-            if op.kind == OpKind::Update {
-                self.blank_for_peer.insert(op.id);
-            }
-        }
+                }
+            })
+            .collect()
     }
 
     // -- the receiving side ------------------------------------------------------------------
