@@ -297,6 +297,57 @@ fn a_device_that_reconnects_gets_what_entered_its_scope_and_loses_what_left_whil
     };
     assert_everyone_holds_their_scope(&server, &root, &[&alice]);
     assert_eq!(content(&alice.db).len(), 35);
+
+    // Offline again, Alice edits an android bug and adds a comment; meanwhile she moves back
+    // to ios. The purge of android takes only android's records.
+    alice.sync.stop();
+    let android_bug = content(&alice.db)
+        .keys()
+        .find(|(c, _)| c == "bugs")
+        .map(|(_, id)| *id)
+        .unwrap();
+    alice
+        .db
+        .update("bugs", android_bug, fields! { "title" => "edited offline" })
+        .unwrap();
+    let comment = alice
+        .db
+        .insert("comments", fields! { "author" => "alice", "text" => "written offline" })
+        .unwrap();
+    server
+        .meta()
+        .update_user("alice", Some(&["ios".into()]), None)
+        .unwrap();
+    let alice = Device {
+        sync: alice
+            .db
+            .enable_sync(
+                RemoteNode::new(server.url(), "bugs"),
+                RemoteOptions {
+                    backoff_initial: Duration::from_millis(20),
+                    backoff_max: Duration::from_millis(200),
+                    ..RemoteOptions::default()
+                },
+            )
+            .unwrap(),
+        ..alice
+    };
+    assert_everyone_holds_their_scope(&server, &root, &[&alice]);
+    // The removed team's records are gone from her file and her comment is on the server.
+    // Her edit of an android bug is no longer hers to make: refused, undone, in her inbox.
+    assert!(alice.db.get("bugs", android_bug).unwrap().is_none());
+    assert_eq!(
+        root.db.get("comments", comment).unwrap().unwrap().get("text"),
+        Some(&"written offline".into())
+    );
+    assert_ne!(
+        root.db.get("bugs", android_bug).unwrap().unwrap().get("title"),
+        Some(&"edited offline".into())
+    );
+    let inbox = alice.db.replication().rejections().unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].op.record, android_bug);
+    assert_eq!(inbox[0].code, RejectCode::Forbidden);
     root.sync.stop();
     alice.sync.stop();
 }
