@@ -42,6 +42,16 @@ impl WriteScope {
     /// leaves it (insert, update), and no field it writes may be hidden. The same answer as
     /// [`Rules::check_write`].
     pub fn check(&self, op: &Operation, before: Option<&RecordState>) -> Result<(), WriteRefusal> {
+        self.check_leaving(op, before).map(|_| ())
+    }
+
+    /// Like [`WriteScope::check`]; an accepted operation also returns the record as it leaves
+    /// it (`None`: deleted), for the caller to ask more of it (may the writer still read it?).
+    pub fn check_leaving(
+        &self,
+        op: &Operation,
+        before: Option<&RecordState>,
+    ) -> Result<Option<Record>, WriteRefusal> {
         let record = |state: &RecordState| {
             state.visible_fields().map(|fields| Record {
                 id: op.record,
@@ -72,7 +82,8 @@ impl WriteScope {
             before_record.as_ref(),
             after_record.as_ref(),
             &written,
-        )
+        )?;
+        Ok(after_record)
     }
 }
 

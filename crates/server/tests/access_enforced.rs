@@ -312,7 +312,10 @@ fn a_device_that_reconnects_gets_what_entered_its_scope_and_loses_what_left_whil
         .unwrap();
     let comment = alice
         .db
-        .insert("comments", fields! { "author" => "alice", "text" => "written offline" })
+        .insert(
+            "comments",
+            fields! { "author" => "alice", "text" => "written offline" },
+        )
         .unwrap();
     server
         .meta()
@@ -337,11 +340,19 @@ fn a_device_that_reconnects_gets_what_entered_its_scope_and_loses_what_left_whil
     // Her edit of an android bug is no longer hers to make: refused, undone, in her inbox.
     assert!(alice.db.get("bugs", android_bug).unwrap().is_none());
     assert_eq!(
-        root.db.get("comments", comment).unwrap().unwrap().get("text"),
+        root.db
+            .get("comments", comment)
+            .unwrap()
+            .unwrap()
+            .get("text"),
         Some(&"written offline".into())
     );
     assert_ne!(
-        root.db.get("bugs", android_bug).unwrap().unwrap().get("title"),
+        root.db
+            .get("bugs", android_bug)
+            .unwrap()
+            .unwrap()
+            .get("title"),
         Some(&"edited offline".into())
     );
     let inbox = alice.db.replication().rejections().unwrap();

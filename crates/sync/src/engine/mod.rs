@@ -62,6 +62,9 @@ const MAX_EVENTS_PER_ROUND: usize = 256;
 pub const MAX_PULLS_PER_PERIOD: u32 = 64;
 /// See [`MAX_PULLS_PER_PERIOD`].
 pub const PULL_PERIOD: Duration = Duration::from_secs(10);
+/// Most `Policy` messages a peer may send within [`PULL_PERIOD`]; one more closes the
+/// connection. Each makes this side read every record to find the difference.
+pub const MAX_POLICIES_PER_PERIOD: u32 = 16;
 
 /// Recent op-log entries kept in memory from commit events, so that a connection that is
 /// caught up streams a new commit without reading it back from SQLite.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
-use blazedb_access::WriteScope;
+use blazedb_access::{ReadScope, WriteScope};
 use blazedb_core::{
     ApplyReport, Database, NodeId, OpId, Operation, PurgeReason, RecordState, RejectCode,
     SnapshotInfo, SnapshotKey, Uuid, VersionVector,
@@ -206,18 +206,33 @@ impl SessionLog for DbLog {
         ops: &[Operation],
         to: u64,
         write: &WriteScope,
+        read: Option<&ReadScope>,
     ) -> blazedb_core::Result<Checked> {
         self.states.clear();
+        let mut readable = Vec::new();
         self.db.transaction(|tx| {
-            let (report, refused) = tx
-                .replication()
-                .apply_remote_checked(ops, |op, before| write.check(op, before))?;
+            readable.clear();
+            let (report, refused) = tx.replication().apply_remote_checked(ops, |op, before| {
+                let after = write.check_leaving(op, before)?;
+                if read.is_some_and(|read| {
+                    after
+                        .as_ref()
+                        .is_some_and(|r| read.may_read_record(&op.collection, r))
+                }) {
+                    readable.push(op.id);
+                }
+                Ok(())
+            })?;
             tx.replication().set_peer_cursor(peer, to)?;
             let refused = refused
                 .into_iter()
                 .filter_map(|r| ops.get(r.index).map(|op| (op.id, r.refusal, r.undo)))
                 .collect();
-            Ok(Checked { report, refused })
+            Ok(Checked {
+                report,
+                refused,
+                readable: std::mem::take(&mut readable),
+            })
         })
     }
 

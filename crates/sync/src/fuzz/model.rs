@@ -21,7 +21,7 @@ use blazedb_protocol::RecordKey;
 
 use crate::engine::MAX_BATCH_OPS;
 use crate::engine::session::{Checked, SessionLog};
-use blazedb_access::WriteScope;
+use blazedb_access::{ReadScope, WriteScope};
 
 /// Operation `seq` of node `origin` at Lamport time `lamport`: an insert (an update when
 /// `seq` is a multiple of 3) of one of eight records of collection `bugs`, so that the writes
@@ -369,9 +369,11 @@ impl SessionLog for MemLog {
         ops: &[Operation],
         to: u64,
         write: &WriteScope,
+        read: Option<&ReadScope>,
     ) -> blazedb_core::Result<Checked> {
         let mut report = ApplyReport::default();
         let mut refused = Vec::new();
+        let mut readable = Vec::new();
         for op in ops {
             let before = self
                 .records
@@ -380,7 +382,19 @@ impl SessionLog for MemLog {
             let refusal = if self.has(op.id) {
                 None
             } else {
-                write.check(op, before.as_ref()).err()
+                match write.check_leaving(op, before.as_ref()) {
+                    Ok(after) => {
+                        if read.is_some_and(|read| {
+                            after
+                                .as_ref()
+                                .is_some_and(|r| read.may_read_record(&op.collection, r))
+                        }) {
+                            readable.push(op.id);
+                        }
+                        None
+                    }
+                    Err(refusal) => Some(refusal),
+                }
             };
             let Some(refusal) = refusal else {
                 let r = self.apply(peer, std::slice::from_ref(op), to, None)?;
@@ -432,7 +446,11 @@ impl SessionLog for MemLog {
             refused.push((op.id, refusal, undo));
         }
         self.set_cursor(peer, to);
-        Ok(Checked { report, refused })
+        Ok(Checked {
+            report,
+            refused,
+            readable,
+        })
     }
 
     fn reject(

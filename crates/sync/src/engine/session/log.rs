@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use blazedb_access::{WriteRefusal, WriteScope};
+use blazedb_access::{ReadScope, WriteRefusal, WriteScope};
 
 use blazedb_core::{
     ApplyReport, NodeId, OpId, Operation, PurgeReason, Record, RecordState, RejectCode,
@@ -49,12 +49,15 @@ pub(crate) trait SessionLog {
     /// new operation on the record as the accepted ones before it leave it. A refused one
     /// is counted as received without being applied and undone by a new operation of ours,
     /// in the same transaction.
+    /// With `read`, also notes which accepted operations leave their record readable to the
+    /// peer (`Checked::readable`), so that sending back what it wrote needs no state read.
     fn apply_checked(
         &mut self,
         peer: NodeId,
         ops: &[Operation],
         to: u64,
         write: &WriteScope,
+        read: Option<&ReadScope>,
     ) -> blazedb_core::Result<Checked>;
     /// Puts our own operations that `peer` refused into the rejection inbox, in one
     /// transaction.
@@ -106,6 +109,8 @@ pub(crate) trait SessionLog {
 pub(crate) struct Checked {
     pub(crate) report: ApplyReport,
     pub(crate) refused: Vec<(OpId, WriteRefusal, Operation)>,
+    /// Accepted operations after which the peer may still read the record.
+    pub(crate) readable: Vec<OpId>,
 }
 
 /// A record's replicated state and its visible record, read once and shared.

@@ -25,9 +25,9 @@ use blazedb_protocol::{
 };
 
 use super::{
-    BARRIER_NONCE, ConnectOptions, ECHO_FLUSH_AFTER, EngineOptions, MAX_PULLS_PER_PERIOD,
-    PULL_PERIOD, PeerTrust, REIDENTIFY, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_RECORDS, WINDOW,
-    copy_reason,
+    BARRIER_NONCE, ConnectOptions, ECHO_FLUSH_AFTER, EngineOptions, MAX_POLICIES_PER_PERIOD,
+    MAX_PULLS_PER_PERIOD, PULL_PERIOD, PeerTrust, REIDENTIFY, SNAPSHOT_PART_BYTES,
+    SNAPSHOT_PART_RECORDS, WINDOW, copy_reason,
 };
 use crate::relay::Hold;
 
@@ -106,6 +106,8 @@ pub(crate) struct Session {
     inbound: Vec<Inbound>,
     /// When the current count of `Pull`s started, and how many arrived since.
     pulls: (Instant, u32),
+    /// The same for `Policy` messages.
+    policies: (Instant, u32),
     /// The peer's last `Pull`: where it asked us to start, and its version vector.
     pulled: Option<(u64, VersionVector)>,
     /// The stream to the peer, while it has pulled and this side sends.
@@ -173,7 +175,21 @@ pub(crate) struct Session {
     /// Operations of ours that undo a refused write of the peer: sent to it with its hidden
     /// fields set to null (not left out), so that what it wrote there is overwritten.
     blank_for_peer: std::collections::HashSet<OpId>,
+    /// The peer's own operations, accepted here, after which it may still read the record:
+    /// going back past it, they need no state read (see `filter_for_scope`).
+    own_readable: std::collections::HashSet<OpId>,
     outputs: Vec<Output>,
+}
+
+/// Counts one more message in `count` (when the current period started, how many since),
+/// starting a new period of [`PULL_PERIOD`] when the last one is over; true when there are
+/// more than `max` in the period.
+fn over_limit(count: &mut (Instant, u32), now: Instant, max: u32) -> bool {
+    if now.saturating_duration_since(count.0) >= PULL_PERIOD {
+        *count = (now, 0);
+    }
+    count.1 += 1;
+    count.1 > max
 }
 
 impl Session {
@@ -191,6 +207,7 @@ impl Session {
             cursor_unsaved: false,
             inbound: Vec::new(),
             pulls: (now, 0),
+            policies: (now, 0),
             pulled: None,
             outbound: None,
             acked: 0,
@@ -226,6 +243,7 @@ impl Session {
             ops_refused: 0,
             rejections_received: 0,
             blank_for_peer: std::collections::HashSet::new(),
+            own_readable: std::collections::HashSet::new(),
             outputs: Vec::new(),
         }
     }
@@ -410,7 +428,7 @@ impl Session {
                 except,
                 filter,
                 exclude_fields,
-            } => self.on_policy(log, only, except, &filter, exclude_fields),
+            } => self.on_policy(log, only, except, &filter, exclude_fields, now),
             Message::Purge { reason, records } => {
                 if let Err(e) = self.on_purge(log, reason, records) {
                     self.internal_error(&e);
@@ -533,11 +551,7 @@ impl Session {
         }
         // Each Pull restarts the stream (reads the log again): a peer may send a few, not a
         // flood.
-        if now.saturating_duration_since(self.pulls.0) >= PULL_PERIOD {
-            self.pulls = (now, 0);
-        }
-        self.pulls.1 += 1;
-        if self.pulls.1 > MAX_PULLS_PER_PERIOD {
+        if over_limit(&mut self.pulls, now, MAX_PULLS_PER_PERIOD) {
             self.close_with(
                 CloseCode::ProtocolError,
                 format!(
@@ -759,17 +773,26 @@ impl Session {
             self.repull_pending = false;
             let covered = self.covered_by(log.node(), &ops);
             let applied = match self.options.write_scope.clone() {
-                Some(write) => log.apply_checked(peer, &ops, to, &write),
+                Some(write) => {
+                    let read = self.options.scope.clone();
+                    log.apply_checked(peer, &ops, to, &write, read.as_ref())
+                }
                 None => log
                     .apply(peer, &ops, to, covered.as_ref())
                     .map(|report| Checked {
                         report,
                         refused: Vec::new(),
+                        readable: Vec::new(),
                     }),
             };
             match applied {
-                Ok(Checked { report, refused }) => {
+                Ok(Checked {
+                    report,
+                    refused,
+                    readable,
+                }) => {
                     self.peer_wrote(&ops);
+                    self.own_readable.extend(readable);
                     let refusals = self.refused_from_peer(refused);
                     self.cursor = to;
                     self.cursor_unsaved = false;

@@ -19,7 +19,10 @@ use blazedb_core::{OpKind, Operation, PurgeReason, RecordState, SnapshotRecord, 
 use blazedb_protocol::membership::MembershipDigest;
 use blazedb_protocol::{CloseCode, Message, RecordKey, Rejection};
 
-use super::{PeerTrust, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_RECORDS, Session, SessionLog};
+use super::{
+    MAX_POLICIES_PER_PERIOD, PULL_PERIOD, PeerTrust, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_RECORDS,
+    Session, SessionLog,
+};
 
 /// What the sending side knows of the records a scoped peer holds.
 #[derive(Default)]
@@ -303,7 +306,18 @@ impl Session {
         except: Vec<String>,
         filter: &str,
         exclude_fields: Vec<String>,
+        now: std::time::Instant,
     ) {
+        if super::over_limit(&mut self.policies, now, MAX_POLICIES_PER_PERIOD) {
+            self.close_with(
+                CloseCode::ProtocolError,
+                format!(
+                    "more than {MAX_POLICIES_PER_PERIOD} Policy messages within {} s",
+                    PULL_PERIOD.as_secs()
+                ),
+            );
+            return;
+        }
         let mut policy = SyncPolicy::new()
             .exclude_collections(except)
             .exclude_fields(exclude_fields);
@@ -459,6 +473,25 @@ impl Session {
             return Ok(out);
         };
         let mut decided: HashMap<RecordKey, Decision> = HashMap::new();
+        // A record whose operations in this batch are all the peer's own, accepted with the
+        // record still readable to it, goes on as the peer has it: no state to read.
+        if !self.own_readable.is_empty() {
+            let mut own_only: HashMap<RecordKey, bool> = HashMap::new();
+            for (_, op) in &entries {
+                let own = self.own_readable.contains(&op.id);
+                *own_only
+                    .entry(RecordKey::new(op.collection.clone(), op.record))
+                    .or_insert(true) &= own;
+            }
+            for (_, op) in &entries {
+                self.own_readable.remove(&op.id);
+            }
+            for (key, own) in own_only {
+                if own && self.held.keys.contains(&key) {
+                    decided.insert(key, Decision::Send);
+                }
+            }
+        }
         for (_, op) in entries {
             let key = RecordKey::new(op.collection.clone(), op.record);
             let decision = match decided.get(&key) {
@@ -665,7 +698,9 @@ impl Session {
         level: u8,
         buckets: Vec<u64>,
     ) -> blazedb_core::Result<()> {
-        if !self.options.mode.receives() {
+        // A server never filters by what a device holds: a device that sends this would
+        // only make it list its records.
+        if self.refuse_if_origin_only("a Reconcile") || !self.options.mode.receives() {
             return Ok(());
         }
         let Some(theirs) = MembershipDigest::from_buckets(level, buckets) else {

@@ -583,6 +583,83 @@ fn a_forged_policy_filter_closes_the_connection_and_a_policy_never_widens_the_ru
     assert!(session.closed_reason.as_deref().unwrap().contains("$regex"));
 }
 
+#[test]
+fn a_write_the_rules_accept_that_leaves_what_the_writer_may_read_purges_its_copy() {
+    // Developers may hand a bug to any team, but read only their own teams' bugs.
+    const HANDOVER: &str = r#"
+[roles.developer.bugs]
+read  = { teamId = { "$in" = "$teams" } }
+write = {}
+"#;
+    let rules = Arc::new(Rules::parse(HANDOVER).unwrap());
+    let mut pair = Pair::new(Some(ReadScope::from_rules(&rules, &context(&["ios"]))));
+    pair.sessions[0].options.write_scope = Some(WriteScope::new(rules, context(&["ios"])));
+    pair.logs[0].write_op(OpKind::Insert, "bugs", id(1), bug("ios", "crash"));
+    pair.logs[0].write_op(OpKind::Insert, "bugs", id(2), bug("ios", "lag"));
+    pair.connect();
+    pair.logs[1].write_op(
+        OpKind::Update,
+        "bugs",
+        id(1),
+        fields! { "title" => "crash!" },
+    );
+    pair.logs[1].write_op(
+        OpKind::Update,
+        "bugs",
+        id(2),
+        fields! { "teamId" => "android" },
+    );
+    pair.settle();
+    pair.assert_device_holds_its_scope();
+    assert_eq!(
+        pair.logs[0].live()[&("bugs".into(), id(2))]["teamId"],
+        Value::from("android")
+    );
+    assert_eq!(
+        pair.logs[1].live().len(),
+        1,
+        "the handed-over bug left the device"
+    );
+    assert!(pair.logs[1].rejections.is_empty());
+}
+
+#[test]
+fn a_device_that_floods_policies_or_sends_a_reconcile_is_closed() {
+    let mut pair = Pair::new(Some(scope_for(&["ios"])));
+    pair.connect();
+    let mut session = device_link_after_hello(&mut pair);
+    session.on_message(
+        &mut pair.logs[0],
+        Message::Reconcile {
+            level: 0,
+            buckets: vec![0],
+        },
+        None,
+        pair.now,
+    );
+    assert_eq!(
+        session.close_code,
+        Some(blazedb_protocol::CloseCode::Unauthorized)
+    );
+
+    let mut session = device_link_after_hello(&mut pair);
+    let policy = |n: usize| Message::Policy {
+        only: vec![format!("c{n}")],
+        except: vec![],
+        filter: String::new(),
+        exclude_fields: vec![],
+    };
+    for n in 0..crate::engine::MAX_POLICIES_PER_PERIOD as usize {
+        session.on_message(&mut pair.logs[0], policy(n), None, pair.now);
+        assert!(session.is_open());
+    }
+    session.on_message(&mut pair.logs[0], policy(99), None, pair.now);
+    assert_eq!(
+        session.close_code,
+        Some(blazedb_protocol::CloseCode::ProtocolError)
+    );
+}
+
 /// One step of the model test.
 #[derive(Debug, Clone)]
 enum Step {
