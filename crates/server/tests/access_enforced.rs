@@ -82,14 +82,26 @@ struct Device {
 
 fn device(dir: &Path, server: &ServerHandle, user: &'static str) -> Device {
     let db = Database::create(dir.join(format!("{user}.blazedb")), "device password").unwrap();
-    let options = RemoteOptions {
+    let options = fast().enroll(blazedb_testkit::server::token(server, user));
+    let sync = db
+        .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
+        .unwrap();
+    Device { user, db, sync }
+}
+
+/// Reconnects quickly after a failure.
+fn fast() -> RemoteOptions {
+    RemoteOptions {
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         ..RemoteOptions::default()
     }
-    .enroll(blazedb_testkit::server::token(server, user));
+}
+
+/// A device of `user` syncing `db` again after its `sync.stop()` (enrolled: no token).
+fn reconnect(user: &'static str, db: Database, server: &ServerHandle) -> Device {
     let sync = db
-        .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
+        .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
         .unwrap();
     Device { user, db, sync }
 }
@@ -281,20 +293,7 @@ fn a_device_that_reconnects_gets_what_entered_its_scope_and_loses_what_left_whil
         let team = if n % 2 == 0 { "ios" } else { "android" };
         root.db.insert("bugs", bug(team, n)).unwrap();
     }
-    let alice = Device {
-        sync: alice
-            .db
-            .enable_sync(
-                RemoteNode::new(server.url(), "bugs"),
-                RemoteOptions {
-                    backoff_initial: Duration::from_millis(20),
-                    backoff_max: Duration::from_millis(200),
-                    ..RemoteOptions::default()
-                },
-            )
-            .unwrap(),
-        ..alice
-    };
+    let alice = reconnect(alice.user, alice.db, &server);
     assert_everyone_holds_their_scope(&server, &root, &[&alice]);
     assert_eq!(content(&alice.db).len(), 35);
 
@@ -321,20 +320,7 @@ fn a_device_that_reconnects_gets_what_entered_its_scope_and_loses_what_left_whil
         .meta()
         .update_user("alice", Some(&["ios".into()]), None)
         .unwrap();
-    let alice = Device {
-        sync: alice
-            .db
-            .enable_sync(
-                RemoteNode::new(server.url(), "bugs"),
-                RemoteOptions {
-                    backoff_initial: Duration::from_millis(20),
-                    backoff_max: Duration::from_millis(200),
-                    ..RemoteOptions::default()
-                },
-            )
-            .unwrap(),
-        ..alice
-    };
+    let alice = reconnect(alice.user, alice.db, &server);
     assert_everyone_holds_their_scope(&server, &root, &[&alice]);
     // The removed team's records are gone from her file and her comment is on the server.
     // Her edit of an android bug is no longer hers to make: refused, undone, in her inbox.

@@ -15,7 +15,7 @@ use blazedb_core::{
 use blazedb_format::{OpDigest, SnapshotRecord};
 use blazedb_protocol::{CloseCode, Message, RecordKey};
 
-use super::session::{Checked, Output, RecordView, Session, SessionLog};
+use super::session::{Checked, Output, RecordView, Session, SessionLog, check_write};
 use super::{
     Command, ConnectOptions, ConnectionStatus, Counters, EngineOptions, Event, MAX_BATCH_OPS,
     MAX_EVENTS_PER_ROUND, Mode, RECENT_ENTRIES, RECENT_OPS,
@@ -213,15 +213,7 @@ impl SessionLog for DbLog {
         self.db.transaction(|tx| {
             readable.clear();
             let (report, refused) = tx.replication().apply_remote_checked(ops, |op, before| {
-                let after = write.check_leaving(op, before)?;
-                if read.is_some_and(|read| {
-                    after
-                        .as_ref()
-                        .is_some_and(|r| read.may_read_record(&op.collection, r))
-                }) {
-                    readable.push(op.id);
-                }
-                Ok(())
+                check_write(write, read, op, before, &mut readable)
             })?;
             tx.replication().set_peer_cursor(peer, to)?;
             let refused = refused

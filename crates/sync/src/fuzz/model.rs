@@ -20,7 +20,7 @@ use blazedb_format::OpDigest;
 use blazedb_protocol::RecordKey;
 
 use crate::engine::MAX_BATCH_OPS;
-use crate::engine::session::{Checked, SessionLog};
+use crate::engine::session::{Checked, SessionLog, check_write};
 use blazedb_access::{ReadScope, WriteScope};
 
 /// Operation `seq` of node `origin` at Lamport time `lamport`: an insert (an update when
@@ -382,19 +382,7 @@ impl SessionLog for MemLog {
             let refusal = if self.has(op.id) {
                 None
             } else {
-                match write.check_leaving(op, before.as_ref()) {
-                    Ok(after) => {
-                        if read.is_some_and(|read| {
-                            after
-                                .as_ref()
-                                .is_some_and(|r| read.may_read_record(&op.collection, r))
-                        }) {
-                            readable.push(op.id);
-                        }
-                        None
-                    }
-                    Err(refusal) => Some(refusal),
-                }
+                check_write(write, read, op, before.as_ref(), &mut readable).err()
             };
             let Some(refusal) = refusal else {
                 let r = self.apply(peer, std::slice::from_ref(op), to, None)?;

@@ -113,6 +113,27 @@ pub(crate) struct Checked {
     pub(crate) readable: Vec<OpId>,
 }
 
+/// The check of [`SessionLog::apply_checked`] for one operation, on the record's state before
+/// it: `write` must accept it, and when `read` may still read the record afterwards, the
+/// operation is noted in `readable`.
+pub(crate) fn check_write(
+    write: &WriteScope,
+    read: Option<&ReadScope>,
+    op: &Operation,
+    before: Option<&RecordState>,
+    readable: &mut Vec<OpId>,
+) -> Result<(), WriteRefusal> {
+    let after = write.check_leaving(op, before)?;
+    if read.is_some_and(|read| {
+        after
+            .as_ref()
+            .is_some_and(|r| read.may_read_record(&op.collection, r))
+    }) {
+        readable.push(op.id);
+    }
+    Ok(())
+}
+
 /// A record's replicated state and its visible record, read once and shared.
 #[derive(Debug)]
 pub(crate) struct RecordView {

@@ -39,7 +39,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use log::{Checked, Output, RecordView, SessionLog};
+pub(crate) use log::{Checked, Output, RecordView, SessionLog, check_write};
 use scope::Held;
 use snapshot::{SnapshotIn, SnapshotOut};
 
@@ -772,10 +772,9 @@ impl Session {
         } else if to > start {
             self.repull_pending = false;
             let covered = self.covered_by(log.node(), &ops);
-            let applied = match self.options.write_scope.clone() {
+            let applied = match &self.options.write_scope {
                 Some(write) => {
-                    let read = self.options.scope.clone();
-                    log.apply_checked(peer, &ops, to, &write, read.as_ref())
+                    log.apply_checked(peer, &ops, to, write, self.options.scope.as_ref())
                 }
                 None => log
                     .apply(peer, &ops, to, covered.as_ref())

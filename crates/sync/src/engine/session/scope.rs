@@ -110,6 +110,32 @@ fn live_keys(log: &mut impl SessionLog) -> blazedb_core::Result<Vec<RecordKey>> 
     Ok(out)
 }
 
+/// Calls `f` with each operation in our log after position `from`, up to and including `to`,
+/// with its position, page by page; stops early when `f` returns false.
+fn each_op_between(
+    log: &mut impl SessionLog,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, Operation) -> bool,
+) -> blazedb_core::Result<()> {
+    let mut at = from;
+    while at < to {
+        let Some(entries) = log.entries_after(at)? else {
+            break;
+        };
+        let Some(&(last, _)) = entries.last() else {
+            break;
+        };
+        for (position, op) in entries {
+            if position > to || !f(position, op) {
+                return Ok(());
+            }
+        }
+        at = last;
+    }
+    Ok(())
+}
+
 /// Is `state` exactly what insert `op` made (no other write, before or after it)?
 fn is_exactly(state: &RecordState, op: &Operation) -> bool {
     let stamp = op.stamp();
@@ -239,37 +265,26 @@ impl Session {
     /// `Reconcile`, by operations the peer did not have: the stream carries them whole.
     /// `None` when a snapshot was due then: it carries every record.
     fn inserted_ahead(
-        &mut self,
+        &self,
         log: &mut impl SessionLog,
     ) -> blazedb_core::Result<Option<HashSet<RecordKey>>> {
         let mut ahead = HashSet::new();
-        let (Some(_), Some(mut from)) = (&self.outbound, self.held.reconciled_at) else {
+        let (Some(_), Some(from)) = (&self.outbound, self.held.reconciled_at) else {
             return Ok(None);
         };
-        // What the peer had when it pulled (the stream's own record grows with what it sent).
-        let had = self
-            .pulled
-            .as_ref()
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
         if from < log.start() {
             // Compacted since: what is left of the range cannot be read; send states.
             return Ok(Some(ahead));
         }
-        while from < log.head() {
-            let Some(entries) = log.entries_after(from)? else {
-                break;
-            };
-            let Some(&(last, _)) = entries.last() else {
-                break;
-            };
-            for (_, op) in entries {
-                if op.kind == OpKind::Insert && !had.contains(op.id) {
-                    ahead.insert(RecordKey::new(op.collection, op.record));
-                }
+        // What the peer had when it pulled (the stream's own record grows with what it sent).
+        let had = self.pulled.as_ref().map(|(_, v)| v);
+        let head = log.head();
+        each_op_between(log, from, head, |_, op| {
+            if op.kind == OpKind::Insert && !had.is_some_and(|v| v.contains(op.id)) {
+                ahead.insert(RecordKey::new(op.collection, op.record));
             }
-            from = last;
-        }
+            true
+        })?;
         Ok(Some(ahead))
     }
 
@@ -467,11 +482,25 @@ impl Session {
         log: &mut impl SessionLog,
         entries: Vec<(u64, Operation)>,
     ) -> blazedb_core::Result<Filtered> {
-        let mut out = Filtered::default();
-        let Some(scope) = self.options.scope.clone() else {
-            out.ops = entries.into_iter().map(|(_, op)| op).collect();
-            return Ok(out);
+        // Taken out for the batch, not copied: this runs for every connection on every commit.
+        let Some(scope) = self.options.scope.take() else {
+            return Ok(Filtered {
+                ops: entries.into_iter().map(|(_, op)| op).collect(),
+                ..Filtered::default()
+            });
         };
+        let filtered = self.filter_with(log, &scope, entries);
+        self.options.scope = Some(scope);
+        filtered
+    }
+
+    fn filter_with(
+        &mut self,
+        log: &mut impl SessionLog,
+        scope: &ReadScope,
+        entries: Vec<(u64, Operation)>,
+    ) -> blazedb_core::Result<Filtered> {
+        let mut out = Filtered::default();
         let mut decided: HashMap<RecordKey, Decision> = HashMap::new();
         // A record whose operations in this batch are all the peer's own, accepted with the
         // record still readable to it, goes on as the peer has it: no state to read.
@@ -497,7 +526,7 @@ impl Session {
             let decision = match decided.get(&key) {
                 Some(d) => *d,
                 None => {
-                    let d = self.decide(log, &scope, &key, &op, &mut out)?;
+                    let d = self.decide(log, scope, &key, &op, &mut out)?;
                     decided.insert(key, d);
                     d
                 }
@@ -567,9 +596,19 @@ impl Session {
         &mut self,
         records: Vec<SnapshotRecord>,
     ) -> Vec<SnapshotRecord> {
-        let Some(scope) = self.options.scope.clone() else {
+        let Some(scope) = self.options.scope.take() else {
             return records;
         };
+        let kept = self.filter_page_with(&scope, records);
+        self.options.scope = Some(scope);
+        kept
+    }
+
+    fn filter_page_with(
+        &mut self,
+        scope: &ReadScope,
+        records: Vec<SnapshotRecord>,
+    ) -> Vec<SnapshotRecord> {
         let mut kept = Vec::new();
         let mut left = Vec::new();
         for record in records {
@@ -654,25 +693,15 @@ impl Session {
             .map(|r| (r.op.seq, r))
             .collect();
         let mut found = Vec::new();
-        let mut at = from;
-        while at < position && !wanted.is_empty() {
-            let Some(entries) = log.entries_after(at)? else {
-                break;
-            };
-            let Some(&(last, _)) = entries.last() else {
-                break;
-            };
-            for (p, op) in entries {
-                if p > position {
-                    break;
-                }
+        if !wanted.is_empty() {
+            each_op_between(log, from, position, |_, op| {
                 if op.id.origin == own
                     && let Some(r) = wanted.remove(&op.id.seq)
                 {
                     found.push((op, r.code, r.reason));
                 }
-            }
-            at = last;
+                !wanted.is_empty()
+            })?;
         }
         self.rejections_received += found.len() as u64;
         log.reject(peer, &found)
@@ -779,21 +808,13 @@ impl Session {
             return Ok(pending);
         }
         let own = log.node();
-        let mut from = self.acked;
-        while from < log.head() {
-            let Some(entries) = log.entries_after(from)? else {
-                break;
-            };
-            let Some(&(last, _)) = entries.last() else {
-                break;
-            };
-            for (_, op) in entries {
-                if op.id.origin == own {
-                    pending.insert(RecordKey::new(op.collection, op.record));
-                }
+        let head = log.head();
+        each_op_between(log, self.acked, head, |_, op| {
+            if op.id.origin == own {
+                pending.insert(RecordKey::new(op.collection, op.record));
             }
-            from = last;
-        }
+            true
+        })?;
         Ok(pending)
     }
 
