@@ -1484,3 +1484,62 @@ fn back_references_that_would_decode_into_gigabytes_are_refused() {
     assert_eq!(items.len(), 1000);
     assert!(d.weight() >= 1000 * 1000, "{}", d.weight());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The compact record state of the `Records` message (docs/protocol.md)
+// ---------------------------------------------------------------------------------------------
+
+fn compact(state: &RecordState) -> Vec<u8> {
+    let mut e = blazedb_format::Encoder::new(blazedb_format::Kind::RecordState);
+    e.record_state_compact(state);
+    e.finish()
+}
+
+fn decode_compact(bytes: &[u8]) -> Result<RecordState, DecodeError> {
+    let mut d = blazedb_format::Decoder::new(bytes, blazedb_format::Kind::RecordState)?;
+    let state = d.record_state_compact()?;
+    d.finish()?;
+    Ok(state)
+}
+
+#[test]
+fn a_compact_stamp_marker_other_than_0_with_a_created_stamp_or_1_is_refused() {
+    let stamp = Stamp {
+        lamport: 9,
+        node: NodeId(Uuid::from_bytes([0x11; 16])),
+    };
+    let state = RecordState::inserted([("a".to_owned(), Value::Int(1))].into(), stamp);
+    let good = compact(&state);
+    // The register's marker is the last byte: 0 (its stamp is the insert's).
+    assert_eq!(good.last(), Some(&0));
+    let mut two = good.clone();
+    *two.last_mut().unwrap() = 2;
+    assert!(matches!(
+        decode_compact(&two),
+        Err(DecodeError::Invalid { what, .. }) if what.contains("marker")
+    ));
+    // Marker 0 without a created stamp: flags 0, no stamp, 1 register "a" = 1, marker 0.
+    let no_created = compact(&RecordState {
+        created: None,
+        ..state.clone()
+    });
+    // Its register ends with marker 1 and the stamp (Lamport 9: 1 byte; node, first use:
+    // 17 bytes); marker 0 in their place has no created stamp to stand for.
+    let mut zero = no_created;
+    zero.truncate(zero.len() - 19);
+    zero.push(0);
+    assert!(matches!(
+        decode_compact(&zero),
+        Err(DecodeError::Invalid { what, .. }) if what.contains("marker")
+    ));
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn a_compact_record_state_round_trips(state in record_state()) {
+        let decoded = decode_compact(&compact(&state)).unwrap();
+        prop_assert!(record_state_eq(&decoded, &state), "{:?} != {:?}", decoded, state);
+    }
+}

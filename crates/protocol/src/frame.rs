@@ -312,6 +312,31 @@ mod tests {
             }),
             hello
         );
+        // docs/protocol.md, Examples: `Records` with one record, its field's stamp the insert's.
+        let stamp = blazedb_format::Stamp {
+            lamport: 9,
+            node: NodeId(Uuid::from_bytes([0x11; 16])),
+        };
+        let mut records = vec![0, 0, 0, 0x3A, 0xB7, 0x16, 0x0D, 0x01];
+        records.extend([0x08, b'b', b'u', b'g', b's']);
+        records.extend([0x33; 16]);
+        records.extend([0x01, 0x09, 0x00]);
+        records.extend([0x11; 16]);
+        records.extend([0x01, 0x0A, b't', b'i', b't', b'l', b'e']);
+        records.extend([0x45, b'C', b'r', b'a', b's', b'h', 0x00]);
+        assert_eq!(
+            encode_frame(&Message::Records {
+                records: vec![blazedb_format::SnapshotRecord {
+                    collection: "bugs".to_owned(),
+                    id: Uuid::from_bytes([0x33; 16]),
+                    state: blazedb_format::RecordState::inserted(
+                        [("title".to_owned(), "Crash".into())].into(),
+                        stamp,
+                    ),
+                }],
+            }),
+            records
+        );
         let mut enroll = vec![0, 0, 0, 0x0C, 0xB7, 0x16, 0x08, 0x10];
         enroll.extend(b"bzt1_abc");
         assert_eq!(
