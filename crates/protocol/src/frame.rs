@@ -337,6 +337,76 @@ mod tests {
             }),
             records
         );
+        let origin = NodeId(Uuid::from_bytes([0x11; 16]));
+        let forbidden = |seq| crate::Rejection {
+            op: blazedb_format::OpId { origin, seq },
+            code: blazedb_format::RejectCode::Forbidden,
+            reason: "team".to_owned(),
+        };
+        let mut ack = vec![0, 0, 0, 0x22, 0xB7, 0x16, 0x03, 0xAE, 0x02, 0x02, 0x00];
+        ack.extend([0x11; 16]);
+        ack.extend([0x03, 0x02, 0x08, b't', b'e', b'a', b'm']);
+        ack.extend([0x01, 0x04, 0x02, 0x01]);
+        assert_eq!(
+            encode_frame(&Message::Ack {
+                position: 302,
+                rejected: vec![forbidden(3), forbidden(4)],
+            }),
+            ack
+        );
+        // The other selective-sync examples of docs/protocol.md.
+        let bugs = |id: u8| crate::RecordKey::new("bugs", Uuid::from_bytes([id; 16]));
+        let digest = crate::membership::MembershipDigest::of(1, &[bugs(0x22), bugs(0x33)]);
+        assert_eq!(
+            digest.buckets(),
+            [0x5CC2_7999_F170_E518, 0xE0C3_6CAB_BA80_C82C]
+        );
+        let mut reconcile = vec![0, 0, 0, 0x14, 0xB7, 0x16, 0x0B, 0x01];
+        reconcile.extend([0x5C, 0xC2, 0x79, 0x99, 0xF1, 0x70, 0xE5, 0x18]);
+        reconcile.extend([0xE0, 0xC3, 0x6C, 0xAB, 0xBA, 0x80, 0xC8, 0x2C]);
+        assert_eq!(
+            encode_frame(&Message::Reconcile {
+                level: 1,
+                buckets: digest.buckets().to_vec(),
+            }),
+            reconcile
+        );
+        let mut held = vec![0, 0, 0, 0x1C, 0xB7, 0x16, 0x0C, 0x01, 0x01, 0x01, 0x01];
+        held.extend([0x08, b'b', b'u', b'g', b's']);
+        held.extend([0x44; 16]);
+        assert_eq!(
+            encode_frame(&Message::Held {
+                level: 1,
+                buckets: vec![1],
+                records: vec![bugs(0x44)],
+            }),
+            held
+        );
+        let mut purge = vec![0, 0, 0, 0x2B, 0xB7, 0x16, 0x0E, 0x01, 0x02];
+        purge.extend([0x08, b'b', b'u', b'g', b's']);
+        purge.extend([0x22; 16]);
+        purge.push(0x01);
+        purge.extend([0x44; 16]);
+        assert_eq!(
+            encode_frame(&Message::Purge {
+                reason: blazedb_format::PurgeReason::RecordChanged,
+                records: vec![bugs(0x22), bugs(0x44)],
+            }),
+            purge
+        );
+        let mut policy = vec![0, 0, 0, 0x23, 0xB7, 0x16, 0x0F, 0x01];
+        policy.extend([0x08, b'b', b'u', b'g', b's', 0x00, 0x22]);
+        policy.extend(br#"{"status":"open"}"#);
+        policy.extend([0x01, 0x0A, b'n', b'o', b't', b'e', b's']);
+        assert_eq!(
+            encode_frame(&Message::Policy {
+                only: vec!["bugs".to_owned()],
+                except: vec![],
+                filter: r#"{"status":"open"}"#.to_owned(),
+                exclude_fields: vec!["notes".to_owned()],
+            }),
+            policy
+        );
         let mut enroll = vec![0, 0, 0, 0x0C, 0xB7, 0x16, 0x08, 0x10];
         enroll.extend(b"bzt1_abc");
         assert_eq!(
