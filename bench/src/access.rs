@@ -168,6 +168,31 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
         )
         .ratio(Ratio::Share, Goal::AtLeast(0.7, "≥ 0.7×")),
     );
+    // The ceiling of the first row: the same inserts into the same kind of database with no
+    // sync, server or devices at all. No fan-out with rules can finish before its writer.
+    progress(&format!("access: the writer's {burst} inserts alone"));
+    let alone_db = ctx.db("access-alone");
+    let start = Instant::now();
+    for i in 0..burst {
+        alone_db
+            .insert(COLLECTION, team_bug(i, teams))
+            .expect("insert");
+    }
+    let alone = start.elapsed().as_secs_f64();
+    rows.push(
+        Row::new(
+            format!(
+                "fan-out with rules, ceiling: deliveries/s if the server and the devices took \
+                 no time, the same {} deliveries ÷ the writer's {burst} inserts alone (no sync) \
+                 (baseline: without rules, as above)",
+                thousands(((devices / teams) * burst) as f64)
+            ),
+            Unit::Count,
+            ((devices / teams) * burst) as f64 / alone,
+            vec![rates[1]],
+        )
+        .ratio(Ratio::Share, Goal::None),
+    );
     rows.push(
         Row::new(
             "fan-out, the same: records/s written and delivered to every device that may read \

@@ -32,6 +32,7 @@ use blazedb_protocol::{CloseCode, Message};
 use crate::error::{Result, SyncError};
 use crate::relay::{ConnectionId, Hold, Relay};
 
+mod routing;
 pub(crate) mod session;
 mod worker;
 
@@ -311,6 +312,11 @@ pub struct ConnectionStatus {
     /// operations of ours the peer refused (now in the rejection inbox).
     pub ops_refused: u64,
     pub rejections_received: u64,
+    /// Operations of our log this side looked at to decide what to send the peer. With
+    /// scopes, the engine routes each new operation only to the connections it concerns
+    /// (those that may read its record or hold it), so a device of one team examines little
+    /// more than that team's writes.
+    pub ops_examined: u64,
 }
 
 /// What a user does about a copied database file.

@@ -1,7 +1,7 @@
 //! The engine thread: sleeps on one channel, hands each event to the connection's
 //! [`Session`], and carries out what the session asks for on the relay.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -15,10 +15,11 @@ use blazedb_core::{
 use blazedb_format::{OpDigest, SnapshotRecord};
 use blazedb_protocol::{CloseCode, Message, RecordKey};
 
-use super::session::{Checked, Output, RecordView, Session, SessionLog, check_write};
+use super::routing::{Membership, Route, Routing};
+use super::session::{Checked, Entries, Output, RecordView, Session, SessionLog, check_write};
 use super::{
-    Command, ConnectOptions, ConnectionStatus, Counters, EngineOptions, Event, MAX_BATCH_OPS,
-    MAX_EVENTS_PER_ROUND, Mode, RECENT_ENTRIES, RECENT_OPS,
+    Command, ConnectOptions, ConnectionStatus, Counters, ECHO_FLUSH_AFTER, EngineOptions, Event,
+    MAX_BATCH_OPS, MAX_EVENTS_PER_ROUND, Mode, RECENT_ENTRIES, RECENT_OPS,
 };
 use crate::error::{Result, SyncError};
 use crate::relay::{ConnectionId, Hold, Inbox, Relay};
@@ -105,18 +106,31 @@ impl DbLog {
 
     /// The entries right after position `from`, if the commit events kept them: positions
     /// `from + 1`, `from + 2`, … with nothing between (an entry at `from + 1` is certainly
-    /// the next one).
-    fn recent_after(&self, from: u64) -> Option<Vec<(u64, Operation)>> {
+    /// the next one). Only the operations `keep` accepts are copied; the position of the
+    /// last entry is returned too.
+    fn recent_after(
+        &self,
+        from: u64,
+        keep: &dyn Fn(u64, &Operation) -> bool,
+    ) -> Option<(Entries, u64)> {
+        // Positions in `recent` increase (commit order).
+        let mut at = self.recent.partition_point(|(p, _)| *p <= from);
         let mut out = Vec::new();
-        let mut position = from;
-        while out.len() < MAX_BATCH_OPS {
-            let Some((p, ops)) = self.recent.iter().find(|(p, _)| *p == position + 1) else {
+        let (mut position, mut read) = (from, 0);
+        while read < MAX_BATCH_OPS {
+            let Some((p, ops)) = self.recent.get(at).filter(|(p, _)| *p == position + 1) else {
                 break;
             };
-            out.extend(ops.iter().map(|op| (*p, op.clone())));
+            out.extend(
+                ops.iter()
+                    .filter(|op| keep(*p, op))
+                    .map(|op| (*p, op.clone())),
+            );
+            read += ops.len();
             position = *p;
+            at += 1;
         }
-        (!out.is_empty()).then_some(out)
+        (position > from).then_some((out, position))
     }
 }
 
@@ -141,10 +155,24 @@ impl SessionLog for DbLog {
     }
 
     fn entries_after(&mut self, from: u64) -> blazedb_core::Result<Option<Vec<(u64, Operation)>>> {
-        let entries = match self.recent_after(from) {
-            Some(entries) => entries,
+        Ok(self
+            .entries_after_where(from, &|_, _| true)?
+            .map(|(entries, _)| entries))
+    }
+
+    fn entries_after_where(
+        &mut self,
+        from: u64,
+        keep: &dyn Fn(u64, &Operation) -> bool,
+    ) -> blazedb_core::Result<Option<(Entries, u64)>> {
+        let (entries, last) = match self.recent_after(from, keep) {
+            Some(read) => read,
             None => match self.db.replication().oplog_since(from, MAX_BATCH_OPS) {
-                Ok(entries) => entries,
+                Ok(entries) => {
+                    let last = entries.last().map_or(from, |(p, _)| *p);
+                    let kept = entries.into_iter().filter(|(p, op)| keep(*p, op)).collect();
+                    (kept, last)
+                }
                 Err(e @ blazedb_core::Error::OplogCompacted { .. }) => {
                     // Another handle compacted the log under this stream: a snapshot
                     // continues it.
@@ -158,12 +186,13 @@ impl SessionLog for DbLog {
                 Err(e) => return Err(e),
             },
         };
-        match entries.last() {
-            Some((to, _)) => self.head = self.head.max(*to),
+        if last > from {
+            self.head = self.head.max(last);
+        } else {
             // The head we were told of is not visible yet (or was rolled back).
-            None => self.head = from,
+            self.head = from;
         }
-        Ok(Some(entries))
+        Ok(Some((entries, last)))
     }
 
     fn peer_cursor(&mut self, peer: NodeId) -> blazedb_core::Result<u64> {
@@ -335,6 +364,10 @@ struct Conn {
     relay: Box<dyn Relay>,
     transport: &'static str,
     session: Session,
+    /// Left out of rounds until routing finds a record for it or it gets an event (see
+    /// [`super::routing`]); not in [`Worker::active`].
+    parked: bool,
+    routing: Membership,
 }
 
 impl Conn {
@@ -360,11 +393,40 @@ impl Conn {
     }
 }
 
+/// The earliest moment any connection's liveness or deferred ranges may be due: a lower
+/// bound (a connection's own moments only move later between the times it is driven), so
+/// that the engine looks at every connection only when one may be due.
+#[derive(Default)]
+struct Timers {
+    liveness: Option<Instant>,
+    flush: Option<Instant>,
+}
+
+impl Timers {
+    fn note(&mut self, session: &Session, options: &EngineOptions) {
+        let earliest = |a: &mut Option<Instant>, b: Instant| *a = Some(a.map_or(b, |a| a.min(b)));
+        if session.is_open() {
+            earliest(&mut self.liveness, session.liveness_due(options));
+        }
+        if let Some(due) = session.flush_due() {
+            earliest(&mut self.flush, due);
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.liveness.is_some_and(|d| d <= now) || self.flush.is_some_and(|d| d <= now)
+    }
+}
+
 pub(super) struct Worker {
     pub(super) log: DbLog,
     pub(super) name: String,
     pub(super) events: Sender<Event>,
     connections: HashMap<ConnectionId, Conn>,
+    /// The connections every round looks at: all but the parked ones.
+    active: HashSet<ConnectionId>,
+    routing: Routing,
+    timers: Timers,
     waiters: Vec<(Instant, Sender<bool>)>,
     pub(super) counters: Arc<Counters>,
     pub(super) options: EngineOptions,
@@ -383,46 +445,64 @@ impl Worker {
             name,
             events,
             connections: HashMap::new(),
+            active: HashSet::new(),
+            routing: Routing::default(),
+            timers: Timers::default(),
             waiters: Vec::new(),
             counters,
             options,
         }
     }
 
-    /// Runs `f` on connection `id`'s session (if it exists), then carries out what the
-    /// session asked for and adds its counts to the engine's.
+    /// Runs `f` on connection `id`'s session (if it exists; a parked one joins the active
+    /// ones first), then carries out what the session asked for and adds its counts to the
+    /// engine's.
     fn with_session<T>(
         &mut self,
         id: ConnectionId,
         f: impl FnOnce(&mut Session, &mut DbLog) -> T,
     ) -> Option<T> {
         let conn = self.connections.get_mut(&id)?;
-        Some(drive(conn, &mut self.log, &self.counters, f))
+        if conn.parked {
+            conn.parked = false;
+            self.active.insert(id);
+            let since = self.routing.passed_over_since.unwrap_or_else(Instant::now);
+            conn.session.pass_over(self.routing.routed_to, since);
+        }
+        let (connections, mut book) = self.split();
+        let conn = connections.get_mut(&id)?;
+        Some(drive(conn, &mut book, f))
+    }
+
+    /// The connections, and what driving one of them touches besides.
+    fn split(&mut self) -> (&mut HashMap<ConnectionId, Conn>, Book<'_>) {
+        (
+            &mut self.connections,
+            Book {
+                log: &mut self.log,
+                counters: &self.counters,
+                routing: &mut self.routing,
+                timers: &mut self.timers,
+                options: &self.options,
+            },
+        )
     }
 
     pub(super) fn run(mut self, rx: Receiver<Event>) {
         loop {
-            // Each connection's own deadline, so that a silent peer is pinged `ping_after`
-            // after it last spoke and closed `close_after` after, not up to a polling
-            // interval later.
-            let options = self.options;
-            let next_check = self
-                .connections
-                .values()
-                .filter(|c| c.session.is_open())
-                .map(|c| c.session.liveness_due(&options))
-                .min();
-            let flush = self
-                .connections
-                .values()
-                .filter_map(|c| c.session.flush_due())
-                .min();
+            // The earliest moment a connection may have to be pinged or closed, deferred
+            // ranges sent, or a waiter answered.
+            let sweep = self
+                .routing
+                .passed_over_since
+                .map(|since| since + ECHO_FLUSH_AFTER);
             let deadline = self
                 .waiters
                 .iter()
                 .map(|(d, _)| *d)
-                .chain(next_check)
-                .chain(flush)
+                .chain(self.timers.liveness)
+                .chain(self.timers.flush)
+                .chain(sweep)
                 .min();
             let first = match deadline {
                 None => match rx.recv() {
@@ -434,10 +514,7 @@ impl Worker {
                     match rx.recv_timeout(wait) {
                         Ok(e) => e,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.for_each_session(|s, log, now, options| {
-                                s.check_liveness(log, options, now);
-                                s.flush_if_due(now);
-                            });
+                            self.on_timers(Instant::now());
                             self.answer_waiters();
                             continue;
                         }
@@ -459,10 +536,8 @@ impl Worker {
                     event = rx.try_recv().ok();
                 }
             }
-            // Everything received first (it may make more to send), then the streams.
-            self.for_each_session(|s, log, _, _| s.apply_inbound(log));
-            self.for_each_session(|s, log, now, _| s.pump(log, now));
-            self.for_each_session(|s, _, now, _| s.flush_if_due(now));
+            self.round();
+            self.on_timers(Instant::now());
             self.answer_waiters();
             if stop {
                 break;
@@ -480,16 +555,150 @@ impl Worker {
         }
     }
 
-    /// Runs `f` on every session.
+    /// After the events of a round: everything received is applied first (it may make
+    /// more to send), then new log entries are routed to the parked connections they
+    /// concern, then the active connections stream, and those that caught up park.
+    fn round(&mut self) {
+        let active: Vec<ConnectionId> = self.active.iter().copied().collect();
+        for id in &active {
+            self.with_session(*id, |s, log| s.apply_inbound(log));
+        }
+        self.route();
+        let active: Vec<ConnectionId> = self.active.iter().copied().collect();
+        for id in &active {
+            self.with_session(*id, |s, log| {
+                let now = Instant::now();
+                s.pump(log, now);
+                s.flush_if_due(now);
+            });
+        }
+        let head = self.log.head;
+        for id in active {
+            if let Some(conn) = self.connections.get_mut(&id)
+                && conn.routing.grouped()
+                && conn.session.routable(head)
+            {
+                conn.parked = true;
+                self.active.remove(&id);
+            }
+        }
+    }
+
+    /// Routes the new entries of our log (see [`super::routing`]): the parked connections
+    /// they concern wake up, and every connection whose stream stood where routing last
+    /// stopped gets, for its next pump, the records that concern it (or passes over the
+    /// entries at once when none does). The other parked connections pass over them later.
+    fn route(&mut self) {
+        if !self.routing.has_groups() {
+            // Nobody filters: every connection reads every entry.
+            self.routing.routed_to = self.routing.routed_to.max(self.log.head);
+            return;
+        }
+        if self.log.head <= self.routing.routed_to {
+            return;
+        }
+        let before = self.routing.routed_to;
+        // Active connections whose stream stands where routing stopped can take a hint.
+        let hintable: Vec<ConnectionId> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.connections
+                    .get(id)
+                    .is_some_and(|c| c.routing.grouped() && c.session.routable(before))
+            })
+            .collect();
+        if hintable.is_empty() && self.active.len() == self.connections.len() {
+            // Nobody to route to (a device pushing, whose own writes keep it active): every
+            // connection reads the entries itself, and nothing needs a record read here.
+            self.routing.routed_to = self.log.head;
+            return;
+        }
+        let now = Instant::now();
+        let since = self.routing.passed_over_since.unwrap_or(now);
+        let mut relevant = match self.routing.route(&mut self.log) {
+            Ok(Route::To(relevant)) => relevant,
+            // A failed read is left to the pumps, which report it per connection.
+            Ok(Route::Everyone) | Err(_) => {
+                for (id, conn) in &mut self.connections {
+                    if conn.parked {
+                        conn.parked = false;
+                        conn.session.pass_over(before, since);
+                        self.active.insert(*id);
+                    }
+                }
+                return;
+            }
+        };
+        let through = self.routing.routed_to;
+        for id in hintable {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                match relevant.remove(&id) {
+                    Some(records) => conn.session.hint_route(through, records),
+                    None => conn.session.pass_over(through, now),
+                }
+            }
+        }
+        for (id, records) in relevant {
+            if let Some(conn) = self.connections.get_mut(&id)
+                && conn.parked
+            {
+                conn.parked = false;
+                conn.session.pass_over(before, since);
+                conn.session.hint_route(through, records);
+                self.active.insert(id);
+            }
+        }
+        if self.active.len() < self.connections.len() {
+            self.routing.passed_over_since.get_or_insert(since);
+        }
+    }
+
+    /// Brings every parked connection's stream up to what was routed (nothing in between
+    /// is for it), as if it had been pumped.
+    fn catch_up_parked(&mut self) {
+        let Some(since) = self.routing.passed_over_since else {
+            return;
+        };
+        let to = self.routing.routed_to;
+        for conn in self.connections.values_mut().filter(|c| c.parked) {
+            conn.session.pass_over(to, since);
+            self.timers.note(&conn.session, &self.options);
+        }
+    }
+
+    /// Pings quiet peers, closes silent ones and sends deferred ranges, when one may be due.
+    fn on_timers(&mut self, now: Instant) {
+        if self
+            .routing
+            .passed_over_since
+            .is_some_and(|since| since + ECHO_FLUSH_AFTER <= now)
+        {
+            // Parked connections have ranges waiting: their peers' cursors must move too.
+            self.catch_up_parked();
+            self.routing.passed_over_since = None;
+            self.timers.flush = Some(now);
+        }
+        if !self.timers.due(now) {
+            return;
+        }
+        self.timers = Timers::default();
+        self.for_each_session(|s, log, now, options| {
+            s.check_liveness(log, options, now);
+            s.flush_if_due(now);
+        });
+    }
+
+    /// Runs `f` on every session, parked or not.
     fn for_each_session(
         &mut self,
         mut f: impl FnMut(&mut Session, &mut DbLog, Instant, &EngineOptions),
     ) {
-        let (log, counters, options) = (&mut self.log, &self.counters, &self.options);
-        for conn in self.connections.values_mut() {
-            drive(conn, log, counters, |s, log| {
-                f(s, log, Instant::now(), options)
-            });
+        let (connections, mut book) = self.split();
+        for conn in connections.values_mut() {
+            let options = book.options;
+            drive(conn, &mut book, |s, log| f(s, log, Instant::now(), options));
         }
     }
 
@@ -529,8 +738,12 @@ impl Worker {
                         close.unwrap_or((CloseCode::Normal, "disconnected".into()));
                     s.close_with(code, reason);
                 });
+                self.active.remove(&id);
                 let result = match self.connections.remove(&id) {
-                    Some(_) => Ok(()),
+                    Some(mut conn) => {
+                        self.routing.remove(id, &conn.routing, &mut conn.session);
+                        Ok(())
+                    }
                     None => Err(SyncError::UnknownConnection(id.0)),
                 };
                 let _ = reply.send(result);
@@ -593,22 +806,24 @@ impl Worker {
         };
         let transport = relay.kind();
         let started = relay.start(inbox);
-        let mut conn = Conn {
+        let mut session = Session::new(&self.name, options, Instant::now());
+        session.held.keep_journal();
+        self.connections.insert(
             id,
-            relay,
-            transport,
-            session: Session::new(&self.name, options, Instant::now()),
-        };
-        drive(
-            &mut conn,
-            &mut self.log,
-            &self.counters,
-            |s, log| match started {
-                Ok(()) => s.start(log),
-                Err(e) => s.end(format!("the relay did not start: {e}")),
+            Conn {
+                id,
+                relay,
+                transport,
+                session,
+                parked: false,
+                routing: Membership::default(),
             },
         );
-        self.connections.insert(id, conn);
+        self.active.insert(id);
+        self.with_session(id, |s, log| match started {
+            Ok(()) => s.start(log),
+            Err(e) => s.end(format!("the relay did not start: {e}")),
+        });
     }
 
     fn set_mode(&mut self, id: ConnectionId, mode: Mode) -> Result<()> {
@@ -619,6 +834,7 @@ impl Worker {
     /// See [`super::SyncEngine::compact_oplog`].
     fn compact_oplog(&mut self, keep: u64) -> Result<u64> {
         let head = self.log.refresh_head()?;
+        self.catch_up_parked();
         // A peer that cannot take a snapshot (a device's server) keeps, connected or not,
         // every entry after what it certainly has: its own writes could never reach it again.
         self.for_each_session(|s, log, _, _| s.save_kept(log));
@@ -632,7 +848,8 @@ impl Worker {
         Ok(self.log.oplog_start)
     }
 
-    fn status(&self, only: Option<ConnectionId>) -> Result<Vec<ConnectionStatus>> {
+    fn status(&mut self, only: Option<ConnectionId>) -> Result<Vec<ConnectionStatus>> {
+        self.catch_up_parked();
         let db = &self.log.db;
         let total = db.replication().oplog_ops_through(u64::MAX)?;
         let mut conns: Vec<&Conn> = self
@@ -685,6 +902,7 @@ impl Worker {
                 records_purged: s.records_purged,
                 ops_refused: s.ops_refused,
                 rejections_received: s.rejections_received,
+                ops_examined: s.ops_examined,
                 snapshot_out: s
                     .outbound
                     .as_ref()
@@ -699,6 +917,7 @@ impl Worker {
         if self.waiters.is_empty() {
             return;
         }
+        self.catch_up_parked();
         let head = self.log.head;
         let idle = self.connections.values().all(|c| c.session.idle(head));
         let now = Instant::now();
@@ -716,17 +935,27 @@ impl Worker {
     }
 }
 
-/// Runs `f` on `conn`'s session, carries out its outputs and counts what it did.
+/// What driving a session touches besides its connection.
+struct Book<'a> {
+    log: &'a mut DbLog,
+    counters: &'a Counters,
+    routing: &'a mut Routing,
+    timers: &'a mut Timers,
+    options: &'a EngineOptions,
+}
+
+/// Runs `f` on `conn`'s session, carries out its outputs, counts what it did, and notes
+/// what changed for routing and timers.
 fn drive<T>(
     conn: &mut Conn,
-    log: &mut DbLog,
-    counters: &Counters,
+    book: &mut Book<'_>,
     f: impl FnOnce(&mut Session, &mut DbLog) -> T,
 ) -> T {
     let s = &conn.session;
     let before = (s.ops_applied, s.ops_duplicate, s.ops_sent);
-    let result = f(&mut conn.session, log);
+    let result = f(&mut conn.session, book.log);
     let s = &conn.session;
+    let counters = book.counters;
     counters
         .applied
         .fetch_add(s.ops_applied - before.0, Ordering::Relaxed);
@@ -737,5 +966,8 @@ fn drive<T>(
         .sent
         .fetch_add(s.ops_sent - before.2, Ordering::Relaxed);
     conn.carry_out();
+    book.routing
+        .note(conn.id, &mut conn.routing, &mut conn.session);
+    book.timers.note(&conn.session, book.options);
     result
 }

@@ -12,6 +12,9 @@ use blazedb_core::{
 use blazedb_format::{OpDigest, SnapshotRecord};
 use blazedb_protocol::{CloseCode, Message, RecordKey};
 
+/// Operations of our log with their positions, as read for a peer.
+pub(crate) type Entries = Vec<(u64, Operation)>;
+
 /// What a session reads from and writes to its database. The engine implements it on the
 /// SQLite database (with its cache of recent entries); tests implement it on a `Vec`.
 pub(crate) trait SessionLog {
@@ -27,6 +30,20 @@ pub(crate) trait SessionLog {
     /// (whole entries); empty when none is visible. `None` when the log was compacted past
     /// `from` since [`SessionLog::start`] was read (the stream continues with a snapshot).
     fn entries_after(&mut self, from: u64) -> blazedb_core::Result<Option<Vec<(u64, Operation)>>>;
+    /// Like [`SessionLog::entries_after`], keeping only the operations `keep` accepts (with
+    /// their positions), and the position of the last entry read (`from` when none is
+    /// visible). The engine avoids copying the others.
+    fn entries_after_where(
+        &mut self,
+        from: u64,
+        keep: &dyn Fn(u64, &Operation) -> bool,
+    ) -> blazedb_core::Result<Option<(Entries, u64)>> {
+        Ok(self.entries_after(from)?.map(|entries| {
+            let last = entries.last().map_or(from, |(p, _)| *p);
+            let kept = entries.into_iter().filter(|(p, op)| keep(*p, op)).collect();
+            (kept, last)
+        }))
+    }
     /// Our durable cursor into `peer`'s log.
     fn peer_cursor(&mut self, peer: NodeId) -> blazedb_core::Result<u64>;
     /// Which operations this database has.

@@ -39,8 +39,8 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use log::{Checked, Output, RecordView, SessionLog, check_write};
-use scope::Held;
+pub(crate) use log::{Checked, Entries, Output, RecordView, SessionLog, check_write};
+pub(crate) use scope::{Held, HeldChange};
 use snapshot::{SnapshotIn, SnapshotOut};
 
 /// The sending half of a session: where the peer asked us to stream from, and what we think
@@ -156,6 +156,13 @@ pub(crate) struct Session {
     snapshot_parts_since_pull: bool,
     /// With a scope: the records the peer holds, as far as we know.
     pub(crate) held: Held,
+    /// How many times `options.scope` changed: the engine regroups the connection by scope
+    /// when this moves.
+    pub(crate) scope_changes: u64,
+    /// For the next pump only, from the engine's routing: up to this position, only
+    /// operations on these records can concern the peer (the others are neither readable to
+    /// it nor held by it, as the records are now), so the rest is passed over unread.
+    route_hint: Option<(u64, std::collections::HashSet<blazedb_core::Uuid>)>,
     /// What the rules let the peer read (`options.scope` is this narrowed by the peer's
     /// policy), and the policy the peer asked for.
     pub(crate) base_scope: Option<blazedb_access::ReadScope>,
@@ -172,6 +179,8 @@ pub(crate) struct Session {
     /// the peer refused.
     pub(crate) ops_refused: u64,
     pub(crate) rejections_received: u64,
+    /// Operations of our log read to decide what to send (see `ConnectionStatus`).
+    pub(crate) ops_examined: u64,
     /// Operations of ours that undo a refused write of the peer: sent to it with its hidden
     /// fields set to null (not left out), so that what it wrote there is overwritten.
     blank_for_peer: std::collections::HashSet<OpId>,
@@ -233,6 +242,8 @@ impl Session {
             snapshot_abandoned: false,
             snapshot_parts_since_pull: false,
             held: Held::default(),
+            scope_changes: 0,
+            route_hint: None,
             base_scope,
             peer_policy: None,
             peer_filters: false,
@@ -242,6 +253,7 @@ impl Session {
             records_purged: 0,
             ops_refused: 0,
             rejections_received: 0,
+            ops_examined: 0,
             blank_for_peer: std::collections::HashSet::new(),
             own_readable: std::collections::HashSet::new(),
             outputs: Vec::new(),
@@ -918,6 +930,9 @@ impl Session {
 
     /// When the ranges passed over must go out at the latest.
     pub(crate) fn flush_due(&self) -> Option<Instant> {
+        if !self.is_open() || !self.options.mode.sends() {
+            return None;
+        }
         self.outbound
             .as_ref()
             .and_then(|o| o.deferred_since)
@@ -1006,7 +1021,9 @@ impl Session {
 
     /// Sends what the peer pulled and has not got yet, up to the window.
     pub(crate) fn pump(&mut self, log: &mut impl SessionLog, now: Instant) {
-        if let Err(e) = self.try_pump(log, now) {
+        let pumped = self.try_pump(log, now);
+        self.route_hint = None;
+        if let Err(e) = pumped {
             self.internal_error(&e);
         }
         self.save_cursor_if_ended(log);
@@ -1035,14 +1052,24 @@ impl Session {
                 return Ok(());
             }
             let from = out.sent_to;
-            let Some(entries) = log.entries_after(from)? else {
+            let read = match &self.route_hint {
+                Some((through, records)) => log.entries_after_where(from, &|p, op| {
+                    p > *through || records.contains(&op.record)
+                })?,
+                None => log.entries_after(from)?.map(|entries| {
+                    let last = entries.last().map_or(from, |(p, _)| *p);
+                    (entries, last)
+                }),
+            };
+            let Some((entries, to)) = read else {
                 // Compacted under this stream: the next round sends a snapshot.
                 continue;
             };
-            let Some(&(to, _)) = entries.last() else {
+            if to <= from {
                 // The head we were told of is not visible yet (or was rolled back).
                 return Ok(());
-            };
+            }
+            self.ops_examined += entries.len() as u64;
             let (own, forward) = (log.node(), self.options.forward);
             let mut filtered = self.filter_for_scope(log, entries)?;
             self.send_filtered_extras(&mut filtered);
@@ -1073,6 +1100,50 @@ impl Session {
             out.in_flight.push_back((to, now, true));
             self.ops_sent += ops.len() as u64;
             self.send(Message::Ops { from, to, ops });
+        }
+    }
+
+    /// Could this connection be left out of pumps until a record concerns it? A scoped
+    /// stream that has sent everything up to `head`, with nothing of its own pending: from
+    /// here on, [`Session::pass_over`] does for a range with nothing it may read or holds
+    /// exactly what a pump would (see the engine's routing).
+    pub(crate) fn routable(&self, head: u64) -> bool {
+        self.is_scoped()
+            && self.is_open()
+            && self.options.mode.sends()
+            && self.inbound.is_empty()
+            && self.own_readable.is_empty()
+            && self.blank_for_peer.is_empty()
+            && self
+                .outbound
+                .as_ref()
+                .is_some_and(|o| o.snapshot.is_none() && o.sent_to >= head)
+    }
+
+    /// For the next pump: up to position `through`, only operations on `records` can
+    /// concern the peer (see `route_hint`).
+    pub(crate) fn hint_route(
+        &mut self,
+        through: u64,
+        records: std::collections::HashSet<blazedb_core::Uuid>,
+    ) {
+        self.route_hint = Some((through, records));
+    }
+
+    /// Our log up to `to` holds nothing the peer may read or holds (the engine's routing
+    /// found none since this connection was left out): the stream moves past it as a pump
+    /// would after a batch with nothing to send, the range waiting since `since`.
+    pub(crate) fn pass_over(&mut self, to: u64, since: Instant) {
+        let Some(out) = &mut self.outbound else {
+            return;
+        };
+        if out.snapshot.is_some() || out.sent_to >= to {
+            return;
+        }
+        out.sent_to = to;
+        out.deferred_since.get_or_insert(since);
+        if out.in_flight.is_empty() {
+            self.skipped_to = self.skipped_to.max(to);
         }
     }
 

@@ -36,12 +36,90 @@ pub(crate) struct Held {
     /// Where the stream to the peer stood when that `Reconcile` went out (`None`: a
     /// snapshot was due, which carries every record the peer may read).
     reconciled_at: Option<u64>,
+    /// When the engine routes records to connections (it indexes who holds what): every
+    /// change to `keys` since it last looked.
+    journal: Option<Vec<HeldChange>>,
+}
+
+/// One change to what a scoped peer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeldChange {
+    Added(RecordKey),
+    Removed(RecordKey),
 }
 
 impl Held {
     /// How many records the peer holds, as far as we know.
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The records the peer holds, as far as we know.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &RecordKey> {
+        self.keys.iter()
+    }
+
+    /// Starts noting every change (see [`Held::take_changes`]).
+    pub(crate) fn keep_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes since the last call (none without [`Held::keep_journal`]).
+    pub(crate) fn take_changes(&mut self) -> Vec<HeldChange> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn contains(&self, key: &RecordKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Notes that the peer holds `key`; false if it was known.
+    fn insert(&mut self, key: RecordKey) -> bool {
+        if self.keys.contains(&key) {
+            return false;
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.push(HeldChange::Added(key.clone()));
+        }
+        self.keys.insert(key)
+    }
+
+    /// Notes that the peer no longer holds `key`; false if it was not known to.
+    fn remove(&mut self, key: &RecordKey) -> bool {
+        let removed = self.keys.remove(key);
+        if removed && let Some(journal) = &mut self.journal {
+            journal.push(HeldChange::Removed(key.clone()));
+        }
+        removed
+    }
+
+    /// Starts over: nothing known (the journal stays on).
+    fn reset(&mut self) {
+        self.replace_keys(HashSet::new());
+        self.known = false;
+        self.awaiting = None;
+        self.reconciled_at = None;
+    }
+
+    /// Replaces every key, noting the difference.
+    fn replace_keys(&mut self, keys: HashSet<RecordKey>) {
+        let old = std::mem::replace(&mut self.keys, keys);
+        if let Some(journal) = &mut self.journal {
+            journal.extend(
+                old.iter()
+                    .filter(|k| !self.keys.contains(*k))
+                    .map(|k| HeldChange::Removed(k.clone())),
+            );
+            journal.extend(
+                self.keys
+                    .iter()
+                    .filter(|k| !old.contains(*k))
+                    .map(|k| HeldChange::Added(k.clone())),
+            );
+        }
     }
 }
 
@@ -189,12 +267,10 @@ impl Session {
         let reconciled_at = self.outbound.as_ref().and_then(|out| {
             (out.snapshot.is_none() && out.sent_to >= log.start()).then_some(out.sent_to)
         });
-        self.held = Held {
-            keys: visible.into_keys().collect(),
-            known: true,
-            awaiting: Some(level),
-            reconciled_at,
-        };
+        self.held.replace_keys(visible.into_keys().collect());
+        self.held.known = true;
+        self.held.awaiting = Some(level);
+        self.held.reconciled_at = reconciled_at;
         self.send(Message::Reconcile {
             level,
             buckets: digest.buckets().to_vec(),
@@ -244,9 +320,9 @@ impl Session {
         let mut entered = Vec::new();
         for (key, state) in visible {
             let streamed =
-                self.held.keys.contains(&key) && coming.as_ref().is_none_or(|c| c.contains(&key));
+                self.held.contains(&key) && coming.as_ref().is_none_or(|c| c.contains(&key));
             if !theirs.contains(&key) && !streamed {
-                self.held.keys.insert(key.clone());
+                self.held.insert(key.clone());
                 entered.push(SnapshotRecord {
                     collection: key.collection,
                     id: key.id,
@@ -255,7 +331,7 @@ impl Session {
             }
         }
         for key in &left {
-            self.held.keys.remove(key);
+            self.held.remove(key);
         }
         self.send_scope_changes(entered, left, PurgeReason::AccessChanged);
         Ok(())
@@ -381,9 +457,10 @@ impl Session {
             return Ok(());
         }
         let old = std::mem::replace(&mut self.options.scope, scope);
+        self.scope_changes += 1;
         if self.outbound.is_none() || !self.is_open() {
             // Nothing streams yet: the first Pull starts with the new scope.
-            self.held = Held::default();
+            self.held.reset();
             return Ok(());
         }
         let Some(new) = self.options.scope.clone() else {
@@ -394,7 +471,7 @@ impl Session {
                     entered.push(record);
                 }
             })?;
-            self.held = Held::default();
+            self.held.reset();
             self.send_scope_changes(entered, Vec::new(), reason);
             return Ok(());
         };
@@ -425,18 +502,17 @@ impl Session {
         let visible = visible(log, &new)?;
         let mut left: Vec<RecordKey> = self
             .held
-            .keys
-            .iter()
+            .keys()
             .filter(|key| !visible.contains_key(*key) || concealed.contains(&key.collection))
             .cloned()
             .collect();
         left.sort();
         for key in &left {
-            self.held.keys.remove(key);
+            self.held.remove(key);
         }
         let mut entered = Vec::new();
         for (key, state) in visible {
-            if self.held.keys.insert(key.clone()) || revealed.contains(&key.collection) {
+            if self.held.insert(key.clone()) || revealed.contains(&key.collection) {
                 entered.push(SnapshotRecord {
                     collection: key.collection,
                     id: key.id,
@@ -516,7 +592,7 @@ impl Session {
                 self.own_readable.remove(&op.id);
             }
             for (key, own) in own_only {
-                if own && self.held.keys.contains(&key) {
+                if own && self.held.contains(&key) {
                     decided.insert(key, Decision::Send);
                 }
             }
@@ -556,11 +632,11 @@ impl Session {
             .as_ref()
             .and_then(|v| v.record.as_ref())
             .is_some_and(|r| scope.may_read_record(&key.collection, r));
-        let held = self.held.keys.contains(key);
+        let held = self.held.contains(key);
         Ok(match (readable, held) {
             (true, true) => Decision::Send,
             (true, false) => {
-                self.held.keys.insert(key.clone());
+                self.held.insert(key.clone());
                 if view.as_ref().is_some_and(|v| is_exactly(&v.state, op)) {
                     // A new record that nothing else touched yet: its insert is its whole
                     // state, and cheaper to send than the state.
@@ -576,7 +652,7 @@ impl Session {
                 Decision::Skip
             }
             (false, true) => {
-                self.held.keys.remove(key);
+                self.held.remove(key);
                 if view.as_ref().is_some_and(|v| !v.state.is_visible()) && op.kind == OpKind::Delete
                 {
                     // Deleted: the peer deletes its copy as everyone does.
@@ -614,12 +690,12 @@ impl Session {
         for record in records {
             let key = RecordKey::new(record.collection.clone(), record.id);
             if scope.may_read_state(&record.collection, record.id, &record.state) {
-                self.held.keys.insert(key);
+                self.held.insert(key);
                 kept.push(SnapshotRecord {
                     state: scope.strip_state(&record.collection, &record.state),
                     ..record
                 });
-            } else if self.held.keys.remove(&key) {
+            } else if self.held.remove(&key) {
                 if record.state.is_visible() {
                     left.push(key);
                 } else {
@@ -642,9 +718,9 @@ impl Session {
         for op in ops {
             let key = RecordKey::new(op.collection.clone(), op.record);
             if op.kind == OpKind::Delete {
-                self.held.keys.remove(&key);
+                self.held.remove(&key);
             } else {
-                self.held.keys.insert(key);
+                self.held.insert(key);
             }
         }
     }
