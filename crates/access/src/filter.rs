@@ -213,6 +213,26 @@ impl FilterTemplate {
     }
 }
 
+impl FilterTemplate {
+    /// The top-level fields the filter reads (the first part of each dotted path), sorted.
+    pub fn fields(&self) -> std::collections::BTreeSet<&str> {
+        fn walk<'a>(node: &'a Node, out: &mut std::collections::BTreeSet<&'a str>) {
+            match node {
+                Node::And(nodes) | Node::Or(nodes) => nodes.iter().for_each(|n| walk(n, out)),
+                Node::Not(inner) => walk(inner, out),
+                leaf_node => {
+                    if let Some((field, _)) = leaf(leaf_node) {
+                        out.insert(field.split('.').next().unwrap_or(field));
+                    }
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(&self.0, &mut out);
+        out
+    }
+}
+
 impl fmt::Display for FilterTemplate {
     /// The canonical TOML form (an inline table, or `false` for [`FilterTemplate::nothing`]);
     /// parsing it gives the same template.

@@ -53,5 +53,8 @@ mod scope;
 
 pub use context::SecurityContext;
 pub use filter::{FilterError, FilterTemplate, PathSegment, Variable, parse_query};
-pub use rules::{CollectionRule, CollectionScope, Rules, RulesError, WriteRefusal};
+pub use rules::{
+    CollectionMode, CollectionRule, CollectionScope, CollectionSettings, Rules, RulesError,
+    WriteRefusal,
+};
 pub use scope::{PolicyError, ReadScope, SyncPolicy, WriteScope};

@@ -10,6 +10,15 @@
 //!
 //! A role or collection the file does not name sees nothing and writes nothing. `read` and
 //! `write` default to `false` (nothing), `hidden_fields` to none.
+//!
+//! A collection may be declared end-to-end encrypted; its values are then sealed on the
+//! devices, and rules on it may read only the record id and the fields it keeps in clear:
+//!
+//! ```toml
+//! [collections.bugs]
+//! mode = "e2e"
+//! routing_fields = ["teamId"]
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,6 +35,8 @@ use crate::filter::{FilterTemplate, PathSegment, toml_key, toml_string, write_ar
 use crate::json;
 
 const COLLECTION_KEYS: &str = "read, write, hidden_fields";
+const SETTINGS_KEYS: &str = "mode, routing_fields";
+const TOP_KEYS: &str = "roles, collections";
 
 /// Why a rules file is refused: always with the line (and column, both from 1) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,10 +133,63 @@ pub struct CollectionScope {
     pub hidden_fields: Vec<String>,
 }
 
+/// How a collection's values travel and rest on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CollectionMode {
+    /// The server reads the values (it validates, filters and queries them): the default.
+    #[default]
+    Smart,
+    /// Values are sealed on the devices (docs/e2e.md); the server sees only the record id,
+    /// the stamps and the routing fields.
+    E2e,
+}
+
+impl CollectionMode {
+    /// The name in the rules file.
+    pub fn name(self) -> &'static str {
+        match self {
+            CollectionMode::Smart => "smart",
+            CollectionMode::E2e => "e2e",
+        }
+    }
+}
+
+/// What the rules file says of one collection (`[collections.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CollectionSettings {
+    mode: CollectionMode,
+    routing_fields: BTreeSet<String>,
+}
+
+impl CollectionSettings {
+    pub fn mode(&self) -> CollectionMode {
+        self.mode
+    }
+
+    /// Fields kept in clear in an e2e collection, for rules and routing.
+    pub fn routing_fields(&self) -> impl Iterator<Item = &str> {
+        self.routing_fields.iter().map(String::as_str)
+    }
+
+    /// The fields of `filter` an e2e collection seals (none in smart mode).
+    fn sealed_fields<'f>(&self, filter: &'f FilterTemplate) -> Vec<&'f str> {
+        if self.mode != CollectionMode::E2e {
+            return Vec::new();
+        }
+        filter
+            .fields()
+            .into_iter()
+            .filter(|f| *f != "id" && !self.routing_fields.contains(*f))
+            .collect()
+    }
+}
+
 /// The access rules of one hosted database. See the crate documentation for an example.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rules {
     roles: BTreeMap<String, BTreeMap<String, CollectionRule>>,
+    collections: BTreeMap<String, CollectionSettings>,
 }
 
 impl Rules {
@@ -141,9 +205,18 @@ impl Rules {
         })?;
         let at = |span: Range<usize>| position(text, span.start);
         let mut rules = Rules::default();
+        // Collections first, wherever they are in the file: the roles' rules are checked
+        // against their modes.
+        for (key, value) in doc.get_ref().iter() {
+            match key.get_ref().as_ref() {
+                "collections" => rules.collections = collection_settings(text, value)?,
+                "roles" => {}
+                _ => return Err(unknown_key(at(key.span()), key, "the file", TOP_KEYS)),
+            }
+        }
         for (key, value) in doc.get_ref().iter() {
             if key.get_ref() != "roles" {
-                return Err(unknown_key(at(key.span()), key, "the file", "roles"));
+                continue;
             }
             let roles = table(value, "roles", "a table of roles", at)?;
             for (role, value) in roles.iter() {
@@ -172,7 +245,8 @@ impl Rules {
                         dotted(&[role.get_ref(), collection.get_ref()])
                     );
                     check_name(collection, "a collection name", &place, at)?;
-                    let rule = collection_rule(text, value, &place)?;
+                    let settings = rules.collections.get(collection.get_ref().as_ref());
+                    let rule = collection_rule(text, value, &place, collection, settings)?;
                     per_collection.insert(collection.get_ref().to_string(), rule);
                 }
                 rules.roles.insert(role_name, per_collection);
@@ -185,6 +259,21 @@ impl Rules {
     /// rules equal to these.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
+        for (collection, settings) in &self.collections {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str("[collections.");
+            out.push_str(&dotted(&[collection]));
+            out.push_str("]\n");
+            out.push_str(&format!("mode = \"{}\"\n", settings.mode.name()));
+            if !settings.routing_fields.is_empty() {
+                out.push_str("routing_fields = ");
+                let fields: Vec<&str> = settings.routing_fields().collect();
+                write_array(&mut out, &fields, |out, f| toml_string(out, f));
+                out.push('\n');
+            }
+        }
         for (role, collections) in &self.roles {
             for (collection, rule) in collections {
                 if !out.is_empty() {
@@ -204,6 +293,18 @@ impl Rules {
             }
         }
         out
+    }
+
+    /// How `collection`'s values travel and rest (smart unless the file says otherwise).
+    pub fn mode(&self, collection: &str) -> CollectionMode {
+        self.collections
+            .get(collection)
+            .map_or(CollectionMode::Smart, |s| s.mode)
+    }
+
+    /// What the file says of each collection it declares (`[collections.NAME]`), by name.
+    pub fn collection_settings(&self) -> impl Iterator<Item = (&str, &CollectionSettings)> {
+        self.collections.iter().map(|(c, s)| (c.as_str(), s))
     }
 
     /// Has no role any rule? (Then nobody reads or writes anything.)
@@ -416,10 +517,56 @@ fn check_name(
     })
 }
 
+/// The `[collections]` table: per collection, its mode and routing fields.
+fn collection_settings(
+    text: &str,
+    value: &Spanned<DeValue<'_>>,
+) -> Result<BTreeMap<String, CollectionSettings>, RulesError> {
+    let at = |span: Range<usize>| position(text, span.start);
+    let mut out = BTreeMap::new();
+    for (collection, value) in table(value, "collections", "a table of collections", at)?.iter() {
+        let place = format!("[collections.{}]", dotted(&[collection.get_ref()]));
+        check_name(collection, "a collection name", &place, at)?;
+        let entries = table(value, &place, "a table of mode and routing_fields", at)?;
+        let mut settings = CollectionSettings::default();
+        for (key, value) in entries.iter() {
+            let name = key.get_ref().as_ref();
+            let here = format!("{place} {name}");
+            match name {
+                "mode" => {
+                    settings.mode = match value.get_ref() {
+                        DeValue::String(s) if s == "smart" => CollectionMode::Smart,
+                        DeValue::String(s) if s == "e2e" => CollectionMode::E2e,
+                        other => {
+                            let (line, column) = at(value.span());
+                            return Err(RulesError::WrongType {
+                                line,
+                                column,
+                                place: here,
+                                expected: "\"smart\" or \"e2e\"",
+                                found: kind(other),
+                            });
+                        }
+                    }
+                }
+                "routing_fields" => {
+                    settings.routing_fields =
+                        field_names(text, value, &here, "the record id is always in clear")?;
+                }
+                _ => return Err(unknown_key(at(key.span()), key, &place, SETTINGS_KEYS)),
+            }
+        }
+        out.insert(collection.get_ref().to_string(), settings);
+    }
+    Ok(out)
+}
+
 fn collection_rule(
     text: &str,
     value: &Spanned<DeValue<'_>>,
     place: &str,
+    collection: &Spanned<std::borrow::Cow<'_, str>>,
+    settings: Option<&CollectionSettings>,
 ) -> Result<CollectionRule, RulesError> {
     let at = |span: Range<usize>| position(text, span.start);
     let entries = table(value, place, "a table of read, write and hidden_fields", at)?;
@@ -432,19 +579,52 @@ fn collection_rule(
         let name = key.get_ref().as_ref();
         let here = format!("{place} {name}");
         match name {
-            "read" => rule.read = filter(text, value, &here)?,
-            "write" => rule.write = filter(text, value, &here)?,
-            "hidden_fields" => rule.hidden_fields = hidden_fields(text, value, &here)?,
+            "read" | "write" => {
+                let parsed = filter(text, value, &here)?;
+                if let Some(settings) = settings
+                    && let Some(sealed) = settings.sealed_fields(&parsed).first()
+                {
+                    let (line, column) = at(value.span());
+                    let routing: Vec<&str> = settings.routing_fields().collect();
+                    return Err(RulesError::Invalid {
+                        line,
+                        column,
+                        place: here,
+                        reason: format!(
+                            "reads the field {sealed:?}, which collection {:?} seals end to \
+                             end (mode = \"e2e\"): the server cannot read it. A rule there may \
+                             read only the record id and the routing fields ({})",
+                            collection.get_ref(),
+                            if routing.is_empty() {
+                                "none declared".to_owned()
+                            } else {
+                                routing.join(", ")
+                            }
+                        ),
+                    });
+                }
+                if name == "read" {
+                    rule.read = parsed;
+                } else {
+                    rule.write = parsed;
+                }
+            }
+            "hidden_fields" => {
+                rule.hidden_fields =
+                    field_names(text, value, &here, "the record id cannot be hidden")?;
+            }
             _ => return Err(unknown_key(at(key.span()), key, place, COLLECTION_KEYS)),
         }
     }
     Ok(rule)
 }
 
-fn hidden_fields(
+/// An array of field names, none empty and none `id` (`id_reason` says why not).
+fn field_names(
     text: &str,
     value: &Spanned<DeValue<'_>>,
     place: &str,
+    id_reason: &'static str,
 ) -> Result<BTreeSet<String>, RulesError> {
     let wrong = |span: Range<usize>, found| {
         let (line, column) = position(text, span.start);
@@ -467,7 +647,7 @@ fn hidden_fields(
         let reason = if name.is_empty() {
             Some("a field name cannot be empty")
         } else if name == "id" {
-            Some("the record id cannot be hidden")
+            Some(id_reason)
         } else {
             None
         };

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use blazedb_access::{Rules, RulesError, SecurityContext, WriteRefusal};
+use blazedb_access::{CollectionMode, Rules, RulesError, SecurityContext, WriteRefusal};
 use blazedb_core::{Filter, Record, RejectCode, Uuid, Value, fields};
 use proptest::prelude::*;
 
@@ -230,6 +230,91 @@ fn unknown_keys_operators_variables_and_wrong_types_are_errors_naming_the_line()
     assert!(e.to_string().contains("line 2, column 8"), "{e}");
 }
 
+/// The seed's hybrid bug tracker: bugs sealed end to end and routed by team, reports smart.
+const HYBRID: &str = r#"
+[roles.developer.bugs]
+read  = { teamId = { "$in" = "$teams" } }
+write = { teamId = { "$in" = "$teams" } }
+
+[roles.manager.reports]
+read  = { status = "published" }
+write = false
+
+[collections.bugs]
+mode = "e2e"
+routing_fields = ["teamId"]
+"#;
+
+#[test]
+fn an_e2e_collection_is_declared_with_its_routing_fields_and_reads_back_the_same() {
+    let rules = Rules::parse(HYBRID).unwrap();
+    assert_eq!(rules.mode("bugs"), CollectionMode::E2e);
+    assert_eq!(rules.mode("reports"), CollectionMode::Smart);
+    assert_eq!(rules.mode("comments"), CollectionMode::Smart);
+    let (name, bugs) = rules.collection_settings().next().unwrap();
+    assert_eq!(name, "bugs");
+    assert_eq!(bugs.routing_fields().collect::<Vec<_>>(), ["teamId"]);
+    let text = rules.to_toml();
+    assert!(
+        text.starts_with("[collections.bugs]\nmode = \"e2e\"\nrouting_fields = [\"teamId\"]\n"),
+        "{text}"
+    );
+    assert_eq!(Rules::parse(&text).unwrap(), rules);
+    // A smart collection's rules may read any field; so may rules on the record id.
+    Rules::parse("[collections.bugs]\nmode = \"e2e\"\n[roles.dev.bugs]\nread = { id = \"x\" }\n")
+        .unwrap();
+}
+
+#[test]
+fn a_rule_that_reads_a_sealed_field_is_refused_with_its_line_and_the_reason() {
+    // The table of collections may come after the rules.
+    let e = refused(
+        "[roles.dev.bugs]\nread = { teamId = \"ios\" }\nwrite = { title = \"x\" }\n\n\
+         [collections.bugs]\nmode = \"e2e\"\nrouting_fields = [\"teamId\"]\n",
+    );
+    assert_eq!(e.line(), 3);
+    let text = e.to_string();
+    assert!(text.contains("[roles.dev.bugs] write"), "{text}");
+    assert!(text.contains("reads the field \"title\""), "{text}");
+    assert!(text.contains("routing fields (teamId)"), "{text}");
+    let e = refused(
+        "[collections.bugs]\nmode = \"e2e\"\n[roles.dev.bugs]\nread = { \"$or\" = [{ id = \"a\" }, { \"meta.team\" = \"x\" }] }\n",
+    );
+    assert_eq!(e.line(), 4);
+    assert!(e.to_string().contains("reads the field \"meta\""), "{e}");
+    assert!(e.to_string().contains("(none declared)"), "{e}");
+}
+
+#[test]
+fn bad_collection_declarations_are_errors_naming_the_line() {
+    for (text, line, says) in [
+        (
+            "[collections.bugs]\nmode = \"secret\"\n",
+            2,
+            "must be \"smart\" or \"e2e\"",
+        ),
+        (
+            "[collections.bugs]\nmode = \"e2e\"\nrouting = [\"teamId\"]\n",
+            3,
+            "expected mode, routing_fields",
+        ),
+        (
+            "[collections.bugs]\nrouting_fields = [\"id\"]\n",
+            2,
+            "the record id is always in clear",
+        ),
+        (
+            "[collection.bugs]\nmode = \"e2e\"\n",
+            1,
+            "expected roles, collections",
+        ),
+    ] {
+        let e = refused(text);
+        assert_eq!(e.line(), line, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
 #[test]
 fn an_error_deep_in_a_multi_line_filter_names_its_own_line() {
     let text =
@@ -338,9 +423,16 @@ fn valid_file() -> impl Strategy<Value = String> {
         ),
         0..4,
     )
-    .prop_map(|tables| {
+    .prop_flat_map(|tables| (Just(tables), any::<bool>()))
+    .prop_map(|(tables, declared)| {
         let mut seen = std::collections::BTreeSet::new();
         let mut out = String::new();
+        if declared {
+            // A smart collection may declare routing fields; they restrict nothing.
+            out.push_str(
+                "[collections.\"x.y\"]\nmode = \"smart\"\nrouting_fields = [\"teamId\"]\n\n",
+            );
+        }
         for (role, collection, read, write) in tables {
             if seen.insert((role, collection)) {
                 out.push_str(&format!(

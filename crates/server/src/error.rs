@@ -60,6 +60,14 @@ pub enum MetaError {
     /// An argument (a duration, a key) the administrator gave is not acceptable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Rules that declare an end-to-end collection: this server does not seal or route
+    /// those yet (docs/e2e.md), and accepting them would promise what it does not keep.
+    #[error(
+        "collection {0:?} is declared mode = \"e2e\", which this server does not support yet \
+         (docs/e2e.md): its devices would still send it readable values. Declare it \
+         \"smart\" or remove the [collections] entry"
+    )]
+    E2eNotSupported(String),
     #[error("a user named {0:?} already exists")]
     UserExists(String),
     #[error("no user named {0:?}; add it with `blazedb-server admin user add`")]

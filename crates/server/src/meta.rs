@@ -1030,6 +1030,12 @@ impl MetaStore {
     /// (one transaction: a refused file changes nothing). Returns the rules now in force.
     pub fn set_access_rules(&self, database: &str, text: &str) -> Result<Rules, MetaError> {
         let rules = Rules::parse(text)?;
+        if let Some((collection, _)) = rules
+            .collection_settings()
+            .find(|(_, s)| s.mode() == blazedb_access::CollectionMode::E2e)
+        {
+            return Err(MetaError::E2eNotSupported(collection.to_owned()));
+        }
         if !self.has_database(database)? {
             return Err(MetaError::UnknownDatabase(database.to_owned()));
         }

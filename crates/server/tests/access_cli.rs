@@ -33,6 +33,19 @@ fn with_database(dir: &std::path::Path) -> std::path::PathBuf {
     data
 }
 
+/// A server with database `bugs` under `RULES`, and what `access show` prints for them.
+fn with_rules(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let data = with_database(dir);
+    let file = dir.join("rules.toml");
+    std::fs::write(&file, RULES).unwrap();
+    ok(
+        &data,
+        &["admin", "access", "set", "bugs", file.to_str().unwrap()],
+    );
+    let shown = ok(&data, &["admin", "access", "show", "bugs"]);
+    (data, shown)
+}
+
 #[test]
 fn access_set_stores_the_rules_and_show_prints_them_in_canonical_form() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,14 +78,7 @@ fn access_set_stores_the_rules_and_show_prints_them_in_canonical_form() {
 #[test]
 fn a_bad_rules_file_is_refused_with_its_line_and_the_old_rules_stay() {
     let dir = tempfile::tempdir().unwrap();
-    let data = with_database(dir.path());
-    let file = dir.path().join("rules.toml");
-    std::fs::write(&file, RULES).unwrap();
-    ok(
-        &data,
-        &["admin", "access", "set", "bugs", file.to_str().unwrap()],
-    );
-    let before = ok(&data, &["admin", "access", "show", "bugs"]);
+    let (data, before) = with_rules(dir.path());
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -96,6 +102,45 @@ fn a_bad_rules_file_is_refused_with_its_line_and_the_old_rules_stay() {
     ));
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(ok(&data, &["admin", "access", "show", "bugs"]), before);
+}
+
+#[test]
+fn an_e2e_collection_is_refused_until_the_server_supports_it_and_smart_ones_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, before) = with_rules(dir.path());
+    let e2e = dir.path().join("e2e.toml");
+    std::fs::write(
+        &e2e,
+        format!("{RULES}\n[collections.bugs]\nmode = \"e2e\"\nrouting_fields = [\"teamId\"]\n"),
+    )
+    .unwrap();
+    let err = failed(&run(
+        &data,
+        &["admin", "access", "set", "bugs", e2e.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("collection \"bugs\" is declared mode = \"e2e\""),
+        "{err}"
+    );
+    assert!(err.contains("not support"), "{err}");
+    assert_eq!(ok(&data, &["admin", "access", "show", "bugs"]), before);
+
+    // A smart declaration is stored and shown first.
+    let smart = dir.path().join("smart.toml");
+    std::fs::write(
+        &smart,
+        format!("{RULES}\n[collections.reports]\nmode = \"smart\"\n"),
+    )
+    .unwrap();
+    ok(
+        &data,
+        &["admin", "access", "set", "bugs", smart.to_str().unwrap()],
+    );
+    let shown = ok(&data, &["admin", "access", "show", "bugs"]);
+    assert!(
+        shown.starts_with("[collections.reports]\nmode = \"smart\"\n\n[roles.developer.bugs]"),
+        "{shown}"
+    );
 }
 
 #[test]

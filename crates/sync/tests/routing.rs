@@ -74,6 +74,12 @@ fn hub(teams: &[&str], per_team: usize) -> Hub {
         }
     }
     assert!(engine.wait_idle(WAIT).unwrap(), "the devices connect");
+    // Idle counts a connection that has not pulled yet; wait for every stream.
+    let start = Instant::now();
+    while !engine.status().unwrap().iter().all(|c| c.streaming) {
+        assert!(start.elapsed() < WAIT, "the devices pull");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     Hub {
         db,
         engine,

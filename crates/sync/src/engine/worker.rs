@@ -606,7 +606,7 @@ impl Worker {
             .filter(|id| {
                 self.connections
                     .get(id)
-                    .is_some_and(|c| c.routing.grouped() && c.session.routable(before))
+                    .is_some_and(|c| c.routing.grouped() && c.session.takes_route_from(before))
             })
             .collect();
         if hintable.is_empty() && self.active.len() == self.connections.len() {
@@ -636,6 +636,10 @@ impl Worker {
             if let Some(conn) = self.connections.get_mut(&id) {
                 match relevant.remove(&id) {
                     Some(records) => conn.session.hint_route(through, records),
+                    // Still short of an earlier hint: the range joins it.
+                    None if conn.session.has_route_hint() => {
+                        conn.session.hint_route(through, HashSet::new());
+                    }
                     None => conn.session.pass_over(through, now),
                 }
             }

@@ -159,9 +159,9 @@ pub(crate) struct Session {
     /// How many times `options.scope` changed: the engine regroups the connection by scope
     /// when this moves.
     pub(crate) scope_changes: u64,
-    /// For the next pump only, from the engine's routing: up to this position, only
-    /// operations on these records can concern the peer (the others are neither readable to
-    /// it nor held by it, as the records are now), so the rest is passed over unread.
+    /// From the engine's routing, until the stream passes it: up to this position, only
+    /// operations on these records can concern the peer (the others were neither readable
+    /// to it nor held by it when they were routed), so the rest is passed over unread.
     route_hint: Option<(u64, std::collections::HashSet<blazedb_core::Uuid>)>,
     /// What the rules let the peer read (`options.scope` is this narrowed by the peer's
     /// policy), and the policy the peer asked for.
@@ -609,6 +609,7 @@ impl Session {
         self.save_kept(log);
         if self.options.mode.sends() {
             self.outbound = Some(Outbound::starting_at(from, vector));
+            self.route_hint = None;
             // A scoped peer's holdings are compared once per session, before any Ops:
             // afterwards every record sent, purged or written keeps them known.
             if (first_pull || !self.held.known)
@@ -999,6 +1000,7 @@ impl Session {
     pub(crate) fn set_mode(&mut self, log: &mut impl SessionLog, mode: super::Mode) {
         self.apply_inbound(log);
         let old = std::mem::replace(&mut self.options.mode, mode);
+        self.route_hint = None;
         if !mode.sends() {
             self.outbound = None;
         } else if self.outbound.is_none() {
@@ -1022,7 +1024,17 @@ impl Session {
     /// Sends what the peer pulled and has not got yet, up to the window.
     pub(crate) fn pump(&mut self, log: &mut impl SessionLog, now: Instant) {
         let pumped = self.try_pump(log, now);
-        self.route_hint = None;
+        // A hint holds until the stream has passed its range (a full window stops a pump
+        // short of it); the next routing extends it.
+        if let Some((through, _)) = &self.route_hint
+            && (!self.is_open()
+                || self
+                    .outbound
+                    .as_ref()
+                    .is_none_or(|o| o.snapshot.is_some() || o.sent_to >= *through))
+        {
+            self.route_hint = None;
+        }
         if let Err(e) = pumped {
             self.internal_error(&e);
         }
@@ -1053,9 +1065,14 @@ impl Session {
             }
             let from = out.sent_to;
             let read = match &self.route_hint {
-                Some((through, records)) => log.entries_after_where(from, &|p, op| {
-                    p > *through || records.contains(&op.record)
-                })?,
+                // Routed entries only: what lies past them (commits this round has not
+                // routed yet) waits for the next round's routing.
+                Some((through, _)) if from >= *through => return Ok(()),
+                Some((through, records)) => log
+                    .entries_after_where(from, &|p, op| {
+                        p <= *through && records.contains(&op.record)
+                    })?
+                    .map(|(entries, last)| (entries, last.min(*through))),
                 None => log.entries_after(from)?.map(|entries| {
                     let last = entries.last().map_or(from, |(p, _)| *p);
                     (entries, last)
@@ -1108,16 +1125,41 @@ impl Session {
     /// here on, [`Session::pass_over`] does for a range with nothing it may read or holds
     /// exactly what a pump would (see the engine's routing).
     pub(crate) fn routable(&self, head: u64) -> bool {
+        self.quiet() && self.route_hint.is_none() && self.stream_at().is_some_and(|at| at >= head)
+    }
+
+    /// Can routing tell this connection which records of the entries after `before`
+    /// concern it? When its stream stands at `before`, or when its hint from earlier
+    /// routing ends there (a full window stopped it short; the hint is extended).
+    pub(crate) fn takes_route_from(&self, before: u64) -> bool {
+        self.quiet()
+            && match &self.route_hint {
+                Some((through, _)) => *through == before,
+                None => self.stream_at().is_some_and(|at| at >= before),
+            }
+    }
+
+    /// A scoped, open, sending connection with nothing of its own pending.
+    fn quiet(&self) -> bool {
         self.is_scoped()
             && self.is_open()
             && self.options.mode.sends()
             && self.inbound.is_empty()
             && self.own_readable.is_empty()
             && self.blank_for_peer.is_empty()
-            && self
-                .outbound
-                .as_ref()
-                .is_some_and(|o| o.snapshot.is_none() && o.sent_to >= head)
+    }
+
+    /// Does an earlier routing's hint still wait for the stream to pass it?
+    pub(crate) fn has_route_hint(&self) -> bool {
+        self.route_hint.is_some()
+    }
+
+    /// Where the stream of our log stands (`None` without one, or while a snapshot goes).
+    fn stream_at(&self) -> Option<u64> {
+        self.outbound
+            .as_ref()
+            .filter(|o| o.snapshot.is_none())
+            .map(|o| o.sent_to)
     }
 
     /// For the next pump: up to position `through`, only operations on `records` can
@@ -1127,7 +1169,13 @@ impl Session {
         through: u64,
         records: std::collections::HashSet<blazedb_core::Uuid>,
     ) {
-        self.route_hint = Some((through, records));
+        match &mut self.route_hint {
+            Some((until, known)) => {
+                known.extend(records);
+                *until = through;
+            }
+            None => self.route_hint = Some((through, records)),
+        }
     }
 
     /// Our log up to `to` holds nothing the peer may read or holds (the engine's routing

@@ -458,6 +458,8 @@ impl Session {
         }
         let old = std::mem::replace(&mut self.options.scope, scope);
         self.scope_changes += 1;
+        // Routed for the old scope: the stream reads everything again until rerouted.
+        self.route_hint = None;
         if self.outbound.is_none() || !self.is_open() {
             // Nothing streams yet: the first Pull starts with the new scope.
             self.held.reset();
