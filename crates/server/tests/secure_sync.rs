@@ -212,7 +212,9 @@ fn a_server_killed_mid_stream_and_restarted_loses_nothing_and_applies_nothing_tw
             expected,
             "every operation is in the log once"
         );
-        assert!(sync.status().sessions >= 4, "{:?}", sync.status());
+        // The stream was cut at least once. Not necessarily three times: a device waiting
+        // out its backoff (up to 250 ms here) can miss a server that lived only 150 ms.
+        assert!(sync.status().sessions >= 2, "{:?}", sync.status());
     }
     assert_eq!(
         devices[0].0.content_hash().unwrap(),
