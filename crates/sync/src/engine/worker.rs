@@ -371,6 +371,18 @@ struct Conn {
 }
 
 impl Conn {
+    /// Brings a parked connection back among the `active` ones, its stream passed over up to
+    /// `to` (nothing routed before it was for it); false if it was not parked.
+    fn unpark(&mut self, active: &mut HashSet<ConnectionId>, to: u64, since: Instant) -> bool {
+        if !self.parked {
+            return false;
+        }
+        self.parked = false;
+        self.session.pass_over(to, since);
+        active.insert(self.id);
+        true
+    }
+
     /// Carries out what the session asked for, in order. A send that fails ends the
     /// session (and drops what it asked for after).
     fn carry_out(&mut self) {
@@ -463,12 +475,8 @@ impl Worker {
         f: impl FnOnce(&mut Session, &mut DbLog) -> T,
     ) -> Option<T> {
         let conn = self.connections.get_mut(&id)?;
-        if conn.parked {
-            conn.parked = false;
-            self.active.insert(id);
-            let since = self.routing.passed_over_since.unwrap_or_else(Instant::now);
-            conn.session.pass_over(self.routing.routed_to, since);
-        }
+        let since = self.routing.passed_over_since.unwrap_or_else(Instant::now);
+        conn.unpark(&mut self.active, self.routing.routed_to, since);
         let (connections, mut book) = self.split();
         let conn = connections.get_mut(&id)?;
         Some(drive(conn, &mut book, f))
@@ -621,12 +629,8 @@ impl Worker {
             Ok(Route::To(relevant)) => relevant,
             // A failed read is left to the pumps, which report it per connection.
             Ok(Route::Everyone) | Err(_) => {
-                for (id, conn) in &mut self.connections {
-                    if conn.parked {
-                        conn.parked = false;
-                        conn.session.pass_over(before, since);
-                        self.active.insert(*id);
-                    }
+                for conn in self.connections.values_mut() {
+                    conn.unpark(&mut self.active, before, since);
                 }
                 return;
             }
@@ -646,12 +650,9 @@ impl Worker {
         }
         for (id, records) in relevant {
             if let Some(conn) = self.connections.get_mut(&id)
-                && conn.parked
+                && conn.unpark(&mut self.active, before, since)
             {
-                conn.parked = false;
-                conn.session.pass_over(before, since);
                 conn.session.hint_route(through, records);
-                self.active.insert(id);
             }
         }
         if self.active.len() < self.connections.len() {

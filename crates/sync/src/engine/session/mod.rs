@@ -1101,17 +1101,14 @@ impl Session {
                 out.peer_has.observe_op(op.id);
                 ops.push(op);
             }
-            out.sent_to = to;
             if ops.is_empty() {
                 // Nothing the peer lacks (usually its own operations coming back): no message
                 // now. The range goes out with the next batch, before a Pong, or after
                 // ECHO_FLUSH_AFTER, so the peer's cursor still moves past it.
-                out.deferred_since.get_or_insert(now);
-                if out.in_flight.is_empty() {
-                    self.skipped_to = self.skipped_to.max(to);
-                }
+                self.pass_over(to, now);
                 continue;
             }
+            out.sent_to = to;
             let from = std::mem::replace(&mut out.wire_to, to);
             out.deferred_since = None;
             out.in_flight.push_back((to, now, true));
@@ -1178,9 +1175,9 @@ impl Session {
         }
     }
 
-    /// Our log up to `to` holds nothing the peer may read or holds (the engine's routing
-    /// found none since this connection was left out): the stream moves past it as a pump
-    /// would after a batch with nothing to send, the range waiting since `since`.
+    /// Our log up to `to` holds nothing to send the peer (a pump found nothing it lacks, or
+    /// the engine's routing found nothing it may read or holds): the stream moves past it,
+    /// the range waiting since `since` to go out with the next batch or on its own.
     pub(crate) fn pass_over(&mut self, to: u64, since: Instant) {
         let Some(out) = &mut self.outbound else {
             return;
