@@ -15,20 +15,18 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let key = ScopeKey::from_bytes(&[5; 32]).expect("32 bytes");
     let node = NodeId(Uuid::from_bytes([9; 16]));
-    let slot = FieldSlot {
-        database: "bugs",
-        collection: "bugs",
-        record: Uuid::from_bytes([1; 16]),
-        field: "title",
-        stamp: Stamp { lamport: 1, node },
-        origin: node,
-        epoch: 1,
-    };
     let label = KeyLabel {
         database: "bugs",
         collection: "bugs",
         scope: "ios",
         epoch: 1,
+    };
+    let slot = FieldSlot {
+        label,
+        record: Uuid::from_bytes([1; 16]),
+        field: "title",
+        stamp: Stamp { lamport: 1, node },
+        origin: node,
     };
     let _ = SealedValue::decode(data);
     assert!(open_value(&key, &slot, data).is_err());

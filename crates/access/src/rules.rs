@@ -172,6 +172,19 @@ impl CollectionSettings {
         self.routing_fields.iter().map(String::as_str)
     }
 
+    /// Settings of the given mode and routing fields.
+    pub fn new(mode: CollectionMode, routing_fields: impl IntoIterator<Item = String>) -> Self {
+        CollectionSettings {
+            mode,
+            routing_fields: routing_fields.into_iter().collect(),
+        }
+    }
+
+    /// Is `field` a routing field?
+    pub fn is_routing_field(&self, field: &str) -> bool {
+        self.routing_fields.contains(field)
+    }
+
     /// The fields of `filter` an e2e collection seals (none in smart mode).
     fn sealed_fields<'f>(&self, filter: &'f FilterTemplate) -> Vec<&'f str> {
         if self.mode != CollectionMode::E2e {
@@ -300,6 +313,22 @@ impl Rules {
         self.collections
             .get(collection)
             .map_or(CollectionMode::Smart, |s| s.mode)
+    }
+
+    /// Declares `collection` with `settings` (the default settings remove a declaration).
+    /// Check the result by parsing its [`Rules::to_toml`]: a rule may now read a field the
+    /// collection seals.
+    pub fn declare(&mut self, collection: &str, settings: CollectionSettings) {
+        if settings == CollectionSettings::default() {
+            self.collections.remove(collection);
+        } else {
+            self.collections.insert(collection.to_owned(), settings);
+        }
+    }
+
+    /// What the file says of `collection`, if it declares it.
+    pub fn settings(&self, collection: &str) -> Option<&CollectionSettings> {
+        self.collections.get(collection)
     }
 
     /// What the file says of each collection it declares (`[collections.NAME]`), by name.

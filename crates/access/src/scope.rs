@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use blazedb_core::{Fields, Filter, OpKind, Operation, Record, RecordState, Uuid, Value};
+use blazedb_core::{
+    Fields, Filter, OpKind, Operation, Record, RecordState, RejectCode, Uuid, Value,
+};
 
 use crate::context::SecurityContext;
-use crate::rules::{Rules, WriteRefusal, check_bound};
+use crate::rules::{CollectionMode, Rules, WriteRefusal, check_bound};
 
 /// What a device may write: the rules in force bound to its context. The server checks
 /// every operation a device sends with [`WriteScope::check`].
@@ -71,6 +73,24 @@ impl WriteScope {
             record(&after)
         };
         let written: Vec<&str> = op.fields.keys().map(String::as_str).collect();
+        if let Some(settings) = self
+            .rules
+            .settings(&op.collection)
+            .filter(|s| s.mode() == CollectionMode::E2e)
+            && let Some((field, _)) = op.fields.iter().find(|(field, value)| {
+                !settings.is_routing_field(field)
+                    && !matches!(value, Value::Bytes(b) if blazedb_e2e::SealedValue::is_sealed(b))
+            })
+        {
+            return Err(WriteRefusal {
+                code: RejectCode::NotSealed,
+                reason: format!(
+                    "the field {field:?} of {:?} is not sealed, and the collection is end to end: \
+                     the server accepts only sealed values there",
+                    op.collection
+                ),
+            });
+        }
         let rule = self
             .writable
             .get(&op.collection)

@@ -457,6 +457,24 @@ impl Replication<'_> {
         Ok(())
     }
 
+    /// Every local setting whose name starts with `prefix`, by name.
+    pub fn local_settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let core = self.db.read()?;
+        let mut stmt = core.conn.prepare_cached(
+            "SELECT name, value FROM local_settings WHERE name >= ?1 ORDER BY name",
+        )?;
+        let mut rows = stmt.query([prefix])?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            if !name.starts_with(prefix) {
+                break;
+            }
+            found.push((name, row.get(1)?));
+        }
+        Ok(found)
+    }
+
     /// Removes every local setting whose name starts with `prefix`; returns how many there
     /// were.
     pub fn remove_local_settings(&self, prefix: &str) -> Result<usize> {

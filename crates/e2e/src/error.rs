@@ -1,7 +1,9 @@
 //! [`E2eError`]: what can go wrong sealing, opening, wrapping and unwrapping.
 
+use crate::seal::KeyId;
+
 /// Why a value or key could not be sealed or opened. Bad input from the server or a peer
-/// (`Malformed`, `Tampered`, `WrongEpoch`) is told apart from the caller's mistakes
+/// (`Malformed`, `Tampered`, `WrongKey`) is told apart from the caller's mistakes
 /// (`InvalidKey`) and from local failures (`Random`, `Crypto`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -13,16 +15,16 @@ pub enum E2eError {
         reason: &'static str,
     },
     /// Authentication failed: the wrong key, or bytes that were changed or moved (to another
-    /// database, collection, record, field, stamp, origin or epoch, or another recipient).
+    /// database, collection, record, scope, epoch, record, field, stamp or origin, or another recipient).
     #[error(
         "the sealed {what} does not open: it was sealed under another key, or changed, or \
          moved from where it was sealed (database, collection, record, field, stamp, origin, \
          epoch or recipient)"
     )]
     Tampered { what: &'static str },
-    /// A value sealed under another epoch's key than the one it claims to belong to.
-    #[error("the value was sealed under key epoch {sealed}, not epoch {expected}")]
-    WrongEpoch { sealed: u32, expected: u32 },
+    /// A value that names another key than the one given to open it.
+    #[error("the value was sealed under key {sealed}, not key {given}")]
+    WrongKey { sealed: KeyId, given: KeyId },
     /// A key of the wrong length or not on the curve (the caller's mistake).
     #[error("invalid {what}: {reason}")]
     InvalidKey {

@@ -4,8 +4,8 @@
 //! bytes out; the only outside input is the operating system's random number generator.
 //!
 //! - [`seal_value`] / [`open_value`]: one field value under a [`ScopeKey`], AES-256-GCM-SIV,
-//!   bound to its [`FieldSlot`] (database, collection, record id, field, stamp, origin and
-//!   epoch): a value moved, replayed or relabelled by the server does not open.
+//!   bound to its [`FieldSlot`] (database, collection, scope, epoch, record id, field, stamp
+//!   and origin): a value moved, replayed or relabelled by the server does not open.
 //! - [`wrap_key`] / [`unwrap_key`]: a scope key wrapped to one device's static public key
 //!   (its Noise key) with HPKE (RFC 9180), labelled by [`KeyLabel`].
 //! - [`seal_previous_key`] / [`open_previous_key`]: the key of an epoch sealed under the next
@@ -18,14 +18,13 @@
 //! # fn main() -> Result<(), blazedb_e2e::E2eError> {
 //! let key = ScopeKey::generate()?;
 //! let alice = NodeId(Uuid::now_v7());
+//! let label = KeyLabel { database: "bugs", collection: "bugs", scope: "ios", epoch: 1 };
 //! let slot = FieldSlot {
-//!     database: "bugs",
-//!     collection: "bugs",
+//!     label,
 //!     record: Uuid::now_v7(),
 //!     field: "title",
 //!     stamp: Stamp { lamport: 7, node: alice },
 //!     origin: alice,
-//!     epoch: 1,
 //! };
 //! let sealed = seal_value(&key, &slot, &Value::from("crash on start"))?;
 //! assert_eq!(open_value(&key, &slot, &sealed)?, Value::from("crash on start"));
@@ -35,7 +34,6 @@
 //! // The key travels wrapped to Bob's static key (here a fixed X25519 key pair).
 //! let bob_private = [7_u8; 32];
 //! let bob_public = blazedb_e2e::x25519_public(&bob_private)?;
-//! let label = KeyLabel { database: "bugs", collection: "bugs", scope: "ios", epoch: 1 };
 //! let wrapped = wrap_key(&key, &label, KeyKind::X25519, &bob_public)?;
 //! let bobs = unwrap_key(&wrapped, &label, &bob_private)?;
 //! assert_eq!(open_value(&bobs, &slot, &sealed)?, Value::from("crash on start"));
@@ -49,8 +47,8 @@ mod wrap;
 
 pub use error::{E2eError, Result};
 pub use seal::{
-    FieldSlot, SEALED_VALUE_OVERHEAD, SEALED_VALUE_VERSION, ScopeKey, SealedValue, open_value,
-    seal_value, seal_value_with_nonce,
+    FieldSlot, KeyId, SEALED_VALUE_OVERHEAD, SEALED_VALUE_VERSION, ScopeKey, SealedValue,
+    open_value, seal_value,
 };
 pub use wrap::{
     KeyKind, KeyLabel, WRAPPED_KEY_VERSION, WrappedKey, open_previous_key, seal_previous_key,

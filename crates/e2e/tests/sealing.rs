@@ -15,8 +15,7 @@ fn node(n: u8) -> NodeId {
 
 fn slot() -> FieldSlot<'static> {
     FieldSlot {
-        database: "bugs",
-        collection: "bugs",
+        label: label(),
         record: Uuid::from_bytes([1; 16]),
         field: "title",
         stamp: Stamp {
@@ -24,7 +23,6 @@ fn slot() -> FieldSlot<'static> {
             node: node(9),
         },
         origin: node(9),
-        epoch: 3,
     }
 }
 
@@ -77,11 +75,31 @@ fn a_value_moved_relabelled_or_replayed_does_not_open() {
     );
     let moved = [
         FieldSlot {
-            database: "other",
+            label: KeyLabel {
+                database: "other",
+                ..s.label
+            },
             ..s
         },
         FieldSlot {
-            collection: "reports",
+            label: KeyLabel {
+                collection: "reports",
+                ..s.label
+            },
+            ..s
+        },
+        FieldSlot {
+            label: KeyLabel {
+                scope: "android",
+                ..s.label
+            },
+            ..s
+        },
+        FieldSlot {
+            label: KeyLabel {
+                epoch: 4,
+                ..s.label
+            },
             ..s
         },
         FieldSlot {
@@ -118,26 +136,44 @@ fn a_value_moved_relabelled_or_replayed_does_not_open() {
             "{other:?}"
         );
     }
-    // Another epoch is named as such; a relabelled epoch byte does not open either.
+    // Another key is named as such; a value relabelled with the other key's id does not
+    // open under it either.
+    let other_key = ScopeKey::generate().unwrap();
     assert_eq!(
-        open_value(&key, &FieldSlot { epoch: 4, ..s }, &sealed),
-        Err(E2eError::WrongEpoch {
-            sealed: 3,
-            expected: 4
+        open_value(&other_key, &s, &sealed),
+        Err(E2eError::WrongKey {
+            sealed: key.id(),
+            given: other_key.id()
         })
     );
     let mut relabelled = sealed.clone();
-    relabelled[4] = 4;
+    relabelled[1..5].copy_from_slice(&other_key.id().0);
     assert_eq!(
-        open_value(&key, &FieldSlot { epoch: 4, ..s }, &relabelled),
+        open_value(&other_key, &s, &relabelled),
         Err(E2eError::Tampered { what: "value" })
     );
-    // Another scope's key.
-    let other_key = ScopeKey::generate().unwrap();
-    assert!(matches!(
-        open_value(&other_key, &s, &sealed),
-        Err(E2eError::Tampered { .. })
-    ));
+}
+
+#[test]
+fn sealing_is_deterministic_per_write_and_differs_between_writes() {
+    let key = ScopeKey::generate().unwrap();
+    let s = slot();
+    let once = seal_value(&key, &s, &Value::from("same")).unwrap();
+    assert_eq!(seal_value(&key, &s, &Value::from("same")).unwrap(), once);
+    let later = FieldSlot {
+        stamp: Stamp {
+            lamport: 43,
+            ..s.stamp
+        },
+        ..s
+    };
+    let other = seal_value(&key, &later, &Value::from("same")).unwrap();
+    assert_ne!(other[5..], once[5..]);
+    assert_eq!(
+        once.len(),
+        blazedb_e2e::SEALED_VALUE_OVERHEAD
+            + blazedb_format::encode_value(&Value::from("same")).len()
+    );
 }
 
 #[test]
@@ -232,8 +268,9 @@ fn malformed_bytes_get_clear_errors() {
         SealedValue::decode(&[]).unwrap_err().to_string(),
         "malformed sealed value: it is empty"
     );
-    assert!(SealedValue::decode(&[2; 40]).is_err());
-    assert!(SealedValue::decode(&[1; 32]).is_err());
+    assert!(SealedValue::decode(&[1; 40]).is_err());
+    assert!(SealedValue::decode(&[2; 20]).is_err());
+    assert!(SealedValue::decode(&[2; 21]).is_ok());
     assert_eq!(
         WrappedKey::decode(&[1, 0, 0x30]).unwrap_err().to_string(),
         "malformed wrapped key: unknown KEM (this build reads 0x0010 and 0x0020)"
@@ -276,12 +313,11 @@ proptest! {
     }
 }
 
-/// The example of docs/format.md, section 18: key 32 × 0x11, nonce 12 × 0x22.
+/// The example of docs/format.md, section 18: key 32 × 0x11.
 #[test]
 fn the_documented_sealed_value_is_exact() {
     let key = ScopeKey::from_bytes(&[0x11; 32]).unwrap();
-    let sealed =
-        blazedb_e2e::seal_value_with_nonce(&key, &slot(), &Value::from("hi"), [0x22; 12]).unwrap();
+    let sealed = seal_value(&key, &slot(), &Value::from("hi")).unwrap();
     let hex: String = sealed.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, DOCUMENTED);
     // The plaintext is the value in BlazeBinary.
@@ -291,6 +327,5 @@ fn the_documented_sealed_value_is_exact() {
     );
 }
 
-const DOCUMENTED: &str =
-    "01000000032222222222222222222222222503dfdd59d913bace9832348e9612f0b541e5b76c";
+const DOCUMENTED: &str = "02342ce08a3d439dcb776a7379d0a79b67a77e50b84a6b94bfee";
 const PLAINTEXT: [u8; 5] = [0xb7, 0x11, 0x42, 0x68, 0x69];

@@ -49,14 +49,18 @@ pub enum RejectCode {
     Forbidden,
     /// The operation writes a field hidden from the writer.
     HiddenField,
+    /// The operation writes a readable value into an end-to-end collection, whose values
+    /// the server accepts only sealed (docs/e2e.md).
+    NotSealed,
 }
 
 impl RejectCode {
     /// Every code, in code order.
-    pub const ALL: [RejectCode; 3] = [
+    pub const ALL: [RejectCode; 4] = [
         RejectCode::ReadOnly,
         RejectCode::Forbidden,
         RejectCode::HiddenField,
+        RejectCode::NotSealed,
     ];
 
     /// The byte that stands for the code on the wire and on disk.
@@ -65,6 +69,7 @@ impl RejectCode {
             RejectCode::ReadOnly => 1,
             RejectCode::Forbidden => 2,
             RejectCode::HiddenField => 3,
+            RejectCode::NotSealed => 4,
         }
     }
 
@@ -80,6 +85,9 @@ impl std::fmt::Display for RejectCode {
             RejectCode::ReadOnly => "the collection is read-only for this user",
             RejectCode::Forbidden => "the write rule refuses the record",
             RejectCode::HiddenField => "the operation writes a hidden field",
+            RejectCode::NotSealed => {
+                "the operation writes a readable value into an end-to-end collection"
+            }
         })
     }
 }

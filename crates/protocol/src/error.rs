@@ -251,6 +251,8 @@ pub enum Rule {
     RejectSeqZero,
     /// A `Policy` filter over [`crate::MAX_POLICY_FILTER_LEN`] bytes.
     PolicyFilterTooLong,
+    /// A `Collections` entry whose mode byte is neither 0 (smart) nor 1 (sealed).
+    CollectionModeUnknown,
 }
 
 impl fmt::Display for Rule {
@@ -315,6 +317,9 @@ impl fmt::Display for Rule {
                 "policy filter is longer than {} bytes",
                 crate::MAX_POLICY_FILTER_LEN
             ),
+            Rule::CollectionModeUnknown => {
+                f.write_str("collection mode is neither 0 (smart) nor 1 (sealed)")
+            }
             Rule::HeldBucketOutOfRange => f.write_str("Held bucket number is not below 2^level"),
             Rule::HeldBucketsOutOfOrder => {
                 f.write_str("Held bucket numbers are not in strictly increasing order")

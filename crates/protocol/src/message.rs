@@ -618,6 +618,49 @@ messages! {
         let reason = PurgeReason::from_code(code).ok_or(Malformed::UnknownPurgeReason { code })?;
         let records = read_keys(d)?;
     }
+
+    /// Sent by a server to a device before its `Hello`, and only then: how each declared
+    /// collection travels. A device seals the values of every `sealed` collection before
+    /// they leave it (docs/e2e.md), keeping only the `routing_fields` in clear. Collections
+    /// not listed are smart. A device remembers what it learns and never sends plaintext of
+    /// a collection once it knows it sealed, whatever a later message says.
+    Collections = 0x10 as TYPE_COLLECTIONS {
+        collections: Vec<CollectionInfo>,
+    }
+    reserve { 8 + 32 * collections.len() }
+    validate { Ok(()) }
+    encode(e) {
+        e.varint(collections.len() as u64);
+        for collection in collections {
+            e.key(&collection.name);
+            e.byte(u8::from(collection.sealed));
+            write_names(e, &collection.routing_fields);
+        }
+    }
+    decode(d) {
+        let count = d.length(3)?;
+        let mut collections = Vec::with_capacity(count.min(256));
+        for _ in 0..count {
+            let name = d.key()?.to_owned();
+            let sealed = match d.byte()? {
+                0 => false,
+                1 => true,
+                _ => return Err(invalid(Rule::CollectionModeUnknown)),
+            };
+            let routing_fields = read_names(d)?;
+            collections.push(CollectionInfo { name, sealed, routing_fields });
+        }
+    }
+}
+
+/// How one collection travels, in a [`Message::Collections`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CollectionInfo {
+    pub name: String,
+    /// End to end: values are sealed on the devices and the server cannot read them.
+    pub sealed: bool,
+    /// The fields a sealed collection keeps in clear (for the server's rules and routing).
+    pub routing_fields: Vec<String>,
 }
 
 /// One operation a receiver refused, in a [`Message::Ack`]: which, why (a code the
@@ -1339,7 +1382,7 @@ mod tests {
     #[test]
     fn an_unknown_message_type_is_refused() {
         // 0x7f is taken too (compressed payloads), but is not a message of its own.
-        for code in [0x00, 0x10, 0x7E, 0x80, 0xFF] {
+        for code in [0x00, 0x11, 0x7E, 0x80, 0xFF] {
             let mut bytes = header(code);
             bytes.push(0);
             assert_eq!(
@@ -1720,6 +1763,13 @@ mod tests {
                 except: vec![],
                 filter: String::new(),
                 exclude_fields: vec![],
+            },
+            Message::Collections {
+                collections: vec![CollectionInfo {
+                    name: "bugs".to_owned(),
+                    sealed: true,
+                    routing_fields: vec!["teamId".to_owned()],
+                }],
             },
         ];
         for (i, message) in messages.iter().enumerate() {

@@ -60,14 +60,16 @@ pub enum MetaError {
     /// An argument (a duration, a key) the administrator gave is not acceptable.
     #[error("{0}")]
     InvalidArgument(String),
-    /// Rules that declare an end-to-end collection: this server does not seal or route
-    /// those yet (docs/e2e.md), and accepting them would promise what it does not keep.
+    /// A change of a collection's mode or routing fields the server refuses (docs/e2e.md).
+    #[error("collection {collection:?}: {reason}")]
+    ModeChange { collection: String, reason: String },
+    /// A mode set on a database without access rules: e2e collections are declared in them.
     #[error(
-        "collection {0:?} is declared mode = \"e2e\", which this server does not support yet \
-         (docs/e2e.md): its devices would still send it readable values. Declare it \
-         \"smart\" or remove the [collections] entry"
+        "database {0:?} has no access rules: declare the collection in a rules file \
+         ([collections.NAME] mode = \"e2e\", with who may read it under [roles]) and set it \
+         with `blazedb-server admin access set`"
     )]
-    E2eNotSupported(String),
+    NoRules(String),
     #[error("a user named {0:?} already exists")]
     UserExists(String),
     #[error("no user named {0:?}; add it with `blazedb-server admin user add`")]

@@ -254,6 +254,25 @@ enum DatabaseCommand {
     Create { name: String },
     /// Lists hosted databases.
     List,
+    /// Sets how a collection travels and rests (docs/e2e.md): `smart`, the server reads its
+    /// values; `e2e`, devices seal them and the server sees only ids, stamps and the routing
+    /// fields. Changes the database's access rules; an e2e collection stays e2e.
+    Mode {
+        database: String,
+        collection: String,
+        mode: ModeArg,
+        /// A field kept in clear for the rules and routing (e2e only; repeat for more).
+        #[arg(long = "routing-field")]
+        routing_fields: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// The server reads the values (the default).
+    Smart,
+    /// Values sealed end to end on the devices.
+    E2e,
 }
 
 fn main() -> ExitCode {
@@ -561,6 +580,32 @@ fn admin(common: &CommonArgs, command: AdminCommand) -> Result<(), String> {
                      everything"
                 ))?,
             }
+        }
+        AdminCommand::Database(DatabaseCommand::Mode {
+            database,
+            collection,
+            mode,
+            routing_fields,
+        }) => {
+            let mode = match mode {
+                ModeArg::Smart if !routing_fields.is_empty() => {
+                    return Err(
+                        "--routing-field applies to e2e collections only (a smart collection's \
+                         fields are all readable)"
+                            .to_owned(),
+                    );
+                }
+                ModeArg::Smart => blazedb_access::CollectionMode::Smart,
+                ModeArg::E2e => blazedb_access::CollectionMode::E2e,
+            };
+            let settings = blazedb_access::CollectionSettings::new(mode, routing_fields);
+            meta.set_collection_mode(&database, &collection, settings)
+                .map_err(|e| format!("{e}; the rules in force are unchanged"))?;
+            print(format!(
+                "collection {collection} of {database} is now {}; connected devices reconnect \
+                 to learn it",
+                mode.name()
+            ))?;
         }
         AdminCommand::Database(DatabaseCommand::List) => {
             for name in meta.list_databases().map_err(|e| e.to_string())? {

@@ -21,13 +21,15 @@
 //! reads devices per connection, so administrative changes take effect at the next
 //! connection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use blazedb_access::{ReadScope, Rules, SecurityContext, WriteScope};
+use blazedb_access::{
+    CollectionMode, CollectionSettings, ReadScope, Rules, SecurityContext, WriteScope,
+};
 use blazedb_core::{
     Database, Date, Error as CoreError, NodeId, OpenError, Record, Uuid, Value, fields,
 };
@@ -1030,15 +1032,96 @@ impl MetaStore {
     /// (one transaction: a refused file changes nothing). Returns the rules now in force.
     pub fn set_access_rules(&self, database: &str, text: &str) -> Result<Rules, MetaError> {
         let rules = Rules::parse(text)?;
-        if let Some((collection, _)) = rules
-            .collection_settings()
-            .find(|(_, s)| s.mode() == blazedb_access::CollectionMode::E2e)
-        {
-            return Err(MetaError::E2eNotSupported(collection.to_owned()));
-        }
         if !self.has_database(database)? {
             return Err(MetaError::UnknownDatabase(database.to_owned()));
         }
+        self.check_mode_changes(database, self.access_rules(database)?.as_ref(), &rules)?;
+        self.store_rules(database, &rules)?;
+        Ok(rules)
+    }
+
+    /// Sets the mode (and routing fields) of one collection of `database`, in its access
+    /// rules (`admin database mode`). Returns the rules now in force.
+    pub fn set_collection_mode(
+        &self,
+        database: &str,
+        collection: &str,
+        settings: CollectionSettings,
+    ) -> Result<Rules, MetaError> {
+        if !self.has_database(database)? {
+            return Err(MetaError::UnknownDatabase(database.to_owned()));
+        }
+        let Some(old) = self.access_rules(database)? else {
+            return Err(MetaError::NoRules(database.to_owned()));
+        };
+        let mut rules = old.clone();
+        rules.declare(collection, settings);
+        // Parsed again: a rule that reads a field the collection now seals is refused.
+        let rules = Rules::parse(&rules.to_toml())?;
+        self.check_mode_changes(database, Some(&old), &rules)?;
+        self.store_rules(database, &rules)?;
+        Ok(rules)
+    }
+
+    /// The changes of collection modes from `old` to `new` the server allows: an e2e
+    /// collection stays e2e (its devices never send it readable again), and a collection
+    /// becomes e2e, or changes its routing fields, only while the server holds none of its
+    /// records (values stored readable would stay so, and devices that learned the old
+    /// routing fields would seal what the rules read).
+    fn check_mode_changes(
+        &self,
+        database: &str,
+        old: Option<&Rules>,
+        new: &Rules,
+    ) -> Result<(), MetaError> {
+        let smart = CollectionSettings::default();
+        let settings_in = |rules: Option<&Rules>, c: &str| {
+            rules
+                .and_then(|r| r.settings(c))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut names: BTreeSet<String> = new
+            .collection_settings()
+            .map(|(c, _)| c.to_owned())
+            .collect();
+        if let Some(old) = old {
+            names.extend(old.collection_settings().map(|(c, _)| c.to_owned()));
+        }
+        let mut hosted = None;
+        for collection in names {
+            let before = settings_in(old, &collection);
+            let after = settings_in(Some(new), &collection);
+            if before == after || (before == smart && after.mode() == CollectionMode::Smart) {
+                continue;
+            }
+            let refuse = |reason: String| MetaError::ModeChange {
+                collection: collection.clone(),
+                reason,
+            };
+            if before.mode() == CollectionMode::E2e && after.mode() == CollectionMode::Smart {
+                return Err(refuse(
+                    "it is end to end and stays so (mode = \"e2e\"): its devices seal it and \
+                     never send it readable again"
+                        .into(),
+                ));
+            }
+            if hosted.is_none() {
+                hosted = Some(self.open_database(database)?);
+            }
+            let held = hosted.as_ref().map_or(Ok(0), |db| db.count(&collection))?;
+            if held > 0 {
+                return Err(refuse(format!(
+                    "the server holds {held} of its records; a collection becomes end to end, \
+                     or changes its routing fields, only while it is empty here (values stored \
+                     readable would stay readable)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn store_rules(&self, database: &str, rules: &Rules) -> Result<(), MetaError> {
         let id = record_id(ACCESS_RULES, database.as_bytes());
         let record = fields! {
             "database" => database,
@@ -1049,7 +1132,7 @@ impl MetaStore {
             Some(_) => tx.update(ACCESS_RULES, id, record),
             None => tx.insert_with_id(ACCESS_RULES, id, record),
         })?;
-        Ok(rules)
+        Ok(())
     }
 
     /// The access rules of `database`, or `None` when it has none (every enrolled user reads

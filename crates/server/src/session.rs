@@ -10,9 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blazedb_access::{ReadScope, WriteScope};
+use blazedb_access::{CollectionMode, ReadScope, WriteScope};
 use blazedb_core::PurgeReason;
-use blazedb_protocol::{CloseCode, Message};
+use blazedb_protocol::{CloseCode, CollectionInfo, Message};
 use blazedb_sync::remote::{RelayOptions, Session, Transport, accept_handshake_with};
 use blazedb_sync::{ConnectOptions, PeerTrust};
 use tokio::sync::{Semaphore, watch};
@@ -271,8 +271,14 @@ pub(crate) async fn run<S: Transport>(
     // device says.
     let mut version = context.meta_version.clone();
     version.borrow_and_update();
-    let access = match device_access(&context.meta, &database.name, &user, &fingerprint).await {
-        Ok(access) => access,
+    // And how each collection travels, told before anything else the device's engine hears:
+    // its end-to-end layer seals what it sends of the sealed ones from the first operation.
+    let rules = async {
+        let access = device_access(&context.meta, &database.name, &user, &fingerprint).await?;
+        Ok::<_, String>((access, collections_of(&context.meta, &database.name).await?))
+    };
+    let (access, collections) = match rules.await {
+        Ok(read) => read,
         Err(reason) => {
             log::error(format_args!("{reason}"));
             session
@@ -284,6 +290,16 @@ pub(crate) async fn run<S: Transport>(
             return;
         }
     };
+    if !collections.is_empty()
+        && session
+            .send(&Message::Collections {
+                collections: collections.clone(),
+            })
+            .await
+            .is_err()
+    {
+        return;
+    }
 
     let relay = session.into_relay(
         Some(hello),
@@ -323,6 +339,20 @@ pub(crate) async fn run<S: Transport>(
                     break false;
                 }
                 version.borrow_and_update();
+                // A collection's mode changed: the device learns it when it reconnects
+                // (modes change only on collections the server holds nothing of).
+                match collections_of(&context.meta, &database.name).await {
+                    Ok(now) if now != collections => {
+                        let _ = database.engine.disconnect_with(
+                            id,
+                            CloseCode::GoingAway,
+                            "the collections' modes changed; reconnect to learn them".to_owned(),
+                        );
+                        break false;
+                    }
+                    Ok(_) => {}
+                    Err(reason) => log::error(format_args!("{reason}")),
+                }
                 // New rules, or the user's teams or role changed: the device gets the
                 // difference at once, on this connection.
                 match device_access(&context.meta, &database.name, &user, &fingerprint).await {
@@ -417,6 +447,29 @@ async fn device_access(
         .await
         .map_err(|_| format!("{context} failed"))?
         .map_err(|e| format!("{context} failed: {e}"))
+}
+
+/// How the declared collections of `database` travel, as [`Message::Collections`] tells a
+/// device (empty without rules or declarations).
+async fn collections_of(
+    meta: &Arc<MetaStore>,
+    database: &str,
+) -> Result<Vec<CollectionInfo>, String> {
+    let (meta, name) = (meta.clone(), database.to_owned());
+    let rules = tokio::task::spawn_blocking(move || meta.current_access_rules(&name))
+        .await
+        .map_err(|_| format!("reading the access rules of {database:?} failed"))?
+        .map_err(|e| format!("reading the access rules of {database:?} failed: {e}"))?;
+    Ok(rules.map_or_else(Vec::new, |rules| {
+        rules
+            .collection_settings()
+            .map(|(name, settings)| CollectionInfo {
+                name: name.to_owned(),
+                sealed: settings.mode() == CollectionMode::E2e,
+                routing_fields: settings.routing_fields().map(str::to_owned).collect(),
+            })
+            .collect()
+    }))
 }
 
 /// The device's next message before `deadline` (its time to authenticate), with the session

@@ -105,42 +105,106 @@ fn a_bad_rules_file_is_refused_with_its_line_and_the_old_rules_stay() {
 }
 
 #[test]
-fn an_e2e_collection_is_refused_until_the_server_supports_it_and_smart_ones_are_kept() {
+fn collection_modes_are_set_in_the_rules_and_an_e2e_collection_stays_e2e() {
     let dir = tempfile::tempdir().unwrap();
     let (data, before) = with_rules(dir.path());
-    let e2e = dir.path().join("e2e.toml");
-    std::fs::write(
-        &e2e,
-        format!("{RULES}\n[collections.bugs]\nmode = \"e2e\"\nrouting_fields = [\"teamId\"]\n"),
-    )
-    .unwrap();
+
+    // `database mode` declares the collection in the rules.
+    let set = ok(
+        &data,
+        &[
+            "admin",
+            "database",
+            "mode",
+            "bugs",
+            "bugs",
+            "e2e",
+            "--routing-field",
+            "teamId",
+        ],
+    );
+    assert!(set.contains("collection bugs of bugs is now e2e"), "{set}");
+    let shown = ok(&data, &["admin", "access", "show", "bugs"]);
+    assert!(
+        shown.starts_with(
+            "[collections.bugs]\nmode = \"e2e\"\nrouting_fields = [\"teamId\"]\n\n[roles.developer.bugs]"
+        ),
+        "{shown}"
+    );
+
+    // Back to smart is refused, by either command, and changes nothing.
     let err = failed(&run(
         &data,
-        &["admin", "access", "set", "bugs", e2e.to_str().unwrap()],
+        &["admin", "database", "mode", "bugs", "bugs", "smart"],
+    ));
+    assert!(err.contains("it is end to end and stays so"), "{err}");
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, RULES).unwrap();
+    let err = failed(&run(
+        &data,
+        &["admin", "access", "set", "bugs", plain.to_str().unwrap()],
     ));
     assert!(
-        err.contains("collection \"bugs\" is declared mode = \"e2e\""),
+        err.contains("collection \"bugs\": it is end to end"),
         "{err}"
     );
-    assert!(err.contains("not support"), "{err}");
-    assert_eq!(ok(&data, &["admin", "access", "show", "bugs"]), before);
+    assert_eq!(ok(&data, &["admin", "access", "show", "bugs"]), shown);
+    assert_ne!(shown, before);
 
-    // A smart declaration is stored and shown first.
-    let smart = dir.path().join("smart.toml");
+    // A mode under which a rule would read a sealed field is refused with the reason.
+    // Here: bugs without its routing field, which the developers' rules read.
+    let err = failed(&run(
+        &data,
+        &["admin", "database", "mode", "bugs", "bugs", "e2e"],
+    ));
+    assert!(
+        err.contains("reads the field \"teamId\", which collection \"bugs\" seals end to end"),
+        "{err}"
+    );
+    // A routing field only for e2e.
+    let err = failed(&run(
+        &data,
+        &[
+            "admin",
+            "database",
+            "mode",
+            "bugs",
+            "notes",
+            "smart",
+            "--routing-field",
+            "x",
+        ],
+    ));
+    assert!(
+        err.contains("--routing-field applies to e2e collections only"),
+        "{err}"
+    );
+    // A rules file that keeps the declaration is accepted.
+    let kept = dir.path().join("kept.toml");
     std::fs::write(
-        &smart,
-        format!("{RULES}\n[collections.reports]\nmode = \"smart\"\n"),
+        &kept,
+        format!("{RULES}\n[collections.bugs]\nmode = \"e2e\"\nrouting_fields = [\"teamId\"]\n"),
     )
     .unwrap();
     ok(
         &data,
-        &["admin", "access", "set", "bugs", smart.to_str().unwrap()],
+        &["admin", "access", "set", "bugs", kept.to_str().unwrap()],
     );
-    let shown = ok(&data, &["admin", "access", "show", "bugs"]);
+}
+
+#[test]
+fn a_mode_on_a_database_without_rules_points_at_the_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_database(dir.path());
+    let err = failed(&run(
+        &data,
+        &["admin", "database", "mode", "bugs", "bugs", "e2e"],
+    ));
     assert!(
-        shown.starts_with("[collections.reports]\nmode = \"smart\"\n\n[roles.developer.bugs]"),
-        "{shown}"
+        err.contains("database \"bugs\" has no access rules"),
+        "{err}"
     );
+    assert!(err.contains("admin access set"), "{err}");
 }
 
 #[test]

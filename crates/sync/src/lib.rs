@@ -40,6 +40,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod e2e;
 mod engine;
 mod error;
 #[doc(hidden)]

@@ -7,6 +7,7 @@
 //! connection each side pulls from its durable cursor into the other's op log, so writes the
 //! server never acknowledged are sent again and writes it has are skipped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +29,7 @@ use super::error::RemoteError;
 use super::keys::{node_keys_for, pin_server_key, pinned_server_key};
 use super::relay::RelayOptions;
 use super::session::{connect_handshake, websocket_config};
+use crate::e2e::DeviceSealing;
 use crate::engine::{ConnectOptions, ConnectionStatus, EngineOptions, Mode, SyncEngine};
 use crate::relay::ConnectionId;
 use blazedb_access::SyncPolicy;
@@ -81,6 +83,10 @@ pub struct RemoteOptions {
     /// [`PurgeReason::DeviceRevoked`](blazedb_core::PurgeReason::DeviceRevoked)). On by
     /// default: a revoked device is usually a lost or stolen one.
     pub purge_on_revoke: bool,
+    /// Collections this application seals end to end whatever the server says, each with
+    /// its routing fields (docs/e2e.md). The server's own list is learned in the session;
+    /// both are remembered in the file.
+    pub sealed: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Default for RemoteOptions {
@@ -97,6 +103,7 @@ impl Default for RemoteOptions {
             engine: EngineOptions::default(),
             policy: None,
             purge_on_revoke: true,
+            sealed: BTreeMap::new(),
         }
     }
 }
@@ -125,6 +132,20 @@ impl RemoteOptions {
     /// Options asking the server for less than the rules allow.
     pub fn policy(mut self, policy: SyncPolicy) -> RemoteOptions {
         self.policy = Some(policy);
+        self
+    }
+
+    /// Options sealing `collection` end to end, keeping `routing_fields` in clear, even
+    /// before (or whatever) the server says.
+    pub fn sealed<I, F>(mut self, collection: impl Into<String>, routing_fields: I) -> RemoteOptions
+    where
+        I: IntoIterator<Item = F>,
+        F: Into<String>,
+    {
+        self.sealed.insert(
+            collection.into(),
+            routing_fields.into_iter().map(Into::into).collect(),
+        );
         self
     }
 
@@ -220,6 +241,7 @@ impl Shared {
 #[must_use = "dropping it stops syncing at once: keep it as long as the database should sync"]
 pub struct RemoteSync {
     engine: Arc<SyncEngine>,
+    sealing: Arc<DeviceSealing>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
@@ -274,6 +296,7 @@ impl RemoteSync {
     ) -> Result<RemoteSync, RemoteError> {
         let db = db.clone();
         let plan = plan(&db, &remote, &options)?;
+        let sealing = Arc::new(DeviceSealing::new(&db, &remote.database, &options.sealed)?);
         let engine = Arc::new(SyncEngine::start_with(
             db.clone(),
             &remote.database,
@@ -294,11 +317,13 @@ impl RemoteSync {
             .spawn({
                 let engine = engine.clone();
                 let shared = shared.clone();
-                move || runtime.block_on(run(db, plan, options, engine, shared, stopped))
+                let sealing = sealing.clone();
+                move || runtime.block_on(run(db, plan, options, engine, shared, sealing, stopped))
             })
             .map_err(crate::error::SyncError::Io)?;
         Ok(RemoteSync {
             engine,
+            sealing,
             shared,
             stop,
             thread: Some(thread),
@@ -330,6 +355,11 @@ impl RemoteSync {
             }
         }
         Ok(())
+    }
+
+    /// The device's end-to-end layer for this database: its sealed collections and keys.
+    pub fn sealing(&self) -> &DeviceSealing {
+        &self.sealing
     }
 
     /// The engine that syncs this database (for its counters and status).
@@ -699,6 +729,7 @@ async fn run(
     options: RemoteOptions,
     engine: Arc<SyncEngine>,
     shared: Arc<Shared>,
+    sealing: Arc<DeviceSealing>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut attempt: u32 = 0;
@@ -712,7 +743,9 @@ async fn run(
         };
         match opened {
             Ok(session) => {
-                let relay = session.into_relay(None, options.relay.clone());
+                let relay = session
+                    .into_relay(None, options.relay.clone())
+                    .with_sealing(sealing.clone());
                 let mut finished = relay.finished();
                 // A server accepts only this node's own operations from it (the device link's
                 // trust): what came from other nodes reached the server by their own links.

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 
 use super::session::{Session, Transport};
+use crate::e2e::DeviceSealing;
 use crate::error::{Result, SyncError};
 use crate::relay::{Hold, Inbox, Relay};
 
@@ -126,6 +127,8 @@ pub struct WsRelay<S> {
     counters: Arc<RelayCounters>,
     inbox: Option<Inbox>,
     runtime: Option<tokio::runtime::Handle>,
+    /// A device's end-to-end layer: seals what it sends, opens what it receives.
+    sealing: Option<Arc<DeviceSealing>>,
 }
 
 impl<S: Transport> WsRelay<S> {
@@ -144,7 +147,15 @@ impl<S: Transport> WsRelay<S> {
             counters: Arc::new(RelayCounters::default()),
             inbox: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            sealing: None,
         }
+    }
+
+    /// Runs every message through a device's end-to-end layer: sealed on the way out,
+    /// opened on the way in (docs/e2e.md). A message it refuses ends the connection.
+    pub fn with_sealing(mut self, sealing: Arc<DeviceSealing>) -> Self {
+        self.sealing = Some(sealing);
+        self
     }
 
     /// Becomes true once the connection is over (both tasks ended). Take it before handing
@@ -202,7 +213,7 @@ impl<S: Transport> Relay for WsRelay<S> {
             stream,
             channel.clone(),
             peer.clone(),
-            inbox,
+            (inbox, self.sealing.clone()),
             self.counters.clone(),
             budget,
             parting,
@@ -262,6 +273,20 @@ impl<S: Transport> Relay for WsRelay<S> {
         }
         let Some(queue) = &self.queue else {
             return Err(SyncError::RelayClosed);
+        };
+        let message = match &self.sealing {
+            None => message,
+            Some(sealing) => match sealing.seal(message) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    // Nothing readable of a sealed collection may leave: end the connection.
+                    if let Some(inbox) = &self.inbox {
+                        inbox.closed(format!("not sent: {e}"));
+                    }
+                    self.abort(Some((WsCloseCode::Error, "device error".into())));
+                    return Err(SyncError::RelayClosed);
+                }
+            },
         };
         // Encoded here, so the queue is measured in bytes (the writer compresses and seals).
         let outgoing = Outgoing::new(&message);
@@ -382,7 +407,7 @@ async fn read<S: Transport>(
     mut stream: SplitStream<WebSocketStream<S>>,
     channel: Arc<Mutex<SecureChannel>>,
     peer: Arc<AtomicU64>,
-    inbox: Inbox,
+    (inbox, sealing): (Inbox, Option<Arc<DeviceSealing>>),
     counters: Arc<RelayCounters>,
     budget: Arc<Semaphore>,
     parting: Parting,
@@ -439,7 +464,38 @@ async fn read<S: Transport>(
                 }
             }
         }
-        match decoded.map(|(message, _)| message) {
+        let opened = decoded
+            .map(|(message, _)| message)
+            .map(|message| match &sealing {
+                None => Ok(Some(message)),
+                Some(sealing) => sealing.open(message),
+            });
+        let decoded = match opened {
+            Ok(Ok(Some(message))) => Ok(message),
+            Ok(Ok(None)) => continue,
+            Ok(Err(refused)) => {
+                // A value the device refuses (tampered, not sealed, under a key it lacks):
+                // nothing of the message is applied, the server is told why, and the
+                // connection ends; the cursor stays before it.
+                let reason = format!("closing the connection: {refused}");
+                if parting.queue_close(&Message::close(
+                    CloseCode::ProtocolError,
+                    refused.to_string(),
+                )) {
+                    inbox.closed(reason);
+                    return (
+                        Some((WsCloseCode::Protocol, "refused a value".into())),
+                        None,
+                    );
+                }
+                return (
+                    Some((WsCloseCode::Protocol, "refused a value".into())),
+                    Some(reason),
+                );
+            }
+            Err(e) => Err(e),
+        };
+        match decoded {
             Ok(message) => {
                 if let Message::Hello { capabilities, .. } = &message {
                     peer.store(capabilities.0, Ordering::Release);

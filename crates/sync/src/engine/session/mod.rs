@@ -352,7 +352,11 @@ impl Session {
         self.messages_received += 1;
         self.last_heard = now;
         self.pinged = false;
-        if self.peer.is_none() && !matches!(message, Message::Hello { .. } | Message::Close { .. })
+        if self.peer.is_none()
+            && !matches!(
+                message,
+                Message::Hello { .. } | Message::Close { .. } | Message::Collections { .. }
+            )
         {
             // docs/protocol.md: a session starts with the peer's Hello; anything else first
             // is a protocol error (a Close is still read: it says why the peer gives up).
@@ -446,6 +450,9 @@ impl Session {
                     self.internal_error(&e);
                 }
             }
+            // A server's word to a device's end-to-end layer (crate::e2e), which keeps it
+            // from the engine; one that reaches a session changes nothing here.
+            Message::Collections { .. } => {}
             // Queued above, before anything else was looked at.
             Message::Ops { .. } => {}
             // Enrolment is between a device and a server's connection handler, before the

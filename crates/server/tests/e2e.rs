@@ -1,0 +1,388 @@
+//! End-to-end collections through a real server on 127.0.0.1 (docs/e2e.md): devices seal the
+//! values of an e2e collection before they leave them, the server stores, merges and routes
+//! them by what stays in clear (ids, stamps, routing fields) without reading them, and a
+//! device refuses a value the server changed or moved.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blazedb_core::{Database, Operation, RejectCode, Uuid, Value, fields};
+use blazedb_protocol::{CollectionInfo, Message};
+use blazedb_server::ServerHandle;
+use blazedb_sync::e2e::{HeldKey, Keyring, ScopeKey};
+use blazedb_sync::remote::{RemoteNode, RemoteOptions, RemoteSync, SyncExt};
+
+mod common;
+
+use common::raw::{RawDevice, RawSession};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The seed's hybrid bug tracker: bugs sealed end to end and routed by team, weekly
+/// reports smart (the server reads and can query them).
+const RULES: &str = r#"
+[collections.bugs]
+mode = "e2e"
+routing_fields = ["teamId"]
+
+[roles.developer.bugs]
+read  = { teamId = { "$in" = "$teams" } }
+write = { teamId = { "$in" = "$teams" } }
+
+[roles.manager.bugs]
+read  = { teamId = { "$in" = "$teams" } }
+write = { teamId = { "$in" = "$teams" } }
+
+[roles.manager.reports]
+read  = {}
+write = {}
+
+[roles.developer.reports]
+read  = {}
+write = false
+"#;
+
+const SEALED_CANARY: &str = "CANARY-sealed-7f3a9c";
+const SMART_CANARY: &str = "CANARY-smart-2b8e41";
+
+fn start(dir: &Path) -> ServerHandle {
+    let server = common::start_server(&dir.join("data"), "bugs", &[]);
+    let meta = server.meta();
+    meta.add_user("alice", &["ios".into()], Some("developer"))
+        .unwrap();
+    meta.add_user("bob", &["android".into()], Some("developer"))
+        .unwrap();
+    meta.add_user("carol", &["ios".into(), "android".into()], Some("manager"))
+        .unwrap();
+    meta.add_user("dave", &["ios".into()], Some("developer"))
+        .unwrap();
+    meta.set_access_rules("bugs", RULES).unwrap();
+    server
+}
+
+fn fast() -> RemoteOptions {
+    RemoteOptions {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..RemoteOptions::default()
+    }
+}
+
+struct Device {
+    db: Database,
+    sync: RemoteSync,
+}
+
+fn device(dir: &Path, server: &ServerHandle, user: &str, keys: &[&HeldKey]) -> Device {
+    let db = Database::create(dir.join(format!("{user}.blazedb")), "device password").unwrap();
+    // Keys handed over before the first session (provisioned out of band here).
+    let keyring = Keyring::new(&db);
+    for key in keys {
+        keyring.add(key).unwrap();
+    }
+    let options = fast().enroll(blazedb_testkit::server::token(server, user));
+    let sync = db
+        .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
+        .unwrap();
+    Device { db, sync }
+}
+
+fn key(scope: &str) -> HeldKey {
+    HeldKey {
+        database: "bugs".into(),
+        collection: "bugs".into(),
+        scope: scope.into(),
+        epoch: 1,
+        key: ScopeKey::generate().unwrap(),
+    }
+}
+
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn titles(db: &Database, collection: &str) -> Vec<String> {
+    let mut titles: Vec<String> = db
+        .fetch_all(collection)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.fields.get("title") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    titles.sort();
+    titles
+}
+
+/// Everything the server holds of the database, as text: every record state and every
+/// operation of its log, read through its own key (the file itself is SQLCipher, so its
+/// raw bytes show nothing either way), with each byte string also read as text.
+fn server_dump(server: &ServerHandle) -> String {
+    let db = server.meta().open_database("bugs").unwrap();
+    let mut dump = String::new();
+    let add_value = |dump: &mut String, value: &Value| {
+        dump.push_str(&format!("{value:?}\n"));
+        if let Value::Bytes(b) = value {
+            dump.push_str(&String::from_utf8_lossy(b));
+        }
+    };
+    for collection in db.collections().unwrap() {
+        for record in db.fetch_all(&collection).unwrap() {
+            let state = db
+                .replication()
+                .record_state(&collection, record.id)
+                .unwrap()
+                .unwrap();
+            for register in state.fields.values() {
+                add_value(&mut dump, &register.value);
+            }
+        }
+    }
+    for (_, op) in db.replication().oplog_since(0, usize::MAX).unwrap() {
+        for value in op.fields.values() {
+            add_value(&mut dump, value);
+        }
+    }
+    dump
+}
+
+#[test]
+fn the_hybrid_bug_tracker_keeps_bugs_sealed_from_the_server_and_reports_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (ios, android) = (key("ios"), key("android"));
+    let alice = device(dir.path(), &server, "alice", &[&ios]);
+    let bob = device(dir.path(), &server, "bob", &[&android]);
+    let carol = device(dir.path(), &server, "carol", &[&ios, &android]);
+
+    alice
+        .db
+        .insert(
+            "bugs",
+            fields! { "teamId" => "ios", "title" => format!("{SEALED_CANARY} crash on start"), "priority" => 1 },
+        )
+        .unwrap();
+    bob.db
+        .insert(
+            "bugs",
+            fields! { "teamId" => "android", "title" => format!("{SEALED_CANARY} slow scroll") },
+        )
+        .unwrap();
+    carol
+        .db
+        .insert(
+            "reports",
+            fields! { "title" => format!("{SMART_CANARY} week 48") },
+        )
+        .unwrap();
+
+    until("every device to hold exactly its records", || {
+        titles(&alice.db, "bugs") == [format!("{SEALED_CANARY} crash on start")]
+            && titles(&bob.db, "bugs") == [format!("{SEALED_CANARY} slow scroll")]
+            && titles(&carol.db, "bugs").len() == 2
+            && titles(&alice.db, "reports").len() == 1
+            && titles(&bob.db, "reports").len() == 1
+    });
+    // Readable on the devices, field types kept.
+    let bug = &alice.db.fetch_all("bugs").unwrap()[0];
+    assert_eq!(bug.fields.get("priority"), Some(&Value::Int(1)));
+    assert_eq!(bug.fields.get("teamId"), Some(&Value::from("ios")));
+
+    // The server holds the sealed bugs, with their routing field in clear, and the report
+    // readable: the same scan finds the smart canary, so it would find the sealed one.
+    let dump = server_dump(&server);
+    assert!(
+        dump.contains(SMART_CANARY),
+        "the scan must see readable values"
+    );
+    assert!(
+        !dump.contains(SEALED_CANARY),
+        "a sealed value reached the server readable"
+    );
+    assert!(!dump.contains("crash on start"));
+    assert!(dump.contains("ios") && dump.contains("android"));
+    let hosted = server.meta().open_database("bugs").unwrap();
+    for bug in hosted.fetch_all("bugs").unwrap() {
+        for (field, value) in &bug.fields {
+            match field.as_str() {
+                "teamId" => assert!(matches!(value, Value::String(_))),
+                _ => assert!(
+                    matches!(value, Value::Bytes(b) if blazedb_e2e::SealedValue::is_sealed(b)),
+                    "{field} is not sealed on the server: {value:?}"
+                ),
+            }
+        }
+    }
+
+    // An update travels sealed too, and merges per field on the server by its stamp.
+    let id = bug.id;
+    alice
+        .db
+        .update("bugs", id, fields! { "title" => "fixed" })
+        .unwrap();
+    until("carol to see the update", || {
+        carol
+            .db
+            .get("bugs", id)
+            .unwrap()
+            .is_some_and(|r| r.fields.get("title") == Some(&Value::from("fixed")))
+    });
+    let stored = hosted.get("bugs", id).unwrap().unwrap();
+    assert!(matches!(stored.fields.get("title"), Some(Value::Bytes(_))));
+    assert_eq!(
+        stored
+            .fields
+            .get("priority")
+            .map(|v| matches!(v, Value::Bytes(_))),
+        Some(true)
+    );
+    for d in [alice, bob, carol] {
+        d.sync.stop();
+    }
+}
+
+#[test]
+fn the_server_tells_devices_the_modes_first_and_refuses_a_readable_value_in_an_e2e_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = RawDevice::new();
+    let token = blazedb_testkit::server::token(&server, "alice");
+    let address = server.local_addr();
+    let record = Uuid::now_v7();
+    let (first, rejected) = runtime.block_on(async {
+        let mut session = RawSession::enrolled(address, "bugs", &raw, token).await;
+        let first = session.recv(WAIT).await.unwrap();
+        // A device without an end-to-end layer writes a readable title.
+        let op = Operation {
+            id: blazedb_core::OpId {
+                origin: raw.node,
+                seq: 1,
+            },
+            lamport: 1,
+            wall: blazedb_core::Date::now(),
+            kind: blazedb_core::OpKind::Insert,
+            collection: "bugs".into(),
+            record,
+            fields: fields! { "teamId" => "ios", "title" => "readable" },
+        };
+        session
+            .send(&Message::Ops {
+                from: 0,
+                to: 1,
+                ops: vec![op],
+            })
+            .await;
+        loop {
+            match session.recv(WAIT).await.unwrap() {
+                Message::Ack { rejected, .. } if !rejected.is_empty() => break (first, rejected),
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(
+        first,
+        Message::Collections {
+            collections: vec![CollectionInfo {
+                name: "bugs".into(),
+                sealed: true,
+                routing_fields: vec!["teamId".into()],
+            }],
+        }
+    );
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].code, RejectCode::NotSealed);
+    assert!(
+        rejected[0].reason.contains("\"title\""),
+        "{}",
+        rejected[0].reason
+    );
+    let hosted = server.meta().open_database("bugs").unwrap();
+    assert!(hosted.get("bugs", record).unwrap().is_none());
+}
+
+#[test]
+fn a_value_the_server_moved_to_another_record_is_refused_and_nothing_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let ios = key("ios");
+    let alice = device(dir.path(), &server, "alice", &[&ios]);
+    let id = alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "genuine" })
+        .unwrap();
+    let hosted = server.meta().open_database("bugs").unwrap();
+    until("the server to hold the bug", || {
+        hosted.get("bugs", id).unwrap().is_some()
+    });
+    alice.sync.stop();
+
+    // The server (here: someone with its key) copies the sealed title to a record of its
+    // own making, under an operation it forges in alice's name.
+    let ops = hosted.replication().oplog_since(0, usize::MAX).unwrap();
+    let (_, genuine) = ops.iter().find(|(_, op)| op.record == id).unwrap();
+    let forged = Operation {
+        id: blazedb_core::OpId {
+            seq: genuine.id.seq + 1000,
+            ..genuine.id
+        },
+        lamport: genuine.lamport + 1000,
+        record: Uuid::now_v7(),
+        ..genuine.clone()
+    };
+    hosted
+        .replication()
+        .apply_remote(std::slice::from_ref(&forged))
+        .unwrap();
+
+    // Dave, a new ios developer with the team's key, refuses it.
+    let dave = device(dir.path(), &server, "dave", &[&ios]);
+    until("dave to refuse the moved value", || {
+        dave.sync
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("does not open"))
+    });
+    let error = dave.sync.status().last_error.unwrap();
+    assert!(error.contains(&forged.record.to_string()), "{error}");
+    assert!(dave.db.get("bugs", forged.record).unwrap().is_none());
+    dave.sync.stop();
+}
+
+#[test]
+fn a_collection_the_server_holds_readable_records_of_cannot_become_e2e() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let hosted = server.meta().open_database("bugs").unwrap();
+    hosted
+        .insert("reports", fields! { "title" => "week 1" })
+        .unwrap();
+    let settings = blazedb_access::CollectionSettings::new(
+        blazedb_access::CollectionMode::E2e,
+        Vec::<String>::new(),
+    );
+    let err = server
+        .meta()
+        .set_collection_mode("bugs", "reports", settings.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("collection \"reports\": the server holds 1 of its records"),
+        "{err}"
+    );
+    // An empty one can.
+    server
+        .meta()
+        .set_collection_mode("bugs", "notes", settings)
+        .unwrap();
+}

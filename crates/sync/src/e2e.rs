@@ -1,0 +1,861 @@
+//! End-to-end collections on a device (docs/e2e.md): what leaves for a server is sealed,
+//! what comes from it is opened, and the keys and the modes a device learned are kept in
+//! its own (encrypted) file.
+//!
+//! [`DeviceSealing`] works on whole [`Message`]s, bytes in and bytes out apart from reading
+//! the device's own records (the routing fields of a record an update does not carry) and
+//! saving what it learns. A WebSocket relay runs it on every message it sends and receives,
+//! so the sync engine never sees a sealed value and the server never sees a readable one.
+//!
+//! - **Sealed collections.** The server lists them in [`Message::Collections`] before its
+//!   `Hello`; an application may also declare them itself
+//!   ([`crate::remote::RemoteOptions::sealed`]). Either way the device remembers, and from
+//!   then on never sends a readable value of the collection, even to a server that later
+//!   says otherwise.
+//! - **Scope.** The values of a record's routing fields name its scope (a team, say). Each
+//!   scope has its own keys; a collection without routing fields has one scope, `""`.
+//! - **Keys.** A [`Keyring`] in the file's local settings. A device that writes to a scope
+//!   it has no key for makes the scope's first key (epoch 1).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, PoisonError};
+
+use blazedb_core::{Database, Fields, Operation, RecordState, SnapshotRecord, Uuid, Value};
+use blazedb_e2e::{FieldSlot, KeyLabel, SealedValue, open_value, seal_value};
+use blazedb_format::{NodeId, Stamp, decode_value, encode_value};
+use blazedb_protocol::{CollectionInfo, Message};
+
+use crate::error::Result;
+
+pub use blazedb_e2e::{KeyId, ScopeKey};
+
+/// Prefix of the local settings that hold scope keys.
+const KEY_SETTING_PREFIX: &str = "e2e/key/";
+/// Prefix of the local settings that remember sealed collections.
+const SEALED_SETTING_PREFIX: &str = "e2e/sealed/";
+
+/// One scope key a device holds, with its label.
+#[derive(Clone)]
+pub struct HeldKey {
+    pub database: String,
+    pub collection: String,
+    pub scope: String,
+    pub epoch: u32,
+    pub key: ScopeKey,
+}
+
+impl std::fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldKey")
+            .field("database", &self.database)
+            .field("collection", &self.collection)
+            .field("scope", &self.scope)
+            .field("epoch", &self.epoch)
+            .field("id", &self.key.id())
+            .finish()
+    }
+}
+
+impl HeldKey {
+    fn label(&self) -> KeyLabel<'_> {
+        KeyLabel {
+            database: &self.database,
+            collection: &self.collection,
+            scope: &self.scope,
+            epoch: self.epoch,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let map: BTreeMap<String, Value> = [
+            ("database".to_owned(), Value::from(self.database.as_str())),
+            (
+                "collection".to_owned(),
+                Value::from(self.collection.as_str()),
+            ),
+            ("scope".to_owned(), Value::from(self.scope.as_str())),
+            ("epoch".to_owned(), Value::Int(i64::from(self.epoch))),
+            ("key".to_owned(), Value::Bytes(self.key.as_bytes().to_vec())),
+        ]
+        .into();
+        encode_value(&Value::Map(map))
+    }
+
+    fn decode(bytes: &[u8]) -> Option<HeldKey> {
+        let Ok(Value::Map(map)) = decode_value(bytes) else {
+            return None;
+        };
+        let text = |name: &str| match map.get(name) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let epoch = match map.get("epoch") {
+            Some(Value::Int(e)) => u32::try_from(*e).ok()?,
+            _ => return None,
+        };
+        let key = match map.get("key") {
+            Some(Value::Bytes(b)) => ScopeKey::from_bytes(b).ok()?,
+            _ => return None,
+        };
+        Some(HeldKey {
+            database: text("database")?,
+            collection: text("collection")?,
+            scope: text("scope")?,
+            epoch,
+            key,
+        })
+    }
+}
+
+/// The scope keys a device holds, kept in its file's local settings (encrypted with the
+/// file, never synced).
+#[derive(Clone)]
+pub struct Keyring {
+    db: Database,
+}
+
+impl Keyring {
+    pub fn new(db: &Database) -> Keyring {
+        Keyring { db: db.clone() }
+    }
+
+    /// Every key held.
+    pub fn keys(&self) -> Result<Vec<HeldKey>> {
+        Ok(self
+            .db
+            .replication()
+            .local_settings_with_prefix(KEY_SETTING_PREFIX)?
+            .into_iter()
+            .filter_map(|(_, bytes)| HeldKey::decode(&bytes))
+            .collect())
+    }
+
+    /// Keeps `key` (idempotent). Returns its id.
+    pub fn add(&self, key: &HeldKey) -> Result<KeyId> {
+        let id = key.key.id();
+        self.db
+            .replication()
+            .set_local_setting(&format!("{KEY_SETTING_PREFIX}{id}"), Some(&key.encode()))?;
+        Ok(id)
+    }
+}
+
+/// Why a message could not be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealingError {
+    /// The server sent a value this device refuses: not sealed in a sealed collection, or
+    /// sealed but changed, moved or replayed (a server that tampers with what it stores).
+    #[error("the server sent a value of {collection}/{record} field {field:?} that {reason}")]
+    Refused {
+        collection: String,
+        record: Uuid,
+        field: String,
+        reason: String,
+    },
+    /// A value sealed under a key this device does not hold (yet).
+    #[error(
+        "a value of {collection}/{record} field {field:?} is sealed under key {key}, which this \
+         device does not hold"
+    )]
+    MissingKey {
+        collection: String,
+        record: Uuid,
+        field: String,
+        key: KeyId,
+    },
+    /// Sealing failed on this device (its storage, or its random number generator).
+    #[error("sealing failed on this device: {0}")]
+    Local(String),
+}
+
+struct State {
+    /// Sealed collections and their routing fields.
+    sealed: BTreeMap<String, BTreeSet<String>>,
+    keys: HashMap<KeyId, HeldKey>,
+}
+
+/// A device's end-to-end layer for one database of one server: see the module docs.
+pub struct DeviceSealing {
+    db: Database,
+    /// The database's name on the server: every key and seal is bound to it.
+    database: String,
+    keyring: Keyring,
+    state: Mutex<State>,
+}
+
+impl DeviceSealing {
+    /// The layer for `database` on the server, with what `db` learned before and the
+    /// collections the application declares sealed (`declared`: name → routing fields).
+    pub fn new(
+        db: &Database,
+        database: &str,
+        declared: &BTreeMap<String, BTreeSet<String>>,
+    ) -> Result<DeviceSealing> {
+        let keyring = Keyring::new(db);
+        let keys = keyring
+            .keys()?
+            .into_iter()
+            .filter(|k| k.database == database)
+            .map(|k| (k.key.id(), k))
+            .collect();
+        let sealing = DeviceSealing {
+            db: db.clone(),
+            database: database.to_owned(),
+            keyring,
+            state: Mutex::new(State {
+                sealed: BTreeMap::new(),
+                keys,
+            }),
+        };
+        let prefix = sealing.sealed_prefix();
+        let mut known = BTreeMap::new();
+        for (name, bytes) in db.replication().local_settings_with_prefix(&prefix)? {
+            let Some(collection) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let fields = match decode_value(&bytes) {
+                Ok(Value::Array(fields)) => fields
+                    .into_iter()
+                    .filter_map(|f| match f {
+                        Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            known.insert(collection.to_owned(), fields);
+        }
+        sealing.lock().sealed = known;
+        for (collection, fields) in declared {
+            sealing.learn(collection, fields)?;
+        }
+        Ok(sealing)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sealed_prefix(&self) -> String {
+        format!("{SEALED_SETTING_PREFIX}{}/", self.database)
+    }
+
+    /// The sealed collections known, with their routing fields.
+    pub fn sealed_collections(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.lock().sealed.clone()
+    }
+
+    /// Keeps `key` in the keyring and uses it from now on.
+    pub fn add_key(&self, key: HeldKey) -> Result<KeyId> {
+        let id = self.keyring.add(&key)?;
+        self.lock().keys.insert(id, key);
+        Ok(id)
+    }
+
+    /// Remembers that `collection` is sealed, with these routing fields. Routing fields
+    /// only ever grow here: a field once sealed is never sent readable again.
+    fn learn(&self, collection: &str, routing: &BTreeSet<String>) -> Result<()> {
+        let mut state = self.lock();
+        let known = state.sealed.get(collection);
+        // A field this device seals stays sealed: only a first declaration sets them.
+        let fields = match known {
+            Some(fields) => fields.intersection(routing).cloned().collect(),
+            None => routing.clone(),
+        };
+        if known == Some(&fields) {
+            return Ok(());
+        }
+        let encoded = encode_value(&Value::Array(
+            fields.iter().map(|f| Value::from(f.as_str())).collect(),
+        ));
+        self.db.replication().set_local_setting(
+            &format!("{}{collection}", self.sealed_prefix()),
+            Some(&encoded),
+        )?;
+        state.sealed.insert(collection.to_owned(), fields);
+        Ok(())
+    }
+
+    /// What goes to the server: every value of a sealed collection sealed, except its
+    /// routing fields.
+    pub fn seal(&self, message: Message) -> Result<Message, SealingError> {
+        if self.lock().sealed.is_empty() {
+            return Ok(message);
+        }
+        map_values(
+            message,
+            |op| self.seal_op(op),
+            |records| self.seal_records(records),
+        )
+    }
+
+    /// What comes from the server: values of sealed collections opened, and the server's
+    /// [`Message::Collections`] learned (`None`: nothing for the engine).
+    pub fn open(&self, message: Message) -> Result<Option<Message>, SealingError> {
+        if let Message::Collections { collections } = &message {
+            self.learn_all(collections)
+                .map_err(|e| SealingError::Local(e.to_string()))?;
+            return Ok(None);
+        }
+        map_values(
+            message,
+            |op| self.open_op(op),
+            |records| self.open_records(records),
+        )
+        .map(Some)
+    }
+
+    fn learn_all(&self, collections: &[CollectionInfo]) -> Result<()> {
+        for info in collections.iter().filter(|c| c.sealed) {
+            let fields = info.routing_fields.iter().cloned().collect();
+            self.learn(&info.name, &fields)?;
+        }
+        Ok(())
+    }
+
+    fn routing_of(&self, collection: &str) -> Option<BTreeSet<String>> {
+        self.lock().sealed.get(collection).cloned()
+    }
+
+    fn seal_op(&self, mut op: Operation) -> Result<Operation, SealingError> {
+        let Some(routing) = self.routing_of(&op.collection) else {
+            return Ok(op);
+        };
+        if op.fields.keys().all(|f| routing.contains(f)) {
+            return Ok(op);
+        }
+        // The scope: the routing values this operation writes, else the record's own.
+        let scope = if routing.iter().all(|f| op.fields.contains_key(f)) {
+            scope_of(&routing, |f| op.fields.get(f))
+        } else {
+            let state = self
+                .db
+                .replication()
+                .record_state(&op.collection, op.record)
+                .map_err(|e| SealingError::Local(e.to_string()))?;
+            let current = |f: &str| {
+                op.fields.get(f).or_else(|| {
+                    state
+                        .as_ref()
+                        .and_then(|s| s.fields.get(f).map(|v| &v.value))
+                })
+            };
+            scope_of(&routing, current)
+        };
+        let key = self.current_key(&op.collection, &scope)?;
+        let stamp = op.stamp();
+        op.fields = self.seal_fields(&key, &routing, op.record, op.fields, |_| stamp)?;
+        Ok(op)
+    }
+
+    fn seal_records(
+        &self,
+        records: Vec<SnapshotRecord>,
+    ) -> Result<Vec<SnapshotRecord>, SealingError> {
+        self.each_sealed_record(records, |routing, record| {
+            let scope = scope_of(routing, |f| record.state.fields.get(f).map(|s| &s.value));
+            let key = self.current_key(&record.collection, &scope)?;
+            seal_state(&key, routing, record.id, &mut record.state)
+        })
+    }
+
+    /// `records` with `f` applied to each one of a sealed collection.
+    fn each_sealed_record(
+        &self,
+        records: Vec<SnapshotRecord>,
+        f: impl Fn(&BTreeSet<String>, &mut SnapshotRecord) -> Result<(), SealingError>,
+    ) -> Result<Vec<SnapshotRecord>, SealingError> {
+        records
+            .into_iter()
+            .map(|mut record| {
+                if let Some(routing) = self.routing_of(&record.collection) {
+                    f(&routing, &mut record)?;
+                }
+                Ok(record)
+            })
+            .collect()
+    }
+
+    fn seal_fields(
+        &self,
+        key: &HeldKey,
+        routing: &BTreeSet<String>,
+        record: Uuid,
+        fields: Fields,
+        stamp_of: impl Fn(&str) -> Stamp,
+    ) -> Result<Fields, SealingError> {
+        fields
+            .into_iter()
+            .map(|(field, value)| {
+                if routing.contains(&field) {
+                    return Ok((field, value));
+                }
+                let stamp = stamp_of(&field);
+                let sealed = seal_one(key, record, &field, stamp, &value)?;
+                Ok((field, Value::Bytes(sealed)))
+            })
+            .collect()
+    }
+
+    /// The newest key of a scope; a scope without one gets its first key now.
+    fn current_key(&self, collection: &str, scope: &str) -> Result<HeldKey, SealingError> {
+        let newest = self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| k.collection == collection && k.scope == scope)
+            // Two keys of one epoch (made by two devices at once): the smaller id, so that
+            // every device picks the same.
+            .max_by_key(|k| (k.epoch, std::cmp::Reverse(k.key.id())))
+            .cloned();
+        if let Some(key) = newest {
+            return Ok(key);
+        }
+        let key = HeldKey {
+            database: self.database.clone(),
+            collection: collection.to_owned(),
+            scope: scope.to_owned(),
+            epoch: 1,
+            key: ScopeKey::generate().map_err(|e| SealingError::Local(e.to_string()))?,
+        };
+        self.add_key(key.clone())
+            .map_err(|e| SealingError::Local(e.to_string()))?;
+        Ok(key)
+    }
+
+    fn open_op(&self, mut op: Operation) -> Result<Operation, SealingError> {
+        let Some(routing) = self.routing_of(&op.collection) else {
+            return Ok(op);
+        };
+        let stamp = op.stamp();
+        let origin = op.id.origin;
+        let (collection, record) = (op.collection.clone(), op.record);
+        op.fields = op
+            .fields
+            .into_iter()
+            .map(|(field, value)| {
+                if routing.contains(&field) {
+                    return Ok((field, value));
+                }
+                let opened = self.open_one(&collection, record, &field, stamp, origin, &value)?;
+                Ok((field, opened))
+            })
+            .collect::<Result<_, SealingError>>()?;
+        Ok(op)
+    }
+
+    fn open_records(
+        &self,
+        records: Vec<SnapshotRecord>,
+    ) -> Result<Vec<SnapshotRecord>, SealingError> {
+        self.each_sealed_record(records, |routing, record| {
+            for (field, state) in &mut record.state.fields {
+                if routing.contains(field) {
+                    continue;
+                }
+                state.value = self.open_one(
+                    &record.collection,
+                    record.id,
+                    field,
+                    state.stamp,
+                    state.stamp.node,
+                    &state.value,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn open_one(
+        &self,
+        collection: &str,
+        record: Uuid,
+        field: &str,
+        stamp: Stamp,
+        origin: NodeId,
+        value: &Value,
+    ) -> Result<Value, SealingError> {
+        let refused = |reason: String| SealingError::Refused {
+            collection: collection.to_owned(),
+            record,
+            field: field.to_owned(),
+            reason,
+        };
+        let Value::Bytes(bytes) = value else {
+            return Err(refused(
+                "is readable, in a collection this device seals end to end".into(),
+            ));
+        };
+        let parts =
+            SealedValue::decode(bytes).map_err(|e| refused(format!("is not sealed: {e}")))?;
+        let key =
+            self.lock()
+                .keys
+                .get(&parts.key)
+                .cloned()
+                .ok_or_else(|| SealingError::MissingKey {
+                    collection: collection.to_owned(),
+                    record,
+                    field: field.to_owned(),
+                    key: parts.key,
+                })?;
+        if key.collection != collection {
+            return Err(refused(format!(
+                "is sealed under a key of collection {:?}",
+                key.collection
+            )));
+        }
+        let slot = FieldSlot {
+            label: key.label(),
+            record,
+            field,
+            stamp,
+            origin,
+        };
+        open_value(&key.key, &slot, bytes).map_err(|e| refused(format!("does not open: {e}")))
+    }
+}
+
+/// `message` with the operations and records it carries passed through `op` and `records`.
+fn map_values(
+    message: Message,
+    op: impl Fn(Operation) -> Result<Operation, SealingError>,
+    records: impl Fn(Vec<SnapshotRecord>) -> Result<Vec<SnapshotRecord>, SealingError>,
+) -> Result<Message, SealingError> {
+    Ok(match message {
+        Message::Ops { from, to, ops } => Message::Ops {
+            from,
+            to,
+            ops: ops.into_iter().map(op).collect::<Result<_, _>>()?,
+        },
+        Message::Snapshot {
+            position,
+            part,
+            total,
+            records: parts,
+            vector,
+        } => Message::Snapshot {
+            position,
+            part,
+            total,
+            records: records(parts)?,
+            vector,
+        },
+        Message::Records { records: parts } => Message::Records {
+            records: records(parts)?,
+        },
+        other => other,
+    })
+}
+
+fn seal_one(
+    key: &HeldKey,
+    record: Uuid,
+    field: &str,
+    stamp: Stamp,
+    value: &Value,
+) -> Result<Vec<u8>, SealingError> {
+    let slot = FieldSlot {
+        label: key.label(),
+        record,
+        field,
+        stamp,
+        origin: stamp.node,
+    };
+    seal_value(&key.key, &slot, value).map_err(|e| SealingError::Local(e.to_string()))
+}
+
+fn seal_state(
+    key: &HeldKey,
+    routing: &BTreeSet<String>,
+    record: Uuid,
+    state: &mut RecordState,
+) -> Result<(), SealingError> {
+    for (field, register) in &mut state.fields {
+        if routing.contains(field) {
+            continue;
+        }
+        let sealed = seal_one(key, record, field, register.stamp, &register.value)?;
+        register.value = Value::Bytes(sealed);
+    }
+    Ok(())
+}
+
+/// The scope a record's routing values name: the values in the order of the fields' names,
+/// joined by U+001F; a string is itself, any other value `#` and the hex of its BlazeBinary
+/// encoding, a missing field empty. No routing fields: `""`, the whole collection.
+pub fn scope_of<'v>(
+    routing: &BTreeSet<String>,
+    value_of: impl Fn(&str) -> Option<&'v Value>,
+) -> String {
+    let parts: Vec<String> = routing
+        .iter()
+        .map(|field| match value_of(field) {
+            None => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                let hex: String = encode_value(other)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("#{hex}")
+            }
+        })
+        .collect();
+    parts.join("\u{1f}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use blazedb_core::{OpId, OpKind, fields};
+    use blazedb_format::{Date, FieldState};
+
+    fn bugs_sealed() -> BTreeMap<String, BTreeSet<String>> {
+        [("bugs".to_owned(), ["teamId".to_owned()].into())].into()
+    }
+
+    /// A device's layer with the shared ios key.
+    fn device(key: &ScopeKey) -> (Database, DeviceSealing) {
+        let db = Database::in_memory().unwrap();
+        let sealing = DeviceSealing::new(&db, "tracker", &bugs_sealed()).unwrap();
+        sealing
+            .add_key(HeldKey {
+                database: "tracker".into(),
+                collection: "bugs".into(),
+                scope: "ios".into(),
+                epoch: 1,
+                key: key.clone(),
+            })
+            .unwrap();
+        (db, sealing)
+    }
+
+    fn op(record: Uuid, kind: OpKind, fields: Fields) -> Operation {
+        Operation {
+            id: OpId {
+                origin: NodeId(Uuid::from_u128(7)),
+                seq: 3,
+            },
+            lamport: 9,
+            wall: Date::from_unix_millis(0),
+            kind,
+            collection: "bugs".into(),
+            record,
+            fields,
+        }
+    }
+
+    fn ops(list: Vec<Operation>) -> Message {
+        Message::Ops {
+            from: 0,
+            to: 1,
+            ops: list,
+        }
+    }
+
+    fn only_op(message: Message) -> Operation {
+        match message {
+            Message::Ops { mut ops, .. } => ops.remove(0),
+            other => panic!("not Ops: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_operation_travels_sealed_except_its_routing_fields_and_opens_on_another_device() {
+        let key = ScopeKey::generate().unwrap();
+        let (_, alice) = device(&key);
+        let (_, bob) = device(&key);
+        let original = op(
+            Uuid::now_v7(),
+            OpKind::Insert,
+            fields! { "teamId" => "ios", "title" => "crash", "priority" => 2 },
+        );
+        let sealed = only_op(alice.seal(ops(vec![original.clone()])).unwrap());
+        assert_eq!(sealed.fields.get("teamId"), Some(&Value::from("ios")));
+        for field in ["title", "priority"] {
+            assert!(
+                matches!(sealed.fields.get(field), Some(Value::Bytes(b)) if SealedValue::decode(b).unwrap().key == key.id())
+            );
+        }
+        // Deterministic: the same operation sealed again is the same bytes.
+        assert_eq!(
+            only_op(alice.seal(ops(vec![original.clone()])).unwrap()),
+            sealed
+        );
+        let opened = only_op(bob.open(ops(vec![sealed])).unwrap().unwrap());
+        assert_eq!(opened, original);
+    }
+
+    #[test]
+    fn an_update_without_its_routing_field_is_sealed_under_the_records_scope() {
+        let key = ScopeKey::generate().unwrap();
+        let (db, alice) = device(&key);
+        let id = db
+            .insert("bugs", fields! { "teamId" => "ios", "title" => "a" })
+            .unwrap();
+        let update = op(id, OpKind::Update, fields! { "title" => "b" });
+        let sealed = only_op(alice.seal(ops(vec![update.clone()])).unwrap());
+        let Some(Value::Bytes(bytes)) = sealed.fields.get("title") else {
+            panic!("not sealed");
+        };
+        assert_eq!(SealedValue::decode(bytes).unwrap().key, key.id());
+        let (_, bob) = device(&key);
+        assert_eq!(
+            only_op(bob.open(ops(vec![sealed])).unwrap().unwrap()),
+            update
+        );
+    }
+
+    #[test]
+    fn a_value_moved_replayed_readable_or_under_an_unknown_key_is_refused() {
+        let key = ScopeKey::generate().unwrap();
+        let (_, alice) = device(&key);
+        let (_, bob) = device(&key);
+        let original = op(
+            Uuid::now_v7(),
+            OpKind::Insert,
+            fields! { "teamId" => "ios", "title" => "crash" },
+        );
+        let sealed = only_op(alice.seal(ops(vec![original])).unwrap());
+        let moved = Operation {
+            record: Uuid::now_v7(),
+            ..sealed.clone()
+        };
+        let replayed = Operation {
+            lamport: sealed.lamport + 1,
+            ..sealed.clone()
+        };
+        let readable = Operation {
+            fields: fields! { "teamId" => "ios", "title" => "injected" },
+            ..sealed.clone()
+        };
+        for (forged, says) in [
+            (moved, "does not open"),
+            (replayed, "does not open"),
+            (readable, "is readable"),
+        ] {
+            let err = bob.open(ops(vec![forged])).unwrap_err();
+            assert!(matches!(err, SealingError::Refused { .. }), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let (_, stranger) = device(&ScopeKey::generate().unwrap());
+        assert!(matches!(
+            stranger.open(ops(vec![sealed])).unwrap_err(),
+            SealingError::MissingKey { key: k, .. } if k == key.id()
+        ));
+    }
+
+    #[test]
+    fn snapshot_records_are_sealed_with_each_fields_own_stamp() {
+        let key = ScopeKey::generate().unwrap();
+        let (_, alice) = device(&key);
+        let (_, bob) = device(&key);
+        let stamp = |lamport| Stamp {
+            lamport,
+            node: NodeId(Uuid::from_u128(lamport.into())),
+        };
+        let mut state =
+            RecordState::inserted(fields! { "teamId" => "ios", "title" => "crash" }, stamp(1));
+        state.fields.insert(
+            "status".into(),
+            FieldState {
+                value: Value::from("open"),
+                stamp: stamp(5),
+            },
+        );
+        let record = SnapshotRecord {
+            collection: "bugs".into(),
+            id: Uuid::now_v7(),
+            state,
+        };
+        let message = Message::Records {
+            records: vec![record.clone()],
+        };
+        let sealed = alice.seal(message).unwrap();
+        let Message::Records { records } = &sealed else {
+            panic!()
+        };
+        assert!(matches!(
+            records[0].state.fields["status"].value,
+            Value::Bytes(_)
+        ));
+        assert_eq!(
+            bob.open(sealed).unwrap(),
+            Some(Message::Records {
+                records: vec![record]
+            })
+        );
+    }
+
+    #[test]
+    fn a_sealed_collection_stays_sealed_whatever_the_server_says_later_and_across_restarts() {
+        let db = Database::in_memory().unwrap();
+        let first = DeviceSealing::new(&db, "tracker", &BTreeMap::new()).unwrap();
+        assert!(first.sealed_collections().is_empty());
+        let told = |sealed| Message::Collections {
+            collections: vec![CollectionInfo {
+                name: "notes".into(),
+                sealed,
+                routing_fields: vec!["owner".into()],
+            }],
+        };
+        assert_eq!(first.open(told(true)).unwrap(), None);
+        assert_eq!(first.open(told(false)).unwrap(), None);
+        let again = DeviceSealing::new(&db, "tracker", &BTreeMap::new()).unwrap();
+        assert_eq!(
+            again.sealed_collections(),
+            [("notes".to_owned(), ["owner".to_owned()].into())].into()
+        );
+        // A routing field the server drops is sealed from then on; one it adds is not
+        // unsealed.
+        let fewer = Message::Collections {
+            collections: vec![CollectionInfo {
+                name: "notes".into(),
+                sealed: true,
+                routing_fields: vec!["kind".into()],
+            }],
+        };
+        again.open(fewer).unwrap();
+        assert!(again.sealed_collections()["notes"].is_empty());
+        // Without a key for the scope, the first write makes one and keeps it.
+        let write = Operation {
+            collection: "notes".into(),
+            ..op(Uuid::now_v7(), OpKind::Insert, fields! { "text" => "hi" })
+        };
+        let sealed = only_op(again.seal(ops(vec![write])).unwrap());
+        assert!(matches!(sealed.fields["text"], Value::Bytes(_)));
+        let held = Keyring::new(&db).keys().unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            (
+                held[0].collection.as_str(),
+                held[0].scope.as_str(),
+                held[0].epoch
+            ),
+            ("notes", "", 1)
+        );
+    }
+
+    #[test]
+    fn a_scope_is_the_routing_values_in_field_order() {
+        let routing: BTreeSet<String> = ["teamId".to_owned(), "area".to_owned()].into();
+        let values = fields! { "teamId" => "ios", "area" => 3 };
+        assert_eq!(
+            scope_of(&routing, |f| values.get(f)),
+            format!("#{}\u{1f}ios", {
+                let hex: String = encode_value(&Value::Int(3))
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                hex
+            })
+        );
+        assert_eq!(scope_of(&BTreeSet::new(), |f| values.get(f)), "");
+        let one: BTreeSet<String> = ["owner".to_owned()].into();
+        assert_eq!(scope_of(&one, |f| values.get(f)), "");
+    }
+}
