@@ -57,4 +57,4 @@ pub use rules::{
     CollectionMode, CollectionRule, CollectionScope, CollectionSettings, Rules, RulesError,
     WriteRefusal,
 };
-pub use scope::{PolicyError, ReadScope, SyncPolicy, WriteScope};
+pub use scope::{KeyCheck, PolicyError, ReadScope, SyncPolicy, WriteScope};

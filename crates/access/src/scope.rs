@@ -11,15 +11,36 @@ use blazedb_core::{
 use crate::context::SecurityContext;
 use crate::rules::{CollectionMode, Rules, WriteRefusal, check_bound};
 
+/// Which scope keys are current, for the sealed values of end-to-end collections: a
+/// server's registry of published keys.
+pub trait KeyCheck: Send + Sync + std::fmt::Debug {
+    /// `Ok` when `key` (a sealed value's key id) is a current key of `collection`; else why
+    /// not (rotated out, never published).
+    fn check(&self, collection: &str, key: [u8; 4]) -> Result<(), String>;
+}
+
 /// What a device may write: the rules in force bound to its context. The server checks
 /// every operation a device sends with [`WriteScope::check`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WriteScope {
     rules: Arc<Rules>,
     ctx: SecurityContext,
     /// Per collection the role may write: its write filter bound to `ctx`, and the fields
     /// it may not write (bound once, not per operation).
     writable: BTreeMap<String, (Filter, BTreeSet<String>)>,
+    /// The keys sealed values may be sealed under (none: any well-formed one).
+    keys: Option<Arc<dyn KeyCheck>>,
+}
+
+impl PartialEq for WriteScope {
+    fn eq(&self, other: &Self) -> bool {
+        let same_keys = match (&self.keys, &other.keys) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.rules == other.rules && self.ctx == other.ctx && same_keys
+    }
 }
 
 impl WriteScope {
@@ -36,7 +57,19 @@ impl WriteScope {
             rules,
             ctx,
             writable,
+            keys: None,
         }
+    }
+
+    /// Is `collection` end to end (its values sealed, so the server cannot restore them)?
+    pub fn is_sealed(&self, collection: &str) -> bool {
+        self.rules.mode(collection) == CollectionMode::E2e
+    }
+
+    /// This scope, refusing sealed values under keys `keys` does not call current.
+    pub fn with_key_check(mut self, keys: Arc<dyn KeyCheck>) -> WriteScope {
+        self.keys = Some(keys);
+        self
     }
 
     /// Checks `op` against the record's state here before it (`None`: never seen): the
@@ -103,6 +136,22 @@ impl WriteScope {
             after_record.as_ref(),
             &written,
         )?;
+        // Keys last: a write the rules refuse is refused for that, whatever it is sealed
+        // under.
+        if let (Some(keys), CollectionMode::E2e) = (&self.keys, self.rules.mode(&op.collection)) {
+            for value in op.fields.values() {
+                let Value::Bytes(bytes) = value else { continue };
+                let Ok(sealed) = blazedb_e2e::SealedValue::decode(bytes) else {
+                    continue;
+                };
+                if let Err(reason) = keys.check(&op.collection, sealed.key.0) {
+                    return Err(WriteRefusal {
+                        code: RejectCode::StaleKey,
+                        reason,
+                    });
+                }
+            }
+        }
         Ok(after_record)
     }
 }

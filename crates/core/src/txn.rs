@@ -50,7 +50,10 @@ pub struct ApplyReport {
 pub struct Refused<R> {
     pub index: usize,
     pub refusal: R,
-    pub undo: Operation,
+    /// The operation that undoes it; `None` when the refused operation updated values this
+    /// replica cannot restore (it holds them sealed end to end, so it cannot write them
+    /// under a new stamp): nothing is undone then.
+    pub undo: Option<Operation>,
 }
 
 /// What [`TransactionReplication::apply_snapshot`](crate::TransactionReplication::apply_snapshot) did.
@@ -973,7 +976,8 @@ impl TransactionReplication<'_, '_> {
 
     /// See [`Replication::apply_remote`](crate::Replication::apply_remote).
     pub fn apply_remote(&mut self, ops: &[Operation]) -> Result<ApplyReport> {
-        let (report, _) = self.apply_remote_checked(ops, |_, _| Ok::<(), Infallible>(()))?;
+        let (report, _) =
+            self.apply_remote_checked(ops, |_, _| Ok::<(), Infallible>(()), |_| true)?;
         Ok(report)
     }
 
@@ -985,11 +989,14 @@ impl TransactionReplication<'_, '_> {
     /// ([`TransactionReplication::undo_refused`]). Returns the report (`applied` counts the
     /// accepted operations) and, per refused operation, its index in `ops`, the refusal and
     /// the operation that undoes it. Duplicates are never checked: they were ruled on when
-    /// they first came.
+    /// they first came. An operation on a record held here that `restorable` says no to
+    /// (its values are sealed end to end) is refused without an undo: restoring would write
+    /// the sealed values under a new stamp, which no device could open.
     pub fn apply_remote_checked<R>(
         &mut self,
         ops: &[Operation],
         mut check: impl FnMut(&Operation, Option<&RecordState>) -> std::result::Result<(), R>,
+        restorable: impl Fn(&Operation) -> bool,
     ) -> Result<(ApplyReport, Vec<Refused<R>>)> {
         let mut report = ApplyReport::default();
         let mut refused = Vec::new();
@@ -1013,7 +1020,12 @@ impl TransactionReplication<'_, '_> {
                 }
                 Err(refusal) => {
                     self.tx.record_op(op.id)?;
-                    let undo = self.undo_refused(op)?;
+                    let held = old.as_ref().is_some_and(RecordState::is_visible);
+                    let undo = if held && !restorable(op) {
+                        None
+                    } else {
+                        Some(self.undo_refused(op)?)
+                    };
                     refused.push(Refused {
                         index,
                         refusal,

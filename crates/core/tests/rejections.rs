@@ -325,14 +325,18 @@ fn a_checked_batch_applies_what_the_check_accepts_and_undoes_the_rest_in_one_tra
     let (report, refused) = r
         .server
         .transaction(|tx| {
-            tx.replication().apply_remote_checked(&ops, |op, before| {
-                let mut after = before.cloned().unwrap_or_default();
-                after.apply(op);
-                match after.visible_field("teamId") {
-                    Some(team) if *team == Value::from("ios") => Ok(()),
-                    _ => Err(format!("{} leaves ios", op.id)),
-                }
-            })
+            tx.replication().apply_remote_checked(
+                &ops,
+                |op, before| {
+                    let mut after = before.cloned().unwrap_or_default();
+                    after.apply(op);
+                    match after.visible_field("teamId") {
+                        Some(team) if *team == Value::from("ios") => Ok(()),
+                        _ => Err(format!("{} leaves ios", op.id)),
+                    }
+                },
+                |_| true,
+            )
         })
         .unwrap();
     assert_eq!((report.applied, report.duplicates), (1, 0));
@@ -343,7 +347,8 @@ fn a_checked_batch_applies_what_the_check_accepts_and_undoes_the_rest_in_one_tra
     assert_eq!(r.server.get("bugs", other).unwrap(), None);
     // The undoing operations bring the device back in step; the same batch again is all
     // duplicates, never checked again.
-    let undos: Vec<_> = refused.iter().map(|r| r.undo.clone()).collect();
+    let undos: Vec<_> = refused.iter().filter_map(|r| r.undo.clone()).collect();
+    assert_eq!(undos.len(), 2);
     r.device.replication().apply_remote(&undos).unwrap();
     assert_eq!(
         r.device.get("bugs", r.id).unwrap(),
@@ -353,8 +358,11 @@ fn a_checked_batch_applies_what_the_check_accepts_and_undoes_the_rest_in_one_tra
     let (again, refused) = r
         .server
         .transaction(|tx| {
-            tx.replication()
-                .apply_remote_checked(&ops, |_, _| Err::<(), _>("never asked"))
+            tx.replication().apply_remote_checked(
+                &ops,
+                |_, _| Err::<(), _>("never asked"),
+                |_| true,
+            )
         })
         .unwrap();
     assert_eq!((again.applied, again.duplicates, refused.len()), (0, 3, 0));

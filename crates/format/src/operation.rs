@@ -52,15 +52,19 @@ pub enum RejectCode {
     /// The operation writes a readable value into an end-to-end collection, whose values
     /// the server accepts only sealed (docs/e2e.md).
     NotSealed,
+    /// The operation's values are sealed under a key that is not a current key of their
+    /// scope: one rotated out (a device lost access), or one never published.
+    StaleKey,
 }
 
 impl RejectCode {
     /// Every code, in code order.
-    pub const ALL: [RejectCode; 4] = [
+    pub const ALL: [RejectCode; 5] = [
         RejectCode::ReadOnly,
         RejectCode::Forbidden,
         RejectCode::HiddenField,
         RejectCode::NotSealed,
+        RejectCode::StaleKey,
     ];
 
     /// The byte that stands for the code on the wire and on disk.
@@ -70,6 +74,7 @@ impl RejectCode {
             RejectCode::Forbidden => 2,
             RejectCode::HiddenField => 3,
             RejectCode::NotSealed => 4,
+            RejectCode::StaleKey => 5,
         }
     }
 
@@ -88,6 +93,7 @@ impl std::fmt::Display for RejectCode {
             RejectCode::NotSealed => {
                 "the operation writes a readable value into an end-to-end collection"
             }
+            RejectCode::StaleKey => "the operation is sealed under a key that is no longer current",
         })
     }
 }

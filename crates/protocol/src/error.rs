@@ -253,6 +253,10 @@ pub enum Rule {
     PolicyFilterTooLong,
     /// A `Collections` entry whose mode byte is neither 0 (smart) nor 1 (sealed).
     CollectionModeUnknown,
+    /// A key epoch above `u32::MAX`.
+    KeyEpochTooLarge,
+    /// A key id presence byte other than 0 (none, in a `KeyTask` only) or 1.
+    KeyPresenceUnknown,
 }
 
 impl fmt::Display for Rule {
@@ -317,6 +321,8 @@ impl fmt::Display for Rule {
                 "policy filter is longer than {} bytes",
                 crate::MAX_POLICY_FILTER_LEN
             ),
+            Rule::KeyEpochTooLarge => f.write_str("key epoch does not fit in 32 bits"),
+            Rule::KeyPresenceUnknown => f.write_str("key id presence byte is neither 0 nor 1"),
             Rule::CollectionModeUnknown => {
                 f.write_str("collection mode is neither 0 (smart) nor 1 (sealed)")
             }

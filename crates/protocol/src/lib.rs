@@ -88,8 +88,9 @@ pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, FrameDecoder, encode_frame, try_encode_frame,
 };
 pub use message::{
-    Capabilities, CloseCode, CollectionInfo, DEFAULT_COMPRESSION_THRESHOLD, MAX_CLOSE_REASON_LEN,
-    MAX_DECOMPRESSED_LEN, MAX_POLICY_FILTER_LEN, MAX_PULL_CHECKS, MAX_REJECT_REASON_LEN,
-    MAX_TOKEN_LEN, Message, OpCheck, PROTOCOL_VERSION, Rejection, negotiate_version,
+    Capabilities, CloseCode, CollectionInfo, DEFAULT_COMPRESSION_THRESHOLD, KeyEnvelope,
+    MAX_CLOSE_REASON_LEN, MAX_DECOMPRESSED_LEN, MAX_POLICY_FILTER_LEN, MAX_PULL_CHECKS,
+    MAX_REJECT_REASON_LEN, MAX_TOKEN_LEN, Message, OpCheck, PROTOCOL_VERSION, PreviousKey,
+    Rejection, negotiate_version,
 };
 pub use name::{DatabaseName, InvalidDatabaseName, MAX_DATABASE_NAME_LEN};

@@ -651,6 +651,159 @@ messages! {
             collections.push(CollectionInfo { name, sealed, routing_fields });
         }
     }
+
+    /// Scope keys of end-to-end collections, wrapped to devices (docs/e2e.md), both ways. A
+    /// device publishes the keys it made or wrapped for others; the server stores them (it
+    /// cannot open them) and delivers each device those wrapped to its static key, at the
+    /// start of a session (before its `Hello`) and as they arrive. `previous` carries older
+    /// keys sealed under newer ones, so that a member holding only the newest key reads
+    /// history.
+    Keys = 0x11 as TYPE_KEYS {
+        keys: Vec<KeyEnvelope>,
+        previous: Vec<PreviousKey>,
+    }
+    reserve { 16 + 200 * keys.len() + 100 * previous.len() }
+    validate { Ok(()) }
+    encode(e) {
+        e.varint(keys.len() as u64);
+        for key in keys {
+            write_key_label(e, &key.collection, &key.scope, key.epoch, &key.key);
+            e.bytes(&key.recipient);
+            e.bytes(&key.wrapped);
+        }
+        e.varint(previous.len() as u64);
+        for p in previous {
+            write_key_label(e, &p.collection, &p.scope, p.epoch, &p.key);
+            e.raw(&p.under);
+            e.bytes(&p.sealed);
+        }
+    }
+    decode(d) {
+        let count = d.length(12)?;
+        let mut keys = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let (collection, scope, epoch, key) = read_key_label(d)?;
+            let recipient = d.bytes()?.to_vec();
+            let wrapped = d.bytes()?.to_vec();
+            keys.push(KeyEnvelope { collection, scope, epoch, key, recipient, wrapped });
+        }
+        let count = d.length(14)?;
+        let mut previous = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let (collection, scope, epoch, key) = read_key_label(d)?;
+            let under = key_id(d)?;
+            let sealed = d.bytes()?.to_vec();
+            previous.push(PreviousKey { collection, scope, epoch, key, under, sealed });
+        }
+    }
+
+    /// Sent by a server to a device that holds a scope key: wrap key `key` (of the label
+    /// given) to each of `recipients` (devices the rules let read the scope that lack it),
+    /// or, when `key` is `None`, make the scope's key of `epoch` (a rotation: a device lost
+    /// access), wrap it to `recipients`, and seal the scope's current keys under it. The
+    /// device answers with [`Message::Keys`].
+    KeyTask = 0x12 as TYPE_KEY_TASK {
+        collection: String,
+        scope: String,
+        epoch: u32,
+        key: Option<[u8; 4]>,
+        /// Static public keys (65 bytes: P-256; 32: X25519).
+        recipients: Vec<Vec<u8>>,
+    }
+    reserve { 24 + collection.len() + scope.len() + 72 * recipients.len() }
+    validate { Ok(()) }
+    encode(e) {
+        match key {
+            Some(key) => write_key_label(e, collection, scope, *epoch, key),
+            None => {
+                e.key(collection);
+                e.key(scope);
+                e.varint(u64::from(*epoch));
+                e.byte(0);
+            }
+        }
+        e.varint(recipients.len() as u64);
+        for recipient in recipients {
+            e.bytes(recipient);
+        }
+    }
+    decode(d) {
+        let collection = d.key()?.to_owned();
+        let scope = d.key()?.to_owned();
+        let epoch = u32::try_from(d.varint()?).map_err(|_| invalid(Rule::KeyEpochTooLarge))?;
+        let key = match d.byte()? {
+            0 => None,
+            1 => Some(key_id_bytes(d)?),
+            _ => return Err(invalid(Rule::KeyPresenceUnknown)),
+        };
+        let count = d.length(1)?;
+        let mut recipients = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            recipients.push(d.bytes()?.to_vec());
+        }
+    }
+}
+
+/// One scope key wrapped to one device, in a [`Message::Keys`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyEnvelope {
+    pub collection: String,
+    pub scope: String,
+    pub epoch: u32,
+    /// The key's id (what sealed values name).
+    pub key: [u8; 4],
+    /// The static public key of the device it is wrapped to.
+    pub recipient: Vec<u8>,
+    /// The wrapped key (HPKE; docs/format.md, "Wrapped scope key").
+    pub wrapped: Vec<u8>,
+}
+
+/// An older scope key sealed under a newer one, in a [`Message::Keys`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PreviousKey {
+    /// The older key's label and id.
+    pub collection: String,
+    pub scope: String,
+    pub epoch: u32,
+    pub key: [u8; 4],
+    /// The id of the newer key it is sealed under.
+    pub under: [u8; 4],
+    pub sealed: Vec<u8>,
+}
+
+fn write_key_label<'a>(
+    e: &mut Encoder<'a>,
+    collection: &'a str,
+    scope: &'a str,
+    epoch: u32,
+    key: &[u8; 4],
+) {
+    e.key(collection);
+    e.key(scope);
+    e.varint(u64::from(epoch));
+    e.byte(1);
+    e.raw(key);
+}
+
+fn read_key_label(d: &mut Decoder<'_>) -> Result<(String, String, u32, [u8; 4]), ProtocolError> {
+    let collection = d.key()?.to_owned();
+    let scope = d.key()?.to_owned();
+    let epoch = u32::try_from(d.varint()?).map_err(|_| invalid(Rule::KeyEpochTooLarge))?;
+    if d.byte()? != 1 {
+        return Err(invalid(Rule::KeyPresenceUnknown));
+    }
+    Ok((collection, scope, epoch, key_id_bytes(d)?))
+}
+
+fn key_id_bytes(d: &mut Decoder<'_>) -> Result<[u8; 4], ProtocolError> {
+    key_id(d)
+}
+
+fn key_id(d: &mut Decoder<'_>) -> Result<[u8; 4], ProtocolError> {
+    let raw = d.raw(4)?;
+    let mut id = [0; 4];
+    id.copy_from_slice(raw);
+    Ok(id)
 }
 
 /// How one collection travels, in a [`Message::Collections`].
@@ -1382,7 +1535,7 @@ mod tests {
     #[test]
     fn an_unknown_message_type_is_refused() {
         // 0x7f is taken too (compressed payloads), but is not a message of its own.
-        for code in [0x00, 0x11, 0x7E, 0x80, 0xFF] {
+        for code in [0x00, 0x13, 0x7E, 0x80, 0xFF] {
             let mut bytes = header(code);
             bytes.push(0);
             assert_eq!(
@@ -1770,6 +1923,31 @@ mod tests {
                     sealed: true,
                     routing_fields: vec!["teamId".to_owned()],
                 }],
+            },
+            Message::Keys {
+                keys: vec![KeyEnvelope {
+                    collection: "bugs".to_owned(),
+                    scope: "ios".to_owned(),
+                    epoch: 2,
+                    key: [1, 2, 3, 4],
+                    recipient: vec![9; 32],
+                    wrapped: vec![7; 87],
+                }],
+                previous: vec![PreviousKey {
+                    collection: "bugs".to_owned(),
+                    scope: "ios".to_owned(),
+                    epoch: 1,
+                    key: [5, 6, 7, 8],
+                    under: [1, 2, 3, 4],
+                    sealed: vec![3; 60],
+                }],
+            },
+            Message::KeyTask {
+                collection: "bugs".to_owned(),
+                scope: "ios".to_owned(),
+                epoch: 3,
+                key: None,
+                recipients: vec![vec![4; 65]],
             },
         ];
         for (i, message) in messages.iter().enumerate() {

@@ -11,12 +11,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use blazedb_sync::SyncEngine;
 
 use crate::error::ServerError;
+use crate::keys::KeyDesk;
 use crate::meta::{MetaStore, check_database_name};
 
 /// One hosted database and the engine that syncs it with devices.
 pub(crate) struct HostedDatabase {
     pub name: String,
     pub engine: SyncEngine,
+    /// The scope keys of its end-to-end collections.
+    pub keys: Arc<KeyDesk>,
 }
 
 /// The open databases, by name.
@@ -111,7 +114,7 @@ impl Hosted {
     }
 }
 
-fn start(meta: &MetaStore, name: &str) -> Result<HostedDatabase, ServerError> {
+fn start(meta: &Arc<MetaStore>, name: &str) -> Result<HostedDatabase, ServerError> {
     let db = meta.open_database(name)?;
     let engine = SyncEngine::start(db, name).map_err(|source| ServerError::Engine {
         name: name.to_owned(),
@@ -120,5 +123,6 @@ fn start(meta: &MetaStore, name: &str) -> Result<HostedDatabase, ServerError> {
     Ok(HostedDatabase {
         name: name.to_owned(),
         engine,
+        keys: Arc::new(KeyDesk::open(meta.clone(), name)?),
     })
 }

@@ -28,6 +28,7 @@ mod config;
 mod error;
 mod gate;
 mod hosted;
+mod keys;
 mod log;
 mod master_key;
 mod meta;

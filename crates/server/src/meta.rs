@@ -33,9 +33,9 @@ use blazedb_access::{
 use blazedb_core::{
     Database, Date, Error as CoreError, NodeId, OpenError, Record, Uuid, Value, fields,
 };
-use blazedb_protocol::DatabaseName;
 use blazedb_protocol::enroll::{EnrollmentToken, TOKEN_ID_LEN};
 use blazedb_protocol::secure::{StaticKeys, Suite, fingerprint};
+use blazedb_protocol::{DatabaseName, KeyEnvelope, PreviousKey};
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
@@ -64,6 +64,10 @@ const DEVICES: &str = "devices";
 const TOKENS: &str = "tokens";
 const DATABASES: &str = "databases";
 const ACCESS_RULES: &str = "access_rules";
+/// Scope keys of end-to-end collections, wrapped to devices (the server cannot open them).
+const E2E_ENVELOPES: &str = "e2e_envelopes";
+/// Older scope keys sealed under newer ones.
+const E2E_PREVIOUS: &str = "e2e_previous";
 /// Node id → the device key it is bound to (record id from the node id), so that a node id
 /// belongs to one device at most.
 const NODES: &str = "nodes";
@@ -1189,6 +1193,119 @@ impl MetaStore {
         };
         let read = ReadScope::from_rules(&rules, &ctx);
         Ok(Some((read, WriteScope::new(rules, ctx))))
+    }
+
+    // --- end-to-end keys ------------------------------------------------------------------
+
+    /// Keeps wrapped scope keys and sealed previous keys of `database` (idempotent: one
+    /// already kept is left as it is), in one transaction.
+    pub fn store_e2e_keys(
+        &self,
+        database: &str,
+        keys: &[KeyEnvelope],
+        previous: &[PreviousKey],
+    ) -> Result<(), MetaError> {
+        self.db.transaction(|tx| {
+            for k in keys {
+                let id = record_id(
+                    E2E_ENVELOPES,
+                    &[database.as_bytes(), &[0], &k.key, &k.recipient].concat(),
+                );
+                if tx.get(E2E_ENVELOPES, id)?.is_none() {
+                    tx.insert_with_id(
+                        E2E_ENVELOPES,
+                        id,
+                        fields! {
+                            "database" => database,
+                            "collection" => k.collection.as_str(),
+                            "scope" => k.scope.as_str(),
+                            "epoch" => i64::from(k.epoch),
+                            "key" => Value::Bytes(k.key.to_vec()),
+                            "recipient" => Value::Bytes(k.recipient.clone()),
+                            "wrapped" => Value::Bytes(k.wrapped.clone()),
+                        },
+                    )?;
+                }
+            }
+            for p in previous {
+                let id = record_id(
+                    E2E_PREVIOUS,
+                    &[database.as_bytes(), &[0], &p.key, &p.under].concat(),
+                );
+                if tx.get(E2E_PREVIOUS, id)?.is_none() {
+                    tx.insert_with_id(
+                        E2E_PREVIOUS,
+                        id,
+                        fields! {
+                            "database" => database,
+                            "collection" => p.collection.as_str(),
+                            "scope" => p.scope.as_str(),
+                            "epoch" => i64::from(p.epoch),
+                            "key" => Value::Bytes(p.key.to_vec()),
+                            "under" => Value::Bytes(p.under.to_vec()),
+                            "sealed" => Value::Bytes(p.sealed.clone()),
+                        },
+                    )?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Every wrapped key and sealed previous key kept for `database`.
+    pub fn e2e_keys(
+        &self,
+        database: &str,
+    ) -> Result<(Vec<KeyEnvelope>, Vec<PreviousKey>), MetaError> {
+        let text = |r: &Record, c: &str, f: &str| field_str(r, c, f);
+        let bytes = |r: &Record, c: &str, f: &str| match r.fields.get(f) {
+            Some(Value::Bytes(b)) => Ok(b.clone()),
+            _ => Err(corrupt(c, f)),
+        };
+        let id = |r: &Record, c: &str, f: &str| -> Result<[u8; 4], MetaError> {
+            bytes(r, c, f)?.try_into().map_err(|_| corrupt(c, f))
+        };
+        let epoch = |r: &Record, c: &str| match r.fields.get("epoch") {
+            Some(Value::Int(e)) => u32::try_from(*e).map_err(|_| corrupt(c, "epoch")),
+            _ => Err(corrupt(c, "epoch")),
+        };
+        let mine = |r: &&Record| r.fields.get("database") == Some(&Value::from(database));
+        let keys = self
+            .db
+            .fetch_all(E2E_ENVELOPES)?
+            .iter()
+            .filter(mine)
+            .map(|r| {
+                let c = E2E_ENVELOPES;
+                Ok(KeyEnvelope {
+                    collection: text(r, c, "collection")?,
+                    scope: text(r, c, "scope")?,
+                    epoch: epoch(r, c)?,
+                    key: id(r, c, "key")?,
+                    recipient: bytes(r, c, "recipient")?,
+                    wrapped: bytes(r, c, "wrapped")?,
+                })
+            })
+            .collect::<Result<Vec<_>, MetaError>>()?;
+        let previous = self
+            .db
+            .fetch_all(E2E_PREVIOUS)?
+            .iter()
+            .filter(mine)
+            .map(|r| {
+                let c = E2E_PREVIOUS;
+                Ok(PreviousKey {
+                    collection: text(r, c, "collection")?,
+                    scope: text(r, c, "scope")?,
+                    epoch: epoch(r, c)?,
+                    key: id(r, c, "key")?,
+                    under: id(r, c, "under")?,
+                    sealed: bytes(r, c, "sealed")?,
+                })
+            })
+            .collect::<Result<Vec<_>, MetaError>>()?;
+        Ok((keys, previous))
     }
 
     /// Opens the hosted database `name` (which must exist).

@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::error::MetaError;
 use crate::gate::{Gate, Ticket};
 use crate::hosted::HostedDatabase;
+use crate::keys::{DeviceDesk, KeyDesk};
 use crate::log;
 use crate::meta::MetaStore;
 
@@ -300,14 +301,31 @@ pub(crate) async fn run<S: Transport>(
     {
         return;
     }
+    // Then the keys wrapped to it, so that it opens what follows.
+    let sealed = collections.iter().any(|c| c.sealed);
+    let desk = database.keys.clone();
+    if sealed
+        && let Some(keys) = desk.keys_for(&key)
+        && session.send(&keys).await.is_err()
+    {
+        return;
+    }
+    let access = access.map(|a| checked_keys(a, &desk));
 
-    let relay = session.into_relay(
+    let mut relay = session.into_relay(
         Some(hello),
         RelayOptions {
             queue_limit: context.send_queue,
             ..RelayOptions::default()
         },
     );
+    if sealed {
+        relay = relay.with_layer(Arc::new(DeviceDesk {
+            desk: desk.clone(),
+            device: key.clone(),
+        }));
+    }
+    let desk_token = sealed.then(|| desk.attach(&key, relay.injector()));
     let mut finished = relay.finished();
     let mut options = ConnectOptions::new(database.name.clone())
         .name(format!("device {fingerprint} ({user})"))
@@ -329,6 +347,9 @@ pub(crate) async fn run<S: Transport>(
             return;
         }
     };
+    if sealed {
+        plan_keys(&desk).await;
+    }
     let told_to_stop = loop {
         tokio::select! {
             () = crate::stopped(&mut finished) => break false,
@@ -355,7 +376,14 @@ pub(crate) async fn run<S: Transport>(
                 }
                 // New rules, or the user's teams or role changed: the device gets the
                 // difference at once, on this connection.
-                match device_access(&context.meta, &database.name, &user, &fingerprint).await {
+                if sealed {
+                    // A device may have lost access: its scopes' keys rotate.
+                    plan_keys(&desk).await;
+                }
+                match device_access(&context.meta, &database.name, &user, &fingerprint)
+                    .await
+                    .map(|new| new.map(|a| checked_keys(a, &desk)))
+                {
                     Ok(new) if new != access => {
                         access = new.clone();
                         let engine = database.clone();
@@ -395,6 +423,9 @@ pub(crate) async fn run<S: Transport>(
             }
         }
     };
+    if let Some(token) = desk_token {
+        desk.detach(&key, token);
+    }
     if told_to_stop {
         // The engine's shutdown closes the connection (Close { GoingAway }); give it the
         // time to do so before the slot is given back.
@@ -447,6 +478,25 @@ async fn device_access(
         .await
         .map_err(|_| format!("{context} failed"))?
         .map_err(|e| format!("{context} failed: {e}"))
+}
+
+/// A device's access with its writes checked against the database's current keys.
+fn checked_keys(
+    (read, write): (ReadScope, WriteScope),
+    desk: &Arc<KeyDesk>,
+) -> (ReadScope, WriteScope) {
+    let check: Arc<dyn blazedb_access::KeyCheck> = desk.clone();
+    (read, write.with_key_check(check))
+}
+
+/// Hands out the work the keys need ([`KeyDesk::plan`]), off the runtime's workers: it
+/// reads the server's store.
+async fn plan_keys(desk: &Arc<KeyDesk>) {
+    let desk = desk.clone();
+    let planned = tokio::task::spawn_blocking(move || desk.plan()).await;
+    if let Ok(Err(reason)) = planned {
+        log::error(format_args!("handing out end-to-end keys failed: {reason}"));
+    }
 }
 
 /// How the declared collections of `database` travel, as [`Message::Collections`] tells a

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use blazedb_core::{Database, Operation, RejectCode, Uuid, Value, fields};
 use blazedb_protocol::{CollectionInfo, Message};
 use blazedb_server::ServerHandle;
-use blazedb_sync::e2e::{HeldKey, Keyring, ScopeKey};
+use blazedb_sync::e2e::Keyring;
 use blazedb_sync::remote::{RemoteNode, RemoteOptions, RemoteSync, SyncExt};
 
 mod common;
@@ -58,6 +58,8 @@ fn start(dir: &Path) -> ServerHandle {
         .unwrap();
     meta.add_user("dave", &["ios".into()], Some("developer"))
         .unwrap();
+    meta.add_user("erin", &["ios".into()], Some("developer"))
+        .unwrap();
     meta.set_access_rules("bugs", RULES).unwrap();
     server
 }
@@ -75,13 +77,8 @@ struct Device {
     sync: RemoteSync,
 }
 
-fn device(dir: &Path, server: &ServerHandle, user: &str, keys: &[&HeldKey]) -> Device {
+fn device(dir: &Path, server: &ServerHandle, user: &str) -> Device {
     let db = Database::create(dir.join(format!("{user}.blazedb")), "device password").unwrap();
-    // Keys handed over before the first session (provisioned out of band here).
-    let keyring = Keyring::new(&db);
-    for key in keys {
-        keyring.add(key).unwrap();
-    }
     let options = fast().enroll(blazedb_testkit::server::token(server, user));
     let sync = db
         .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
@@ -89,14 +86,63 @@ fn device(dir: &Path, server: &ServerHandle, user: &str, keys: &[&HeldKey]) -> D
     Device { db, sync }
 }
 
-fn key(scope: &str) -> HeldKey {
-    HeldKey {
-        database: "bugs".into(),
-        collection: "bugs".into(),
-        scope: scope.into(),
-        epoch: 1,
-        key: ScopeKey::generate().unwrap(),
-    }
+/// The keys a device holds of scope `scope` of bugs: their epochs.
+fn epochs(db: &Database, scope: &str) -> Vec<u32> {
+    let mut epochs: Vec<u32> = Keyring::new(db)
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.collection == "bugs" && k.scope == scope)
+        .map(|k| k.epoch)
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+/// A device made by hand (no end-to-end layer) of `user` inserts `fields` as bug `record`:
+/// the server's first message to it, and the rejections of the write.
+fn raw_insert(
+    server: &ServerHandle,
+    user: &str,
+    record: Uuid,
+    fields: blazedb_core::Fields,
+) -> (Message, Vec<blazedb_protocol::Rejection>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = RawDevice::new();
+    let token = blazedb_testkit::server::token(server, user);
+    let address = server.local_addr();
+    runtime.block_on(async {
+        let mut session = RawSession::enrolled(address, "bugs", &raw, token).await;
+        let first = session.recv(WAIT).await.unwrap();
+        let op = Operation {
+            id: blazedb_core::OpId {
+                origin: raw.node,
+                seq: 1,
+            },
+            lamport: 100,
+            wall: blazedb_core::Date::now(),
+            kind: blazedb_core::OpKind::Insert,
+            collection: "bugs".into(),
+            record,
+            fields,
+        };
+        session
+            .send(&Message::Ops {
+                from: 0,
+                to: 1,
+                ops: vec![op],
+            })
+            .await;
+        loop {
+            match session.recv(WAIT).await.unwrap() {
+                Message::Ack { rejected, .. } if !rejected.is_empty() => break (first, rejected),
+                _ => {}
+            }
+        }
+    })
 }
 
 fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -157,10 +203,11 @@ fn server_dump(server: &ServerHandle) -> String {
 fn the_hybrid_bug_tracker_keeps_bugs_sealed_from_the_server_and_reports_readable() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let (ios, android) = (key("ios"), key("android"));
-    let alice = device(dir.path(), &server, "alice", &[&ios]);
-    let bob = device(dir.path(), &server, "bob", &[&android]);
-    let carol = device(dir.path(), &server, "carol", &[&ios, &android]);
+    // No key is handed over by hand: the first writer of a team makes its key, and the
+    // server asks it to wrap the key for the others the rules let read the team's bugs.
+    let alice = device(dir.path(), &server, "alice");
+    let bob = device(dir.path(), &server, "bob");
+    let carol = device(dir.path(), &server, "carol");
 
     alice
         .db
@@ -252,44 +299,14 @@ fn the_hybrid_bug_tracker_keeps_bugs_sealed_from_the_server_and_reports_readable
 fn the_server_tells_devices_the_modes_first_and_refuses_a_readable_value_in_an_e2e_collection() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let raw = RawDevice::new();
-    let token = blazedb_testkit::server::token(&server, "alice");
-    let address = server.local_addr();
+    // A device without an end-to-end layer writes a readable title.
     let record = Uuid::now_v7();
-    let (first, rejected) = runtime.block_on(async {
-        let mut session = RawSession::enrolled(address, "bugs", &raw, token).await;
-        let first = session.recv(WAIT).await.unwrap();
-        // A device without an end-to-end layer writes a readable title.
-        let op = Operation {
-            id: blazedb_core::OpId {
-                origin: raw.node,
-                seq: 1,
-            },
-            lamport: 1,
-            wall: blazedb_core::Date::now(),
-            kind: blazedb_core::OpKind::Insert,
-            collection: "bugs".into(),
-            record,
-            fields: fields! { "teamId" => "ios", "title" => "readable" },
-        };
-        session
-            .send(&Message::Ops {
-                from: 0,
-                to: 1,
-                ops: vec![op],
-            })
-            .await;
-        loop {
-            match session.recv(WAIT).await.unwrap() {
-                Message::Ack { rejected, .. } if !rejected.is_empty() => break (first, rejected),
-                _ => {}
-            }
-        }
-    });
+    let (first, rejected) = raw_insert(
+        &server,
+        "alice",
+        record,
+        fields! { "teamId" => "ios", "title" => "readable" },
+    );
     assert_eq!(
         first,
         Message::Collections {
@@ -315,8 +332,7 @@ fn the_server_tells_devices_the_modes_first_and_refuses_a_readable_value_in_an_e
 fn a_value_the_server_moved_to_another_record_is_refused_and_nothing_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let ios = key("ios");
-    let alice = device(dir.path(), &server, "alice", &[&ios]);
+    let alice = device(dir.path(), &server, "alice");
     let id = alice
         .db
         .insert("bugs", fields! { "teamId" => "ios", "title" => "genuine" })
@@ -325,7 +341,6 @@ fn a_value_the_server_moved_to_another_record_is_refused_and_nothing_is_applied(
     until("the server to hold the bug", || {
         hosted.get("bugs", id).unwrap().is_some()
     });
-    alice.sync.stop();
 
     // The server (here: someone with its key) copies the sealed title to a record of its
     // own making, under an operation it forges in alice's name.
@@ -345,8 +360,8 @@ fn a_value_the_server_moved_to_another_record_is_refused_and_nothing_is_applied(
         .apply_remote(std::slice::from_ref(&forged))
         .unwrap();
 
-    // Dave, a new ios developer with the team's key, refuses it.
-    let dave = device(dir.path(), &server, "dave", &[&ios]);
+    // Dave, a new ios developer, gets the team's key from alice and refuses it.
+    let dave = device(dir.path(), &server, "dave");
     until("dave to refuse the moved value", || {
         dave.sync
             .status()
@@ -356,7 +371,9 @@ fn a_value_the_server_moved_to_another_record_is_refused_and_nothing_is_applied(
     let error = dave.sync.status().last_error.unwrap();
     assert!(error.contains(&forged.record.to_string()), "{error}");
     assert!(dave.db.get("bugs", forged.record).unwrap().is_none());
+    assert_eq!(epochs(&dave.db, "ios"), [1]);
     dave.sync.stop();
+    alice.sync.stop();
 }
 
 #[test]
@@ -385,4 +402,254 @@ fn a_collection_the_server_holds_readable_records_of_cannot_become_e2e() {
         .meta()
         .set_collection_mode("bugs", "notes", settings)
         .unwrap();
+}
+
+#[test]
+fn a_device_that_joins_later_gets_the_key_from_a_member_and_reads_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    for n in 0..5 {
+        alice
+            .db
+            .insert(
+                "bugs",
+                fields! { "teamId" => "ios", "title" => format!("bug {n}") },
+            )
+            .unwrap();
+    }
+    alice.sync.wait_synced(WAIT, |_| {}).unwrap();
+    let dave = device(dir.path(), &server, "dave");
+    until("dave to read the team's history", || {
+        titles(&dave.db, "bugs").len() == 5
+    });
+    assert_eq!(epochs(&dave.db, "ios"), [1]);
+    // Bob, of another team, holds no ios key and no ios bug.
+    let bob = device(dir.path(), &server, "bob");
+    bob.sync.wait_synced(WAIT, |_| {}).unwrap();
+    assert!(epochs(&bob.db, "ios").is_empty());
+    assert!(titles(&bob.db, "bugs").is_empty());
+    for d in [alice, dave, bob] {
+        d.sync.stop();
+    }
+}
+
+#[test]
+fn a_member_who_leaves_the_team_makes_the_key_rotate_and_reads_nothing_written_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    let carol = device(dir.path(), &server, "carol");
+    let dave = device(dir.path(), &server, "dave");
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "before" })
+        .unwrap();
+    until("everyone in ios to hold the first key and the bug", || {
+        [&carol, &dave]
+            .iter()
+            .all(|d| titles(&d.db, "bugs") == ["before"] && epochs(&d.db, "ios") == [1])
+    });
+
+    // Dave leaves the team: a remaining member makes epoch 2, for alice and carol only.
+    server
+        .meta()
+        .update_user("dave", Some(&["android".to_owned()]), None)
+        .unwrap();
+    until("alice and carol to hold epoch 2", || {
+        epochs(&alice.db, "ios") == [1, 2] && epochs(&carol.db, "ios") == [1, 2]
+    });
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "after" })
+        .unwrap();
+    until("carol to read the bug written after", || {
+        titles(&carol.db, "bugs") == ["after", "before"]
+    });
+    alice.sync.wait_synced(WAIT, |_| {}).unwrap();
+    dave.sync.wait_synced(WAIT, |_| {}).unwrap();
+    assert_eq!(epochs(&dave.db, "ios"), [1], "dave got the new key");
+    assert!(!titles(&dave.db, "bugs").contains(&"after".to_owned()));
+    // The new bug is sealed under epoch 2 on the server.
+    let hosted = server.meta().open_database("bugs").unwrap();
+    let after = hosted
+        .fetch_all("bugs")
+        .unwrap()
+        .into_iter()
+        .find(|r| {
+            carol
+                .db
+                .get("bugs", r.id)
+                .unwrap()
+                .unwrap()
+                .fields
+                .get("title")
+                == Some(&Value::from("after"))
+        })
+        .unwrap();
+    let Some(Value::Bytes(sealed)) = after.fields.get("title") else {
+        panic!("not sealed");
+    };
+    let key = blazedb_e2e::SealedValue::decode(sealed).unwrap().key;
+    let epoch2 = Keyring::new(&alice.db)
+        .keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.epoch == 2)
+        .unwrap();
+    assert_eq!(key, epoch2.key.id());
+    for d in [alice, carol, dave] {
+        d.sync.stop();
+    }
+}
+
+#[test]
+fn a_member_offline_through_two_rotations_catches_up_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    let carol = device(dir.path(), &server, "carol");
+    let dave = device(dir.path(), &server, "dave");
+    let erin = device(dir.path(), &server, "erin");
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "epoch 1" })
+        .unwrap();
+    until("every ios device to hold the first key", || {
+        [&carol, &dave, &erin]
+            .iter()
+            .all(|d| epochs(&d.db, "ios") == [1] && titles(&d.db, "bugs").len() == 1)
+    });
+    // Carol goes offline; dave, then erin, leave the team.
+    carol.sync.stop();
+    let meta = server.meta();
+    meta.update_user("dave", Some(&[]), None).unwrap();
+    until("epoch 2", || epochs(&alice.db, "ios") == [1, 2]);
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "epoch 2" })
+        .unwrap();
+    until("erin to read epoch 2", || {
+        titles(&erin.db, "bugs").len() == 2
+    });
+    meta.update_user("erin", Some(&[]), None).unwrap();
+    until("epoch 3", || epochs(&alice.db, "ios") == [1, 2, 3]);
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "epoch 3" })
+        .unwrap();
+    alice.sync.wait_synced(WAIT, |_| {}).unwrap();
+
+    // Carol returns: both newer keys were wrapped to her while she was away.
+    let carol = Device {
+        sync: carol
+            .db
+            .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
+            .unwrap(),
+        db: carol.db,
+    };
+    until("carol to read all three", || {
+        titles(&carol.db, "bugs") == ["epoch 1", "epoch 2", "epoch 3"]
+    });
+    assert_eq!(epochs(&carol.db, "ios"), [1, 2, 3]);
+    assert_eq!(epochs(&dave.db, "ios"), [1]);
+    assert_eq!(epochs(&erin.db, "ios"), [1, 2]);
+    for d in [alice, carol, dave, erin] {
+        d.sync.stop();
+    }
+}
+
+#[test]
+fn a_write_under_a_key_rotated_out_is_refused_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    let dave = device(dir.path(), &server, "dave");
+    let id = alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "old" })
+        .unwrap();
+    until("dave to hold the first key", || {
+        epochs(&dave.db, "ios") == [1]
+    });
+    server.meta().update_user("dave", Some(&[]), None).unwrap();
+    until("epoch 2", || epochs(&alice.db, "ios") == [1, 2]);
+
+    // Erin, an ios developer, replays alice's epoch-1 value as a write of her own.
+    let hosted = server.meta().open_database("bugs").unwrap();
+    let old = hosted.get("bugs", id).unwrap().unwrap().fields["title"].clone();
+    let record = Uuid::now_v7();
+    let (_, rejected) = raw_insert(
+        &server,
+        "erin",
+        record,
+        fields! { "teamId" => "ios", "title" => old },
+    );
+    assert_eq!(rejected[0].code, RejectCode::StaleKey);
+    assert!(
+        rejected[0].reason.contains("were rotated to epoch 2"),
+        "{}",
+        rejected[0].reason
+    );
+    assert!(hosted.get("bugs", record).unwrap().is_none());
+    alice.sync.stop();
+    dave.sync.stop();
+}
+
+#[test]
+fn a_refused_update_of_a_sealed_record_is_reported_and_not_undone_with_values_the_server_cannot_seal()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    let carol = device(dir.path(), &server, "carol");
+    let id = alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "mine" })
+        .unwrap();
+    until("carol to read it", || titles(&carol.db, "bugs") == ["mine"]);
+    let hosted = server.meta().open_database("bugs").unwrap();
+    let head = hosted.replication().oplog_head().unwrap();
+
+    // Alice may not move a bug to a team she is not in.
+    alice
+        .db
+        .update(
+            "bugs",
+            id,
+            fields! { "teamId" => "android", "title" => "moved" },
+        )
+        .unwrap();
+    until("alice to be told", || {
+        alice
+            .db
+            .replication()
+            .rejections()
+            .unwrap()
+            .iter()
+            .any(|r| r.code == RejectCode::Forbidden && r.op.record == id)
+    });
+    // The server wrote nothing for it: restoring the title would need a value sealed under
+    // a stamp of its own, which no device could open.
+    assert_eq!(hosted.replication().oplog_head().unwrap(), head);
+    assert_eq!(
+        hosted
+            .get("bugs", id)
+            .unwrap()
+            .unwrap()
+            .fields
+            .get("teamId"),
+        Some(&Value::from("ios"))
+    );
+    // Everyone else goes on syncing.
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "next" })
+        .unwrap();
+    until("carol to read the next bug", || {
+        titles(&carol.db, "bugs") == ["mine", "next"]
+    });
+    for d in [alice, carol] {
+        d.sync.stop();
+    }
 }

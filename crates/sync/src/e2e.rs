@@ -21,13 +21,42 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use blazedb_core::{Database, Fields, Operation, RecordState, SnapshotRecord, Uuid, Value};
-use blazedb_e2e::{FieldSlot, KeyLabel, SealedValue, open_value, seal_value};
+use blazedb_e2e::{
+    FieldSlot, KeyKind, KeyLabel, SealedValue, WrappedKey, open_previous_key, open_value,
+    seal_previous_key, seal_value, unwrap_key, wrap_key,
+};
 use blazedb_format::{NodeId, Stamp, decode_value, encode_value};
-use blazedb_protocol::{CollectionInfo, Message};
+use blazedb_protocol::secure::{StaticKeys, Suite};
+use blazedb_protocol::{CollectionInfo, KeyEnvelope, Message, PreviousKey};
+use zeroize::Zeroizing;
 
 use crate::error::Result;
 
 pub use blazedb_e2e::{KeyId, ScopeKey};
+
+/// What a connection's message layer made of a message from the peer.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Hand this to the engine.
+    Deliver(Message),
+    /// The layer's own message (modes, keys): nothing for the engine; send the peer these
+    /// replies.
+    Consumed(Vec<Message>),
+    /// Not yet: it is sealed under a key this side does not hold (the reason says which).
+    /// Keep it, and everything after it, until a consumed message brings keys.
+    Later(Message, String),
+}
+
+/// A layer between a connection and the sync engine: what it sends passes through
+/// [`MessageLayer::outbound`], what it receives through [`MessageLayer::inbound`]. A
+/// device's end-to-end sealing is one ([`DeviceSealing`]); a server's key desk another.
+/// An error ends the connection, with the reason told to the peer.
+pub trait MessageLayer: Send + Sync {
+    /// What to send for `message` from the engine, in order.
+    fn outbound(&self, message: Message) -> std::result::Result<Vec<Message>, String>;
+    /// What to do with `message` from the peer.
+    fn inbound(&self, message: Message) -> std::result::Result<Inbound, String>;
+}
 
 /// Prefix of the local settings that hold scope keys.
 const KEY_SETTING_PREFIX: &str = "e2e/key/";
@@ -173,6 +202,15 @@ struct State {
     /// Sealed collections and their routing fields.
     sealed: BTreeMap<String, BTreeSet<String>>,
     keys: HashMap<KeyId, HeldKey>,
+    /// Keys made here and not yet published to the server.
+    unpublished: Vec<KeyEnvelope>,
+}
+
+/// The device's static key pair, as HPKE uses it to receive wrapped keys.
+struct Identity {
+    kind: KeyKind,
+    private: Zeroizing<Vec<u8>>,
+    public: Vec<u8>,
 }
 
 /// A device's end-to-end layer for one database of one server: see the module docs.
@@ -182,6 +220,7 @@ pub struct DeviceSealing {
     database: String,
     keyring: Keyring,
     state: Mutex<State>,
+    identity: Option<Identity>,
 }
 
 impl DeviceSealing {
@@ -206,7 +245,9 @@ impl DeviceSealing {
             state: Mutex::new(State {
                 sealed: BTreeMap::new(),
                 keys,
+                unpublished: Vec::new(),
             }),
+            identity: None,
         };
         let prefix = sealing.sealed_prefix();
         let mut known = BTreeMap::new();
@@ -233,6 +274,21 @@ impl DeviceSealing {
         Ok(sealing)
     }
 
+    /// The layer of a device whose static key pair (its Noise key with the server) is
+    /// `keys`: it receives wrapped keys with it, and publishes the keys it makes.
+    pub fn with_identity(mut self, keys: &StaticKeys) -> DeviceSealing {
+        self.identity = Some(Identity {
+            kind: if keys.suite() == Suite::X25519AesGcmSha256 {
+                KeyKind::X25519
+            } else {
+                KeyKind::P256
+            },
+            private: Zeroizing::new(keys.private().to_vec()),
+            public: keys.public().to_vec(),
+        });
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -244,6 +300,253 @@ impl DeviceSealing {
     /// The sealed collections known, with their routing fields.
     pub fn sealed_collections(&self) -> BTreeMap<String, BTreeSet<String>> {
         self.lock().sealed.clone()
+    }
+
+    /// The layer's answer to `message` from the server, as [`MessageLayer::inbound`].
+    fn inbound_message(&self, message: Message) -> Result<Inbound, SealingError> {
+        match message {
+            Message::Collections { collections } => {
+                self.learn_all(&collections)
+                    .map_err(|e| SealingError::Local(e.to_string()))?;
+                Ok(Inbound::Consumed(Vec::new()))
+            }
+            Message::Keys { keys, previous } => {
+                self.accept_keys(&keys, &previous)?;
+                Ok(Inbound::Consumed(Vec::new()))
+            }
+            Message::KeyTask {
+                collection,
+                scope,
+                epoch,
+                key,
+                recipients,
+            } => {
+                let reply =
+                    self.key_task(&collection, &scope, epoch, key.map(KeyId), &recipients)?;
+                Ok(Inbound::Consumed(vec![reply]))
+            }
+            message => match self.missing_key(&message) {
+                Some(missing) => Ok(Inbound::Later(message, missing.to_string())),
+                None => Ok(Inbound::Deliver(self.open(message)?)),
+            },
+        }
+    }
+
+    /// The first value `message` carries under a key this device does not hold.
+    fn missing_key(&self, message: &Message) -> Option<SealingError> {
+        let state = self.lock();
+        if state.sealed.is_empty() {
+            return None;
+        }
+        let missing = |collection: &str, record: Uuid, field: &str, value: &Value| {
+            let routing = state.sealed.get(collection)?;
+            if routing.contains(field) {
+                return None;
+            }
+            let Value::Bytes(bytes) = value else {
+                return None;
+            };
+            let key = SealedValue::decode(bytes).ok()?.key;
+            (!state.keys.contains_key(&key)).then(|| SealingError::MissingKey {
+                collection: collection.to_owned(),
+                record,
+                field: field.to_owned(),
+                key,
+            })
+        };
+        match message {
+            Message::Ops { ops, .. } => ops.iter().find_map(|op| {
+                op.fields
+                    .iter()
+                    .find_map(|(f, v)| missing(&op.collection, op.record, f, v))
+            }),
+            Message::Snapshot { records, .. } | Message::Records { records } => {
+                records.iter().find_map(|r| {
+                    r.state
+                        .fields
+                        .iter()
+                        .find_map(|(f, s)| missing(&r.collection, r.id, f, &s.value))
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps the keys wrapped to this device, and older keys sealed under keys it holds.
+    fn accept_keys(
+        &self,
+        keys: &[KeyEnvelope],
+        previous: &[PreviousKey],
+    ) -> Result<(), SealingError> {
+        let Some(identity) = &self.identity else {
+            return Ok(());
+        };
+        let refused = |what: &KeyEnvelope, reason: String| SealingError::Refused {
+            collection: what.collection.clone(),
+            record: Uuid::nil(),
+            field: format!("(key {} of scope {:?})", KeyId(what.key), what.scope),
+            reason,
+        };
+        for envelope in keys.iter().filter(|k| k.recipient == identity.public) {
+            if self.lock().keys.contains_key(&KeyId(envelope.key)) {
+                continue;
+            }
+            let label = KeyLabel {
+                database: &self.database,
+                collection: &envelope.collection,
+                scope: &envelope.scope,
+                epoch: envelope.epoch,
+            };
+            let wrapped = WrappedKey::decode(&envelope.wrapped)
+                .map_err(|e| refused(envelope, format!("is not a wrapped key: {e}")))?;
+            let key = unwrap_key(&wrapped, &label, &identity.private)
+                .map_err(|e| refused(envelope, format!("does not open: {e}")))?;
+            if key.id() != KeyId(envelope.key) {
+                return Err(refused(envelope, "is another key than its id says".into()));
+            }
+            self.add_key(HeldKey {
+                database: self.database.clone(),
+                collection: envelope.collection.clone(),
+                scope: envelope.scope.clone(),
+                epoch: envelope.epoch,
+                key,
+            })
+            .map_err(|e| SealingError::Local(e.to_string()))?;
+        }
+        // Older keys, newest first as far as the chain goes.
+        loop {
+            let mut learned = false;
+            for p in previous {
+                let (held, under) = {
+                    let state = self.lock();
+                    (
+                        state.keys.contains_key(&KeyId(p.key)),
+                        state.keys.get(&KeyId(p.under)).cloned(),
+                    )
+                };
+                let (false, Some(under)) = (held, under) else {
+                    continue;
+                };
+                let label = KeyLabel {
+                    database: &self.database,
+                    collection: &p.collection,
+                    scope: &p.scope,
+                    epoch: p.epoch,
+                };
+                let Ok(key) = open_previous_key(&under.key, &p.sealed, &label) else {
+                    continue;
+                };
+                if key.id() != KeyId(p.key) || under.collection != p.collection {
+                    continue;
+                }
+                self.add_key(HeldKey {
+                    database: self.database.clone(),
+                    collection: p.collection.clone(),
+                    scope: p.scope.clone(),
+                    epoch: p.epoch,
+                    key,
+                })
+                .map_err(|e| SealingError::Local(e.to_string()))?;
+                learned = true;
+            }
+            if !learned {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Does what a [`Message::KeyTask`] asks: wraps a key held here to `recipients`, or
+    /// makes the scope's key of `epoch` (a rotation) and wraps it to them, with the
+    /// scope's current keys sealed under it.
+    fn key_task(
+        &self,
+        collection: &str,
+        scope: &str,
+        epoch: u32,
+        key: Option<KeyId>,
+        recipients: &[Vec<u8>],
+    ) -> Result<Message, SealingError> {
+        let held = |id| self.lock().keys.get(&id).cloned();
+        let (key, previous) = match key {
+            Some(id) => {
+                let key = held(id)
+                    .filter(|k| k.collection == collection && k.scope == scope && k.epoch == epoch)
+                    .ok_or_else(|| {
+                        SealingError::Local(format!(
+                            "asked to wrap key {id}, which this device does not hold"
+                        ))
+                    })?;
+                (key, Vec::new())
+            }
+            None => {
+                let (existing, current) = {
+                    let state = self.lock();
+                    let of_scope = || {
+                        state
+                            .keys
+                            .values()
+                            .filter(|k| k.collection == collection && k.scope == scope)
+                    };
+                    let existing = of_scope()
+                        .filter(|k| k.epoch == epoch)
+                        .min_by_key(|k| k.key.id())
+                        .cloned();
+                    let newest = of_scope().map(|k| k.epoch).filter(|e| *e < epoch).max();
+                    let current: Vec<HeldKey> = of_scope()
+                        .filter(|k| Some(k.epoch) == newest)
+                        .cloned()
+                        .collect();
+                    (existing, current)
+                };
+                // Asked again (the answer was lost): the same key, not another one.
+                let key = match existing {
+                    Some(key) => key,
+                    None => {
+                        let key = HeldKey {
+                            database: self.database.clone(),
+                            collection: collection.to_owned(),
+                            scope: scope.to_owned(),
+                            epoch,
+                            key: ScopeKey::generate()
+                                .map_err(|e| SealingError::Local(e.to_string()))?,
+                        };
+                        self.add_key(key.clone())
+                            .map_err(|e| SealingError::Local(e.to_string()))?;
+                        key
+                    }
+                };
+                let previous = current
+                    .iter()
+                    .map(|old| {
+                        let sealed = seal_previous_key(&key.key, &old.key, &old.label())
+                            .map_err(|e| SealingError::Local(e.to_string()))?;
+                        Ok(PreviousKey {
+                            collection: old.collection.clone(),
+                            scope: old.scope.clone(),
+                            epoch: old.epoch,
+                            key: old.key.id().0,
+                            under: key.key.id().0,
+                            sealed,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, SealingError>>()?;
+                (key, previous)
+            }
+        };
+        let mut keys = Vec::with_capacity(recipients.len() + 1);
+        for recipient in recipients {
+            let kind = match recipient.len() {
+                32 => KeyKind::X25519,
+                _ => KeyKind::P256,
+            };
+            keys.push(envelope_for(&key, recipient, kind)?);
+        }
+        if let Some(identity) = &self.identity
+            && !recipients.contains(&identity.public)
+        {
+            keys.push(envelope_for(&key, &identity.public, identity.kind)?);
+        }
+        Ok(Message::Keys { keys, previous })
     }
 
     /// Keeps `key` in the keyring and uses it from now on.
@@ -290,20 +593,22 @@ impl DeviceSealing {
         )
     }
 
-    /// What comes from the server: values of sealed collections opened, and the server's
-    /// [`Message::Collections`] learned (`None`: nothing for the engine).
-    pub fn open(&self, message: Message) -> Result<Option<Message>, SealingError> {
-        if let Message::Collections { collections } = &message {
-            self.learn_all(collections)
-                .map_err(|e| SealingError::Local(e.to_string()))?;
-            return Ok(None);
-        }
+    /// Keys made here that the server has not been sent yet, as a [`Message::Keys`].
+    fn take_unpublished(&self) -> Option<Message> {
+        let keys = std::mem::take(&mut self.lock().unpublished);
+        (!keys.is_empty()).then_some(Message::Keys {
+            keys,
+            previous: Vec::new(),
+        })
+    }
+
+    /// What comes from the server: values of sealed collections opened.
+    pub fn open(&self, message: Message) -> Result<Message, SealingError> {
         map_values(
             message,
             |op| self.open_op(op),
             |records| self.open_records(records),
         )
-        .map(Some)
     }
 
     fn learn_all(&self, collections: &[CollectionInfo]) -> Result<()> {
@@ -421,6 +726,12 @@ impl DeviceSealing {
         };
         self.add_key(key.clone())
             .map_err(|e| SealingError::Local(e.to_string()))?;
+        // Published (wrapped to this device) before anything sealed under it is sent, so
+        // that the server knows the key, and asks this device to wrap it for the others.
+        if let Some(identity) = &self.identity {
+            let envelope = envelope_for(&key, &identity.public, identity.kind)?;
+            self.lock().unpublished.push(envelope);
+        }
         Ok(key)
     }
 
@@ -517,6 +828,40 @@ impl DeviceSealing {
     }
 }
 
+/// `key` wrapped to the device whose static public key is `recipient`.
+fn envelope_for(
+    key: &HeldKey,
+    recipient: &[u8],
+    kind: KeyKind,
+) -> Result<KeyEnvelope, SealingError> {
+    let wrapped = wrap_key(&key.key, &key.label(), kind, recipient)
+        .map_err(|e| SealingError::Local(format!("wrapping a key failed: {e}")))?;
+    Ok(KeyEnvelope {
+        collection: key.collection.clone(),
+        scope: key.scope.clone(),
+        epoch: key.epoch,
+        key: key.key.id().0,
+        recipient: recipient.to_vec(),
+        wrapped: wrapped.encode(),
+    })
+}
+
+impl MessageLayer for DeviceSealing {
+    fn outbound(&self, message: Message) -> std::result::Result<Vec<Message>, String> {
+        let sealed = self.seal(message).map_err(|e| e.to_string())?;
+        // Keys the sealing just made go first: the server must know a key before anything
+        // sealed under it.
+        Ok(match self.take_unpublished() {
+            Some(keys) => vec![keys, sealed],
+            None => vec![sealed],
+        })
+    }
+
+    fn inbound(&self, message: Message) -> std::result::Result<Inbound, String> {
+        self.inbound_message(message).map_err(|e| e.to_string())
+    }
+}
+
 /// `message` with the operations and records it carries passed through `op` and `records`.
 fn map_values(
     message: Message,
@@ -580,6 +925,40 @@ fn seal_state(
         register.value = Value::Bytes(sealed);
     }
     Ok(())
+}
+
+/// The routing values a scope names (the inverse of [`scope_of`]; an empty part is a
+/// missing field), as fields of a record: what a server evaluates read rules on to learn
+/// which devices may hold a scope's key. `None` when `scope` is not one `scope_of` makes.
+pub fn fields_of_scope(routing: &BTreeSet<String>, scope: &str) -> Option<Fields> {
+    let mut fields = Fields::new();
+    if routing.is_empty() {
+        return scope.is_empty().then_some(fields);
+    }
+    let parts: Vec<&str> = scope.split('\u{1f}').collect();
+    if parts.len() != routing.len() {
+        return None;
+    }
+    for (field, part) in routing.iter().zip(parts) {
+        if part.is_empty() {
+            continue;
+        }
+        let value = match part.strip_prefix('#') {
+            Some(hex) => {
+                let bytes: Option<Vec<u8>> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| {
+                        hex.get(i..i + 2)
+                            .and_then(|b| u8::from_str_radix(b, 16).ok())
+                    })
+                    .collect();
+                decode_value(&bytes?).ok()?
+            }
+            None => Value::from(part),
+        };
+        fields.insert(field.clone(), value);
+    }
+    Some(fields)
 }
 
 /// The scope a record's routing values name: the values in the order of the fields' names,
@@ -686,7 +1065,7 @@ mod tests {
             only_op(alice.seal(ops(vec![original.clone()])).unwrap()),
             sealed
         );
-        let opened = only_op(bob.open(ops(vec![sealed])).unwrap().unwrap());
+        let opened = only_op(bob.open(ops(vec![sealed])).unwrap());
         assert_eq!(opened, original);
     }
 
@@ -704,10 +1083,7 @@ mod tests {
         };
         assert_eq!(SealedValue::decode(bytes).unwrap().key, key.id());
         let (_, bob) = device(&key);
-        assert_eq!(
-            only_op(bob.open(ops(vec![sealed])).unwrap().unwrap()),
-            update
-        );
+        assert_eq!(only_op(bob.open(ops(vec![sealed])).unwrap()), update);
     }
 
     #[test]
@@ -744,8 +1120,13 @@ mod tests {
         }
         let (_, stranger) = device(&ScopeKey::generate().unwrap());
         assert!(matches!(
-            stranger.open(ops(vec![sealed])).unwrap_err(),
+            stranger.open(ops(vec![sealed.clone()])).unwrap_err(),
             SealingError::MissingKey { key: k, .. } if k == key.id()
+        ));
+        // As a layer, it waits for the key instead.
+        assert!(matches!(
+            stranger.inbound_message(ops(vec![sealed])).unwrap(),
+            Inbound::Later(_, why) if why.contains(&key.id().to_string())
         ));
     }
 
@@ -785,9 +1166,9 @@ mod tests {
         ));
         assert_eq!(
             bob.open(sealed).unwrap(),
-            Some(Message::Records {
+            Message::Records {
                 records: vec![record]
-            })
+            }
         );
     }
 
@@ -803,8 +1184,12 @@ mod tests {
                 routing_fields: vec!["owner".into()],
             }],
         };
-        assert_eq!(first.open(told(true)).unwrap(), None);
-        assert_eq!(first.open(told(false)).unwrap(), None);
+        for sealed in [true, false] {
+            assert!(matches!(
+                first.inbound_message(told(sealed)).unwrap(),
+                Inbound::Consumed(replies) if replies.is_empty()
+            ));
+        }
         let again = DeviceSealing::new(&db, "tracker", &BTreeMap::new()).unwrap();
         assert_eq!(
             again.sealed_collections(),
@@ -819,7 +1204,7 @@ mod tests {
                 routing_fields: vec!["kind".into()],
             }],
         };
-        again.open(fewer).unwrap();
+        again.inbound_message(fewer).unwrap();
         assert!(again.sealed_collections()["notes"].is_empty());
         // Without a key for the scope, the first write makes one and keeps it.
         let write = Operation {
@@ -854,7 +1239,13 @@ mod tests {
                 hex
             })
         );
+        assert_eq!(
+            fields_of_scope(&routing, &scope_of(&routing, |f| values.get(f))),
+            Some(values.clone())
+        );
         assert_eq!(scope_of(&BTreeSet::new(), |f| values.get(f)), "");
+        assert_eq!(fields_of_scope(&BTreeSet::new(), ""), Some(Fields::new()));
+        assert_eq!(fields_of_scope(&routing, "only one part"), None);
         let one: BTreeSet<String> = ["owner".to_owned()].into();
         assert_eq!(scope_of(&one, |f| values.get(f)), "");
     }

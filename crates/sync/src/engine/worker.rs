@@ -241,9 +241,11 @@ impl SessionLog for DbLog {
         let mut readable = Vec::new();
         self.db.transaction(|tx| {
             readable.clear();
-            let (report, refused) = tx.replication().apply_remote_checked(ops, |op, before| {
-                check_write(write, read, op, before, &mut readable)
-            })?;
+            let (report, refused) = tx.replication().apply_remote_checked(
+                ops,
+                |op, before| check_write(write, read, op, before, &mut readable),
+                |op| !write.is_sealed(&op.collection),
+            )?;
             tx.replication().set_peer_cursor(peer, to)?;
             let refused = refused
                 .into_iter()

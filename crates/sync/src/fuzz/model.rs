@@ -431,7 +431,7 @@ impl SessionLog for MemLog {
             self.hold(&undo);
             self.vector.observe(self.node, self.own_seq);
             self.append(vec![undo.clone()]);
-            refused.push((op.id, refusal, undo));
+            refused.push((op.id, refusal, Some(undo)));
         }
         self.set_cursor(peer, to);
         Ok(Checked {

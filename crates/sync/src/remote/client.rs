@@ -296,7 +296,9 @@ impl RemoteSync {
     ) -> Result<RemoteSync, RemoteError> {
         let db = db.clone();
         let plan = plan(&db, &remote, &options)?;
-        let sealing = Arc::new(DeviceSealing::new(&db, &remote.database, &options.sealed)?);
+        let sealing = Arc::new(
+            DeviceSealing::new(&db, &remote.database, &options.sealed)?.with_identity(&plan.keys),
+        );
         let engine = Arc::new(SyncEngine::start_with(
             db.clone(),
             &remote.database,
@@ -745,7 +747,7 @@ async fn run(
             Ok(session) => {
                 let relay = session
                     .into_relay(None, options.relay.clone())
-                    .with_sealing(sealing.clone());
+                    .with_layer(sealing.clone());
                 let mut finished = relay.finished();
                 // A server accepts only this node's own operations from it (the device link's
                 // trust): what came from other nodes reached the server by their own links.

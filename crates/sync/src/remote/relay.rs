@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 
 use super::session::{Session, Transport};
-use crate::e2e::DeviceSealing;
+use crate::e2e::{Inbound, MessageLayer};
 use crate::error::{Result, SyncError};
 use crate::relay::{Hold, Inbox, Relay};
 
@@ -118,6 +118,8 @@ pub struct WsRelay<S> {
     pending: Option<Pending<S>>,
     options: RelayOptions,
     queue: Option<mpsc::Sender<Outgoing>>,
+    /// The writer's end of `queue`, until the relay starts.
+    queued: Option<mpsc::Receiver<Outgoing>>,
     /// Bytes in `queue`, not yet written.
     queued_bytes: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
@@ -127,18 +129,21 @@ pub struct WsRelay<S> {
     counters: Arc<RelayCounters>,
     inbox: Option<Inbox>,
     runtime: Option<tokio::runtime::Handle>,
-    /// A device's end-to-end layer: seals what it sends, opens what it receives.
-    sealing: Option<Arc<DeviceSealing>>,
+    /// A layer between the connection and the engine (a device's end-to-end sealing, a
+    /// server's key desk).
+    layer: Option<Arc<dyn MessageLayer>>,
 }
 
 impl<S: Transport> WsRelay<S> {
     pub(crate) fn new(session: Session<S>, first: Option<Message>, options: RelayOptions) -> Self {
         let (stop, _) = watch::channel(Stop::Running);
         let (finished_tx, finished) = watch::channel(false);
+        let (queue, queued) = mpsc::channel(options.queue_limit.max(1));
         WsRelay {
             pending: Some(Pending { session, first }),
             options,
-            queue: None,
+            queue: Some(queue),
+            queued: Some(queued),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(stop),
@@ -147,15 +152,27 @@ impl<S: Transport> WsRelay<S> {
             counters: Arc::new(RelayCounters::default()),
             inbox: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
-            sealing: None,
+            layer: None,
         }
     }
 
-    /// Runs every message through a device's end-to-end layer: sealed on the way out,
-    /// opened on the way in (docs/e2e.md). A message it refuses ends the connection.
-    pub fn with_sealing(mut self, sealing: Arc<DeviceSealing>) -> Self {
-        self.sealing = Some(sealing);
+    /// Runs every message through `layer`: what the engine sends through
+    /// [`MessageLayer::outbound`], what the peer sends through [`MessageLayer::inbound`]
+    /// (docs/e2e.md). A message it refuses ends the connection.
+    pub fn with_layer(mut self, layer: Arc<dyn MessageLayer>) -> Self {
+        self.layer = Some(layer);
         self
+    }
+
+    /// A handle that queues messages to the peer from outside the engine (a layer's own
+    /// messages, such as keys), after what is queued already. Usable once the relay
+    /// started; it stops working when the relay closes.
+    pub fn injector(&self) -> RelayInjector {
+        RelayInjector {
+            queue: self.queue.as_ref().map(mpsc::Sender::downgrade),
+            queued_bytes: self.queued_bytes.clone(),
+            closed: self.closed.clone(),
+        }
     }
 
     /// Becomes true once the connection is over (both tasks ended). Take it before handing
@@ -187,10 +204,16 @@ impl<S: Transport> Relay for WsRelay<S> {
                 "a WebSocket relay must be made inside a tokio runtime".into(),
             ));
         };
-        let (queue, queued) = mpsc::channel(self.options.queue_limit.max(1));
+        let Some(queued) = self.queued.take() else {
+            return Err(SyncError::InvalidArgument(
+                "the relay was already started".into(),
+            ));
+        };
+        let Some(queue) = &self.queue else {
+            return Err(SyncError::RelayClosed);
+        };
         // Weak: the queue still ends when the engine closes the relay.
         let queue_for_reader = queue.downgrade();
-        self.queue = Some(queue);
         self.inbox = Some(inbox.clone());
         let (sink, stream) = session.ws.split();
         let channel = Arc::new(Mutex::new(session.channel));
@@ -204,16 +227,18 @@ impl<S: Transport> Relay for WsRelay<S> {
         let reader_inbox = inbox.clone();
         let budget = Arc::new(Semaphore::new(self.options.inbound_bytes.max(1)));
         let parting = Parting {
-            queue: queue_for_reader,
-            queued_bytes: self.queued_bytes.clone(),
-            closed: self.closed.clone(),
+            injector: RelayInjector {
+                queue: Some(queue_for_reader),
+                queued_bytes: self.queued_bytes.clone(),
+                closed: self.closed.clone(),
+            },
             drain_for: self.options.close_timeout,
         };
         let reader = read(
             stream,
             channel.clone(),
             peer.clone(),
-            (inbox, self.sealing.clone()),
+            (inbox, self.layer.clone()),
             self.counters.clone(),
             budget,
             parting,
@@ -271,25 +296,45 @@ impl<S: Transport> Relay for WsRelay<S> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SyncError::RelayClosed);
         }
-        let Some(queue) = &self.queue else {
-            return Err(SyncError::RelayClosed);
-        };
-        let message = match &self.sealing {
-            None => message,
-            Some(sealing) => match sealing.seal(message) {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    // Nothing readable of a sealed collection may leave: end the connection.
+        let messages = match &self.layer {
+            None => vec![message],
+            Some(layer) => match layer.outbound(message) {
+                Ok(messages) => messages,
+                Err(reason) => {
+                    // Nothing the layer refused may leave (a readable value of a sealed
+                    // collection): end the connection.
                     if let Some(inbox) = &self.inbox {
-                        inbox.closed(format!("not sent: {e}"));
+                        inbox.closed(format!("not sent: {reason}"));
                     }
                     self.abort(Some((WsCloseCode::Error, "device error".into())));
                     return Err(SyncError::RelayClosed);
                 }
             },
         };
+        for message in messages {
+            self.queue_one(&message)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        WsRelay::close_now(self);
+    }
+
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+}
+
+impl<S: Transport> WsRelay<S> {
+    /// Queues one message for the writer, or closes the connection when the peer stopped
+    /// reading.
+    fn queue_one(&mut self, message: &Message) -> Result<()> {
+        let Some(queue) = &self.queue else {
+            return Err(SyncError::RelayClosed);
+        };
         // Encoded here, so the queue is measured in bytes (the writer compresses and seals).
-        let outgoing = Outgoing::new(&message);
+        let outgoing = Outgoing::new(message);
         let len = outgoing.plain.len();
         let queued = self.queued_bytes.load(Ordering::Acquire);
         let full = if queued > 0 && queued.saturating_add(len) > self.options.queue_bytes {
@@ -327,7 +372,7 @@ impl<S: Transport> Relay for WsRelay<S> {
         }
     }
 
-    fn close(&mut self) {
+    fn close_now(&mut self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -345,10 +390,6 @@ impl<S: Transport> Relay for WsRelay<S> {
                 stop.send_replace(Stop::Abort(None));
             });
         }
-    }
-
-    fn kind(&self) -> &'static str {
-        "websocket"
     }
 }
 
@@ -370,28 +411,31 @@ async fn stopped(stop: &mut watch::Receiver<Stop>) {
 /// when the engine itself is gone).
 type ReadEnd = (Option<(WsCloseCode, String)>, Option<String>);
 
-/// What the reader needs to tell a peer that broke the protocol why, with a sealed `Close`.
-struct Parting {
+/// Queues messages to the peer from outside the engine (see [`WsRelay::injector`]).
+#[derive(Clone)]
+pub struct RelayInjector {
     /// The writer's queue, while the engine has not closed the relay.
-    queue: mpsc::WeakSender<Outgoing>,
+    queue: Option<mpsc::WeakSender<Outgoing>>,
     queued_bytes: Arc<AtomicUsize>,
-    /// Set once the `Close` is queued: nothing may follow it.
+    /// Set once a `Close` is queued: nothing may follow it.
     closed: Arc<AtomicBool>,
-    /// How long the reader waits for the peer to answer the `Close`.
-    drain_for: Duration,
 }
 
-impl Parting {
-    /// Queues `close` after what is queued already; false when it cannot (the relay is
-    /// closed, or the queue is full).
-    fn queue_close(&self, close: &Message) -> bool {
-        let Some(queue) = self.queue.upgrade() else {
-            return false;
-        };
-        if self.closed.swap(true, Ordering::AcqRel) {
+impl RelayInjector {
+    /// Queues `message` after what is queued already; false when it cannot (the relay is
+    /// closed, or its queue is full).
+    pub fn send(&self, message: &Message) -> bool {
+        if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let outgoing = Outgoing::new(close);
+        self.push(message)
+    }
+
+    fn push(&self, message: &Message) -> bool {
+        let Some(queue) = self.queue.as_ref().and_then(mpsc::WeakSender::upgrade) else {
+            return false;
+        };
+        let outgoing = Outgoing::new(message);
         let len = outgoing.plain.len();
         self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         let queued = queue.try_send(outgoing).is_ok();
@@ -402,19 +446,53 @@ impl Parting {
     }
 }
 
+/// What the reader needs to answer the peer: a layer's replies, and a sealed `Close` that
+/// tells a peer that broke the protocol why.
+struct Parting {
+    injector: RelayInjector,
+    /// How long the reader waits for the peer to answer the `Close`.
+    drain_for: Duration,
+}
+
+impl Parting {
+    /// Queues `close` after what is queued already; false when it cannot (the relay is
+    /// closed, or the queue is full).
+    fn queue_close(&self, close: &Message) -> bool {
+        if self.injector.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.injector.push(close)
+    }
+}
+
 /// Reads until the connection ends.
 async fn read<S: Transport>(
     mut stream: SplitStream<WebSocketStream<S>>,
     channel: Arc<Mutex<SecureChannel>>,
     peer: Arc<AtomicU64>,
-    (inbox, sealing): (Inbox, Option<Arc<DeviceSealing>>),
+    (inbox, layer): (Inbox, Option<Arc<dyn MessageLayer>>),
     counters: Arc<RelayCounters>,
     budget: Arc<Semaphore>,
     parting: Parting,
 ) -> ReadEnd {
     let limit = budget.available_permits().max(1);
+    let mut waiting = Waiting::default();
     loop {
-        let data = match stream.next().await {
+        let next = match waiting.deadline {
+            None => stream.next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let reason = format!(
+                        "closing the connection: waited {} s for a key: {}",
+                        KEY_WAIT.as_secs(),
+                        waiting.why
+                    );
+                    return refuse(&parting, &inbox, CloseCode::GoingAway, reason);
+                }
+            },
+        };
+        let data = match next {
             None => return (None, Some("the connection ended".into())),
             Some(Err(e)) => return (None, Some(format!("WebSocket error: {e}"))),
             Some(Ok(WsMessage::Binary(data))) => data,
@@ -464,42 +542,39 @@ async fn read<S: Transport>(
                 }
             }
         }
-        let opened = decoded
-            .map(|(message, _)| message)
-            .map(|message| match &sealing {
-                None => Ok(Some(message)),
-                Some(sealing) => sealing.open(message),
-            });
-        let decoded = match opened {
-            Ok(Ok(Some(message))) => Ok(message),
-            Ok(Ok(None)) => continue,
-            Ok(Err(refused)) => {
-                // A value the device refuses (tampered, not sealed, under a key it lacks):
-                // nothing of the message is applied, the server is told why, and the
-                // connection ends; the cursor stays before it.
-                let reason = format!("closing the connection: {refused}");
-                if parting.queue_close(&Message::close(
-                    CloseCode::ProtocolError,
-                    refused.to_string(),
-                )) {
-                    inbox.closed(reason);
-                    return (
-                        Some((WsCloseCode::Protocol, "refused a value".into())),
-                        None,
-                    );
+        let weight = decoded.as_ref().map_or(0, |(_, weight)| *weight);
+        if let Ok((Message::Hello { capabilities, .. }, _)) = &decoded {
+            peer.store(capabilities.0, Ordering::Release);
+        }
+        let decoded = match (decoded.map(|(message, _)| message), &layer) {
+            (Ok(message), Some(layer)) => {
+                let handled = layer.inbound(message).and_then(|inbound| {
+                    waiting.take(inbound, weight, limit, layer.as_ref(), &parting)
+                });
+                match handled {
+                    Ok(ready) => {
+                        // The budget taken for this message goes with the first one out.
+                        let mut hold = held.map(Hold::new);
+                        for message in ready {
+                            if !inbox.deliver_held(message, hold.take()) {
+                                return (Some((WsCloseCode::Away, "going away".into())), None);
+                            }
+                        }
+                        continue;
+                    }
+                    // A value refused (tampered, moved, readable where it must be sealed):
+                    // nothing of the message is applied, the peer is told why, and the
+                    // connection ends; the cursor stays before it.
+                    Err(refused) => {
+                        let reason = format!("closing the connection: {refused}");
+                        return refuse(&parting, &inbox, CloseCode::ProtocolError, reason);
+                    }
                 }
-                return (
-                    Some((WsCloseCode::Protocol, "refused a value".into())),
-                    Some(reason),
-                );
             }
-            Err(e) => Err(e),
+            (decoded, _) => decoded,
         };
         match decoded {
             Ok(message) => {
-                if let Message::Hello { capabilities, .. } = &message {
-                    peer.store(capabilities.0, Ordering::Release);
-                }
                 if !inbox.deliver_held(message, held.map(Hold::new)) {
                     return (Some((WsCloseCode::Away, "going away".into())), None);
                 }
@@ -531,6 +606,99 @@ async fn read<S: Transport>(
             }
         }
     }
+}
+
+/// How long a reader keeps messages sealed under a key it lacks, waiting for the key.
+const KEY_WAIT: Duration = Duration::from_secs(10);
+
+/// Messages a reader keeps, in order, because the first of them is sealed under a key this
+/// side does not hold yet: everything after it waits too, so that the engine sees the
+/// peer's messages in order. Without their budget (the reader must go on reading to get
+/// the key), so bounded by weight instead.
+#[derive(Default)]
+struct Waiting {
+    kept: std::collections::VecDeque<Message>,
+    weight: usize,
+    /// Why the first one waits (the key it needs).
+    why: String,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Waiting {
+    /// Takes what the layer made of one message; returns what can go to the engine now.
+    fn take(
+        &mut self,
+        inbound: Inbound,
+        weight: usize,
+        limit: usize,
+        layer: &dyn MessageLayer,
+        parting: &Parting,
+    ) -> Result<Vec<Message>, String> {
+        match inbound {
+            Inbound::Deliver(message) if self.kept.is_empty() => Ok(vec![message]),
+            Inbound::Deliver(message) => {
+                self.keep(message, weight, limit)?;
+                Ok(Vec::new())
+            }
+            Inbound::Later(message, why) => {
+                if self.kept.is_empty() {
+                    self.why = why;
+                    self.deadline = Some(tokio::time::Instant::now() + KEY_WAIT);
+                }
+                self.keep(message, weight, limit)?;
+                Ok(Vec::new())
+            }
+            Inbound::Consumed(replies) => {
+                for reply in &replies {
+                    parting.injector.send(reply);
+                }
+                // Keys may have come: what waited goes on, up to the next that cannot.
+                let mut ready = Vec::new();
+                while let Some(message) = self.kept.pop_front() {
+                    match layer.inbound(message)? {
+                        Inbound::Deliver(message) => ready.push(message),
+                        Inbound::Later(message, why) => {
+                            self.kept.push_front(message);
+                            self.why = why;
+                            return Ok(ready);
+                        }
+                        Inbound::Consumed(_) => {}
+                    }
+                }
+                self.weight = 0;
+                self.deadline = None;
+                Ok(ready)
+            }
+        }
+    }
+
+    fn keep(&mut self, message: Message, weight: usize, limit: usize) -> Result<(), String> {
+        self.weight = self.weight.saturating_add(weight);
+        if self.weight > limit {
+            return Err(format!(
+                "more than {limit} bytes of messages waited for a key: {}",
+                self.why
+            ));
+        }
+        self.kept.push_back(message);
+        Ok(())
+    }
+}
+
+/// Ends reading: tells the peer why with a sealed `Close` (and the engine), as for a
+/// message that does not decode.
+fn refuse(parting: &Parting, inbox: &Inbox, code: CloseCode, reason: String) -> ReadEnd {
+    let frame = Some((WsCloseCode::Protocol, "refused a message".into()));
+    if parting.queue_close(&Message::close(
+        code,
+        reason
+            .trim_start_matches("closing the connection: ")
+            .to_owned(),
+    )) {
+        inbox.closed(reason);
+        return (frame, None);
+    }
+    (frame, Some(reason))
 }
 
 /// `n` bytes of a reader's budget, once available (`None` if the budget was closed).

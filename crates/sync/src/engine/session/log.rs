@@ -125,7 +125,7 @@ pub(crate) trait SessionLog {
 #[derive(Debug, Default)]
 pub(crate) struct Checked {
     pub(crate) report: ApplyReport,
-    pub(crate) refused: Vec<(OpId, WriteRefusal, Operation)>,
+    pub(crate) refused: Vec<(OpId, WriteRefusal, Option<Operation>)>,
     /// Accepted operations after which the peer may still read the record.
     pub(crate) readable: Vec<OpId>,
 }

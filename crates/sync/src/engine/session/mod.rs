@@ -355,7 +355,11 @@ impl Session {
         if self.peer.is_none()
             && !matches!(
                 message,
-                Message::Hello { .. } | Message::Close { .. } | Message::Collections { .. }
+                Message::Hello { .. }
+                    | Message::Close { .. }
+                    | Message::Collections { .. }
+                    | Message::Keys { .. }
+                    | Message::KeyTask { .. }
             )
         {
             // docs/protocol.md: a session starts with the peer's Hello; anything else first
@@ -452,7 +456,7 @@ impl Session {
             }
             // A server's word to a device's end-to-end layer (crate::e2e), which keeps it
             // from the engine; one that reaches a session changes nothing here.
-            Message::Collections { .. } => {}
+            Message::Collections { .. } | Message::Keys { .. } | Message::KeyTask { .. } => {}
             // Queued above, before anything else was looked at.
             Message::Ops { .. } => {}
             // Enrolment is between a device and a server's connection handler, before the

@@ -732,13 +732,13 @@ impl Session {
     /// fields it may not read (see [`ReadScope::blank_hidden`]).
     pub(super) fn refused_from_peer(
         &mut self,
-        refused: Vec<(blazedb_core::OpId, WriteRefusal, Operation)>,
+        refused: Vec<(blazedb_core::OpId, WriteRefusal, Option<Operation>)>,
     ) -> Vec<Rejection> {
         self.ops_refused += refused.len() as u64;
         refused
             .into_iter()
             .map(|(op, refusal, undo)| {
-                if undo.kind == OpKind::Update {
+                if let Some(undo) = undo.filter(|u| u.kind == OpKind::Update) {
                     self.blank_for_peer.insert(undo.id);
                 }
                 Rejection {
