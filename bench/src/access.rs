@@ -90,7 +90,9 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
 
     // -- bytes to one team of 10 ------------------------------------------------------------
     let n = cfg.access_records;
-    progress(&format!("access: {n} records in 10 teams, one team's device vs everything"));
+    progress(&format!(
+        "access: {n} records in 10 teams, one team's device vs everything"
+    ));
     let name = ctx.unique("acc-bytes");
     load(ctx, &name, n, 10, true);
     user(ctx, "acc-dev0", &["t0".to_owned()], "developer");
@@ -127,7 +129,11 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
             "access: fan-out to {devices} devices in {teams} teams, {}",
             if rules { "with rules" } else { "without rules" }
         ));
-        let name = ctx.unique(if rules { "acc-fan-rules" } else { "acc-fan-open" });
+        let name = ctx.unique(if rules {
+            "acc-fan-rules"
+        } else {
+            "acc-fan-open"
+        });
         load(ctx, &name, 0, teams, rules);
         let tokens: Vec<String> = (0..devices)
             .map(|i| {
@@ -221,9 +227,7 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
             alone,
         ),
         (
-            format!(
-                "the same {burst} inserts acknowledged by the server with no device connected"
-            ),
+            format!("the same {burst} inserts acknowledged by the server with no device connected"),
             to_server,
         ),
     ] {
@@ -264,7 +268,9 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
 
     // -- a permission change that adds a team, then one that removes one -----------------
     let m = cfg.access_records;
-    progress(&format!("access: a team of {m} records granted, then one removed"));
+    progress(&format!(
+        "access: a team of {m} records granted, then one removed"
+    ));
     let name = ctx.unique("acc-grant");
     load(ctx, &name, 2 * m, 2, true);
     user(ctx, "acc-b", &["t1".to_owned()], "developer");
@@ -274,8 +280,12 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
     let (moving_db, moving, _) = sync_new(ctx, &name, "acc-moving", m as u64);
     let meta = ctx.server.handle().meta();
     let start = Instant::now();
-    meta.update_user("acc-moving", Some(&["t0".to_owned(), "t1".to_owned()]), None)
-        .expect("grant");
+    meta.update_user(
+        "acc-moving",
+        Some(&["t0".to_owned(), "t1".to_owned()]),
+        None,
+    )
+    .expect("grant");
     poll_until("the granted records", Duration::from_millis(1), || {
         moving_db.count(COLLECTION).expect("count") >= 2 * m as u64
     });
@@ -327,7 +337,11 @@ pub fn access_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
                 if rules { "with rules" } else { "without rules" },
                 round + 1
             ));
-            let name = ctx.unique(if rules { "acc-push-rules" } else { "acc-push-open" });
+            let name = ctx.unique(if rules {
+                "acc-push-rules"
+            } else {
+                "acc-push-open"
+            });
             load(ctx, &name, 0, 1, rules);
             user(ctx, "acc-pusher", &["t0".to_owned()], "developer");
             let (db, sync, _) = sync_new(ctx, &name, "acc-pusher", 0);

@@ -289,12 +289,7 @@ impl SimSession {
                     let now = Instant::now();
                     notes.extend(ops.iter().map(|op| (op.record, now)));
                     delivered.fetch_add(ops.len() as u64, Ordering::Relaxed);
-                    if self
-                        .session
-                        .send(&Message::ack(to))
-                        .await
-                        .is_err()
-                    {
+                    if self.session.send(&Message::ack(to)).await.is_err() {
                         break;
                     }
                 }

@@ -12,6 +12,7 @@
 
 mod access;
 mod blazedb_side;
+mod e2e;
 mod grpc_side;
 mod proxy;
 mod support;
@@ -969,7 +970,9 @@ fn bulk_section(ctx: &Ctx, cfg: &Config, out: &mut String) {
     let n = cfg.bulk;
     let mut rows = Vec::new();
     for (how, compact) in [("op log", false), ("snapshot", true)] {
-        progress(&format!("initial sync ({how}): loading {n} records on the server"));
+        progress(&format!(
+            "initial sync ({how}): loading {n} records on the server"
+        ));
         let name = ctx.unique("bulk");
         ctx.server.bulk_load(&name, n, 10_000, compact);
         progress(&format!("initial sync ({how}): a new device syncs them"));
@@ -1051,9 +1054,10 @@ fn main() {
         machine()
     )
     .unwrap();
-    let mut sections: [String; 6] = Default::default();
-    // `--access-only`: just section 6 (while working on access rules).
-    if !std::env::args().any(|a| a == "--access-only") {
+    let mut sections: [String; 7] = Default::default();
+    let only = |flag: &str| std::env::args().any(|a| a == flag);
+    // `--access-only` / `--e2e-only`: just section 6 or 7 (while working on them).
+    if !only("--access-only") && !only("--e2e-only") {
         bytes_section(&ctx, &cfg, &mut sections[0]);
         eprint!("{}", sections[0]);
         latency_section(&ctx, &cfg, &mut sections[1]);
@@ -1065,8 +1069,14 @@ fn main() {
         bulk_section(&ctx, &cfg, &mut sections[4]);
         eprint!("{}", sections[4]);
     }
-    access::access_section(&ctx, &cfg, &mut sections[5]);
-    eprint!("{}", sections[5]);
+    if !only("--e2e-only") {
+        access::access_section(&ctx, &cfg, &mut sections[5]);
+        eprint!("{}", sections[5]);
+    }
+    if !only("--access-only") {
+        e2e::e2e_section(&ctx, &cfg, &mut sections[6]);
+        eprint!("{}", sections[6]);
+    }
     for s in &sections {
         out.push_str(s);
     }

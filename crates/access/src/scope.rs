@@ -14,9 +14,10 @@ use crate::rules::{CollectionMode, Rules, WriteRefusal, check_bound};
 /// Which scope keys are current, for the sealed values of end-to-end collections: a
 /// server's registry of published keys.
 pub trait KeyCheck: Send + Sync + std::fmt::Debug {
-    /// `Ok` when `key` (a sealed value's key id) is a current key of `collection`; else why
-    /// not (rotated out, never published).
-    fn check(&self, collection: &str, key: [u8; 4]) -> Result<(), String>;
+    /// `Ok` when `key` (a sealed value's key id) is a current key of `scope` (named by
+    /// [`blazedb_e2e::scope_of`]) in `collection`; else why not (rotated out, never
+    /// published, another scope's).
+    fn check(&self, collection: &str, scope: &str, key: [u8; 4]) -> Result<(), String>;
 }
 
 /// What a device may write: the rules in force bound to its context. The server checks
@@ -138,13 +139,24 @@ impl WriteScope {
         )?;
         // Keys last: a write the rules refuse is refused for that, whatever it is sealed
         // under.
-        if let (Some(keys), CollectionMode::E2e) = (&self.keys, self.rules.mode(&op.collection)) {
+        if let (Some(keys), Some(settings), Some(record)) = (
+            &self.keys,
+            self.rules
+                .settings(&op.collection)
+                .filter(|s| s.mode() == CollectionMode::E2e),
+            after_record.as_ref(),
+        ) {
+            // The scope the record is in once written: its values must be sealed under a
+            // key of that scope (a member holding two teams' keys cannot seal one team's
+            // record for the other).
+            let routing: BTreeSet<String> = settings.routing_fields().map(str::to_owned).collect();
+            let scope = blazedb_e2e::scope_of(&routing, |f| record.fields.get(f));
             for value in op.fields.values() {
                 let Value::Bytes(bytes) = value else { continue };
                 let Ok(sealed) = blazedb_e2e::SealedValue::decode(bytes) else {
                     continue;
                 };
-                if let Err(reason) = keys.check(&op.collection, sealed.key.0) {
+                if let Err(reason) = keys.check(&op.collection, &scope, sealed.key.0) {
                     return Err(WriteRefusal {
                         code: RejectCode::StaleKey,
                         reason,

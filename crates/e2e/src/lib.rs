@@ -42,10 +42,12 @@
 //! ```
 
 mod error;
+mod scope;
 mod seal;
 mod wrap;
 
 pub use error::{E2eError, Result};
+pub use scope::{fields_of_scope, scope_of};
 pub use seal::{
     FieldSlot, KeyId, SEALED_VALUE_OVERHEAD, SEALED_VALUE_VERSION, ScopeKey, SealedValue,
     open_value, seal_value,

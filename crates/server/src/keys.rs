@@ -376,7 +376,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl KeyCheck for KeyDesk {
-    fn check(&self, collection: &str, key: [u8; 4]) -> Result<(), String> {
+    fn check(&self, collection: &str, record_scope: &str, key: [u8; 4]) -> Result<(), String> {
         let state = self.lock();
         let Some(((c, scope), epoch)) = state.keys.get(&key) else {
             return Err(format!(
@@ -387,6 +387,13 @@ impl KeyCheck for KeyDesk {
         if c != collection {
             return Err(format!(
                 "sealed under key {} of another collection ({c:?})",
+                hex(&key)
+            ));
+        }
+        if scope != record_scope {
+            return Err(format!(
+                "sealed under key {} of scope {scope:?}, but the record is in scope \
+                 {record_scope:?}",
                 hex(&key)
             ));
         }

@@ -18,7 +18,7 @@ use blazedb_sync::remote::{RemoteNode, RemoteOptions, RemoteSync, SyncExt};
 mod common;
 
 use common::KEY;
-use common::raw::{RawDevice, RawSession};
+use common::raw::{RawDevice, RawSession, contains, plaintexts};
 const WAIT: Duration = Duration::from_secs(20);
 const COLLECTIONS: [&str; 3] = ["bugs", "comments", "reports"];
 
@@ -140,6 +140,11 @@ fn reference(server: &ServerHandle, user: &str, everything: &Content) -> Content
 
 /// Waits until every device holds exactly what the rules let it read of the admin's copy.
 fn assert_everyone_holds_their_scope(server: &ServerHandle, admin: &Device, devices: &[&Device]) {
+    // The devices' own writes reach the server first (a device back from offline pushes
+    // them), so that the admin's copy, taken next, has them.
+    for device in devices {
+        device.sync.wait_synced(WAIT, |_| {}).unwrap();
+    }
     admin.sync.wait_synced(WAIT, |_| {}).unwrap();
     let everything = content(&admin.db);
     let deadline = Instant::now() + WAIT;
@@ -418,25 +423,6 @@ fn cross_team_writes_are_refused_undone_everywhere_and_listed_while_valid_ones_a
     for device in [root, alice, bob] {
         device.sync.stop();
     }
-}
-
-/// Every plaintext message the raw device gets until the server has been quiet for `quiet`.
-async fn plaintexts(session: &mut RawSession, quiet: Duration) -> Vec<Vec<u8>> {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message as WsMessage;
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout(quiet, session.ws.next()).await {
-        if let WsMessage::Binary(sealed) = frame {
-            out.push(session.channel.open(&sealed).unwrap());
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
 }
 
 #[test]

@@ -16,7 +16,7 @@ use blazedb_sync::remote::{RemoteNode, RemoteOptions, RemoteSync, SyncExt};
 
 mod common;
 
-use common::raw::{RawDevice, RawSession};
+use common::raw::{RawDevice, RawSession, contains, plaintexts};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -652,4 +652,153 @@ fn a_refused_update_of_a_sealed_record_is_reported_and_not_undone_with_values_th
     for d in [alice, carol] {
         d.sync.stop();
     }
+}
+
+#[test]
+fn a_hundred_devices_rotate_to_exactly_one_wrapped_key_per_remaining_device() {
+    const DEVICES: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let meta = server.meta();
+    let devices: Vec<Device> = (0..DEVICES)
+        .map(|n| {
+            let user = format!("dev{n}");
+            meta.add_user(&user, &["ios".into()], Some("developer"))
+                .unwrap();
+            let db = Database::in_memory().unwrap();
+            let options = fast().enroll(blazedb_testkit::server::token(&server, &user));
+            let sync = db
+                .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
+                .unwrap();
+            Device { db, sync }
+        })
+        .collect();
+    for d in &devices {
+        d.sync.wait_synced(WAIT, |_| {}).unwrap();
+    }
+    devices[0]
+        .db
+        .insert(
+            "bugs",
+            fields! { "teamId" => "ios", "title" => "one for all" },
+        )
+        .unwrap();
+    until("every device to hold the key and read the bug", || {
+        devices
+            .iter()
+            .all(|d| epochs(&d.db, "ios") == [1] && titles(&d.db, "bugs").len() == 1)
+    });
+
+    // The last one leaves the team.
+    let leaver = format!("dev{}", DEVICES - 1);
+    meta.update_user(&leaver, Some(&[]), None).unwrap();
+    let (remaining, left) = devices.split_at(DEVICES - 1);
+    until("every remaining device to hold epoch 2", || {
+        remaining.iter().all(|d| epochs(&d.db, "ios") == [1, 2])
+    });
+    let (envelopes, previous) = meta.e2e_keys("bugs").unwrap();
+    let epoch2: Vec<_> = envelopes.iter().filter(|e| e.epoch == 2).collect();
+    assert_eq!(
+        epoch2.len(),
+        DEVICES - 1,
+        "one wrapped key per remaining device"
+    );
+    let recipients: std::collections::BTreeSet<&Vec<u8>> =
+        epoch2.iter().map(|e| &e.recipient).collect();
+    assert_eq!(recipients.len(), DEVICES - 1);
+    assert_eq!(previous.len(), 1, "epoch 1 sealed under epoch 2, once");
+    assert_eq!(epochs(&left[0].db, "ios"), [1]);
+    for d in devices {
+        d.sync.stop();
+    }
+}
+
+#[test]
+fn a_canary_sealed_on_a_device_never_crosses_the_wire_readable_while_a_smart_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    let carol = device(dir.path(), &server, "carol");
+    alice
+        .db
+        .insert(
+            "bugs",
+            fields! { "teamId" => "ios", "title" => format!("{SEALED_CANARY} in a title") },
+        )
+        .unwrap();
+    carol
+        .db
+        .insert(
+            "reports",
+            fields! { "title" => format!("{SMART_CANARY} in a report") },
+        )
+        .unwrap();
+    until("carol to read the bug", || {
+        titles(&carol.db, "bugs").len() == 1
+    });
+    alice.sync.wait_synced(WAIT, |_| {}).unwrap();
+    carol.sync.wait_synced(WAIT, |_| {}).unwrap();
+
+    // Everything the server sends a device of carol's, who reads both collections, after
+    // the secure channel: the plaintext of each message, uncompressed.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = RawDevice::new();
+    let token = blazedb_testkit::server::token(&server, "carol");
+    let address = server.local_addr();
+    let messages = runtime.block_on(async {
+        let mut session = RawSession::enrolled(address, "bugs", &raw, token).await;
+        plaintexts(&mut session, Duration::from_secs(1)).await
+    });
+    assert!(
+        messages.iter().any(|m| contains(m, SMART_CANARY)),
+        "the capture must see the readable report"
+    );
+    assert!(
+        messages.iter().any(|m| contains(m, "ios")),
+        "and the bug's routing field"
+    );
+    assert!(
+        !messages.iter().any(|m| contains(m, SEALED_CANARY)),
+        "a sealed value crossed the wire readable"
+    );
+    for d in [alice, carol] {
+        d.sync.stop();
+    }
+}
+
+#[test]
+fn a_value_sealed_under_another_teams_key_is_refused_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let bob = device(dir.path(), &server, "bob");
+    let id = bob
+        .db
+        .insert(
+            "bugs",
+            fields! { "teamId" => "android", "title" => "android's" },
+        )
+        .unwrap();
+    bob.sync.wait_synced(WAIT, |_| {}).unwrap();
+    let hosted = server.meta().open_database("bugs").unwrap();
+    let androids = hosted.get("bugs", id).unwrap().unwrap().fields["title"].clone();
+    // An ios developer files an ios bug whose title is sealed under android's key.
+    let record = Uuid::now_v7();
+    let (_, rejected) = raw_insert(
+        &server,
+        "erin",
+        record,
+        fields! { "teamId" => "ios", "title" => androids },
+    );
+    assert_eq!(rejected[0].code, RejectCode::StaleKey);
+    assert!(
+        rejected[0]
+            .reason
+            .contains("of scope \"android\", but the record is in scope \"ios\""),
+        "{}",
+        rejected[0].reason
+    );
+    bob.sync.stop();
 }

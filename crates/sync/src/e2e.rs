@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Result;
 
-pub use blazedb_e2e::{KeyId, ScopeKey};
+pub use blazedb_e2e::{KeyId, ScopeKey, fields_of_scope, scope_of};
 
 /// What a connection's message layer made of a message from the peer.
 #[derive(Debug)]
@@ -593,6 +593,24 @@ impl DeviceSealing {
         )
     }
 
+    /// Every key held here, wrapped to this device, as a [`Message::Keys`] (none without an
+    /// identity or keys).
+    fn republish(&self) -> Result<Option<Message>, SealingError> {
+        let Some(identity) = &self.identity else {
+            return Ok(None);
+        };
+        let held: Vec<HeldKey> = self.lock().keys.values().cloned().collect();
+        let keys = held
+            .iter()
+            .map(|key| envelope_for(key, &identity.public, identity.kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.lock().unpublished.clear();
+        Ok((!keys.is_empty()).then_some(Message::Keys {
+            keys,
+            previous: Vec::new(),
+        }))
+    }
+
     /// Keys made here that the server has not been sent yet, as a [`Message::Keys`].
     fn take_unpublished(&self) -> Option<Message> {
         let keys = std::mem::take(&mut self.lock().unpublished);
@@ -848,6 +866,13 @@ fn envelope_for(
 
 impl MessageLayer for DeviceSealing {
     fn outbound(&self, message: Message) -> std::result::Result<Vec<Message>, String> {
+        if let Message::Hello { .. } = message {
+            // Every session publishes again the keys this device holds (wrapped to itself;
+            // the server keeps each once): a key whose first publication was lost with a
+            // connection reaches the server all the same.
+            let again = self.republish().map_err(|e| e.to_string())?;
+            return Ok([message].into_iter().chain(again).collect());
+        }
         let sealed = self.seal(message).map_err(|e| e.to_string())?;
         // Keys the sealing just made go first: the server must know a key before anything
         // sealed under it.
@@ -925,64 +950,6 @@ fn seal_state(
         register.value = Value::Bytes(sealed);
     }
     Ok(())
-}
-
-/// The routing values a scope names (the inverse of [`scope_of`]; an empty part is a
-/// missing field), as fields of a record: what a server evaluates read rules on to learn
-/// which devices may hold a scope's key. `None` when `scope` is not one `scope_of` makes.
-pub fn fields_of_scope(routing: &BTreeSet<String>, scope: &str) -> Option<Fields> {
-    let mut fields = Fields::new();
-    if routing.is_empty() {
-        return scope.is_empty().then_some(fields);
-    }
-    let parts: Vec<&str> = scope.split('\u{1f}').collect();
-    if parts.len() != routing.len() {
-        return None;
-    }
-    for (field, part) in routing.iter().zip(parts) {
-        if part.is_empty() {
-            continue;
-        }
-        let value = match part.strip_prefix('#') {
-            Some(hex) => {
-                let bytes: Option<Vec<u8>> = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| {
-                        hex.get(i..i + 2)
-                            .and_then(|b| u8::from_str_radix(b, 16).ok())
-                    })
-                    .collect();
-                decode_value(&bytes?).ok()?
-            }
-            None => Value::from(part),
-        };
-        fields.insert(field.clone(), value);
-    }
-    Some(fields)
-}
-
-/// The scope a record's routing values name: the values in the order of the fields' names,
-/// joined by U+001F; a string is itself, any other value `#` and the hex of its BlazeBinary
-/// encoding, a missing field empty. No routing fields: `""`, the whole collection.
-pub fn scope_of<'v>(
-    routing: &BTreeSet<String>,
-    value_of: impl Fn(&str) -> Option<&'v Value>,
-) -> String {
-    let parts: Vec<String> = routing
-        .iter()
-        .map(|field| match value_of(field) {
-            None => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                let hex: String = encode_value(other)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                format!("#{hex}")
-            }
-        })
-        .collect();
-    parts.join("\u{1f}")
 }
 
 #[cfg(test)]
@@ -1248,5 +1215,157 @@ mod tests {
         assert_eq!(fields_of_scope(&routing, "only one part"), None);
         let one: BTreeSet<String> = ["owner".to_owned()].into();
         assert_eq!(scope_of(&one, |f| values.get(f)), "");
+    }
+
+    /// One write of the convergence property: which device, which record, what.
+    #[derive(Debug, Clone)]
+    struct Write {
+        device: usize,
+        record: u8,
+        kind: OpKind,
+        title: Option<String>,
+        n: Option<i64>,
+    }
+
+    fn write() -> impl proptest::strategy::Strategy<Value = Write> {
+        use proptest::prelude::*;
+        (
+            0..3_usize,
+            0..3_u8,
+            prop_oneof![
+                Just(OpKind::Insert),
+                Just(OpKind::Update),
+                Just(OpKind::Delete)
+            ],
+            proptest::option::of("[a-z]{0,6}"),
+            proptest::option::of(any::<i64>()),
+        )
+            .prop_map(|(device, record, kind, title, n)| Write {
+                device,
+                record,
+                kind,
+                title,
+                n,
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// A blind server that merges sealed operations per field by their stamps, in any
+        /// order and with duplicates, ends with the states a server reading the values would
+        /// have; devices open them to exactly those values, also after a restart.
+        #[test]
+        fn merging_sealed_values_blind_converges_to_merging_them_readable(
+            writes in proptest::collection::vec(write(), 1..24),
+            order in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..64),
+            restart_at in 0..3_usize,
+        ) {
+            let key = ScopeKey::generate().unwrap();
+            let devices: Vec<(Database, DeviceSealing)> = (0..3).map(|_| device(&key)).collect();
+            let nodes: Vec<NodeId> = (0..3).map(|d| NodeId(Uuid::from_u128(100 + d))).collect();
+            let records: Vec<Uuid> = (0..3).map(|r| Uuid::from_u128(1000 + r)).collect();
+            let mut seq = [0_u64; 3];
+            let mut plain = Vec::new();
+            let mut sealed = Vec::new();
+            for (lamport, w) in writes.iter().enumerate() {
+                seq[w.device] += 1;
+                let mut fields = Fields::new();
+                if w.kind != OpKind::Delete {
+                    fields.insert("teamId".into(), Value::from("ios"));
+                    if let Some(t) = &w.title {
+                        fields.insert("title".into(), Value::from(t.as_str()));
+                    }
+                    if let Some(n) = w.n {
+                        fields.insert("n".into(), Value::Int(n));
+                    }
+                }
+                let op = Operation {
+                    id: OpId { origin: nodes[w.device], seq: seq[w.device] },
+                    lamport: lamport as u64 + 1,
+                    wall: Date::from_unix_millis(0),
+                    kind: w.kind,
+                    collection: "bugs".into(),
+                    record: records[usize::from(w.record)],
+                    fields,
+                };
+                sealed.push(only_op(devices[w.device].1.seal(ops(vec![op.clone()])).unwrap()));
+                plain.push(op);
+            }
+            // The reference: readable operations merged in the order written.
+            let mut reference: BTreeMap<Uuid, RecordState> = BTreeMap::new();
+            for op in &plain {
+                reference.entry(op.record).or_default().apply(op);
+            }
+            // The blind server: sealed operations in another order, some twice.
+            let mut delivery: Vec<&Operation> = sealed.iter().collect();
+            delivery.extend(order.iter().map(|i| &sealed[i.index(sealed.len())]));
+            delivery.reverse();
+            let mut blind: BTreeMap<Uuid, RecordState> = BTreeMap::new();
+            for op in delivery {
+                blind.entry(op.record).or_default().apply(op);
+            }
+            for state in blind.values() {
+                for (field, register) in &state.fields {
+                    proptest::prop_assert!(
+                        field == "teamId" || matches!(register.value, Value::Bytes(_))
+                    );
+                }
+            }
+            // A device (restarted: its layer made again from its file) opens the server's
+            // states to the reference.
+            let (db, _) = &devices[restart_at];
+            let reader = DeviceSealing::new(db, "tracker", &bugs_sealed()).unwrap();
+            let records: Vec<SnapshotRecord> = blind
+                .into_iter()
+                .map(|(id, state)| SnapshotRecord { collection: "bugs".into(), id, state })
+                .collect();
+            let Message::Records { records: opened } =
+                reader.open(Message::Records { records }).unwrap()
+            else {
+                panic!("not Records");
+            };
+            let opened: BTreeMap<Uuid, RecordState> =
+                opened.into_iter().map(|r| (r.id, r.state)).collect();
+            proptest::prop_assert_eq!(opened, reference);
+        }
+    }
+
+    #[test]
+    fn every_session_publishes_again_the_keys_a_device_holds_right_after_its_hello() {
+        let key = ScopeKey::generate().unwrap();
+        let (_, bare) = device(&key);
+        let identity = StaticKeys::generate(Suite::default()).unwrap();
+        let alice = bare.with_identity(&identity);
+        let hello = Message::Hello {
+            protocol_version: blazedb_protocol::PROTOCOL_VERSION,
+            node: NodeId(Uuid::from_u128(1)),
+            database: "tracker".into(),
+            capabilities: blazedb_protocol::Capabilities::NONE,
+            head: 0,
+        };
+        let sent = alice.outbound(hello.clone()).unwrap();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], hello);
+        let Message::Keys { keys, .. } = &sent[1] else {
+            panic!("not Keys: {:?}", sent[1]);
+        };
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].key, key.id().0);
+        assert_eq!(keys[0].recipient, identity.public());
+        // It opens with the device's own key.
+        let wrapped = WrappedKey::decode(&keys[0].wrapped).unwrap();
+        let label = KeyLabel {
+            database: "tracker",
+            collection: "bugs",
+            scope: "ios",
+            epoch: 1,
+        };
+        assert_eq!(
+            unwrap_key(&wrapped, &label, identity.private())
+                .unwrap()
+                .id(),
+            key.id()
+        );
     }
 }

@@ -189,3 +189,23 @@ pub async fn close_frame(ws: &mut WebSocketStream<TcpStream>) -> Option<(u16, St
         }
     }
 }
+
+/// The plaintext of every sealed message the server sends `session` until it has been
+/// quiet for `quiet`: what the device reads, as bytes (ask for no compression in its
+/// `Hello` to read them as they were encoded).
+pub async fn plaintexts(session: &mut RawSession, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(quiet, session.ws.next()).await {
+        if let WsMessage::Binary(sealed) = frame {
+            out.push(session.channel.open(&sealed).unwrap());
+        }
+    }
+    out
+}
+
+/// Does `haystack` hold the bytes of `needle`?
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
