@@ -131,18 +131,21 @@ impl KeyDesk {
             .meta
             .current_access_rules(&self.database)
             .map_err(|e| e.to_string())?;
+        // Keys of a collection the server does not hold end to end (a device that seals it
+        // on its own, say) are not kept: there is nothing to hand out.
+        let e2e = |collection: &str| {
+            rules
+                .as_ref()
+                .is_some_and(|r| r.mode(collection) == CollectionMode::E2e)
+        };
+        let keys: Vec<KeyEnvelope> = keys.into_iter().filter(|k| e2e(&k.collection)).collect();
+        let previous: Vec<PreviousKey> = previous
+            .into_iter()
+            .filter(|p| e2e(&p.collection))
+            .collect();
         {
             let state = self.lock();
             for key in &keys {
-                let sealed = rules
-                    .as_ref()
-                    .is_some_and(|r| r.mode(&key.collection) == CollectionMode::E2e);
-                if !sealed {
-                    return Err(format!(
-                        "a key for collection {:?}, which is not end to end",
-                        key.collection
-                    ));
-                }
                 let label = ((key.collection.clone(), key.scope.clone()), key.epoch);
                 if state
                     .keys

@@ -48,7 +48,12 @@ const SEALED_CANARY: &str = "CANARY-sealed-7f3a9c";
 const SMART_CANARY: &str = "CANARY-smart-2b8e41";
 
 fn start(dir: &Path) -> ServerHandle {
-    let server = common::start_server(&dir.join("data"), "bugs", &[]);
+    start_with(dir, blazedb_server::ServerConfig::default())
+}
+
+/// [`start`] with other settings.
+fn start_with(dir: &Path, config: blazedb_server::ServerConfig) -> ServerHandle {
+    let server = common::start_server_with(&dir.join("data"), "bugs", &[], config);
     let meta = server.meta();
     meta.add_user("alice", &["ios".into()], Some("developer"))
         .unwrap();
@@ -59,6 +64,8 @@ fn start(dir: &Path) -> ServerHandle {
     meta.add_user("dave", &["ios".into()], Some("developer"))
         .unwrap();
     meta.add_user("erin", &["ios".into()], Some("developer"))
+        .unwrap();
+    meta.add_user("gina", &["ios".into()], Some("developer"))
         .unwrap();
     meta.set_access_rules("bugs", RULES).unwrap();
     server
@@ -328,52 +335,134 @@ fn the_server_tells_devices_the_modes_first_and_refuses_a_readable_value_in_an_e
     assert!(hosted.get("bugs", record).unwrap().is_none());
 }
 
+/// How a malicious server forges operations out of the sealed ones it holds.
+#[derive(Debug, Clone, Copy)]
+enum Forgery {
+    /// A sealed title copied to a record of the server's making.
+    MovedToAnotherRecord,
+    /// Two records' sealed titles swapped.
+    SwappedBetweenRecords,
+    /// A sealed title replayed on its record under a newer stamp.
+    StampEdited,
+}
+
 #[test]
-fn a_value_the_server_moved_to_another_record_is_refused_and_nothing_is_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let alice = device(dir.path(), &server, "alice");
-    let id = alice
-        .db
-        .insert("bugs", fields! { "teamId" => "ios", "title" => "genuine" })
-        .unwrap();
-    let hosted = server.meta().open_database("bugs").unwrap();
-    until("the server to hold the bug", || {
-        hosted.get("bugs", id).unwrap().is_some()
-    });
+fn values_the_server_moved_swapped_or_restamped_are_refused_and_nothing_wrong_is_applied() {
+    for forgery in [
+        Forgery::MovedToAnotherRecord,
+        Forgery::SwappedBetweenRecords,
+        Forgery::StampEdited,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path());
+        let alice = device(dir.path(), &server, "alice");
+        let a = alice
+            .db
+            .insert("bugs", fields! { "teamId" => "ios", "title" => "first" })
+            .unwrap();
+        let b = alice
+            .db
+            .insert("bugs", fields! { "teamId" => "ios", "title" => "second" })
+            .unwrap();
+        alice.sync.wait_synced(WAIT, |_| {}).unwrap();
 
-    // The server (here: someone with its key) copies the sealed title to a record of its
-    // own making, under an operation it forges in alice's name.
-    let ops = hosted.replication().oplog_since(0, usize::MAX).unwrap();
-    let (_, genuine) = ops.iter().find(|(_, op)| op.record == id).unwrap();
-    let forged = Operation {
-        id: blazedb_core::OpId {
-            seq: genuine.id.seq + 1000,
-            ..genuine.id
-        },
-        lamport: genuine.lamport + 1000,
-        record: Uuid::now_v7(),
-        ..genuine.clone()
-    };
-    hosted
-        .replication()
-        .apply_remote(std::slice::from_ref(&forged))
+        // The server (here: someone with its key, while it is stopped) forges operations in
+        // alice's name from the sealed ones it holds.
+        alice.sync.stop();
+        let address = server.local_addr();
+        server.shutdown();
+        let meta = blazedb_server::MetaStore::open_or_create(
+            &dir.path().join("data"),
+            &blazedb_server::MasterKey::from_hex(common::KEY, "test").unwrap(),
+        )
         .unwrap();
+        let hosted = meta.open_database("bugs").unwrap();
+        let ops = hosted.replication().oplog_since(0, usize::MAX).unwrap();
+        let of = |id| {
+            ops.iter()
+                .find(|(_, op)| op.record == id)
+                .unwrap()
+                .1
+                .clone()
+        };
+        let (op_a, op_b) = (of(a), of(b));
+        let forge = |base: &Operation, n: u64, record: Uuid, title: &Value| {
+            let mut op = Operation {
+                id: blazedb_core::OpId {
+                    seq: base.id.seq + 1000 + n,
+                    ..base.id
+                },
+                lamport: base.lamport + 1000 + n,
+                kind: blazedb_core::OpKind::Update,
+                record,
+                ..base.clone()
+            };
+            op.fields = fields! { "teamId" => "ios", "title" => title.clone() };
+            op
+        };
+        let forged = match forgery {
+            // An insert, so that the record is visible and routed to dave.
+            Forgery::MovedToAnotherRecord => vec![Operation {
+                kind: blazedb_core::OpKind::Insert,
+                ..forge(&op_a, 0, Uuid::now_v7(), &op_a.fields["title"])
+            }],
+            Forgery::SwappedBetweenRecords => vec![
+                forge(&op_a, 0, a, &op_b.fields["title"]),
+                forge(&op_b, 1, b, &op_a.fields["title"]),
+            ],
+            Forgery::StampEdited => vec![forge(&op_a, 0, a, &op_a.fields["title"])],
+        };
+        hosted.replication().apply_remote(&forged).unwrap();
+        drop((hosted, meta));
+        // Back on the same address, where alice's device pinned its key.
+        let server = blazedb_server::Server::start_with_key(
+            blazedb_server::ServerConfig {
+                data_dir: dir.path().join("data"),
+                listen: address,
+                ..blazedb_server::ServerConfig::default()
+            },
+            blazedb_server::MasterKey::from_hex(common::KEY, "test").unwrap(),
+        )
+        .unwrap();
+        let alice = Device {
+            sync: alice
+                .db
+                .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
+                .unwrap(),
+            db: alice.db,
+        };
 
-    // Dave, a new ios developer, gets the team's key from alice and refuses it.
-    let dave = device(dir.path(), &server, "dave");
-    until("dave to refuse the moved value", || {
-        dave.sync
-            .status()
-            .last_error
-            .is_some_and(|e| e.contains("does not open"))
-    });
-    let error = dave.sync.status().last_error.unwrap();
-    assert!(error.contains(&forged.record.to_string()), "{error}");
-    assert!(dave.db.get("bugs", forged.record).unwrap().is_none());
-    assert_eq!(epochs(&dave.db, "ios"), [1]);
-    dave.sync.stop();
-    alice.sync.stop();
+        // Dave, a new ios developer, gets the team's key from alice and refuses it.
+        let dave = device(dir.path(), &server, "dave");
+        until("dave to refuse the forged value", || {
+            dave.sync
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("does not open"))
+        });
+        let error = dave.sync.status().last_error.unwrap();
+        assert!(
+            error.contains(&forged[0].record.to_string()),
+            "{forgery:?}: {error}"
+        );
+        // Whatever dave holds is what alice wrote.
+        for bug in dave.db.fetch_all("bugs").unwrap() {
+            assert_eq!(
+                bug.fields.get("title"),
+                alice
+                    .db
+                    .get("bugs", bug.id)
+                    .unwrap()
+                    .unwrap()
+                    .fields
+                    .get("title"),
+                "{forgery:?}"
+            );
+        }
+        assert_eq!(epochs(&dave.db, "ios"), [1]);
+        dave.sync.stop();
+        alice.sync.stop();
+    }
 }
 
 #[test]
@@ -504,9 +593,16 @@ fn a_member_who_leaves_the_team_makes_the_key_rotate_and_reads_nothing_written_a
 }
 
 #[test]
-fn a_member_offline_through_two_rotations_catches_up_when_it_returns() {
+fn a_member_offline_through_two_rotations_catches_up_and_a_new_one_reads_history_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
+    // A short op log: compacted, it sends a new device a snapshot of record states.
+    let server = start_with(
+        dir.path(),
+        blazedb_server::ServerConfig {
+            oplog_keep: 1,
+            ..blazedb_server::ServerConfig::default()
+        },
+    );
     let alice = device(dir.path(), &server, "alice");
     let carol = device(dir.path(), &server, "carol");
     let dave = device(dir.path(), &server, "dave");
@@ -554,7 +650,22 @@ fn a_member_offline_through_two_rotations_catches_up_when_it_returns() {
     assert_eq!(epochs(&carol.db, "ios"), [1, 2, 3]);
     assert_eq!(epochs(&dave.db, "ios"), [1]);
     assert_eq!(epochs(&erin.db, "ios"), [1, 2]);
-    for d in [alice, carol, dave, erin] {
+
+    // Gina joins now, from a snapshot: she gets epoch 3 wrapped to her, and the older keys
+    // sealed under the newer ones, and reads every epoch's bug.
+    carol.sync.wait_synced(WAIT, |_| {}).unwrap();
+    let compacted = server.compact_oplogs().unwrap();
+    assert!(
+        compacted
+            .iter()
+            .any(|(name, start)| name == "bugs" && *start > 0)
+    );
+    let gina = device(dir.path(), &server, "gina");
+    until("gina to read all three", || {
+        titles(&gina.db, "bugs") == ["epoch 1", "epoch 2", "epoch 3"]
+    });
+    assert_eq!(epochs(&gina.db, "ios"), [1, 2, 3]);
+    for d in [alice, carol, dave, erin, gina] {
         d.sync.stop();
     }
 }
@@ -801,4 +912,76 @@ fn a_value_sealed_under_another_teams_key_is_refused_by_the_server() {
         rejected[0].reason
     );
     bob.sync.stop();
+}
+
+#[test]
+fn a_device_that_seals_a_collection_never_sends_it_readable_even_to_a_server_that_says_smart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    // The application seals its notes; the server's rules do not declare them (smart).
+    server
+        .meta()
+        .set_access_rules(
+            "bugs",
+            &format!("{RULES}\n[roles.developer.notes]\nread = {{}}\nwrite = {{}}\n"),
+        )
+        .unwrap();
+    let db = Database::create(dir.path().join("alice.blazedb"), "device password").unwrap();
+    let options = fast()
+        .enroll(blazedb_testkit::server::token(&server, "alice"))
+        .sealed("notes", Vec::<String>::new());
+    let sync = db
+        .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
+        .unwrap();
+    let id = db
+        .insert(
+            "notes",
+            fields! { "text" => format!("{SEALED_CANARY} private") },
+        )
+        .unwrap();
+    sync.wait_synced(WAIT, |_| {}).unwrap();
+    let hosted = server.meta().open_database("bugs").unwrap();
+    let stored = hosted.get("notes", id).unwrap().unwrap();
+    assert!(matches!(stored.fields.get("text"), Some(Value::Bytes(_))));
+    assert!(!server_dump(&server).contains(SEALED_CANARY));
+    // The device still reads its own note.
+    assert_eq!(
+        db.get("notes", id).unwrap().unwrap().fields.get("text"),
+        Some(&Value::from(format!("{SEALED_CANARY} private")))
+    );
+    sync.stop();
+}
+
+#[test]
+fn a_device_whose_last_write_was_sealed_reconnects_without_being_taken_for_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let alice = device(dir.path(), &server, "alice");
+    let carol = device(dir.path(), &server, "carol");
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "before" })
+        .unwrap();
+    alice.sync.wait_synced(WAIT, |_| {}).unwrap();
+    // The server holds her operation sealed, she holds it readable: their digests differ.
+    alice.sync.stop();
+    let alice = Device {
+        sync: alice
+            .db
+            .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
+            .unwrap(),
+        db: alice.db,
+    };
+    alice
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "after" })
+        .unwrap();
+    until("carol to read both", || {
+        titles(&carol.db, "bugs") == ["after", "before"]
+    });
+    let status = alice.sync.status();
+    assert!(status.last_error.is_none(), "{:?}", status.last_error);
+    for d in [alice, carol] {
+        d.sync.stop();
+    }
 }

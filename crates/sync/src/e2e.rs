@@ -204,6 +204,8 @@ struct State {
     keys: HashMap<KeyId, HeldKey>,
     /// Keys made here and not yet published to the server.
     unpublished: Vec<KeyEnvelope>,
+    /// This device's node id, from its `Hello`.
+    node: Option<NodeId>,
 }
 
 /// The device's static key pair, as HPKE uses it to receive wrapped keys.
@@ -246,6 +248,7 @@ impl DeviceSealing {
                 sealed: BTreeMap::new(),
                 keys,
                 unpublished: Vec::new(),
+                node: None,
             }),
             identity: None,
         };
@@ -593,6 +596,35 @@ impl DeviceSealing {
         )
     }
 
+    /// `message` without the digests of this device's own operations in a `Pull`, once
+    /// the device seals anything. The server holds those operations sealed and the device
+    /// readable, so their digests differ although the operations are the same; compared,
+    /// they would look like a copied database file. (A copy that writes other operations
+    /// under the same ids still shows: its sealed operations differ from the first's.)
+    fn without_own_checks(&self, message: Message) -> Message {
+        match message {
+            Message::Pull {
+                from,
+                vector,
+                checks,
+            } => {
+                let state = self.lock();
+                let own = state.node;
+                let checks = if state.sealed.is_empty() {
+                    checks
+                } else {
+                    checks.into_iter().filter(|c| Some(c.node) != own).collect()
+                };
+                Message::Pull {
+                    from,
+                    vector,
+                    checks,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Every key held here, wrapped to this device, as a [`Message::Keys`] (none without an
     /// identity or keys).
     fn republish(&self) -> Result<Option<Message>, SealingError> {
@@ -866,7 +898,9 @@ fn envelope_for(
 
 impl MessageLayer for DeviceSealing {
     fn outbound(&self, message: Message) -> std::result::Result<Vec<Message>, String> {
-        if let Message::Hello { .. } = message {
+        let message = self.without_own_checks(message);
+        if let Message::Hello { node, .. } = message {
+            self.lock().node = Some(node);
             // Every session publishes again the keys this device holds (wrapped to itself;
             // the server keeps each once): a key whose first publication was lost with a
             // connection reaches the server all the same.
@@ -883,6 +917,7 @@ impl MessageLayer for DeviceSealing {
     }
 
     fn inbound(&self, message: Message) -> std::result::Result<Inbound, String> {
+        let message = self.without_own_checks(message);
         self.inbound_message(message).map_err(|e| e.to_string())
     }
 }
