@@ -93,6 +93,14 @@ fn device(dir: &Path, server: &ServerHandle, user: &str) -> Device {
     Device { db, sync }
 }
 
+/// A device enrolled before syncing again (after its `sync.stop()`).
+fn resume(db: Database, server: &ServerHandle) -> Device {
+    let sync = db
+        .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
+        .unwrap();
+    Device { db, sync }
+}
+
 /// The keys a device holds of scope `scope` of bugs: their epochs.
 fn epochs(db: &Database, scope: &str) -> Vec<u32> {
     let mut epochs: Vec<u32> = Keyring::new(db)
@@ -424,13 +432,7 @@ fn values_the_server_moved_swapped_or_restamped_are_refused_and_nothing_wrong_is
             blazedb_server::MasterKey::from_hex(common::KEY, "test").unwrap(),
         )
         .unwrap();
-        let alice = Device {
-            sync: alice
-                .db
-                .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
-                .unwrap(),
-            db: alice.db,
-        };
+        let alice = resume(alice.db, &server);
 
         // Dave, a new ios developer, gets the team's key from alice and refuses it.
         let dave = device(dir.path(), &server, "dave");
@@ -637,13 +639,7 @@ fn a_member_offline_through_two_rotations_catches_up_and_a_new_one_reads_history
     alice.sync.wait_synced(WAIT, |_| {}).unwrap();
 
     // Carol returns: both newer keys were wrapped to her while she was away.
-    let carol = Device {
-        sync: carol
-            .db
-            .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
-            .unwrap(),
-        db: carol.db,
-    };
+    let carol = resume(carol.db, &server);
     until("carol to read all three", || {
         titles(&carol.db, "bugs") == ["epoch 1", "epoch 2", "epoch 3"]
     });
@@ -965,13 +961,7 @@ fn a_device_whose_last_write_was_sealed_reconnects_without_being_taken_for_a_cop
     alice.sync.wait_synced(WAIT, |_| {}).unwrap();
     // The server holds her operation sealed, she holds it readable: their digests differ.
     alice.sync.stop();
-    let alice = Device {
-        sync: alice
-            .db
-            .enable_sync(RemoteNode::new(server.url(), "bugs"), fast())
-            .unwrap(),
-        db: alice.db,
-    };
+    let alice = resume(alice.db, &server);
     alice
         .db
         .insert("bugs", fields! { "teamId" => "ios", "title" => "after" })
