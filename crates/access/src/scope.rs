@@ -62,6 +62,11 @@ impl WriteScope {
         }
     }
 
+    /// The rules this scope binds.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// Is `collection` end to end (its values sealed, so the server cannot restore them)?
     pub fn is_sealed(&self, collection: &str) -> bool {
         self.rules.mode(collection) == CollectionMode::E2e
@@ -225,6 +230,47 @@ impl SyncPolicy {
             crate::filter::parse_query(&json).map_err(|e| PolicyError::Filter(e.to_string()))?;
         self.filter = Some((filter.to_owned(), parsed));
         Ok(self)
+    }
+
+    /// The first (collection, field) where this policy's filter reads a field that an
+    /// end-to-end collection it asks for seals under `rules`: the server sees only bytes
+    /// there, so such a filter cannot mean what it says.
+    pub fn reads_sealed_field(&self, rules: &Rules) -> Option<(String, String)> {
+        fn fields(filter: &Filter, out: &mut BTreeSet<String>) {
+            match filter {
+                Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| fields(f, out)),
+                Filter::Not(inner) => fields(inner, out),
+                Filter::Eq(f, _)
+                | Filter::NotEq(f, _)
+                | Filter::Gt(f, _)
+                | Filter::Gte(f, _)
+                | Filter::Lt(f, _)
+                | Filter::Lte(f, _)
+                | Filter::In(f, _)
+                | Filter::Contains(f, _)
+                | Filter::IsNull(f) => {
+                    out.insert(f.split('.').next().unwrap_or(f).to_owned());
+                }
+            }
+        }
+        let (_, filter) = self.filter.as_ref()?;
+        let mut read = BTreeSet::new();
+        fields(filter, &mut read);
+        rules
+            .collection_settings()
+            .filter(|(c, s)| {
+                s.mode() == CollectionMode::E2e
+                    && self
+                        .collections
+                        .as_ref()
+                        .is_none_or(|only| only.iter().any(|o| o == c))
+                    && !self.except.iter().any(|e| e == c)
+            })
+            .find_map(|(c, s)| {
+                read.iter()
+                    .find(|f| f.as_str() != "id" && !s.is_routing_field(f))
+                    .map(|f| (c.to_owned(), f.clone()))
+            })
     }
 
     /// Without these fields (in every collection).

@@ -975,3 +975,59 @@ fn a_device_whose_last_write_was_sealed_reconnects_without_being_taken_for_a_cop
         d.sync.stop();
     }
 }
+
+#[test]
+fn a_sync_policy_that_filters_on_a_sealed_field_is_refused_with_the_reason_and_one_on_the_routing_field_works()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let carol = device(dir.path(), &server, "carol");
+    carol
+        .db
+        .insert("bugs", fields! { "teamId" => "ios", "title" => "ios bug" })
+        .unwrap();
+    carol
+        .db
+        .insert(
+            "bugs",
+            fields! { "teamId" => "android", "title" => "android bug" },
+        )
+        .unwrap();
+    carol.sync.wait_synced(WAIT, |_| {}).unwrap();
+
+    let sync_with = |user: &str, filter: &str| {
+        let db = Database::create(
+            dir.path().join(format!("{user}-{}.blazedb", filter.len())),
+            "device password",
+        )
+        .unwrap();
+        let policy = blazedb_sync::SyncPolicy::new().filter_json(filter).unwrap();
+        let options = fast()
+            .enroll(blazedb_testkit::server::token(&server, user))
+            .policy(policy);
+        let sync = db
+            .enable_sync(RemoteNode::new(server.url(), "bugs"), options)
+            .unwrap();
+        Device { db, sync }
+    };
+    // A manager asks only for bugs titled so: the server cannot read titles.
+    let by_title = sync_with("carol", r#"{"title": "ios bug"}"#);
+    until("the refusal", || {
+        by_title
+            .sync
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("seals end to end"))
+    });
+    let error = by_title.sync.status().last_error.unwrap();
+    assert!(error.contains("\"title\""), "{error}");
+    assert!(titles(&by_title.db, "bugs").is_empty());
+    // On the routing field it works.
+    let by_team = sync_with("carol", r#"{"teamId": "ios"}"#);
+    until("the ios bug only", || {
+        titles(&by_team.db, "bugs") == ["ios bug"]
+    });
+    for d in [carol, by_title, by_team] {
+        d.sync.stop();
+    }
+}

@@ -424,6 +424,23 @@ impl Session {
                 }
             };
         }
+        if let Some((collection, field)) = self
+            .options
+            .write_scope
+            .as_ref()
+            .and_then(|write| policy.reads_sealed_field(write.rules()))
+        {
+            self.close_with(
+                CloseCode::ProtocolError,
+                format!(
+                    "the peer's sync policy filter reads the field {field:?}, which collection \
+                     {collection:?} seals end to end: the server sees only its sealed bytes. \
+                     Filter on the record id or the routing fields there, or leave the \
+                     collection out of the policy"
+                ),
+            );
+            return;
+        }
         self.peer_policy = (!policy.is_everything()).then_some(policy);
         let effective = self.effective_scope();
         if let Err(e) = self.try_set_scope(log, effective, PurgeReason::PolicyChanged) {
