@@ -236,26 +236,8 @@ impl SyncPolicy {
     /// end-to-end collection it asks for seals under `rules`: the server sees only bytes
     /// there, so such a filter cannot mean what it says.
     pub fn reads_sealed_field(&self, rules: &Rules) -> Option<(String, String)> {
-        fn fields(filter: &Filter, out: &mut BTreeSet<String>) {
-            match filter {
-                Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| fields(f, out)),
-                Filter::Not(inner) => fields(inner, out),
-                Filter::Eq(f, _)
-                | Filter::NotEq(f, _)
-                | Filter::Gt(f, _)
-                | Filter::Gte(f, _)
-                | Filter::Lt(f, _)
-                | Filter::Lte(f, _)
-                | Filter::In(f, _)
-                | Filter::Contains(f, _)
-                | Filter::IsNull(f) => {
-                    out.insert(f.split('.').next().unwrap_or(f).to_owned());
-                }
-            }
-        }
         let (_, filter) = self.filter.as_ref()?;
-        let mut read = BTreeSet::new();
-        fields(filter, &mut read);
+        let read = filter.fields();
         rules
             .collection_settings()
             .filter(|(c, s)| {
@@ -268,8 +250,8 @@ impl SyncPolicy {
             })
             .find_map(|(c, s)| {
                 read.iter()
-                    .find(|f| f.as_str() != "id" && !s.is_routing_field(f))
-                    .map(|f| (c.to_owned(), f.clone()))
+                    .find(|f| **f != "id" && !s.is_routing_field(f))
+                    .map(|f| (c.to_owned(), (*f).to_owned()))
             })
     }
 

@@ -41,6 +41,24 @@ pub enum Filter {
 }
 
 impl Filter {
+    /// The fields the filter reads, each as the first part of its dotted path.
+    pub fn fields(&self) -> std::collections::BTreeSet<&str> {
+        fn walk<'a>(f: &'a Filter, out: &mut std::collections::BTreeSet<&'a str>) {
+            match f {
+                Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| walk(f, out)),
+                Filter::Not(inner) => walk(inner, out),
+                leaf => {
+                    if let Some(field) = filter_field(leaf) {
+                        out.insert(field.split('.').next().unwrap_or(field));
+                    }
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(self, &mut out);
+        out
+    }
+
     pub fn eq(field: &str, v: impl Into<Value>) -> Filter {
         Filter::Eq(field.into(), v.into())
     }
