@@ -6,6 +6,7 @@
 mod client;
 mod error;
 mod keys;
+mod peer;
 mod relay;
 mod session;
 
@@ -15,6 +16,7 @@ pub use keys::{
     STATIC_KEY_SETTING, forget_node_keys, node_keys, node_keys_for, pin_server_key,
     pinned_server_key,
 };
+pub use peer::PeerSync;
 pub use relay::{RelayCounters, RelayInjector, RelayOptions, WsRelay};
 pub use session::{
     Accepted, Session, Transport, accept_handshake, accept_handshake_with, connect_handshake,
