@@ -143,3 +143,47 @@ fn a_peer_whose_key_is_not_trusted_is_refused_and_gets_nothing() {
         node.peers.stop();
     }
 }
+
+#[test]
+fn a_write_never_travels_back_to_the_device_it_came_from() {
+    // A ring of four with one writer: every write goes round one way and the other; the
+    // writer's neighbours know it has its own writes (its vector says so) and send none
+    // back, and no device gets one twice except where the two ways meet.
+    let nodes = nodes(4);
+    for i in 0..4 {
+        link(&nodes, i, (i + 1) % 4);
+    }
+    for k in 0..25 {
+        nodes[0]
+            .db
+            .insert("notes", fields! { "n" => k as i64 })
+            .unwrap();
+    }
+    until("every node to hold every note", || {
+        nodes.iter().all(|n| n.db.count("notes").unwrap() == 25)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let writer = nodes[0].peers.engine().status().unwrap();
+    assert_eq!(
+        writer
+            .iter()
+            .map(|c| c.ops_applied + c.ops_duplicate)
+            .sum::<u64>(),
+        0,
+        "the writer got its own writes back"
+    );
+    for node in &nodes[1..] {
+        let applied: u64 = node
+            .peers
+            .engine()
+            .status()
+            .unwrap()
+            .iter()
+            .map(|c| c.ops_applied)
+            .sum();
+        assert_eq!(applied, 25);
+    }
+    for node in nodes {
+        node.peers.stop();
+    }
+}
