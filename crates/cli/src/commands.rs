@@ -68,6 +68,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             timeout,
         } => topology::run(&ctx, &file, format, timeout),
         Command::Sync(args) => crate::sync::run(&ctx, &args),
+        Command::Serve(args) => crate::peers::serve(&ctx, &args),
+        Command::PeerKey { db } => crate::peers::key(&ctx, &db),
         Command::Reidentify { db } => reidentify(&ctx, &db),
         Command::Demo => crate::demo::run(),
     }

@@ -8,6 +8,7 @@ mod demo;
 mod error;
 mod filter;
 mod password;
+mod peers;
 mod sync;
 mod topology;
 
@@ -185,6 +186,16 @@ enum Command {
     /// Sync a database with a database on a blazedb-server (once, or --follow)
     #[command(after_long_help = sync::HELP)]
     Sync(sync::SyncArgs),
+
+    /// Sync a database with peer devices directly, without a server, until interrupted
+    #[command(after_long_help = peers::HELP)]
+    Serve(peers::ServeArgs),
+
+    /// Print the public key a database's peers must trust (hex)
+    PeerKey {
+        /// The database file
+        db: PathBuf,
+    },
 
     /// Sync the databases a topology file lists, in this process, and print the graph
     #[command(after_long_help = topology::HELP)]

@@ -1385,3 +1385,69 @@ fn a_copied_database_file_is_refused_as_a_copy_and_reidentify_repairs_it_with_no
     assert_eq!(query("@desktop.blazedb"), all);
     server.shutdown();
 }
+
+#[test]
+fn serve_syncs_two_files_directly_between_two_processes_and_refuses_an_untrusted_peer() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let s = Sandbox::new();
+    for name in ["a.blazedb", "b.blazedb", "c.blazedb"] {
+        s.init(name);
+    }
+    let key = |name: &str| {
+        s.run(&["peer-key", &format!("@{name}")])
+            .ok()
+            .trim()
+            .to_owned()
+    };
+    let (a_key, b_key) = (key("a.blazedb"), key("b.blazedb"));
+    assert_eq!(a_key.len(), 130, "{a_key}");
+    let serve = |name: &str, extra: &[String]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blazedb"))
+            .args(["serve", s.path(name).to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--group", "notes"])
+            .args(extra)
+            .env("BLAZEDB_PASSWORD", PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let listening = out.next().unwrap().unwrap();
+        let address = listening.strip_prefix("listening on ").unwrap().to_owned();
+        let key_line = out.next().unwrap().unwrap();
+        assert!(key_line.starts_with("key "), "{key_line}");
+        (child, address)
+    };
+    let (mut a, a_address) = serve("a.blazedb", &["--trust".into(), b_key.clone()]);
+    let (mut b, _) = serve(
+        "b.blazedb",
+        &["--connect".into(), format!("{a_address}={a_key}")],
+    );
+    // C expects A's key, but A does not trust C.
+    let (mut c, _) = serve(
+        "c.blazedb",
+        &["--connect".into(), format!("{a_address}={a_key}")],
+    );
+    s.run(&["insert", "@a.blazedb", "notes", r#"{"text":"from a"}"#])
+        .ok();
+    s.run(&["insert", "@b.blazedb", "notes", r#"{"text":"from b"}"#])
+        .ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a_has = s.run(&["query", "@a.blazedb", "notes"]).ok();
+        let b_has = s.run(&["query", "@b.blazedb", "notes"]).ok();
+        if a_has.lines().count() == 2 && b_has.lines().count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a: {a_has}; b: {b_has}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.run(&["query", "@c.blazedb", "notes"]).ok(), "");
+    for child in [&mut a, &mut b, &mut c] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
