@@ -14,6 +14,7 @@ mod access;
 mod blazedb_side;
 mod e2e;
 mod grpc_side;
+mod mesh;
 mod proxy;
 mod support;
 
@@ -1054,10 +1055,14 @@ fn main() {
         machine()
     )
     .unwrap();
-    let mut sections: [String; 7] = Default::default();
-    let only = |flag: &str| std::env::args().any(|a| a == flag);
-    // `--access-only` / `--e2e-only`: just section 6 or 7 (while working on them).
-    if !only("--access-only") && !only("--e2e-only") {
+    let mut sections: [String; 8] = Default::default();
+    // `--access-only`, `--e2e-only`, `--mesh-only`: just section 6, 7 or 8 (while working
+    // on them).
+    let only = ["--access-only", "--e2e-only", "--mesh-only"]
+        .into_iter()
+        .find(|flag| std::env::args().any(|a| a == *flag));
+    let runs = |flag: Option<&str>| only.is_none() || only == flag;
+    if runs(Some("--none")) {
         bytes_section(&ctx, &cfg, &mut sections[0]);
         eprint!("{}", sections[0]);
         latency_section(&ctx, &cfg, &mut sections[1]);
@@ -1069,13 +1074,17 @@ fn main() {
         bulk_section(&ctx, &cfg, &mut sections[4]);
         eprint!("{}", sections[4]);
     }
-    if !only("--e2e-only") {
+    if runs(Some("--access-only")) {
         access::access_section(&ctx, &cfg, &mut sections[5]);
         eprint!("{}", sections[5]);
     }
-    if !only("--access-only") {
+    if runs(Some("--e2e-only")) {
         e2e::e2e_section(&ctx, &cfg, &mut sections[6]);
         eprint!("{}", sections[6]);
+    }
+    if runs(Some("--mesh-only")) {
+        mesh::mesh_section(&ctx, &cfg, &mut sections[7]);
+        eprint!("{}", sections[7]);
     }
     for s in &sections {
         out.push_str(s);
