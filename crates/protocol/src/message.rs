@@ -679,7 +679,9 @@ messages! {
         }
     }
     decode(d) {
-        let count = d.length(12)?;
+        // The smallest envelope: two one-byte strings, epoch, presence byte, key id, and two
+        // empty byte strings (10 bytes); the smallest previous key, 13.
+        let count = d.length(10)?;
         let mut keys = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
             let (collection, scope, epoch, key) = read_key_label(d)?;
@@ -687,7 +689,7 @@ messages! {
             let wrapped = d.bytes()?.to_vec();
             keys.push(KeyEnvelope { collection, scope, epoch, key, recipient, wrapped });
         }
-        let count = d.length(14)?;
+        let count = d.length(13)?;
         let mut previous = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
             let (collection, scope, epoch, key) = read_key_label(d)?;
@@ -1530,6 +1532,49 @@ mod tests {
         };
         assert_eq!(reason.len(), MAX_CLOSE_REASON_LEN - 1);
         round_trip(&odd);
+    }
+
+    #[test]
+    fn key_messages_of_the_smallest_entries_round_trip() {
+        // Repeated strings are written once and referred to after: the second entry of each
+        // list is as small as an entry gets (found by the `frames` fuzz target).
+        let envelope = KeyEnvelope {
+            collection: String::new(),
+            scope: String::new(),
+            epoch: 0,
+            key: [0; 4],
+            recipient: Vec::new(),
+            wrapped: Vec::new(),
+        };
+        let previous = PreviousKey {
+            collection: String::new(),
+            scope: String::new(),
+            epoch: 0,
+            key: [0; 4],
+            under: [0; 4],
+            sealed: Vec::new(),
+        };
+        round_trip(&Message::Keys {
+            keys: vec![envelope.clone(), envelope.clone(), envelope],
+            previous: vec![previous.clone(), previous.clone(), previous],
+        });
+        round_trip(&Message::KeyTask {
+            collection: String::new(),
+            scope: String::new(),
+            epoch: 0,
+            key: Some([0; 4]),
+            recipients: vec![Vec::new(), Vec::new()],
+        });
+        round_trip(&Message::Collections {
+            collections: vec![
+                CollectionInfo {
+                    name: String::new(),
+                    sealed: false,
+                    routing_fields: Vec::new(),
+                };
+                3
+            ],
+        });
     }
 
     #[test]
