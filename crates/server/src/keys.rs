@@ -13,6 +13,7 @@
 //!   key are refused ([`KeyCheck`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use blazedb_access::{CollectionMode, KeyCheck};
@@ -31,6 +32,8 @@ pub(crate) struct KeyDesk {
     meta: Arc<MetaStore>,
     database: String,
     state: Mutex<DeskState>,
+    /// The newest version of the server's store a plan was made for.
+    planned_version: AtomicU64,
 }
 
 #[derive(Default)]
@@ -76,6 +79,7 @@ impl KeyDesk {
             meta,
             database: database.to_owned(),
             state: Mutex::new(state),
+            planned_version: AtomicU64::new(0),
         })
     }
 
@@ -108,6 +112,12 @@ impl KeyDesk {
         state.online.insert(device.to_vec(), (token, injector));
         state.asked.retain(|(d, _)| d != device);
         token
+    }
+
+    /// True for the first caller with store version `version` (or a newer one): what a
+    /// change of the store needs planning once, not once per connected device.
+    pub fn first_to_see(&self, version: u64) -> bool {
+        self.planned_version.fetch_max(version, Ordering::AcqRel) < version
     }
 
     /// The connection `token` of `device` ended.

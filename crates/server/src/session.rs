@@ -348,7 +348,7 @@ pub(crate) async fn run<S: Transport>(
         }
     };
     if sealed {
-        plan_keys(&desk).await;
+        plan_keys(&desk, None).await;
     }
     let told_to_stop = loop {
         tokio::select! {
@@ -359,7 +359,7 @@ pub(crate) async fn run<S: Transport>(
                     crate::stopped(&mut finished).await;
                     break false;
                 }
-                version.borrow_and_update();
+                let store_version = *version.borrow_and_update();
                 // A collection's mode changed: the device learns it when it reconnects
                 // (modes change only on collections the server holds nothing of).
                 match collections_of(&context.meta, &database.name).await {
@@ -377,8 +377,9 @@ pub(crate) async fn run<S: Transport>(
                 // New rules, or the user's teams or role changed: the device gets the
                 // difference at once, on this connection.
                 if sealed {
-                    // A device may have lost access: its scopes' keys rotate.
-                    plan_keys(&desk).await;
+                    // A device may have lost access: its scopes' keys rotate. Every session
+                    // of the database sees the change; the first to see it plans.
+                    plan_keys(&desk, Some(store_version)).await;
                 }
                 match device_access(&context.meta, &database.name, &user, &fingerprint)
                     .await
@@ -490,8 +491,11 @@ fn checked_keys(
 }
 
 /// Hands out the work the keys need ([`KeyDesk::plan`]), off the runtime's workers: it
-/// reads the server's store.
-async fn plan_keys(desk: &Arc<KeyDesk>) {
+/// reads the server's store. With `store_version`, only once per version of the store.
+async fn plan_keys(desk: &Arc<KeyDesk>, store_version: Option<u64>) {
+    if store_version.is_some_and(|v| !desk.first_to_see(v)) {
+        return;
+    }
     let desk = desk.clone();
     let planned = tokio::task::spawn_blocking(move || desk.plan()).await;
     if let Ok(Err(reason)) = planned {

@@ -700,7 +700,7 @@ impl DeviceSealing {
         };
         let key = self.current_key(&op.collection, &scope)?;
         let stamp = op.stamp();
-        op.fields = self.seal_fields(&key, &routing, op.record, op.fields, |_| stamp)?;
+        op.fields = Self::seal_fields(&key, &routing, op.record, op.fields, stamp)?;
         Ok(op)
     }
 
@@ -732,13 +732,14 @@ impl DeviceSealing {
             .collect()
     }
 
+    /// An operation's fields, all written under its one `stamp`, sealed except the routing
+    /// fields.
     fn seal_fields(
-        &self,
         key: &HeldKey,
         routing: &BTreeSet<String>,
         record: Uuid,
         fields: Fields,
-        stamp_of: impl Fn(&str) -> Stamp,
+        stamp: Stamp,
     ) -> Result<Fields, SealingError> {
         fields
             .into_iter()
@@ -746,7 +747,6 @@ impl DeviceSealing {
                 if routing.contains(&field) {
                     return Ok((field, value));
                 }
-                let stamp = stamp_of(&field);
                 let sealed = seal_one(key, record, &field, stamp, &value)?;
                 Ok((field, Value::Bytes(sealed)))
             })
